@@ -1,0 +1,53 @@
+# Basalt. `make test` is what CI runs (.ci/run); `make proto` regenerates the
+# committed protobuf code with Debian's protoc and the plugins pinned in go.mod.
+SHELL := /bin/bash
+GO ?= go
+RAFT_PROTO_DIR = $(shell $(GO) list -m -f '{{.Dir}}' go.etcd.io/raft/v3)/raftpb
+PROTOS = proto/metapb/metapb.proto proto/errorpb/errorpb.proto \
+	proto/raftcmdpb/raftcmdpb.proto proto/raftserverpb/raftserverpb.proto
+RACE_PKGS = ./region/... ./raftstore/...
+
+.PHONY: all build test test-short race vet fmt-check proto proto-check deps bench tools
+
+all: build
+
+build:
+	$(GO) build ./...
+
+bin/protoc-gen-go bin/protoc-gen-go-grpc: go.mod
+	@mkdir -p bin
+	$(GO) build -o bin/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
+	$(GO) build -o bin/protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc
+
+# deps installs what the build and tests need that Go modules do not bring.
+deps:
+	@./scripts/install-deps.sh
+
+proto: deps bin/protoc-gen-go bin/protoc-gen-go-grpc
+	protoc -I proto -I $(RAFT_PROTO_DIR) \
+		--plugin=protoc-gen-go=bin/protoc-gen-go --plugin=protoc-gen-go-grpc=bin/protoc-gen-go-grpc \
+		--go_out=proto --go_opt=paths=source_relative \
+		--go-grpc_out=proto --go-grpc_opt=paths=source_relative \
+		$(PROTOS)
+
+# proto-check fails when the committed generated code is stale.
+proto-check: proto
+	@git diff --exit-code -- proto || { echo "generated protobuf code is stale: run 'make proto' and commit"; exit 1; }
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+race:
+	$(GO) test -race -tags invariants -count=1 $(RACE_PKGS)
+
+test-short:
+	$(GO) test -tags invariants -count=1 ./...
+
+# test: everything CI checks.
+test: fmt-check vet proto-check test-short race
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 5s ./raftstore/
