@@ -561,8 +561,14 @@ type RegionLocalState struct {
 	MergeState *MergeState            `protobuf:"bytes,4,opt,name=merge_state,json=mergeState,proto3" json:"merge_state,omitempty"`
 	// While state is Applying: the snapshot being applied.
 	ApplyingSnapshot *raftpb.SnapshotMetadata `protobuf:"bytes,5,opt,name=applying_snapshot,json=applyingSnapshot,proto3" json:"applying_snapshot,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// While state is Applying: how many keys its SST holds (pebble does not
+	// ingest an empty table, so none is written for an empty snapshot).
+	ApplyingSnapshotKeys uint64 `protobuf:"varint,6,opt,name=applying_snapshot_keys,json=applyingSnapshotKeys,proto3" json:"applying_snapshot_keys,omitempty"`
+	// While state is Tombstone: the ID of the peer that was destroyed. A
+	// message for a higher peer ID of the region may create a new peer.
+	TombstonePeerId uint64 `protobuf:"varint,7,opt,name=tombstone_peer_id,json=tombstonePeerId,proto3" json:"tombstone_peer_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RegionLocalState) Reset() {
@@ -628,6 +634,20 @@ func (x *RegionLocalState) GetApplyingSnapshot() *raftpb.SnapshotMetadata {
 		return x.ApplyingSnapshot
 	}
 	return nil
+}
+
+func (x *RegionLocalState) GetApplyingSnapshotKeys() uint64 {
+	if x != nil {
+		return x.ApplyingSnapshotKeys
+	}
+	return 0
+}
+
+func (x *RegionLocalState) GetTombstonePeerId() uint64 {
+	if x != nil {
+		return x.TombstonePeerId
+	}
+	return 0
 }
 
 type RaftApplyState struct {
@@ -833,7 +853,7 @@ const file_raftserverpb_raftserverpb_proto_rawDesc = "" +
 	"MergeState\x12\x1b\n" +
 	"\tmin_index\x18\x01 \x01(\x04R\bminIndex\x12&\n" +
 	"\x06target\x18\x02 \x01(\v2\x0e.metapb.RegionR\x06target\x12\x16\n" +
-	"\x06commit\x18\x03 \x01(\x04R\x06commit\"\x9d\x02\n" +
+	"\x06commit\x18\x03 \x01(\x04R\x06commit\"\xff\x02\n" +
 	"\x10RegionLocalState\x12-\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x17.raftserverpb.PeerStateR\x05state\x12&\n" +
 	"\x06region\x18\x02 \x01(\v2\x0e.metapb.RegionR\x06region\x120\n" +
@@ -841,7 +861,9 @@ const file_raftserverpb_raftserverpb_proto_rawDesc = "" +
 	"conf_state\x18\x03 \x01(\v2\x11.raftpb.ConfStateR\tconfState\x129\n" +
 	"\vmerge_state\x18\x04 \x01(\v2\x18.raftserverpb.MergeStateR\n" +
 	"mergeState\x12E\n" +
-	"\x11applying_snapshot\x18\x05 \x01(\v2\x18.raftpb.SnapshotMetadataR\x10applyingSnapshot\"X\n" +
+	"\x11applying_snapshot\x18\x05 \x01(\v2\x18.raftpb.SnapshotMetadataR\x10applyingSnapshot\x124\n" +
+	"\x16applying_snapshot_keys\x18\x06 \x01(\x04R\x14applyingSnapshotKeys\x12*\n" +
+	"\x11tombstone_peer_id\x18\a \x01(\x04R\x0ftombstonePeerId\"X\n" +
 	"\x0eRaftApplyState\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12!\n" +
 	"\fapplied_term\x18\x02 \x01(\x04R\vappliedTerm\">\n" +

@@ -1,0 +1,431 @@
+package raftstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"google.golang.org/grpc"
+
+	"github.com/basaltdb/basalt/proto/metapb"
+	rspb "github.com/basaltdb/basalt/proto/raftserverpb"
+	"github.com/basaltdb/basalt/region"
+)
+
+// ---- a tiny replicated KV used as the state machine in raftstore tests ----
+
+// kvSM stores key → value under 'z'+key. A command is a put: uvarint(len(key))
+// key value. Apply returns the previous value (nil if none), or an error
+// value for a key outside the region.
+type kvSM struct {
+	mu      sync.Mutex
+	changes map[uint64]int
+}
+
+func newKVSM() *kvSM { return &kvSM{changes: make(map[uint64]int)} }
+
+func kvDataKey(k []byte) []byte { return append([]byte{'z'}, k...) }
+
+func (*kvSM) DataSpans(start, end []byte) []Span {
+	sp := Span{Start: kvDataKey(start), End: []byte{'z' + 1}}
+	if len(end) > 0 {
+		sp.End = kvDataKey(end)
+	}
+	return []Span{sp}
+}
+
+func encodePut(key, value []byte) []byte {
+	b := binary.AppendUvarint(nil, uint64(len(key)))
+	b = append(b, key...)
+	return append(b, value...)
+}
+
+func (*kvSM) Apply(ab *ApplyBatch, cmd Command) any {
+	kl, n := binary.Uvarint(cmd.Data)
+	key, value := cmd.Data[n:n+int(kl)], cmd.Data[n+int(kl):]
+	if !region.ContainsKey(cmd.Region, key) {
+		return region.KeyNotInRegion(key, cmd.Region)
+	}
+	var prev []byte
+	if v, closer, err := ab.Get(kvDataKey(key)); err == nil {
+		prev = append([]byte(nil), v...)
+		closer.Close()
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		panic(err)
+	}
+	if err := ab.Set(kvDataKey(key), value, nil); err != nil {
+		panic(err)
+	}
+	return prev
+}
+
+func (sm *kvSM) RegionChanged(regionID uint64, _ *metapb.Region) {
+	sm.mu.Lock()
+	sm.changes[regionID]++
+	sm.mu.Unlock()
+}
+
+// ---- faults ----
+
+type link struct{ from, to uint64 }
+
+// faultNet decides the fate of every message between two stores.
+type faultNet struct {
+	mu      sync.Mutex
+	dropped map[link]bool
+	delays  map[link]time.Duration
+	pending sync.WaitGroup
+}
+
+func newFaultNet() *faultNet {
+	return &faultNet{dropped: make(map[link]bool), delays: make(map[link]time.Duration)}
+}
+
+func (n *faultNet) fate(from, to uint64) (drop bool, delay time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.dropped[link{from, to}], n.delays[link{from, to}]
+}
+
+// partition cuts every link between a and b (both directions).
+func (n *faultNet) partition(a, b []uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, x := range a {
+		for _, y := range b {
+			n.dropped[link{x, y}] = true
+			n.dropped[link{y, x}] = true
+		}
+	}
+}
+
+// isolate cuts a store off from every other.
+func (n *faultNet) isolate(id uint64, all []uint64) {
+	var others []uint64
+	for _, o := range all {
+		if o != id {
+			others = append(others, o)
+		}
+	}
+	n.partition([]uint64{id}, others)
+}
+
+func (n *faultNet) setDelay(from, to uint64, d time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.delays[link{from, to}] = d
+}
+
+func (n *faultNet) heal() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	clear(n.dropped)
+	clear(n.delays)
+}
+
+// faultTransport is one store's view of the network: the real gRPC
+// transport behind the fault rules.
+type faultTransport struct {
+	from  uint64
+	net   *faultNet
+	inner *GRPCTransport
+}
+
+func (t *faultTransport) Send(to uint64, m *rspb.RaftMessage) {
+	drop, delay := t.net.fate(t.from, to)
+	switch {
+	case drop:
+	case delay > 0:
+		t.net.pending.Add(1)
+		time.AfterFunc(delay, func() {
+			defer t.net.pending.Done()
+			t.inner.Send(to, m)
+		})
+	default:
+		t.inner.Send(to, m)
+	}
+}
+
+func (t *faultTransport) OpenSnapshotStream(ctx context.Context, to uint64) (SnapshotSender, error) {
+	if drop, _ := t.net.fate(t.from, to); drop {
+		return nil, errors.New("partitioned")
+	}
+	return t.inner.OpenSnapshotStream(ctx, to)
+}
+
+// ---- the cluster ----
+
+type testStore struct {
+	id    uint64
+	fs    *vfs.MemFS
+	eng   *Engine
+	sm    *kvSM
+	st    *Store
+	trans *GRPCTransport
+	srv   *grpc.Server
+}
+
+type testCluster struct {
+	t      testing.TB
+	cfg    Config
+	net    *faultNet
+	mu     sync.Mutex
+	addrs  map[uint64]string
+	stores map[uint64]*testStore
+	ids    []uint64
+}
+
+// testConfig is fast enough for tests and slow enough for the race
+// detector on two cores.
+func testConfig() Config {
+	return Config{
+		TickInterval:   20 * time.Millisecond,
+		ElectionTicks:  10,
+		HeartbeatTicks: 2,
+		HibernateTicks: 10,
+		DownPeerTicks:  30,
+		Workers:        2,
+	}
+}
+
+func newTestCluster(t testing.TB, n int, cfg Config) *testCluster {
+	c := &testCluster{t: t, cfg: cfg, net: newFaultNet(), addrs: make(map[uint64]string), stores: make(map[uint64]*testStore)}
+	for i := 1; i <= n; i++ {
+		c.ids = append(c.ids, uint64(i))
+		c.startStore(uint64(i), vfs.NewCrashableMem())
+	}
+	t.Cleanup(c.close)
+	return c
+}
+
+func (c *testCluster) resolve(id uint64) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a, ok := c.addrs[id]
+	if !ok {
+		return "", fmt.Errorf("store %d unknown", id)
+	}
+	return a, nil
+}
+
+func (c *testCluster) startStore(id uint64, fs *vfs.MemFS) *testStore {
+	c.t.Helper()
+	eng, err := OpenEngine("/store", fs)
+	if err != nil {
+		c.t.Fatalf("store %d: open engine: %v", id, err)
+	}
+	ts := &testStore{id: id, fs: fs, eng: eng, sm: newKVSM()}
+	ts.trans = NewGRPCTransport(GRPCTransportOptions{
+		Resolver: ResolverFunc(c.resolve),
+		OnUnreachable: func(to uint64, msgs []*rspb.RaftMessage) {
+			if ts.st != nil {
+				ts.st.ReportUnreachable(to, msgs)
+			}
+		},
+	})
+	cfg := c.cfg
+	cfg.StoreID = id
+	st, err := NewStore(Options{Config: cfg, Engine: eng, StateMachine: ts.sm,
+		Transport: &faultTransport{from: id, net: c.net, inner: ts.trans}})
+	if err != nil {
+		c.t.Fatalf("store %d: %v", id, err)
+	}
+	ts.st = st
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ts.srv = grpc.NewServer(grpc.MaxRecvMsgSize(MaxGRPCMessageBytes))
+	rspb.RegisterRaftTransportServer(ts.srv, NewRaftServer(st))
+	go func() { _ = ts.srv.Serve(lis) }()
+	c.mu.Lock()
+	c.addrs[id] = lis.Addr().String()
+	c.stores[id] = ts
+	c.mu.Unlock()
+	st.Start()
+	return ts
+}
+
+// stopStore shuts a store down; its file system keeps everything written.
+func (c *testCluster) stopStore(id uint64) *vfs.MemFS {
+	c.mu.Lock()
+	ts := c.stores[id]
+	delete(c.stores, id)
+	c.mu.Unlock()
+	if ts == nil {
+		return nil
+	}
+	ts.srv.Stop()
+	ts.st.Stop()
+	ts.trans.Close()
+	if err := ts.eng.Close(); err != nil {
+		c.t.Fatalf("store %d: close engine: %v", id, err)
+	}
+	return ts.fs
+}
+
+// crashStore stops a store and returns a file system holding only what it
+// had synced: what a power loss would leave.
+func (c *testCluster) crashStore(id uint64) *vfs.MemFS {
+	c.mu.Lock()
+	ts := c.stores[id]
+	delete(c.stores, id)
+	c.mu.Unlock()
+	ts.srv.Stop()
+	ts.st.Stop()
+	crashed := ts.fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+	ts.trans.Close()
+	_ = ts.eng.Close()
+	return crashed
+}
+
+func (c *testCluster) restartStore(id uint64, fs *vfs.MemFS) *testStore {
+	return c.startStore(id, fs)
+}
+
+func (c *testCluster) close() {
+	c.mu.Lock()
+	ids := make([]uint64, 0, len(c.stores))
+	for id := range c.stores {
+		ids = append(ids, id)
+	}
+	c.mu.Unlock()
+	for _, id := range ids {
+		c.stopStore(id)
+	}
+	c.net.pending.Wait()
+}
+
+func (c *testCluster) store(id uint64) *testStore {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ts := c.stores[id]
+	if ts == nil {
+		c.t.Fatalf("store %d is not running", id)
+	}
+	return ts
+}
+
+// bootstrap creates region id over [start, end) with one voter on each of
+// the given stores (peer IDs id*100+store).
+func (c *testCluster) bootstrap(id uint64, start, end string, storeIDs ...uint64) *metapb.Region {
+	c.t.Helper()
+	desc := &metapb.Region{Id: id, StartKey: []byte(start), EndKey: []byte(end),
+		RegionEpoch: &metapb.RegionEpoch{ConfVer: 1, Version: 1}}
+	for _, s := range storeIDs {
+		desc.Peers = append(desc.Peers, &metapb.Peer{Id: id*100 + s, StoreId: s})
+	}
+	for _, s := range storeIDs {
+		if err := c.store(s).st.BootstrapRegion(desc); err != nil {
+			c.t.Fatalf("bootstrap region %d on store %d: %v", id, s, err)
+		}
+	}
+	return desc
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// leader returns the store leading regionID, waiting for one to exist and be
+// known by a running store.
+func (c *testCluster) leader(regionID uint64) *testStore {
+	c.t.Helper()
+	var l *testStore
+	waitFor(c.t, fmt.Sprintf("a leader of region %d", regionID), 20*time.Second, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, ts := range c.stores {
+			if st := ts.st.RegionStatus(regionID); st != nil && st.IsLeader() {
+				l = ts
+				return true
+			}
+		}
+		return false
+	})
+	return l
+}
+
+// put writes key=value through regionID's leader, retrying region errors
+// until it is acknowledged.
+func (c *testCluster) put(regionID uint64, key, value string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		l := c.leader(regionID)
+		st := l.st.RegionStatus(regionID)
+		res, err := l.st.Propose(ctx, regionID, st.Region.GetRegionEpoch(), encodePut([]byte(key), []byte(value)))
+		if err == nil {
+			if e, ok := res.(error); ok {
+				c.t.Fatalf("put %q: %v", key, e)
+			}
+			return
+		}
+		var re *region.Error
+		if !errors.As(err, &re) {
+			c.t.Fatalf("put %q: %v", key, err)
+		}
+		if ctx.Err() != nil {
+			c.t.Fatalf("put %q: gave up: %v", key, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// localGet reads key from a store's pebble directly.
+func (ts *testStore) localGet(key string) (string, bool) {
+	v, closer, err := ts.eng.DB.Get(kvDataKey([]byte(key)))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return "", false
+	}
+	if err != nil {
+		panic(err)
+	}
+	defer closer.Close()
+	return string(v), true
+}
+
+// waitReplicated waits until every listed store holds key=value.
+func (c *testCluster) waitReplicated(key, value string, storeIDs ...uint64) {
+	c.t.Helper()
+	waitFor(c.t, fmt.Sprintf("%q=%q on stores %v", key, value, storeIDs), 20*time.Second, func() bool {
+		for _, id := range storeIDs {
+			if v, ok := c.store(id).localGet(key); !ok || v != value {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// dataOf returns every key=value a store holds in [start, end).
+func (ts *testStore) dataOf(start, end string) map[string]string {
+	out := map[string]string{}
+	sp := (&kvSM{}).DataSpans([]byte(start), []byte(end))[0]
+	it, err := ts.eng.DB.NewIter(&pebble.IterOptions{LowerBound: sp.Start, UpperBound: sp.End})
+	if err != nil {
+		panic(err)
+	}
+	defer it.Close()
+	for valid := it.First(); valid; valid = it.Next() {
+		out[string(bytes.TrimPrefix(it.Key(), []byte{'z'}))] = string(it.Value())
+	}
+	return out
+}

@@ -1,0 +1,36 @@
+package raftstore
+
+import (
+	"fmt"
+
+	"github.com/basaltdb/basalt/region"
+)
+
+// checkInvariants panics when the store's state is inconsistent. It runs
+// after every round when built with -tags invariants.
+func (s *Store) checkInvariants() {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	// Initialized replicas on one store never overlap: the range index
+	// holds exactly them.
+	n := 0
+	for id, p := range s.peers {
+		st := p.status.Load()
+		if st == nil || !st.Initialized {
+			continue
+		}
+		n++
+		if got := s.ranges.GetByID(id); got == nil {
+			panic(fmt.Sprintf("raftstore: invariant: initialized region %d missing from the range index", id))
+		}
+		if st.Applied > st.Commit && st.Commit != 0 {
+			panic(fmt.Sprintf("raftstore: invariant: region %d applied %d beyond commit %d", id, st.Applied, st.Commit))
+		}
+		if region.FindPeerByID(st.Region, st.PeerID) == nil {
+			panic(fmt.Sprintf("raftstore: invariant: region %d descriptor lacks its own peer %d", id, st.PeerID))
+		}
+	}
+	if n != s.ranges.Len() {
+		panic(fmt.Sprintf("raftstore: invariant: %d initialized regions but %d in the range index", n, s.ranges.Len()))
+	}
+}

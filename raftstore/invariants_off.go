@@ -1,0 +1,5 @@
+//go:build !invariants
+
+package raftstore
+
+const invariants = false

@@ -1,0 +1,273 @@
+package raftstore
+
+import (
+	"context"
+	"encoding/binary"
+
+	"github.com/basaltdb/basalt/proto/metapb"
+	"github.com/basaltdb/basalt/region"
+)
+
+// Linearizable reads. A read is safe on this replica once its applied index
+// reaches an index that was the leader's commit index at some moment after
+// the read arrived. Two ways to learn such an index:
+//
+//   - ReadIndex: raft confirms leadership with a heartbeat round and returns
+//     its commit index (followers ask the leader).
+//   - Leader lease: with CheckQuorum and PreVote, a follower that heard from
+//     the leader neither campaigns nor votes for another candidate for an
+//     election timeout. So after a quorum acknowledged the leader in response
+//     to a message sent at time t, no other leader can exist before
+//     t + election timeout; the lease is that minus a margin (LeaseRatio).
+//     The lease starts from events whose acknowledgement we observe: a
+//     ReadIndex round (once applied), the commit of an entry this leader
+//     proposed, and the first entry of its term. It is revoked before a
+//     leader transfer (the transferee campaigns at once) and on hibernation.
+//
+// During the lease the leader's applied state holds every acknowledged write
+// (writes are acknowledged only after they apply on the leader), so a read
+// needs no round trip once applied has caught up with commit.
+
+type readRequest struct {
+	epoch  *metapb.RegionEpoch
+	index  uint64 // the index applied must reach; 0 until known
+	done   chan struct{}
+	region *metapb.Region
+	err    error
+}
+
+func (r *readRequest) finish(reg *metapb.Region, err error) {
+	r.region, r.err = reg, err
+	close(r.done)
+}
+
+type readIndexBatch struct {
+	reads       []*readRequest
+	requestTime int64 // monotonic time of the ReadIndex call
+	term        uint64
+	tick        uint64 // p.hib.ticks when issued, for retries
+	leaseIndex  uint64 // set when the ReadState arrives
+}
+
+type readState struct {
+	// queued reads not yet sent as a ReadIndex.
+	queued []*readRequest
+	// inflight ReadIndex batches by request context.
+	inflight map[uint64]*readIndexBatch
+	// waiting reads with a known index, until applied reaches it.
+	waiting []*readRequest
+	// leaseCandidates: ReadIndex batches answered while leader, renewing the
+	// lease once applied reaches their index.
+	leaseCandidates []*readIndexBatch
+	nextID          uint64
+}
+
+func (rs *readState) empty() bool {
+	return len(rs.queued) == 0 && len(rs.inflight) == 0 && len(rs.waiting) == 0
+}
+
+// ReadIndex waits until this store's replica of regionID can serve a
+// linearizable read and returns the region descriptor to read under. The
+// caller then reads from pebble. Because a split or merge may apply while
+// the caller reads, it must confirm with CheckEpoch afterwards that the
+// region's version did not change.
+func (s *Store) ReadIndex(ctx context.Context, regionID uint64, epoch *metapb.RegionEpoch) (*metapb.Region, error) {
+	p := s.getPeer(regionID)
+	if p == nil {
+		return nil, region.RegionNotFound(regionID)
+	}
+	if st := p.status.Load(); st != nil && st.Initialized {
+		if !region.CheckEpoch(region.CmdRead, epoch, st.Region.GetRegionEpoch()) {
+			return nil, region.EpochNotMatch(st.Region)
+		}
+		// Fast path: a valid lease and nothing committed left to apply.
+		if monoNow() < p.leaseExpiry.Load() && p.appliedIdx.Load() >= p.commitIdx.Load() {
+			s.stats.LeaseReads.Add(1)
+			return st.Region, nil
+		}
+	}
+	r := &readRequest{epoch: epoch, done: make(chan struct{})}
+	if !p.push(func(mb *mailbox) { mb.reads = append(mb.reads, r) }) {
+		return nil, region.RegionNotFound(regionID)
+	}
+	select {
+	case <-r.done:
+		return r.region, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// CheckEpoch reports whether regionID's replica on this store still has the
+// given version: the check a reader makes after reading.
+func (s *Store) CheckEpoch(regionID uint64, epoch *metapb.RegionEpoch) error {
+	p := s.getPeer(regionID)
+	if p == nil {
+		return region.RegionNotFound(regionID)
+	}
+	st := p.status.Load()
+	if st == nil || !region.CheckEpoch(region.CmdRead, epoch, st.Region.GetRegionEpoch()) {
+		var cur *metapb.Region
+		if st != nil {
+			cur = st.Region
+		}
+		return region.EpochNotMatch(cur)
+	}
+	return nil
+}
+
+// handleRead starts serving one read. Runs on the worker.
+func (p *peer) handleRead(r *readRequest) {
+	p.activity()
+	if !p.isInitialized() {
+		r.finish(nil, region.RegionNotInitialized(p.regionID))
+		return
+	}
+	if !region.CheckEpoch(region.CmdRead, r.epoch, p.region.GetRegionEpoch()) {
+		r.finish(nil, region.EpochNotMatch(p.region))
+		return
+	}
+	if p.isLeader() && monoNow() < p.leaseExpiry.Load() {
+		// Lease valid: wait only for what is committed to apply.
+		r.index = p.rn.BasicStatus().GetCommit()
+		p.store.stats.LeaseReads.Add(1)
+		p.waitApplied(r)
+		return
+	}
+	if !p.isLeader() && p.leader == 0 {
+		r.finish(nil, region.NotLeader(p.regionID, nil))
+		return
+	}
+	p.reads.queued = append(p.reads.queued, r)
+}
+
+func (p *peer) waitApplied(r *readRequest) {
+	if p.storage.appliedIndex >= r.index {
+		r.finish(p.region, nil)
+		return
+	}
+	p.reads.waiting = append(p.reads.waiting, r)
+}
+
+// issueReadIndex sends one ReadIndex for every read queued this round.
+func (p *peer) issueReadIndex() {
+	if len(p.reads.queued) == 0 {
+		return
+	}
+	if p.reads.inflight == nil {
+		p.reads.inflight = make(map[uint64]*readIndexBatch)
+	}
+	p.reads.nextID++
+	id := p.reads.nextID
+	b := &readIndexBatch{reads: p.reads.queued, requestTime: monoNow(), term: p.term, tick: p.hib.ticks}
+	p.reads.queued = nil
+	p.reads.inflight[id] = b
+	var ctx [8]byte
+	binary.BigEndian.PutUint64(ctx[:], id)
+	p.store.stats.ReadIndexes.Add(1)
+	p.rn.ReadIndex(ctx[:])
+}
+
+// onReadStates handles raft's answers to ReadIndex.
+func (p *peer) onReadStates() {
+	for _, rs := range p.rd.ReadStates {
+		if len(rs.RequestCtx) != 8 {
+			continue
+		}
+		id := binary.BigEndian.Uint64(rs.RequestCtx)
+		b := p.reads.inflight[id]
+		if b == nil {
+			continue
+		}
+		delete(p.reads.inflight, id)
+		for _, r := range b.reads {
+			r.index = rs.Index
+			p.waitApplied(r)
+		}
+		if p.isLeader() && b.term == p.term {
+			b.leaseIndex = rs.Index
+			p.reads.leaseCandidates = append(p.reads.leaseCandidates, b)
+		}
+	}
+}
+
+// serveApplied completes reads whose index has been applied and renews the
+// lease from ReadIndex rounds whose index has been applied.
+func (p *peer) serveApplied() {
+	applied := p.storage.appliedIndex
+	if len(p.reads.waiting) > 0 {
+		keep := p.reads.waiting[:0]
+		for _, r := range p.reads.waiting {
+			if r.index <= applied {
+				r.finish(p.region, nil)
+			} else {
+				keep = append(keep, r)
+			}
+		}
+		clear(p.reads.waiting[len(keep):])
+		p.reads.waiting = keep
+	}
+	if len(p.reads.leaseCandidates) > 0 {
+		keep := p.reads.leaseCandidates[:0]
+		for _, b := range p.reads.leaseCandidates {
+			if b.leaseIndex <= applied {
+				if b.term == p.term {
+					p.renewLease(b.requestTime)
+				}
+			} else {
+				keep = append(keep, b)
+			}
+		}
+		clear(p.reads.leaseCandidates[len(keep):])
+		p.reads.leaseCandidates = keep
+	}
+}
+
+// retryReads re-issues ReadIndex batches that raft may have dropped (no
+// leader, a leader change) after an election timeout, or at once when
+// leadership changed.
+func (p *peer) retryReads(leaderChanged bool) {
+	if len(p.reads.inflight) == 0 {
+		return
+	}
+	for id, b := range p.reads.inflight {
+		if leaderChanged || p.hib.ticks-b.tick >= uint64(p.store.cfg.ElectionTicks) {
+			delete(p.reads.inflight, id)
+			for _, r := range b.reads {
+				p.handleRead(r)
+			}
+		}
+	}
+	if leaderChanged {
+		p.reads.leaseCandidates = nil
+	}
+}
+
+func (p *peer) failAllReads(err error) {
+	for _, r := range p.reads.queued {
+		r.finish(nil, err)
+	}
+	for _, b := range p.reads.inflight {
+		for _, r := range b.reads {
+			r.finish(nil, err)
+		}
+	}
+	for _, r := range p.reads.waiting {
+		r.finish(nil, err)
+	}
+	p.reads = readState{}
+}
+
+// renewLease extends the lease to start+lease duration, where start is a
+// time before a message that a quorum has since acknowledged was sent.
+func (p *peer) renewLease(start int64) {
+	if !p.isLeader() || p.hib.asleep || p.rn.BasicStatus().LeadTransferee != 0 {
+		return
+	}
+	exp := start + int64(p.store.cfg.leaseDuration())
+	if exp > p.leaseExpiry.Load() {
+		p.leaseExpiry.Store(exp)
+	}
+}
+
+func (p *peer) revokeLease() { p.leaseExpiry.Store(0) }

@@ -1,0 +1,586 @@
+package raftstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/basaltdb/basalt/proto/metapb"
+	rspb "github.com/basaltdb/basalt/proto/raftserverpb"
+	"github.com/basaltdb/basalt/region"
+)
+
+// Store is the multi-Raft engine of one store process: every region replica
+// it hosts, one pebble engine, a fixed worker pool, and a transport.
+//
+// Lock order: Store.mu → peer.mu → scheduler.mu (a leaf); Store.awakeMu and
+// Store.snapMu are leaves.
+type Store struct {
+	cfg   Config
+	eng   *Engine
+	sm    StateMachine
+	trans Transport
+	log   *slog.Logger
+	cache *entryCache
+
+	mu         sync.RWMutex
+	peers      map[uint64]*peer
+	tombstones map[uint64]tombstone
+	// ranges indexes this store's initialized regions by key, to refuse a
+	// snapshot or a new peer whose range overlaps a live region.
+	ranges *region.RegionTree
+
+	awakeMu sync.Mutex
+	awake   map[uint64]*peer
+
+	sched *scheduler
+
+	snaps     snapRegistry
+	snapDir   string
+	snapSem   chan struct{}
+	snapSeq   atomic.Uint64
+	snapMu    sync.Mutex
+	recvSnaps map[uint64]*recvSnap
+
+	proposalSeq atomic.Uint64
+
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	started bool
+
+	stats Stats
+}
+
+type tombstone struct {
+	peerID uint64
+	epoch  *metapb.RegionEpoch
+}
+
+// Options are what a Store is built from.
+type Options struct {
+	Config
+	Engine       *Engine
+	StateMachine StateMachine
+	Transport    Transport
+	Logger       *slog.Logger
+}
+
+// NewStore opens a store on an engine and brings back every region replica
+// the engine holds, finishing snapshot applications a crash interrupted. It
+// does not start processing until Start.
+func NewStore(opts Options) (*Store, error) {
+	cfg := opts.Config
+	cfg.fillDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if opts.Engine == nil || opts.StateMachine == nil || opts.Transport == nil {
+		return nil, errors.New("raftstore: Engine, StateMachine and Transport are required")
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Store{
+		cfg:        cfg,
+		eng:        opts.Engine,
+		sm:         opts.StateMachine,
+		trans:      opts.Transport,
+		log:        log.With("store", cfg.StoreID),
+		cache:      newEntryCache(cfg.EntryCacheBytes),
+		peers:      make(map[uint64]*peer),
+		tombstones: make(map[uint64]tombstone),
+		ranges:     region.NewRegionTree(),
+		awake:      make(map[uint64]*peer),
+		sched:      newScheduler(),
+		snapDir:    opts.Engine.FS.PathJoin(opts.Engine.Dir, "snap"),
+		snapSem:    make(chan struct{}, cfg.MaxConcurrentSnapshots),
+		recvSnaps:  make(map[uint64]*recvSnap),
+		ctx:        ctx,
+		cancel:     cancel,
+	}
+	// Proposal IDs only need to be unique among this store's in-flight
+	// proposals, but seeding from the clock keeps a restarted store from
+	// reusing the IDs of entries it proposed before the restart.
+	s.proposalSeq.Store(uint64(time.Now().UnixNano()))
+	if err := mkdirAllDurable(s.eng.FS, s.snapDir); err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := s.load(); err != nil {
+		cancel()
+		return nil, err
+	}
+	return s, nil
+}
+
+// load recreates peers from the region states in pebble.
+func (s *Store) load() error {
+	sp := regionMetaSpan()
+	it, err := s.eng.DB.NewIter(&pebble.IterOptions{LowerBound: sp.Start, UpperBound: sp.End})
+	if err != nil {
+		return err
+	}
+	var states []*rspb.RegionLocalState
+	var ids []uint64
+	for valid := it.First(); valid; valid = it.Next() {
+		id, ok := regionIDFromStateKey(it.Key())
+		if !ok {
+			continue
+		}
+		rs := &rspb.RegionLocalState{}
+		if err := proto.Unmarshal(it.Value(), rs); err != nil {
+			it.Close()
+			return fmt.Errorf("raftstore: region %d: bad region state: %w", id, err)
+		}
+		states = append(states, rs)
+		ids = append(ids, id)
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	for i, rs := range states {
+		id := ids[i]
+		switch rs.GetState() {
+		case rspb.PeerState_Tombstone:
+			s.tombstones[id] = tombstone{peerID: rs.GetTombstonePeerId(), epoch: rs.GetRegion().GetRegionEpoch()}
+			continue
+		case rspb.PeerState_Applying:
+			s.log.Info("finishing interrupted snapshot", "region", id, "index", rs.GetApplyingSnapshot().GetIndex())
+			for _, dsp := range s.sm.DataSpans(rs.GetRegion().GetStartKey(), rs.GetRegion().GetEndKey()) {
+				wb := s.eng.DB.NewBatch()
+				mustDeleteRange(wb, dsp)
+				mustCommit(wb, pebble.Sync)
+			}
+			s.finishApplyingSnapshot(id, rs)
+			rs = &rspb.RegionLocalState{State: rspb.PeerState_Normal, Region: rs.GetRegion(), ConfState: rs.GetConfState()}
+		}
+		self := region.FindPeer(rs.GetRegion(), s.cfg.StoreID)
+		if self == nil {
+			return fmt.Errorf("raftstore: region %d: this store is not in its descriptor", id)
+		}
+		p, err := s.newPeer(id, self.GetId(), rs)
+		if err != nil {
+			return err
+		}
+		s.peers[id] = p
+		if p.isInitialized() {
+			if _, err := s.ranges.Update(p.region); err != nil {
+				return fmt.Errorf("raftstore: region %d overlaps another region on this store: %w", id, err)
+			}
+		}
+	}
+	return s.removeStaleSnapshotFiles()
+}
+
+// removeStaleSnapshotFiles deletes received snapshot files that no region is
+// applying (what a crash left behind).
+func (s *Store) removeStaleSnapshotFiles() error {
+	names, err := s.eng.FS.List(s.snapDir)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if strings.HasPrefix(n, "recv_") {
+			_ = s.eng.FS.Remove(s.eng.FS.PathJoin(s.snapDir, n))
+		}
+	}
+	return nil
+}
+
+// newPeer builds a peer from its region state; rs is nil for a new,
+// uninitialized peer.
+func (s *Store) newPeer(regionID, peerID uint64, rs *rspb.RegionLocalState) (*peer, error) {
+	if rs == nil {
+		rs = &rspb.RegionLocalState{Region: &metapb.Region{Id: regionID, Peers: []*metapb.Peer{{Id: peerID, StoreId: s.cfg.StoreID}}}}
+	}
+	st, err := loadPeerStorage(s.eng.DB, s.cache, regionID, rs)
+	if err != nil {
+		return nil, err
+	}
+	p := &peer{
+		store:       s,
+		regionID:    regionID,
+		peerID:      peerID,
+		storage:     st,
+		region:      rs.GetRegion(),
+		peerState:   rs.GetState(),
+		peerCache:   make(map[uint64]*metapb.Peer),
+		pendingByID: make(map[uint64]*proposal),
+	}
+	st.snapshot = p.generateSnapshot
+	if err := p.newRawNode(); err != nil {
+		return nil, err
+	}
+	p.appliedIdx.Store(st.appliedIndex)
+	p.commitIdx.Store(st.hardState.GetCommit())
+	p.publishStatus()
+	return p, nil
+}
+
+// Start begins processing: the workers, and the ticker that drives every
+// awake region.
+func (s *Store) Start() {
+	s.mu.Lock()
+	if s.started {
+		s.mu.Unlock()
+		return
+	}
+	s.started = true
+	ps := make([]*peer, 0, len(s.peers))
+	for _, p := range s.peers {
+		ps = append(ps, p)
+	}
+	s.mu.Unlock()
+	for _, p := range ps {
+		s.setAwake(p, true)
+		for _, rs := range []*metapb.Region{p.region} {
+			if p.isInitialized() {
+				s.sm.RegionChanged(p.regionID, rs)
+			}
+		}
+	}
+	for i := 0; i < s.cfg.Workers; i++ {
+		s.wg.Add(1)
+		go s.runWorker()
+	}
+	s.wg.Add(1)
+	go s.runTicker()
+}
+
+// Stop stops processing and fails everything waiting. It does not close the
+// engine or the transport, which belong to the caller.
+func (s *Store) Stop() {
+	s.cancel()
+	s.sched.stop()
+	s.wg.Wait()
+	s.mu.Lock()
+	ps := make([]*peer, 0, len(s.peers))
+	for _, p := range s.peers {
+		ps = append(ps, p)
+	}
+	s.mu.Unlock()
+	stopped := errors.New("raftstore: store stopped")
+	for _, p := range ps {
+		p.mu.Lock()
+		mb := p.mb
+		p.mb = mailbox{destroyed: true}
+		p.mu.Unlock()
+		for _, pr := range mb.props {
+			pr.finish(nil, stopped)
+		}
+		for _, r := range mb.reads {
+			r.finish(nil, stopped)
+		}
+		p.failAllProposals(stopped)
+		p.failAllReads(stopped)
+	}
+	s.snaps.gc(0)
+}
+
+func (s *Store) runTicker() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.TickInterval)
+	defer t.Stop()
+	gcEvery := max(1, int(time.Minute/s.cfg.TickInterval))
+	var ps []*peer
+	for n := 1; ; n++ {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.stats.TickerFires.Add(1)
+		ps = ps[:0]
+		s.awakeMu.Lock()
+		for _, p := range s.awake {
+			ps = append(ps, p)
+		}
+		s.awakeMu.Unlock()
+		for _, p := range ps {
+			p.push(func(mb *mailbox) { mb.ticks++ })
+		}
+		if n%gcEvery == 0 {
+			s.snaps.gc(s.cfg.SnapshotTTL)
+		}
+	}
+}
+
+func (s *Store) setAwake(p *peer, awake bool) {
+	s.awakeMu.Lock()
+	if awake {
+		s.awake[p.regionID] = p
+	} else if s.awake[p.regionID] == p {
+		delete(s.awake, p.regionID)
+	}
+	s.awakeMu.Unlock()
+}
+
+func (s *Store) getPeer(regionID uint64) *peer {
+	s.mu.RLock()
+	p := s.peers[regionID]
+	s.mu.RUnlock()
+	return p
+}
+
+func (s *Store) nextProposalID() uint64 { return s.proposalSeq.Add(1) }
+
+// indexRegion updates the store's key index for p's descriptor. Called from
+// the worker; takes Store.mu.
+func (s *Store) indexRegion(p *peer) {
+	if !p.isInitialized() {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.peers[p.regionID] != p {
+		return
+	}
+	if _, err := s.ranges.Update(p.region); err != nil {
+		panic(fmt.Sprintf("raftstore: region %d: %v", p.regionID, err))
+	}
+}
+
+// canTakeRange reports whether region regionID may cover reg's range on this
+// store: no other initialized region overlaps it.
+func (s *Store) canTakeRange(regionID uint64, reg *metapb.Region) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, o := range s.ranges.Overlapping(reg.GetStartKey(), reg.GetEndKey()) {
+		if o.GetId() != regionID {
+			return false
+		}
+	}
+	return true
+}
+
+// BootstrapRegion creates this store's replica of a new region whose log
+// starts empty at initLogIndex, with desc as its descriptor. Every store in
+// desc bootstraps the same descriptor (or the region starts with one replica
+// and grows by ChangePeers). desc's epoch must be at least 1/1.
+func (s *Store) BootstrapRegion(desc *metapb.Region) error {
+	if desc.GetRegionEpoch().GetConfVer() == 0 || desc.GetRegionEpoch().GetVersion() == 0 {
+		return errors.New("raftstore: bootstrap: region epoch must be at least conf_ver 1, version 1")
+	}
+	if !region.ValidRange(desc.GetStartKey(), desc.GetEndKey()) {
+		return errors.New("raftstore: bootstrap: start key must be below end key")
+	}
+	self := region.FindPeer(desc, s.cfg.StoreID)
+	if self == nil {
+		return fmt.Errorf("raftstore: bootstrap: store %d is not in region %d", s.cfg.StoreID, desc.GetId())
+	}
+	cs := &pb.ConfState{}
+	for _, m := range desc.GetPeers() {
+		switch m.GetRole() {
+		case metapb.PeerRole_Voter:
+			cs.Voters = append(cs.Voters, m.GetId())
+		case metapb.PeerRole_Learner:
+			cs.Learners = append(cs.Learners, m.GetId())
+		default:
+			return errors.New("raftstore: bootstrap: peers must be voters or learners")
+		}
+	}
+	if len(cs.Voters) == 0 {
+		return errors.New("raftstore: bootstrap: region needs a voter")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.peers[desc.GetId()] != nil {
+		return fmt.Errorf("raftstore: bootstrap: region %d already exists", desc.GetId())
+	}
+	if len(s.ranges.Overlapping(desc.GetStartKey(), desc.GetEndKey())) > 0 {
+		return fmt.Errorf("raftstore: bootstrap: region %d overlaps an existing region", desc.GetId())
+	}
+	rs := &rspb.RegionLocalState{State: rspb.PeerState_Normal, Region: proto.Clone(desc).(*metapb.Region), ConfState: cs}
+	wb := s.eng.DB.NewBatch()
+	mustSetProto(wb, regionStateKey(desc.GetId()), rs)
+	mustSetProto(wb, hardStateKey(desc.GetId()), &pb.HardState{Term: new(uint64(initLogTerm)), Commit: new(uint64(initLogIndex))})
+	mustSetProto(wb, truncatedStateKey(desc.GetId()), &rspb.RaftTruncatedState{Index: initLogIndex, Term: initLogTerm})
+	mustSetProto(wb, applyStateKey(desc.GetId()), &rspb.RaftApplyState{AppliedIndex: initLogIndex, AppliedTerm: initLogTerm})
+	mustCommit(wb, pebble.Sync)
+	p, err := s.newPeer(desc.GetId(), self.GetId(), rs)
+	if err != nil {
+		return err
+	}
+	s.peers[desc.GetId()] = p
+	if _, err := s.ranges.Update(p.region); err != nil {
+		panic(err)
+	}
+	delete(s.tombstones, desc.GetId())
+	if s.started {
+		s.setAwake(p, true)
+		s.sm.RegionChanged(p.regionID, p.region)
+		s.sched.enqueue(p)
+	}
+	return nil
+}
+
+// HandleRaftMessage delivers a message from another store to the addressed
+// replica, creating an uninitialized replica when a leader or candidate
+// reaches a region this store does not have yet.
+func (s *Store) HandleRaftMessage(rm *rspb.RaftMessage) {
+	if rm.GetToPeer().GetStoreId() != s.cfg.StoreID {
+		return
+	}
+	s.stats.MsgsReceived.Add(1)
+	p := s.getPeer(rm.GetRegionId())
+	if p == nil || p.peerID != rm.GetToPeer().GetId() {
+		if p = s.maybeCreatePeer(rm); p == nil {
+			return
+		}
+	}
+	p.push(func(mb *mailbox) { mb.msgs = append(mb.msgs, rm) })
+}
+
+// maybeCreatePeer decides what to do with a message for a replica this store
+// does not have (or has under another peer ID).
+func (s *Store) maybeCreatePeer(rm *rspb.RaftMessage) *peer {
+	regionID, to := rm.GetRegionId(), rm.GetToPeer()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.started {
+		return nil
+	}
+	if p := s.peers[regionID]; p != nil {
+		switch {
+		case p.peerID == to.GetId():
+			return p
+		case p.peerID < to.GetId():
+			// The region removed our old replica and added a new one here:
+			// the old one is stale. Destroy it; the sender retries.
+			p.pushOp(func(p *peer) { p.destroy("replaced by a newer peer") })
+		}
+		return nil
+	}
+	if t, ok := s.tombstones[regionID]; ok && to.GetId() <= t.peerID {
+		return nil
+	}
+	if rm.GetExtra().GetType() != rspb.ExtraMessageType_None || rm.GetMessage() == nil {
+		return nil
+	}
+	switch rm.GetMessage().GetType() {
+	case pb.MsgVote, pb.MsgPreVote, pb.MsgApp, pb.MsgHeartbeat, pb.MsgSnap:
+	default:
+		return nil
+	}
+	// A message from a region whose range a newer local region already
+	// holds is from a stale replica.
+	for _, o := range s.ranges.Overlapping(rm.GetStartKey(), rm.GetEndKey()) {
+		if o.GetRegionEpoch().GetVersion() > rm.GetRegionEpoch().GetVersion() {
+			return nil
+		}
+	}
+	p, err := s.newPeer(regionID, to.GetId(), nil)
+	if err != nil {
+		s.log.Error("creating peer", "region", regionID, "err", err)
+		return nil
+	}
+	s.peers[regionID] = p
+	delete(s.tombstones, regionID)
+	s.setAwake(p, true)
+	s.stats.PeersCreated.Add(1)
+	return p
+}
+
+// destroy removes the replica from this store: its data and raft state are
+// deleted and a tombstone remembers it, so stale messages cannot revive it.
+// Runs on the worker.
+func (p *peer) destroy(reason string) {
+	if p.destroyed {
+		return
+	}
+	s := p.store
+	s.log.Info("destroying peer", "region", p.regionID, "peer", p.peerID, "reason", reason)
+	p.mu.Lock()
+	mb := p.mb
+	p.mb = mailbox{destroyed: true}
+	p.mu.Unlock()
+	p.destroyed = true
+	gone := region.RegionNotFound(p.regionID)
+	for _, pr := range mb.props {
+		pr.finish(nil, gone)
+	}
+	for _, r := range mb.reads {
+		r.finish(nil, gone)
+	}
+	p.failAllProposals(gone)
+	p.failAllReads(gone)
+	p.revokeLease()
+
+	wb := s.eng.DB.NewBatch()
+	if p.isInitialized() {
+		for _, sp := range s.sm.DataSpans(p.region.GetStartKey(), p.region.GetEndKey()) {
+			mustDeleteRange(wb, sp)
+		}
+	}
+	mustDeleteRange(wb, raftLocalSpan(p.regionID))
+	mustSetProto(wb, regionStateKey(p.regionID), &rspb.RegionLocalState{
+		State: rspb.PeerState_Tombstone, Region: p.region, TombstonePeerId: p.peerID})
+	mustCommit(wb, pebble.Sync)
+
+	s.mu.Lock()
+	if s.peers[p.regionID] == p {
+		delete(s.peers, p.regionID)
+		s.ranges.Remove(p.regionID)
+	}
+	s.tombstones[p.regionID] = tombstone{peerID: p.peerID, epoch: p.region.GetRegionEpoch()}
+	s.mu.Unlock()
+	s.setAwake(p, false)
+	s.cache.drop(p.regionID)
+	s.stats.PeersDestroyed.Add(1)
+	s.sm.RegionChanged(p.regionID, nil)
+	st := *p.status.Load()
+	st.Initialized = false
+	p.status.Store(&st)
+}
+
+// RegionStatus returns the published status of this store's replica of
+// regionID, or nil.
+func (s *Store) RegionStatus(regionID uint64) *RegionStatus {
+	p := s.getPeer(regionID)
+	if p == nil {
+		return nil
+	}
+	return p.status.Load()
+}
+
+// Regions returns the status of every replica on this store.
+func (s *Store) Regions() []*RegionStatus {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*RegionStatus, 0, len(s.peers))
+	for _, p := range s.peers {
+		out = append(out, p.status.Load())
+	}
+	return out
+}
+
+// StoreID returns this store's ID.
+func (s *Store) StoreID() uint64 { return s.cfg.StoreID }
+
+// Engine returns the store's engine.
+func (s *Store) Engine() *Engine { return s.eng }
+
+// Stats returns the store's counters.
+func (s *Store) Stats() *Stats { return &s.stats }
+
+// Stats counts what a store did since it started.
+type Stats struct {
+	Rounds, Syncs, Proposals, Applied, Ticks, TickerFires          atomic.Uint64
+	MsgsSent, MsgsReceived, MsgsDropped                            atomic.Uint64
+	ReadIndexes, LeaseReads                                        atomic.Uint64
+	SnapshotsGenerated, SnapshotsSent, SnapshotSendFailures        atomic.Uint64
+	SnapshotsReceived, SnapshotsApplied                            atomic.Uint64
+	Hibernations, Wakes, PeersCreated, PeersDestroyed, Truncations atomic.Uint64
+}
