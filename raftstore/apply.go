@@ -86,6 +86,31 @@ func (p *peer) applyNormal(ab *ApplyBatch, e *pb.Entry, results []applyResult) [
 				p.renewLease(pr.proposeTime)
 			}
 		}
+	case cmdUserBatch:
+		if !region.CheckEpoch(region.CmdWrite, env.epoch(), p.region.GetRegionEpoch()) {
+			if pr != nil {
+				results = append(results, applyResult{pr: pr, err: region.EpochNotMatch(p.region)})
+			}
+			return results
+		}
+		err := forEachBatchItem(env.payload, func(i int, cmd []byte) {
+			res := p.store.sm.Apply(ab, Command{
+				RegionID: p.regionID, Region: p.region, Index: e.GetIndex(), Term: e.GetTerm(), Data: cmd,
+			})
+			if pr != nil && i < len(pr.subs) {
+				results = append(results, applyResult{pr: pr.subs[i], result: res})
+			}
+		})
+		if err != nil {
+			panic(fmt.Sprintf("raftstore: region %d: entry %d: %v", p.regionID, e.GetIndex(), err))
+		}
+		if pr != nil {
+			// The subs are finished through results; mark the batch done.
+			pr.finished = true
+			if p.isLeader() && e.GetTerm() == p.term {
+				p.renewLease(pr.proposeTime)
+			}
+		}
 	case cmdAdmin:
 		// Split and merge arrive with the split/merge work; no binary has
 		// proposed one yet, so meeting one means a newer binary wrote this

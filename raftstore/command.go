@@ -13,11 +13,16 @@ import (
 //
 //	offset size
 //	0      1    format version (1)
-//	1      1    command kind (cmdUser, cmdAdmin, cmdChangePeers)
+//	1      1    command kind (cmdUser, cmdAdmin, cmdChangePeers, cmdUserBatch)
 //	2      8    proposal ID (big-endian), unique per proposing store
 //	10     8    region epoch version
 //	18     8    region epoch conf_ver
-//	26     -    payload: user bytes, a raftcmdpb.AdminRequest or a raftcmdpb.ChangePeers
+//	26     -    payload: user bytes, a raftcmdpb.AdminRequest, a raftcmdpb.ChangePeers,
+//	            or for cmdUserBatch several user commands, each uvarint(len) bytes
+//
+// A cmdUserBatch entry carries the writes a leader received for a region in
+// one round: they apply in order at the entry's index, as if they were
+// consecutive entries, but cost the log one entry.
 //
 // Entries with empty data are raft's own (a new leader's empty entry). The
 // format is frozen: a new field needs a new version byte.
@@ -28,6 +33,7 @@ const (
 	cmdUser        byte = 1
 	cmdAdmin       byte = 2
 	cmdChangePeers byte = 3
+	cmdUserBatch   byte = 4
 )
 
 type envelope struct {
@@ -75,4 +81,23 @@ func peekProposalID(b []byte) (id uint64, ok bool) {
 		return 0, false
 	}
 	return binary.BigEndian.Uint64(b[2:]), true
+}
+
+// appendBatchItem adds one user command to a cmdUserBatch payload.
+func appendBatchItem(dst, cmd []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(cmd)))
+	return append(dst, cmd...)
+}
+
+// forEachBatchItem calls fn for each user command of a cmdUserBatch payload.
+func forEachBatchItem(payload []byte, fn func(i int, cmd []byte)) error {
+	for i := 0; len(payload) > 0; i++ {
+		n, w := binary.Uvarint(payload)
+		if w <= 0 || uint64(len(payload)-w) < n {
+			return fmt.Errorf("raftstore: corrupt batch entry at item %d", i)
+		}
+		fn(i, payload[w:w+int(n)])
+		payload = payload[w+int(n):]
+	}
+	return nil
 }

@@ -28,6 +28,9 @@ import (
 type kvSM struct {
 	mu      sync.Mutex
 	changes map[uint64]int
+	// blind skips reading the previous value (benchmarks measure the
+	// engine, not a read-before-write state machine).
+	blind bool
 }
 
 func newKVSM() *kvSM { return &kvSM{changes: make(map[uint64]int)} }
@@ -48,11 +51,17 @@ func encodePut(key, value []byte) []byte {
 	return append(b, value...)
 }
 
-func (*kvSM) Apply(ab *ApplyBatch, cmd Command) any {
+func (sm *kvSM) Apply(ab *ApplyBatch, cmd Command) any {
 	kl, n := binary.Uvarint(cmd.Data)
 	key, value := cmd.Data[n:n+int(kl)], cmd.Data[n+int(kl):]
 	if !region.ContainsKey(cmd.Region, key) {
 		return region.KeyNotInRegion(key, cmd.Region)
+	}
+	if sm.blind {
+		if err := ab.Set(kvDataKey(key), value, nil); err != nil {
+			panic(err)
+		}
+		return nil
 	}
 	var prev []byte
 	if v, closer, err := ab.Get(kvDataKey(key)); err == nil {
@@ -174,13 +183,16 @@ type testStore struct {
 }
 
 type testCluster struct {
-	t      testing.TB
-	cfg    Config
-	net    *faultNet
-	mu     sync.Mutex
-	addrs  map[uint64]string
-	stores map[uint64]*testStore
-	ids    []uint64
+	t     testing.TB
+	cfg   Config
+	blind bool
+	// diskDir, when set, puts stores on the real disk (benchmarks).
+	diskDir string
+	net     *faultNet
+	mu      sync.Mutex
+	addrs   map[uint64]string
+	stores  map[uint64]*testStore
+	ids     []uint64
 }
 
 // testConfig is fast enough for tests and slow enough for the race
@@ -197,10 +209,25 @@ func testConfig() Config {
 }
 
 func newTestCluster(t testing.TB, n int, cfg Config) *testCluster {
-	c := &testCluster{t: t, cfg: cfg, net: newFaultNet(), addrs: make(map[uint64]string), stores: make(map[uint64]*testStore)}
+	return newCluster(t, n, cfg, "")
+}
+
+// newDiskCluster runs the stores on the real file system under dir, with
+// real fsyncs.
+func newDiskCluster(t testing.TB, n int, cfg Config, dir string) *testCluster {
+	return newCluster(t, n, cfg, dir, true)
+}
+
+func newCluster(t testing.TB, n int, cfg Config, diskDir string, blind ...bool) *testCluster {
+	c := &testCluster{t: t, cfg: cfg, diskDir: diskDir, net: newFaultNet(), addrs: make(map[uint64]string), stores: make(map[uint64]*testStore)}
+	c.blind = len(blind) > 0 && blind[0]
 	for i := 1; i <= n; i++ {
 		c.ids = append(c.ids, uint64(i))
-		c.startStore(uint64(i), vfs.NewCrashableMem())
+		if diskDir != "" {
+			c.startStore(uint64(i), nil)
+		} else {
+			c.startStore(uint64(i), vfs.NewCrashableMem())
+		}
 	}
 	t.Cleanup(c.close)
 	return c
@@ -218,11 +245,18 @@ func (c *testCluster) resolve(id uint64) (string, error) {
 
 func (c *testCluster) startStore(id uint64, fs *vfs.MemFS) *testStore {
 	c.t.Helper()
-	eng, err := OpenEngine("/store", fs)
+	dir := "/store"
+	var vfsFS vfs.FS = fs
+	if fs == nil {
+		dir = fmt.Sprintf("%s/store%d", c.diskDir, id)
+		vfsFS = vfs.Default
+	}
+	eng, err := OpenEngine(dir, vfsFS)
 	if err != nil {
 		c.t.Fatalf("store %d: open engine: %v", id, err)
 	}
 	ts := &testStore{id: id, fs: fs, eng: eng, sm: newKVSM()}
+	ts.sm.blind = c.blind
 	ts.trans = NewGRPCTransport(GRPCTransportOptions{
 		Resolver: ResolverFunc(c.resolve),
 		OnUnreachable: func(to uint64, msgs []*rspb.RaftMessage) {
@@ -243,7 +277,7 @@ func (c *testCluster) startStore(id uint64, fs *vfs.MemFS) *testStore {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	ts.srv = grpc.NewServer(grpc.MaxRecvMsgSize(MaxGRPCMessageBytes))
+	ts.srv = grpc.NewServer(grpc.MaxRecvMsgSize(MaxGRPCMessageBytes), grpc.InitialWindowSize(16<<20), grpc.InitialConnWindowSize(32<<20))
 	rspb.RegisterRaftTransportServer(ts.srv, NewRaftServer(st))
 	go func() { _ = ts.srv.Serve(lis) }()
 	c.mu.Lock()

@@ -46,6 +46,8 @@ type peer struct {
 	role    raft.StateType
 	leaderT int64 // monotonic time this peer last became leader
 
+	// batch: this round's writes, proposed together by flushProposals.
+	batch []*proposal
 	// proposals proposed in the current round, waiting for their index.
 	proposed []*proposal
 	// pending proposals with an index, in proposal order, waiting for apply.

@@ -24,6 +24,7 @@ type proposal struct {
 	epoch   *metapb.RegionEpoch
 	payload []byte
 	changes []*raftcmdpb.ChangePeer // for cmdChangePeers
+	subs    []*proposal             // for cmdUserBatch: the writes it carries
 
 	id          uint64
 	index, term uint64
@@ -45,6 +46,14 @@ func (pr *proposal) finish(result any, err error) {
 		return
 	}
 	pr.finished = true
+	if pr.kind == cmdUserBatch {
+		// A batch has no result of its own: on success apply finishes each
+		// write it carries; otherwise they share the batch's fate.
+		for _, sub := range pr.subs {
+			sub.finish(nil, err)
+		}
+		return
+	}
 	pr.result, pr.err = result, err
 	close(pr.done)
 }
@@ -183,27 +192,83 @@ func (p *peer) propose(pr *proposal) {
 		pr.finish(nil, region.EpochNotMatch(p.region))
 		return
 	}
-	pr.id = p.store.nextProposalID()
-	pr.proposeTime = monoNow()
-	data := encodeEnvelope(pr.kind, pr.id, pr.epoch, pr.payload)
-	var err error
 	switch pr.kind {
 	case cmdUser:
-		err = p.rn.Propose(data)
+		// Batched: flushProposals puts the round's writes into as few raft
+		// entries as the size limit allows and steps them as one MsgProp, so
+		// raft appends, sends and persists per round, not per write.
+		p.batch = append(p.batch, pr)
 	case cmdChangePeers:
-		var cc *pb.ConfChangeV2
-		if cc, err = p.validateChangePeers(pr.changes); err == nil {
-			cc.Context = data
+		// Flush first: the conf change must follow the writes proposed before it.
+		p.flushProposals()
+		pr.id = p.store.nextProposalID()
+		pr.proposeTime = monoNow()
+		cc, err := p.validateChangePeers(pr.changes)
+		if err == nil {
+			cc.Context = encodeEnvelope(pr.kind, pr.id, pr.epoch, pr.payload)
 			err = p.rn.ProposeConfChange(cc)
 		}
+		p.proposedOrFailed(pr, err)
 	default:
 		panic(fmt.Sprintf("raftstore: unknown proposal kind %d", pr.kind))
 	}
+}
+
+// maxBatchEntryBytes bounds the payload of one cmdUserBatch entry.
+const maxBatchEntryBytes = 256 << 10
+
+// flushProposals proposes the round's batched writes as one raft message.
+func (p *peer) flushProposals() {
+	if len(p.batch) == 0 {
+		return
+	}
+	now := monoNow()
+	epoch := p.region.GetRegionEpoch()
+	var entries []*pb.Entry
+	var props []*proposal
+	for start := 0; start < len(p.batch); {
+		end, size := start, 0
+		for end < len(p.batch) && (end == start || size+len(p.batch[end].payload) <= maxBatchEntryBytes) {
+			size += len(p.batch[end].payload) + 4
+			end++
+		}
+		var pr *proposal
+		var data []byte
+		if end-start == 1 {
+			pr = p.batch[start]
+			pr.id = p.store.nextProposalID()
+			data = encodeEnvelope(cmdUser, pr.id, epoch, pr.payload)
+		} else {
+			pr = &proposal{kind: cmdUserBatch, subs: append([]*proposal(nil), p.batch[start:end]...), id: p.store.nextProposalID()}
+			payload := make([]byte, 0, size)
+			for _, sub := range pr.subs {
+				payload = appendBatchItem(payload, sub.payload)
+			}
+			data = encodeEnvelope(cmdUserBatch, pr.id, epoch, payload)
+		}
+		pr.proposeTime = now
+		entries = append(entries, &pb.Entry{Data: data})
+		props = append(props, pr)
+		start = end
+	}
+	err := p.rn.Step(&pb.Message{Type: pb.MsgProp.Enum(), From: new(p.peerID), Entries: entries})
+	for _, pr := range props {
+		p.proposedOrFailed(pr, err)
+	}
+	clear(p.batch)
+	p.batch = p.batch[:0]
+}
+
+func (p *peer) proposedOrFailed(pr *proposal, err error) {
 	if err != nil {
 		pr.finish(nil, p.proposeError(err))
 		return
 	}
-	p.store.stats.Proposals.Add(1)
+	if pr.kind == cmdUserBatch {
+		p.store.stats.Proposals.Add(uint64(len(pr.subs)))
+	} else {
+		p.store.stats.Proposals.Add(1)
+	}
 	p.proposed = append(p.proposed, pr)
 	p.pendingByID[pr.id] = pr
 }

@@ -224,6 +224,7 @@ func (p *peer) handleInputs(mb *mailbox) {
 	for _, pr := range mb.props {
 		p.propose(pr)
 	}
+	p.flushProposals()
 	for _, r := range mb.reads {
 		p.handleRead(r)
 	}
@@ -364,6 +365,7 @@ func (p *peer) sendMessages(msgs []*pb.Message, late bool) {
 			p.store.sendSnapshot(p, rm)
 			continue
 		}
+
 		p.store.stats.MsgsSent.Add(1)
 		p.store.trans.Send(to.GetStoreId(), rm)
 	}

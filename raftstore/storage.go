@@ -183,7 +183,11 @@ func (s *peerStorage) append(wb *pebble.Batch, ents []*pb.Entry) {
 	if first <= s.truncIndex {
 		panic(fmt.Sprintf("raftstore: region %d: appending entry %d at or below truncated index %d", s.regionID, first, s.truncIndex))
 	}
-	var buf []byte
+	maxLen := 0
+	for _, e := range ents {
+		maxLen = max(maxLen, len(e.GetData()))
+	}
+	buf := make([]byte, 0, maxLen+16)
 	key := make([]byte, 0, 18)
 	for _, e := range ents {
 		buf = encodeEntry(buf[:0], e)

@@ -370,15 +370,79 @@ func (s *Store) canTakeRange(regionID uint64, reg *metapb.Region) bool {
 // desc bootstraps the same descriptor (or the region starts with one replica
 // and grows by ChangePeers). desc's epoch must be at least 1/1.
 func (s *Store) BootstrapRegion(desc *metapb.Region) error {
+	return s.BootstrapRegions([]*metapb.Region{desc})
+}
+
+// BootstrapRegions bootstraps several regions with one synced write. Nothing
+// is created unless every descriptor is valid.
+func (s *Store) BootstrapRegions(descs []*metapb.Region) error {
+	type boot struct {
+		rs   *rspb.RegionLocalState
+		self *metapb.Peer
+	}
+	var boots []boot
+	check := region.NewRegionTree()
+	for _, desc := range descs {
+		rs, self, err := s.bootstrapState(desc)
+		if err != nil {
+			return err
+		}
+		if _, err := check.Update(desc); err != nil || check.Len() != len(boots)+1 {
+			return fmt.Errorf("raftstore: bootstrap: region %d overlaps another region being bootstrapped", desc.GetId())
+		}
+		boots = append(boots, boot{rs, self})
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, b := range boots {
+		reg := b.rs.GetRegion()
+		if s.peers[reg.GetId()] != nil {
+			return fmt.Errorf("raftstore: bootstrap: region %d already exists", reg.GetId())
+		}
+		if len(s.ranges.Overlapping(reg.GetStartKey(), reg.GetEndKey())) > 0 {
+			return fmt.Errorf("raftstore: bootstrap: region %d overlaps an existing region", reg.GetId())
+		}
+	}
+	wb := s.eng.DB.NewBatch()
+	for _, b := range boots {
+		id := b.rs.GetRegion().GetId()
+		mustSetProto(wb, regionStateKey(id), b.rs)
+		mustSetProto(wb, hardStateKey(id), &pb.HardState{Term: new(uint64(initLogTerm)), Commit: new(uint64(initLogIndex))})
+		mustSetProto(wb, truncatedStateKey(id), &rspb.RaftTruncatedState{Index: initLogIndex, Term: initLogTerm})
+		mustSetProto(wb, applyStateKey(id), &rspb.RaftApplyState{AppliedIndex: initLogIndex, AppliedTerm: initLogTerm})
+	}
+	mustCommit(wb, pebble.Sync)
+	for _, b := range boots {
+		id := b.rs.GetRegion().GetId()
+		p, err := s.newPeer(id, b.self.GetId(), b.rs)
+		if err != nil {
+			return err
+		}
+		s.peers[id] = p
+		if _, err := s.ranges.Update(p.region); err != nil {
+			panic(err)
+		}
+		delete(s.tombstones, id)
+		if s.started {
+			s.setAwake(p, true)
+			s.sm.RegionChanged(p.regionID, p.region)
+			s.sched.enqueue(p)
+		}
+	}
+	return nil
+}
+
+// bootstrapState validates a bootstrap descriptor and builds its state.
+func (s *Store) bootstrapState(desc *metapb.Region) (*rspb.RegionLocalState, *metapb.Peer, error) {
 	if desc.GetRegionEpoch().GetConfVer() == 0 || desc.GetRegionEpoch().GetVersion() == 0 {
-		return errors.New("raftstore: bootstrap: region epoch must be at least conf_ver 1, version 1")
+		return nil, nil, errors.New("raftstore: bootstrap: region epoch must be at least conf_ver 1, version 1")
 	}
 	if !region.ValidRange(desc.GetStartKey(), desc.GetEndKey()) {
-		return errors.New("raftstore: bootstrap: start key must be below end key")
+		return nil, nil, errors.New("raftstore: bootstrap: start key must be below end key")
 	}
 	self := region.FindPeer(desc, s.cfg.StoreID)
 	if self == nil {
-		return fmt.Errorf("raftstore: bootstrap: store %d is not in region %d", s.cfg.StoreID, desc.GetId())
+		return nil, nil, fmt.Errorf("raftstore: bootstrap: store %d is not in region %d", s.cfg.StoreID, desc.GetId())
 	}
 	cs := &pb.ConfState{}
 	for _, m := range desc.GetPeers() {
@@ -388,42 +452,13 @@ func (s *Store) BootstrapRegion(desc *metapb.Region) error {
 		case metapb.PeerRole_Learner:
 			cs.Learners = append(cs.Learners, m.GetId())
 		default:
-			return errors.New("raftstore: bootstrap: peers must be voters or learners")
+			return nil, nil, errors.New("raftstore: bootstrap: peers must be voters or learners")
 		}
 	}
 	if len(cs.Voters) == 0 {
-		return errors.New("raftstore: bootstrap: region needs a voter")
+		return nil, nil, errors.New("raftstore: bootstrap: region needs a voter")
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.peers[desc.GetId()] != nil {
-		return fmt.Errorf("raftstore: bootstrap: region %d already exists", desc.GetId())
-	}
-	if len(s.ranges.Overlapping(desc.GetStartKey(), desc.GetEndKey())) > 0 {
-		return fmt.Errorf("raftstore: bootstrap: region %d overlaps an existing region", desc.GetId())
-	}
-	rs := &rspb.RegionLocalState{State: rspb.PeerState_Normal, Region: proto.Clone(desc).(*metapb.Region), ConfState: cs}
-	wb := s.eng.DB.NewBatch()
-	mustSetProto(wb, regionStateKey(desc.GetId()), rs)
-	mustSetProto(wb, hardStateKey(desc.GetId()), &pb.HardState{Term: new(uint64(initLogTerm)), Commit: new(uint64(initLogIndex))})
-	mustSetProto(wb, truncatedStateKey(desc.GetId()), &rspb.RaftTruncatedState{Index: initLogIndex, Term: initLogTerm})
-	mustSetProto(wb, applyStateKey(desc.GetId()), &rspb.RaftApplyState{AppliedIndex: initLogIndex, AppliedTerm: initLogTerm})
-	mustCommit(wb, pebble.Sync)
-	p, err := s.newPeer(desc.GetId(), self.GetId(), rs)
-	if err != nil {
-		return err
-	}
-	s.peers[desc.GetId()] = p
-	if _, err := s.ranges.Update(p.region); err != nil {
-		panic(err)
-	}
-	delete(s.tombstones, desc.GetId())
-	if s.started {
-		s.setAwake(p, true)
-		s.sm.RegionChanged(p.regionID, p.region)
-		s.sched.enqueue(p)
-	}
-	return nil
+	return &rspb.RegionLocalState{State: rspb.PeerState_Normal, Region: proto.Clone(desc).(*metapb.Region), ConfState: cs}, self, nil
 }
 
 // HandleRaftMessage delivers a message from another store to the addressed

@@ -173,6 +173,7 @@ func (c *storeConn) clientConn() (*grpc.ClientConn, error) {
 	}
 	cc, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(16<<20), grpc.WithInitialConnWindowSize(32<<20),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(MaxGRPCMessageBytes), grpc.MaxCallRecvMsgSize(MaxGRPCMessageBytes)))
 	if err != nil {
 		return nil, err
