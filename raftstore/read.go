@@ -3,6 +3,7 @@ package raftstore
 import (
 	"context"
 	"encoding/binary"
+	"time"
 
 	"github.com/basaltdb/basalt/proto/metapb"
 	"github.com/basaltdb/basalt/region"
@@ -29,7 +30,10 @@ import (
 // needs no round trip once applied has caught up with commit.
 
 type readRequest struct {
-	epoch  *metapb.RegionEpoch
+	epoch *metapb.RegionEpoch
+	// force skips the lease: the read goes through a ReadIndex round (and so
+	// renews the lease).
+	force  bool
 	index  uint64 // the index applied must reach; 0 until known
 	done   chan struct{}
 	region *metapb.Region
@@ -98,6 +102,53 @@ func (s *Store) ReadIndex(ctx context.Context, regionID uint64, epoch *metapb.Re
 	}
 }
 
+// LeaseRemaining reports how long this store's replica of regionID may
+// still act as the only leader (0 when it is not leader or has no lease).
+func (s *Store) LeaseRemaining(regionID uint64) time.Duration {
+	p := s.getPeer(regionID)
+	if p == nil {
+		return 0
+	}
+	if d := p.leaseExpiry.Load() - monoNow(); d > 0 {
+		return time.Duration(d)
+	}
+	return 0
+}
+
+// RenewLease confirms leadership of regionID with a quorum (a ReadIndex
+// round) and so extends the leader lease; it returns once the lease is
+// renewed, or an error (NotLeader, ...) when it cannot be.
+func (s *Store) RenewLease(ctx context.Context, regionID uint64) error {
+	p := s.getPeer(regionID)
+	if p == nil {
+		return region.RegionNotFound(regionID)
+	}
+	st := p.status.Load()
+	if st == nil || !st.IsLeader() {
+		var l *metapb.Peer
+		if st != nil {
+			l = st.Leader
+		}
+		return region.NotLeader(regionID, l)
+	}
+	r := &readRequest{epoch: st.Region.GetRegionEpoch(), force: true, done: make(chan struct{})}
+	if !p.push(func(mb *mailbox) { mb.reads = append(mb.reads, r) }) {
+		return region.RegionNotFound(regionID)
+	}
+	select {
+	case <-r.done:
+		if r.err != nil {
+			return r.err
+		}
+		if s.LeaseRemaining(regionID) == 0 {
+			return region.NotLeader(regionID, nil)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // CheckEpoch reports whether regionID's replica on this store still has the
 // given version: the check a reader makes after reading.
 func (s *Store) CheckEpoch(regionID uint64, epoch *metapb.RegionEpoch) error {
@@ -127,7 +178,7 @@ func (p *peer) handleRead(r *readRequest) {
 		r.finish(nil, region.EpochNotMatch(p.region))
 		return
 	}
-	if p.isLeader() && monoNow() < p.leaseExpiry.Load() {
+	if !r.force && p.isLeader() && monoNow() < p.leaseExpiry.Load() {
 		// Lease valid: wait only for what is committed to apply.
 		r.index = p.rn.BasicStatus().GetCommit()
 		p.store.stats.LeaseReads.Add(1)
@@ -180,13 +231,18 @@ func (p *peer) onReadStates() {
 			continue
 		}
 		delete(p.reads.inflight, id)
+		// The lease first, so a reader that asked for a renewal finds it.
+		if p.isLeader() && b.term == p.term {
+			if rs.Index <= p.storage.appliedIndex {
+				p.renewLease(b.requestTime)
+			} else {
+				b.leaseIndex = rs.Index
+				p.reads.leaseCandidates = append(p.reads.leaseCandidates, b)
+			}
+		}
 		for _, r := range b.reads {
 			r.index = rs.Index
 			p.waitApplied(r)
-		}
-		if p.isLeader() && b.term == p.term {
-			b.leaseIndex = rs.Index
-			p.reads.leaseCandidates = append(p.reads.leaseCandidates, b)
 		}
 	}
 }
@@ -195,18 +251,6 @@ func (p *peer) onReadStates() {
 // lease from ReadIndex rounds whose index has been applied.
 func (p *peer) serveApplied() {
 	applied := p.storage.appliedIndex
-	if len(p.reads.waiting) > 0 {
-		keep := p.reads.waiting[:0]
-		for _, r := range p.reads.waiting {
-			if r.index <= applied {
-				r.finish(p.region, nil)
-			} else {
-				keep = append(keep, r)
-			}
-		}
-		clear(p.reads.waiting[len(keep):])
-		p.reads.waiting = keep
-	}
 	if len(p.reads.leaseCandidates) > 0 {
 		keep := p.reads.leaseCandidates[:0]
 		for _, b := range p.reads.leaseCandidates {
@@ -220,6 +264,18 @@ func (p *peer) serveApplied() {
 		}
 		clear(p.reads.leaseCandidates[len(keep):])
 		p.reads.leaseCandidates = keep
+	}
+	if len(p.reads.waiting) > 0 {
+		keep := p.reads.waiting[:0]
+		for _, r := range p.reads.waiting {
+			if r.index <= applied {
+				r.finish(p.region, nil)
+			} else {
+				keep = append(keep, r)
+			}
+		}
+		clear(p.reads.waiting[len(keep):])
+		p.reads.waiting = keep
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -441,4 +442,75 @@ func TestBatchedProposalsGetTheirOwnResults(t *testing.T) {
 	if l.st.Stats().Applied.Load() >= n {
 		t.Logf("note: %d entries applied for %d writes (no batching happened)", l.st.Stats().Applied.Load(), n)
 	}
+}
+
+func TestRenewLeaseAndLeaseRemaining(t *testing.T) {
+	c := newTestCluster(t, 3, testConfig())
+	c.bootstrap(1, "", "", 1, 2, 3)
+	_ = c.store(1).st.Campaign(1)
+	l := c.leader(1)
+	ctx := context.Background()
+	if err := l.st.RenewLease(ctx, 1); err != nil {
+		t.Fatalf("leader could not renew: %v", err)
+	}
+	rem := l.st.LeaseRemaining(1)
+	if rem <= 0 || rem > l.st.cfg.leaseDuration() {
+		t.Fatalf("lease remaining %v, want in (0, %v]", rem, l.st.cfg.leaseDuration())
+	}
+	for _, id := range c.ids {
+		if id == l.id {
+			continue
+		}
+		if err := c.store(id).st.RenewLease(ctx, 1); !errors.Is(err, region.ErrNotLeader) {
+			t.Fatalf("follower renewed a lease: %v", err)
+		}
+		if c.store(id).st.LeaseRemaining(1) != 0 {
+			t.Fatal("follower holds a lease")
+		}
+	}
+	// Isolated, the leader's lease runs out and cannot be renewed.
+	c.net.isolate(l.id, c.ids)
+	waitFor(t, "the isolated leader's lease to expire", 10*time.Second, func() bool { return l.st.LeaseRemaining(1) == 0 })
+	rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	if err := l.st.RenewLease(rctx, 1); err == nil {
+		t.Fatal("an isolated leader renewed its lease")
+	}
+}
+
+func TestOnRoleChange(t *testing.T) {
+	c := newTestCluster(t, 3, testConfig())
+	var mu sync.Mutex
+	leaders := map[uint64]bool{}
+	for _, id := range c.ids {
+		id := id
+		c.store(id).st.onRoleChange = func(regionID uint64, isLeader bool, term uint64) {
+			mu.Lock()
+			leaders[id] = isLeader
+			mu.Unlock()
+		}
+	}
+	c.bootstrap(1, "", "", 1, 2, 3)
+	_ = c.store(2).st.Campaign(1)
+	l := c.leader(1)
+	waitFor(t, "the callback to report the leader", 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return leaders[l.id]
+	})
+	st := l.st.RegionStatus(1)
+	var target uint64
+	for _, p := range st.Region.GetPeers() {
+		if p.GetStoreId() != l.id {
+			target = p.GetId()
+		}
+	}
+	if err := l.st.TransferLeader(context.Background(), 1, st.Region.GetRegionEpoch(), target); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the callback to report the old leader stepping down", 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return !leaders[l.id]
+	})
 }

@@ -329,6 +329,9 @@ func (p *peer) onSoftState(ss *raft.SoftState) {
 	if wasLeader && !p.isLeader() {
 		p.revokeLease()
 	}
+	if wasLeader != p.isLeader() && p.store.onRoleChange != nil {
+		p.store.onRoleChange(p.regionID, p.isLeader(), p.rn.BasicStatus().GetTerm())
+	}
 	if leaderChanged {
 		p.retryReads(true)
 		if p.leader == 0 {

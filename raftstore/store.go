@@ -32,6 +32,8 @@ type Store struct {
 	log   *slog.Logger
 	cache *entryCache
 
+	onRoleChange func(regionID uint64, isLeader bool, term uint64)
+
 	mu         sync.RWMutex
 	peers      map[uint64]*peer
 	tombstones map[uint64]tombstone
@@ -73,6 +75,9 @@ type Options struct {
 	StateMachine StateMachine
 	Transport    Transport
 	Logger       *slog.Logger
+	// OnRoleChange, if set, is called from the worker whenever a replica on
+	// this store becomes or stops being leader. It must not block.
+	OnRoleChange func(regionID uint64, isLeader bool, term uint64)
 }
 
 // NewStore opens a store on an engine and brings back every region replica
@@ -93,22 +98,23 @@ func NewStore(opts Options) (*Store, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{
-		cfg:        cfg,
-		eng:        opts.Engine,
-		sm:         opts.StateMachine,
-		trans:      opts.Transport,
-		log:        log.With("store", cfg.StoreID),
-		cache:      newEntryCache(cfg.EntryCacheBytes),
-		peers:      make(map[uint64]*peer),
-		tombstones: make(map[uint64]tombstone),
-		ranges:     region.NewRegionTree(),
-		awake:      make(map[uint64]*peer),
-		sched:      newScheduler(),
-		snapDir:    opts.Engine.FS.PathJoin(opts.Engine.Dir, "snap"),
-		snapSem:    make(chan struct{}, cfg.MaxConcurrentSnapshots),
-		recvSnaps:  make(map[uint64]*recvSnap),
-		ctx:        ctx,
-		cancel:     cancel,
+		cfg:          cfg,
+		eng:          opts.Engine,
+		sm:           opts.StateMachine,
+		trans:        opts.Transport,
+		log:          log.With("store", cfg.StoreID),
+		cache:        newEntryCache(cfg.EntryCacheBytes),
+		onRoleChange: opts.OnRoleChange,
+		peers:        make(map[uint64]*peer),
+		tombstones:   make(map[uint64]tombstone),
+		ranges:       region.NewRegionTree(),
+		awake:        make(map[uint64]*peer),
+		sched:        newScheduler(),
+		snapDir:      opts.Engine.FS.PathJoin(opts.Engine.Dir, "snap"),
+		snapSem:      make(chan struct{}, cfg.MaxConcurrentSnapshots),
+		recvSnaps:    make(map[uint64]*recvSnap),
+		ctx:          ctx,
+		cancel:       cancel,
 	}
 	// Proposal IDs only need to be unique among this store's in-flight
 	// proposals, but seeding from the clock keeps a restarted store from
