@@ -27,6 +27,7 @@ func (p *peer) applyEntries(ab *ApplyBatch, ents []*pb.Entry, results []applyRes
 		return results
 	}
 	regionChanged := false
+	p.applying = true
 	for _, e := range ents {
 		idx, term := e.GetIndex(), e.GetTerm()
 		if idx != p.storage.appliedIndex+1 {
@@ -43,6 +44,10 @@ func (p *peer) applyEntries(ab *ApplyBatch, ents []*pb.Entry, results []applyRes
 			panic(fmt.Sprintf("raftstore: region %d: unexpected entry type %v at %d", p.regionID, e.GetType(), idx))
 		}
 		p.storage.appliedIndex, p.storage.appliedTerm = idx, term
+		if p.destroyAfterApply {
+			// Removed from the region: later entries are not ours to apply.
+			break
+		}
 		if p.isLeader() && term == p.term && !p.termLeaseStarted {
 			// The first entry of our term committed: a quorum acknowledged
 			// us after we became leader.
@@ -50,10 +55,18 @@ func (p *peer) applyEntries(ab *ApplyBatch, ents []*pb.Entry, results []applyRes
 			p.renewLease(p.leaderT)
 		}
 	}
-	mustSetProto(ab.Batch, applyStateKey(p.regionID), &rspb.RaftApplyState{
-		AppliedIndex: p.storage.appliedIndex, AppliedTerm: p.storage.appliedTerm})
-	if regionChanged {
-		mustSetProto(ab.Batch, regionStateKey(p.regionID), p.storage.regionState)
+	if p.destroyAfterApply {
+		// The tombstone and the removal of everything this replica held go
+		// in the same batch as the change that removed it: a crash can
+		// leave the store with the replica whole or gone, never a live
+		// replica whose descriptor lacks it.
+		p.writeTombstone(ab.Batch)
+	} else {
+		mustSetProto(ab.Batch, applyStateKey(p.regionID), &rspb.RaftApplyState{
+			AppliedIndex: p.storage.appliedIndex, AppliedTerm: p.storage.appliedTerm})
+		if regionChanged {
+			mustSetProto(ab.Batch, regionStateKey(p.regionID), p.storage.regionState)
+		}
 	}
 	p.store.stats.Applied.Add(uint64(len(ents)))
 	return results
@@ -167,6 +180,10 @@ func (p *peer) applyConfChange(e *pb.Entry, results []applyResult) ([]applyResul
 	}
 	if region.FindPeerByID(reg, p.peerID) == nil {
 		p.destroyAfterApply = true
+		// Stop serving before the data goes: no lease read, and every
+		// read guard taken earlier fails its check.
+		p.revokeLease()
+		p.dataGen.Add(1)
 	}
 	return results, true
 }

@@ -71,8 +71,19 @@ type peer struct {
 	// The last generated snapshot, reused while the applied index stands.
 	lastSnap   *pb.Snapshot
 	lastSnapID uint64
+	// claimedSnap: received snapshot data this peer stepped into raft.
+	claimedSnap *recvSnap
+	// applying: an apply batch with this peer's entries is not committed
+	// yet, so pebble is behind the in-memory applied state.
+	applying bool
 
 	// ---- published for lock-free readers ----
+	// closed is closed when the peer is destroyed or the store stops.
+	closed    chan struct{}
+	closeOnce sync.Once
+	// dataGen changes whenever the replica's data is replaced or removed
+	// (snapshot, destroy): a read that started before must not be trusted.
+	dataGen     atomic.Uint64
 	status      atomic.Pointer[RegionStatus]
 	leaseExpiry atomic.Int64 // monotonic ns; a lease read is allowed before it
 	appliedIdx  atomic.Uint64
@@ -129,6 +140,9 @@ func (p *peer) push(fn func(mb *mailbox)) bool {
 func (p *peer) pushOp(fn func(*peer)) bool {
 	return p.push(func(mb *mailbox) { mb.ops = append(mb.ops, fn) })
 }
+
+// close marks the peer gone for waiters.
+func (p *peer) close() { p.closeOnce.Do(func() { close(p.closed) }) }
 
 // takeMailbox swaps out the mailbox contents.
 func (p *peer) takeMailbox(into *mailbox) {

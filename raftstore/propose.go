@@ -131,6 +131,8 @@ func (s *Store) TransferLeader(ctx context.Context, regionID uint64, epoch *meta
 	select {
 	case err := <-errc:
 		return err
+	case <-p.closed:
+		return region.RegionNotFound(regionID)
 	case <-ctx.Done():
 		return ctx.Err()
 	}

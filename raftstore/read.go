@@ -70,16 +70,40 @@ func (rs *readState) empty() bool {
 	return len(rs.queued) == 0 && len(rs.inflight) == 0 && len(rs.waiting) == 0
 }
 
+// ReadGuard is permission to read a region's data from this store's pebble,
+// linearizably, as of the moment it was granted. The data may change under
+// the reader (a split, a snapshot replacing it, the replica's removal), so a
+// reader calls Check after reading and discards what it read if Check fails.
+type ReadGuard struct {
+	// Region is the descriptor to read under.
+	Region *metapb.Region
+	p      *peer
+	gen    uint64
+}
+
+// Check reports whether what was read under the guard is still valid: the
+// replica exists, its data was not replaced, and its range did not change.
+func (g *ReadGuard) Check() error {
+	st := g.p.status.Load()
+	if g.p.dataGen.Load() != g.gen || st == nil || !st.Initialized {
+		return region.RegionNotFound(g.Region.GetId())
+	}
+	if !region.CheckEpoch(region.CmdRead, g.Region.GetRegionEpoch(), st.Region.GetRegionEpoch()) {
+		return region.EpochNotMatch(st.Region)
+	}
+	return nil
+}
+
 // ReadIndex waits until this store's replica of regionID can serve a
-// linearizable read and returns the region descriptor to read under. The
-// caller then reads from pebble. Because a split or merge may apply while
-// the caller reads, it must confirm with CheckEpoch afterwards that the
-// region's version did not change.
-func (s *Store) ReadIndex(ctx context.Context, regionID uint64, epoch *metapb.RegionEpoch) (*metapb.Region, error) {
+// linearizable read and returns the guard to read under. The caller reads
+// from pebble, then calls guard.Check.
+func (s *Store) ReadIndex(ctx context.Context, regionID uint64, epoch *metapb.RegionEpoch) (*ReadGuard, error) {
 	p := s.getPeer(regionID)
 	if p == nil {
 		return nil, region.RegionNotFound(regionID)
 	}
+	// The generation is taken first: a change after this point fails Check.
+	gen := p.dataGen.Load()
 	if st := p.status.Load(); st != nil && st.Initialized {
 		if !region.CheckEpoch(region.CmdRead, epoch, st.Region.GetRegionEpoch()) {
 			return nil, region.EpochNotMatch(st.Region)
@@ -87,7 +111,7 @@ func (s *Store) ReadIndex(ctx context.Context, regionID uint64, epoch *metapb.Re
 		// Fast path: a valid lease and nothing committed left to apply.
 		if monoNow() < p.leaseExpiry.Load() && p.appliedIdx.Load() >= p.commitIdx.Load() {
 			s.stats.LeaseReads.Add(1)
-			return st.Region, nil
+			return &ReadGuard{Region: st.Region, p: p, gen: gen}, nil
 		}
 	}
 	r := &readRequest{epoch: epoch, done: make(chan struct{})}
@@ -96,7 +120,10 @@ func (s *Store) ReadIndex(ctx context.Context, regionID uint64, epoch *metapb.Re
 	}
 	select {
 	case <-r.done:
-		return r.region, r.err
+		if r.err != nil {
+			return nil, r.err
+		}
+		return &ReadGuard{Region: r.region, p: p, gen: gen}, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -147,24 +174,6 @@ func (s *Store) RenewLease(ctx context.Context, regionID uint64) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-// CheckEpoch reports whether regionID's replica on this store still has the
-// given version: the check a reader makes after reading.
-func (s *Store) CheckEpoch(regionID uint64, epoch *metapb.RegionEpoch) error {
-	p := s.getPeer(regionID)
-	if p == nil {
-		return region.RegionNotFound(regionID)
-	}
-	st := p.status.Load()
-	if st == nil || !region.CheckEpoch(region.CmdRead, epoch, st.Region.GetRegionEpoch()) {
-		var cur *metapb.Region
-		if st != nil {
-			cur = st.Region
-		}
-		return region.EpochNotMatch(cur)
-	}
-	return nil
 }
 
 // handleRead starts serving one read. Runs on the worker.

@@ -140,6 +140,9 @@ func (w *worker) round() {
 	} else {
 		mustCommit(ab.Batch, pebble.NoSync)
 	}
+	for _, p := range w.peers {
+		p.applying = false
+	}
 	for _, fn := range ab.afterCommit {
 		fn()
 	}
@@ -182,6 +185,8 @@ func (w *worker) finishRound() {
 		if p.destroyed {
 			continue
 		}
+		// Snapshot data stepped this round that raft did not take.
+		p.dropClaimedSnap()
 		if p.hib.announce {
 			p.announceHibernation()
 		}
@@ -197,6 +202,12 @@ func (p *peer) handleInputs(mb *mailbox) {
 	p.takeMailbox(mb)
 	if p.destroyed {
 		return
+	}
+	// Ticks first: they were queued before the messages arrived, and a tick
+	// counted after a leader's message would shorten the election timeout
+	// that leader leases rely on.
+	for i := 0; i < min(mb.ticks, 2); i++ {
+		p.tick()
 	}
 	for _, rm := range mb.msgs {
 		p.stepMessage(rm)
@@ -229,9 +240,6 @@ func (p *peer) handleInputs(mb *mailbox) {
 		p.handleRead(r)
 	}
 	p.issueReadIndex()
-	for i := 0; i < min(mb.ticks, 2); i++ {
-		p.tick()
-	}
 	clearMailbox(mb)
 }
 
@@ -277,6 +285,12 @@ func (p *peer) stepMessage(rm *rspb.RaftMessage) {
 	}
 	if p.isInitialized() && p.isStaleSender(rm) {
 		p.sendExtra(from, &rspb.ExtraMessage{Type: rspb.ExtraMessageType_GcPeer})
+		return
+	}
+	if t := m.GetType(); (t == pb.MsgVote || t == pb.MsgPreVote) && monoNow() < p.store.voteFence {
+		// Just (re)started: this store may have promised a leader before
+		// the restart not to vote for an election timeout, and forgot. Keep
+		// the promise by not voting for a lease duration.
 		return
 	}
 	if m.GetType() == pb.MsgSnap && !p.checkSnapshot(rm) {

@@ -118,7 +118,9 @@ func (r *snapRegistry) len() int {
 // pebble holds exactly the state at appliedIndex.
 func (p *peer) generateSnapshot() (*pb.Snapshot, error) {
 	s := p.storage
-	if !p.isInitialized() {
+	if !p.isInitialized() || p.applying {
+		// Mid-apply (raft can ask while a conf change applies), pebble does
+		// not hold the applied state yet: raft asks again later.
 		return nil, raft.ErrSnapshotTemporarilyUnavailable
 	}
 	if c := p.lastSnap; c != nil && c.GetMetadata().GetIndex() == s.appliedIndex &&
@@ -251,6 +253,7 @@ type recvSnap struct {
 	index, term uint64
 	keys        int
 	region      *metapb.Region
+	received    time.Time
 }
 
 // SnapshotStream is the receiving end of one snapshot stream.
@@ -286,7 +289,7 @@ func (s *Store) ReceiveSnapshot(stream SnapshotStream) error {
 		_ = s.eng.FS.Remove(path)
 		return err
 	}
-	rs := &recvSnap{path: path, index: meta.GetIndex(), term: meta.GetTerm(), keys: keys, region: hdr.GetRegion()}
+	rs := &recvSnap{path: path, index: meta.GetIndex(), term: meta.GetTerm(), keys: keys, region: hdr.GetRegion(), received: time.Now()}
 	s.snapMu.Lock()
 	if old := s.recvSnaps[rm.GetRegionId()]; old != nil {
 		_ = s.eng.FS.Remove(old.path)
@@ -339,6 +342,18 @@ func (s *Store) writeSnapshotSST(path string, stream SnapshotStream) (int, error
 	return keys, w.Close()
 }
 
+// gcRecvSnaps deletes received snapshot data no region claimed in time.
+func (s *Store) gcRecvSnaps(ttl time.Duration) {
+	s.snapMu.Lock()
+	defer s.snapMu.Unlock()
+	for id, rs := range s.recvSnaps {
+		if time.Since(rs.received) > ttl {
+			_ = s.eng.FS.Remove(rs.path)
+			delete(s.recvSnaps, id)
+		}
+	}
+}
+
 // takeRecvSnap returns the received data for a snapshot raft accepted.
 func (s *Store) takeRecvSnap(regionID, index, term uint64) *recvSnap {
 	s.snapMu.Lock()
@@ -369,9 +384,14 @@ func applyingSSTPath(fs vfs.FS, dir string, regionID, term, index uint64) string
 // checkSnapshot decides, before raft sees it, whether a MsgSnap can be
 // applied here: its data arrived, it includes this peer, and its range does
 // not overlap another initialized region on this store (that region must
-// split, merge or go first).
+// split, merge or go first). An accepted snapshot's data is claimed by the
+// peer, so a newer snapshot arriving meanwhile cannot take it away; data
+// raft then does not use is deleted at the end of the round.
 func (p *peer) checkSnapshot(rm *rspb.RaftMessage) bool {
 	meta := rm.GetMessage().GetSnapshot().GetMetadata()
+	if c := p.claimedSnap; c != nil && meta.GetIndex() <= c.index {
+		return false
+	}
 	rs := p.store.peekRecvSnap(p.regionID, meta.GetIndex(), meta.GetTerm())
 	if rs == nil {
 		return false
@@ -382,7 +402,23 @@ func (p *peer) checkSnapshot(rm *rspb.RaftMessage) bool {
 	if p.isInitialized() && region.IsStale(rs.region.GetRegionEpoch(), p.region.GetRegionEpoch()) {
 		return false
 	}
-	return p.store.canTakeRange(p.regionID, rs.region)
+	if !p.store.canTakeRange(p.regionID, rs.region) {
+		return false
+	}
+	if rs = p.store.takeRecvSnap(p.regionID, meta.GetIndex(), meta.GetTerm()); rs == nil {
+		return false
+	}
+	p.dropClaimedSnap()
+	p.claimedSnap = rs
+	return true
+}
+
+// dropClaimedSnap deletes claimed snapshot data raft did not accept.
+func (p *peer) dropClaimedSnap() {
+	if c := p.claimedSnap; c != nil {
+		_ = p.store.eng.FS.Remove(c.path)
+		p.claimedSnap = nil
+	}
 }
 
 // applySnapshot installs a snapshot raft accepted (see the protocol above).
@@ -390,10 +426,14 @@ func (p *peer) applySnapshot(snap *pb.Snapshot, hs *pb.HardState) {
 	s := p.store
 	meta := snap.GetMetadata()
 	index, term := meta.GetIndex(), meta.GetTerm()
-	rs := s.takeRecvSnap(p.regionID, index, term)
-	if rs == nil {
-		panic(fmt.Sprintf("raftstore: region %d: raft accepted snapshot %d/%d whose data is missing", p.regionID, term, index))
+	rs := p.claimedSnap
+	if rs == nil || rs.index != index || rs.term != term {
+		panic(fmt.Sprintf("raftstore: region %d: raft accepted snapshot %d/%d whose data was not claimed", p.regionID, term, index))
 	}
+	p.claimedSnap = nil
+	// Readers that started before must not trust what they read: the data
+	// is about to be replaced.
+	p.dataGen.Add(1)
 	fs := s.eng.FS
 	applyPath := applyingSSTPath(fs, s.snapDir, p.regionID, term, index)
 	if err := fs.Rename(rs.path, applyPath); err != nil {
@@ -412,6 +452,13 @@ func (p *peer) applySnapshot(snap *pb.Snapshot, hs *pb.HardState) {
 	if hs.GetCommit() < index {
 		hs.Commit = new(index)
 	}
+	// Step 1 is synced before the Ready's entries are written, so the hard
+	// state it persists may not claim a commit beyond the snapshot: the
+	// full hard state goes in the round's raft batch with the entries.
+	hs1 := proto.Clone(hs).(*pb.HardState)
+	if hs1.GetCommit() > index {
+		hs1.Commit = new(index)
+	}
 
 	// 1. Clear and mark Applying.
 	wb := s.eng.DB.NewBatch()
@@ -425,7 +472,7 @@ func (p *peer) applySnapshot(snap *pb.Snapshot, hs *pb.HardState) {
 	}
 	mustDeleteRange(wb, Span{Start: logKey(p.regionID, 0), End: logKey(p.regionID, ^uint64(0))})
 	mustSetProto(wb, truncatedStateKey(p.regionID), &rspb.RaftTruncatedState{Index: index, Term: term})
-	mustSetProto(wb, hardStateKey(p.regionID), hs)
+	mustSetProto(wb, hardStateKey(p.regionID), hs1)
 	applying := &rspb.RegionLocalState{State: rspb.PeerState_Applying, Region: newRegion, ConfState: meta.GetConfState(),
 		ApplyingSnapshot: meta, ApplyingSnapshotKeys: uint64(rs.keys)}
 	mustSetProto(wb, regionStateKey(p.regionID), applying)
@@ -435,7 +482,7 @@ func (p *peer) applySnapshot(snap *pb.Snapshot, hs *pb.HardState) {
 	s.finishApplyingSnapshot(p.regionID, applying)
 
 	st := p.storage
-	st.hardState = hs
+	st.hardState = hs1
 	st.truncIndex, st.truncTerm = index, term
 	st.lastIndex, st.lastTerm = index, term
 	st.appliedIndex, st.appliedTerm = index, term
@@ -456,7 +503,14 @@ func (s *Store) finishApplyingSnapshot(regionID uint64, applying *rspb.RegionLoc
 	fs := s.eng.FS
 	path := applyingSSTPath(fs, s.snapDir, regionID, meta.GetTerm(), meta.GetIndex())
 	if applying.GetApplyingSnapshotKeys() > 0 {
-		if err := s.eng.DB.Ingest(s.ctx, []string{path}); err != nil {
+		// pebble removes what it ingests; ingest a second name so the data
+		// stays on disk until step 3 is durable, for a restart to redo.
+		link := path + ".ingest"
+		_ = fs.Remove(link)
+		if err := fs.Link(path, link); err != nil {
+			panic(fmt.Sprintf("raftstore: region %d: link snapshot for ingestion: %v", regionID, err))
+		}
+		if err := s.eng.DB.Ingest(context.Background(), []string{link}); err != nil {
 			panic(fmt.Sprintf("raftstore: region %d: ingest snapshot: %v", regionID, err))
 		}
 	}

@@ -59,6 +59,10 @@ type Store struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	started bool
+	stopped bool
+	// voteFence: until this monotonic time the store grants no votes (see
+	// stepMessage). Set before the workers start.
+	voteFence int64
 
 	stats Stats
 }
@@ -164,11 +168,11 @@ func (s *Store) load() error {
 			continue
 		case rspb.PeerState_Applying:
 			s.log.Info("finishing interrupted snapshot", "region", id, "index", rs.GetApplyingSnapshot().GetIndex())
+			wb := s.eng.DB.NewBatch()
 			for _, dsp := range s.sm.DataSpans(rs.GetRegion().GetStartKey(), rs.GetRegion().GetEndKey()) {
-				wb := s.eng.DB.NewBatch()
 				mustDeleteRange(wb, dsp)
-				mustCommit(wb, pebble.Sync)
 			}
+			mustCommit(wb, pebble.Sync)
 			s.finishApplyingSnapshot(id, rs)
 			rs = &rspb.RegionLocalState{State: rspb.PeerState_Normal, Region: rs.GetRegion(), ConfState: rs.GetConfState()}
 		}
@@ -187,18 +191,19 @@ func (s *Store) load() error {
 			}
 		}
 	}
-	return s.removeStaleSnapshotFiles()
+	return s.removeSnapshotFiles()
 }
 
-// removeStaleSnapshotFiles deletes received snapshot files that no region is
-// applying (what a crash left behind).
-func (s *Store) removeStaleSnapshotFiles() error {
+// removeSnapshotFiles deletes every snapshot file. Called once every region
+// that was applying a snapshot finished: whatever is left (received data
+// never applied, a half-made ingestion link) belongs to nobody.
+func (s *Store) removeSnapshotFiles() error {
 	names, err := s.eng.FS.List(s.snapDir)
 	if err != nil {
 		return err
 	}
 	for _, n := range names {
-		if strings.HasPrefix(n, "recv_") {
+		if strings.HasSuffix(n, ".sst") || strings.HasSuffix(n, ".ingest") {
 			_ = s.eng.FS.Remove(s.eng.FS.PathJoin(s.snapDir, n))
 		}
 	}
@@ -224,6 +229,7 @@ func (s *Store) newPeer(regionID, peerID uint64, rs *rspb.RegionLocalState) (*pe
 		peerState:   rs.GetState(),
 		peerCache:   make(map[uint64]*metapb.Peer),
 		pendingByID: make(map[uint64]*proposal),
+		closed:      make(chan struct{}),
 	}
 	st.snapshot = p.generateSnapshot
 	if err := p.newRawNode(); err != nil {
@@ -244,6 +250,7 @@ func (s *Store) Start() {
 		return
 	}
 	s.started = true
+	s.voteFence = monoNow() + int64(s.cfg.leaseDuration())
 	ps := make([]*peer, 0, len(s.peers))
 	for _, p := range s.peers {
 		ps = append(ps, p)
@@ -272,6 +279,7 @@ func (s *Store) Stop() {
 	s.sched.stop()
 	s.wg.Wait()
 	s.mu.Lock()
+	s.stopped = true
 	ps := make([]*peer, 0, len(s.peers))
 	for _, p := range s.peers {
 		ps = append(ps, p)
@@ -291,6 +299,7 @@ func (s *Store) Stop() {
 		}
 		p.failAllProposals(stopped)
 		p.failAllReads(stopped)
+		p.close()
 	}
 	s.snaps.gc(0)
 }
@@ -319,6 +328,7 @@ func (s *Store) runTicker() {
 		}
 		if n%gcEvery == 0 {
 			s.snaps.gc(s.cfg.SnapshotTTL)
+			s.gcRecvSnaps(s.cfg.SnapshotTTL)
 		}
 	}
 }
@@ -399,7 +409,15 @@ func (s *Store) BootstrapRegions(descs []*metapb.Region) error {
 		boots = append(boots, boot{rs, self})
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	var created []*peer
+	defer func() {
+		s.mu.Unlock()
+		// Outside Store.mu: the state machine may call back into the store.
+		for _, p := range created {
+			s.sm.RegionChanged(p.regionID, p.region)
+			s.sched.enqueue(p)
+		}
+	}()
 	for _, b := range boots {
 		reg := b.rs.GetRegion()
 		if s.peers[reg.GetId()] != nil {
@@ -431,8 +449,7 @@ func (s *Store) BootstrapRegions(descs []*metapb.Region) error {
 		delete(s.tombstones, id)
 		if s.started {
 			s.setAwake(p, true)
-			s.sm.RegionChanged(p.regionID, p.region)
-			s.sched.enqueue(p)
+			created = append(created, p)
 		}
 	}
 	return nil
@@ -490,7 +507,7 @@ func (s *Store) maybeCreatePeer(rm *rspb.RaftMessage) *peer {
 	regionID, to := rm.GetRegionId(), rm.GetToPeer()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.started {
+	if !s.started || s.stopped {
 		return nil
 	}
 	if p := s.peers[regionID]; p != nil {
@@ -536,7 +553,8 @@ func (s *Store) maybeCreatePeer(rm *rspb.RaftMessage) *peer {
 
 // destroy removes the replica from this store: its data and raft state are
 // deleted and a tombstone remembers it, so stale messages cannot revive it.
-// Runs on the worker.
+// Runs on the worker. The replica stops serving (lease revoked, read guards
+// invalid, status uninitialized) before anything is deleted.
 func (p *peer) destroy(reason string) {
 	if p.destroyed {
 		return
@@ -548,6 +566,13 @@ func (p *peer) destroy(reason string) {
 	p.mb = mailbox{destroyed: true}
 	p.mu.Unlock()
 	p.destroyed = true
+	p.revokeLease()
+	p.dataGen.Add(1)
+	if st := p.status.Load(); st != nil {
+		unpublished := *st
+		unpublished.Initialized = false
+		p.status.Store(&unpublished)
+	}
 	gone := region.RegionNotFound(p.regionID)
 	for _, pr := range mb.props {
 		pr.finish(nil, gone)
@@ -557,17 +582,11 @@ func (p *peer) destroy(reason string) {
 	}
 	p.failAllProposals(gone)
 	p.failAllReads(gone)
-	p.revokeLease()
+	p.dropClaimedSnap()
+	p.close()
 
 	wb := s.eng.DB.NewBatch()
-	if p.isInitialized() {
-		for _, sp := range s.sm.DataSpans(p.region.GetStartKey(), p.region.GetEndKey()) {
-			mustDeleteRange(wb, sp)
-		}
-	}
-	mustDeleteRange(wb, raftLocalSpan(p.regionID))
-	mustSetProto(wb, regionStateKey(p.regionID), &rspb.RegionLocalState{
-		State: rspb.PeerState_Tombstone, Region: p.region, TombstonePeerId: p.peerID})
+	p.writeTombstone(wb)
 	mustCommit(wb, pebble.Sync)
 
 	s.mu.Lock()
@@ -581,9 +600,19 @@ func (p *peer) destroy(reason string) {
 	s.cache.drop(p.regionID)
 	s.stats.PeersDestroyed.Add(1)
 	s.sm.RegionChanged(p.regionID, nil)
-	st := *p.status.Load()
-	st.Initialized = false
-	p.status.Store(&st)
+}
+
+// writeTombstone writes into wb the removal of everything the replica holds
+// and the tombstone that replaces it.
+func (p *peer) writeTombstone(wb *pebble.Batch) {
+	if p.isInitialized() {
+		for _, sp := range p.store.sm.DataSpans(p.region.GetStartKey(), p.region.GetEndKey()) {
+			mustDeleteRange(wb, sp)
+		}
+	}
+	mustDeleteRange(wb, raftLocalSpan(p.regionID))
+	mustSetProto(wb, regionStateKey(p.regionID), &rspb.RegionLocalState{
+		State: rspb.PeerState_Tombstone, Region: p.region, TombstonePeerId: p.peerID})
 }
 
 // RegionStatus returns the published status of this store's replica of
