@@ -432,6 +432,102 @@ func (x *GetMembersResponse) GetLeader() *Member {
 	return nil
 }
 
+type RegisterMemberRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Member        *Member                `protobuf:"bytes,2,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterMemberRequest) Reset() {
+	*x = RegisterMemberRequest{}
+	mi := &file_pdpb_pdpb_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterMemberRequest) ProtoMessage() {}
+
+func (x *RegisterMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pdpb_pdpb_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterMemberRequest.ProtoReflect.Descriptor instead.
+func (*RegisterMemberRequest) Descriptor() ([]byte, []int) {
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RegisterMemberRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *RegisterMemberRequest) GetMember() *Member {
+	if x != nil {
+		return x.Member
+	}
+	return nil
+}
+
+type RegisterMemberResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterMemberResponse) Reset() {
+	*x = RegisterMemberResponse{}
+	mi := &file_pdpb_pdpb_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterMemberResponse) ProtoMessage() {}
+
+func (x *RegisterMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pdpb_pdpb_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterMemberResponse.ProtoReflect.Descriptor instead.
+func (*RegisterMemberResponse) Descriptor() ([]byte, []int) {
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RegisterMemberResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
 // A timestamp is physical milliseconds << 18 | logical.
 type TsoRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -443,7 +539,7 @@ type TsoRequest struct {
 
 func (x *TsoRequest) Reset() {
 	*x = TsoRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[6]
+	mi := &file_pdpb_pdpb_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -455,7 +551,7 @@ func (x *TsoRequest) String() string {
 func (*TsoRequest) ProtoMessage() {}
 
 func (x *TsoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[6]
+	mi := &file_pdpb_pdpb_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -468,7 +564,7 @@ func (x *TsoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TsoRequest.ProtoReflect.Descriptor instead.
 func (*TsoRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{6}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TsoRequest) GetHeader() *RequestHeader {
@@ -498,7 +594,7 @@ type TsoResponse struct {
 
 func (x *TsoResponse) Reset() {
 	*x = TsoResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[7]
+	mi := &file_pdpb_pdpb_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -510,7 +606,7 @@ func (x *TsoResponse) String() string {
 func (*TsoResponse) ProtoMessage() {}
 
 func (x *TsoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[7]
+	mi := &file_pdpb_pdpb_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -523,7 +619,7 @@ func (x *TsoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TsoResponse.ProtoReflect.Descriptor instead.
 func (*TsoResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{7}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TsoResponse) GetHeader() *ResponseHeader {
@@ -558,7 +654,7 @@ type AllocIDRequest struct {
 
 func (x *AllocIDRequest) Reset() {
 	*x = AllocIDRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[8]
+	mi := &file_pdpb_pdpb_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +666,7 @@ func (x *AllocIDRequest) String() string {
 func (*AllocIDRequest) ProtoMessage() {}
 
 func (x *AllocIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[8]
+	mi := &file_pdpb_pdpb_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +679,7 @@ func (x *AllocIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocIDRequest.ProtoReflect.Descriptor instead.
 func (*AllocIDRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{8}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AllocIDRequest) GetHeader() *RequestHeader {
@@ -612,7 +708,7 @@ type AllocIDResponse struct {
 
 func (x *AllocIDResponse) Reset() {
 	*x = AllocIDResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[9]
+	mi := &file_pdpb_pdpb_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +720,7 @@ func (x *AllocIDResponse) String() string {
 func (*AllocIDResponse) ProtoMessage() {}
 
 func (x *AllocIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[9]
+	mi := &file_pdpb_pdpb_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +733,7 @@ func (x *AllocIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocIDResponse.ProtoReflect.Descriptor instead.
 func (*AllocIDResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{9}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AllocIDResponse) GetHeader() *ResponseHeader {
@@ -670,7 +766,7 @@ type IsBootstrappedRequest struct {
 
 func (x *IsBootstrappedRequest) Reset() {
 	*x = IsBootstrappedRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[10]
+	mi := &file_pdpb_pdpb_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -682,7 +778,7 @@ func (x *IsBootstrappedRequest) String() string {
 func (*IsBootstrappedRequest) ProtoMessage() {}
 
 func (x *IsBootstrappedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[10]
+	mi := &file_pdpb_pdpb_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -695,7 +791,7 @@ func (x *IsBootstrappedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IsBootstrappedRequest.ProtoReflect.Descriptor instead.
 func (*IsBootstrappedRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{10}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *IsBootstrappedRequest) GetHeader() *RequestHeader {
@@ -715,7 +811,7 @@ type IsBootstrappedResponse struct {
 
 func (x *IsBootstrappedResponse) Reset() {
 	*x = IsBootstrappedResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[11]
+	mi := &file_pdpb_pdpb_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -727,7 +823,7 @@ func (x *IsBootstrappedResponse) String() string {
 func (*IsBootstrappedResponse) ProtoMessage() {}
 
 func (x *IsBootstrappedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[11]
+	mi := &file_pdpb_pdpb_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -740,7 +836,7 @@ func (x *IsBootstrappedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IsBootstrappedResponse.ProtoReflect.Descriptor instead.
 func (*IsBootstrappedResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{11}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *IsBootstrappedResponse) GetHeader() *ResponseHeader {
@@ -768,7 +864,7 @@ type BootstrapRequest struct {
 
 func (x *BootstrapRequest) Reset() {
 	*x = BootstrapRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[12]
+	mi := &file_pdpb_pdpb_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +876,7 @@ func (x *BootstrapRequest) String() string {
 func (*BootstrapRequest) ProtoMessage() {}
 
 func (x *BootstrapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[12]
+	mi := &file_pdpb_pdpb_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +889,7 @@ func (x *BootstrapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootstrapRequest.ProtoReflect.Descriptor instead.
 func (*BootstrapRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{12}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BootstrapRequest) GetHeader() *RequestHeader {
@@ -826,7 +922,7 @@ type BootstrapResponse struct {
 
 func (x *BootstrapResponse) Reset() {
 	*x = BootstrapResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[13]
+	mi := &file_pdpb_pdpb_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +934,7 @@ func (x *BootstrapResponse) String() string {
 func (*BootstrapResponse) ProtoMessage() {}
 
 func (x *BootstrapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[13]
+	mi := &file_pdpb_pdpb_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +947,7 @@ func (x *BootstrapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootstrapResponse.ProtoReflect.Descriptor instead.
 func (*BootstrapResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{13}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BootstrapResponse) GetHeader() *ResponseHeader {
@@ -870,7 +966,7 @@ type GetClusterConfigRequest struct {
 
 func (x *GetClusterConfigRequest) Reset() {
 	*x = GetClusterConfigRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[14]
+	mi := &file_pdpb_pdpb_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -882,7 +978,7 @@ func (x *GetClusterConfigRequest) String() string {
 func (*GetClusterConfigRequest) ProtoMessage() {}
 
 func (x *GetClusterConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[14]
+	mi := &file_pdpb_pdpb_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -895,7 +991,7 @@ func (x *GetClusterConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterConfigRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterConfigRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{14}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetClusterConfigRequest) GetHeader() *RequestHeader {
@@ -915,7 +1011,7 @@ type GetClusterConfigResponse struct {
 
 func (x *GetClusterConfigResponse) Reset() {
 	*x = GetClusterConfigResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[15]
+	mi := &file_pdpb_pdpb_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +1023,7 @@ func (x *GetClusterConfigResponse) String() string {
 func (*GetClusterConfigResponse) ProtoMessage() {}
 
 func (x *GetClusterConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[15]
+	mi := &file_pdpb_pdpb_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1036,7 @@ func (x *GetClusterConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterConfigResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterConfigResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{15}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetClusterConfigResponse) GetHeader() *ResponseHeader {
@@ -967,7 +1063,7 @@ type PutStoreRequest struct {
 
 func (x *PutStoreRequest) Reset() {
 	*x = PutStoreRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[16]
+	mi := &file_pdpb_pdpb_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1075,7 @@ func (x *PutStoreRequest) String() string {
 func (*PutStoreRequest) ProtoMessage() {}
 
 func (x *PutStoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[16]
+	mi := &file_pdpb_pdpb_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1088,7 @@ func (x *PutStoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutStoreRequest.ProtoReflect.Descriptor instead.
 func (*PutStoreRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{16}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PutStoreRequest) GetHeader() *RequestHeader {
@@ -1018,7 +1114,7 @@ type PutStoreResponse struct {
 
 func (x *PutStoreResponse) Reset() {
 	*x = PutStoreResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[17]
+	mi := &file_pdpb_pdpb_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1126,7 @@ func (x *PutStoreResponse) String() string {
 func (*PutStoreResponse) ProtoMessage() {}
 
 func (x *PutStoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[17]
+	mi := &file_pdpb_pdpb_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1139,7 @@ func (x *PutStoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutStoreResponse.ProtoReflect.Descriptor instead.
 func (*PutStoreResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{17}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PutStoreResponse) GetHeader() *ResponseHeader {
@@ -1077,7 +1173,7 @@ type StoreStats struct {
 
 func (x *StoreStats) Reset() {
 	*x = StoreStats{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[18]
+	mi := &file_pdpb_pdpb_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1185,7 @@ func (x *StoreStats) String() string {
 func (*StoreStats) ProtoMessage() {}
 
 func (x *StoreStats) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[18]
+	mi := &file_pdpb_pdpb_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1198,7 @@ func (x *StoreStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreStats.ProtoReflect.Descriptor instead.
 func (*StoreStats) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{18}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StoreStats) GetStoreId() uint64 {
@@ -1220,7 +1316,7 @@ type GetStoreRequest struct {
 
 func (x *GetStoreRequest) Reset() {
 	*x = GetStoreRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[19]
+	mi := &file_pdpb_pdpb_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1232,7 +1328,7 @@ func (x *GetStoreRequest) String() string {
 func (*GetStoreRequest) ProtoMessage() {}
 
 func (x *GetStoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[19]
+	mi := &file_pdpb_pdpb_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1245,7 +1341,7 @@ func (x *GetStoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStoreRequest.ProtoReflect.Descriptor instead.
 func (*GetStoreRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{19}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetStoreRequest) GetHeader() *RequestHeader {
@@ -1273,7 +1369,7 @@ type GetStoreResponse struct {
 
 func (x *GetStoreResponse) Reset() {
 	*x = GetStoreResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[20]
+	mi := &file_pdpb_pdpb_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1285,7 +1381,7 @@ func (x *GetStoreResponse) String() string {
 func (*GetStoreResponse) ProtoMessage() {}
 
 func (x *GetStoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[20]
+	mi := &file_pdpb_pdpb_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1298,7 +1394,7 @@ func (x *GetStoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStoreResponse.ProtoReflect.Descriptor instead.
 func (*GetStoreResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{20}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetStoreResponse) GetHeader() *ResponseHeader {
@@ -1332,7 +1428,7 @@ type GetAllStoresRequest struct {
 
 func (x *GetAllStoresRequest) Reset() {
 	*x = GetAllStoresRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[21]
+	mi := &file_pdpb_pdpb_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1344,7 +1440,7 @@ func (x *GetAllStoresRequest) String() string {
 func (*GetAllStoresRequest) ProtoMessage() {}
 
 func (x *GetAllStoresRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[21]
+	mi := &file_pdpb_pdpb_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1357,7 +1453,7 @@ func (x *GetAllStoresRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAllStoresRequest.ProtoReflect.Descriptor instead.
 func (*GetAllStoresRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{21}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetAllStoresRequest) GetHeader() *RequestHeader {
@@ -1384,7 +1480,7 @@ type GetAllStoresResponse struct {
 
 func (x *GetAllStoresResponse) Reset() {
 	*x = GetAllStoresResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[22]
+	mi := &file_pdpb_pdpb_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1396,7 +1492,7 @@ func (x *GetAllStoresResponse) String() string {
 func (*GetAllStoresResponse) ProtoMessage() {}
 
 func (x *GetAllStoresResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[22]
+	mi := &file_pdpb_pdpb_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1409,7 +1505,7 @@ func (x *GetAllStoresResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAllStoresResponse.ProtoReflect.Descriptor instead.
 func (*GetAllStoresResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{22}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetAllStoresResponse) GetHeader() *ResponseHeader {
@@ -1436,7 +1532,7 @@ type StoreHeartbeatRequest struct {
 
 func (x *StoreHeartbeatRequest) Reset() {
 	*x = StoreHeartbeatRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[23]
+	mi := &file_pdpb_pdpb_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1544,7 @@ func (x *StoreHeartbeatRequest) String() string {
 func (*StoreHeartbeatRequest) ProtoMessage() {}
 
 func (x *StoreHeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[23]
+	mi := &file_pdpb_pdpb_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1557,7 @@ func (x *StoreHeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreHeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*StoreHeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{23}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StoreHeartbeatRequest) GetHeader() *RequestHeader {
@@ -1487,7 +1583,7 @@ type StoreHeartbeatResponse struct {
 
 func (x *StoreHeartbeatResponse) Reset() {
 	*x = StoreHeartbeatResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[24]
+	mi := &file_pdpb_pdpb_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1499,7 +1595,7 @@ func (x *StoreHeartbeatResponse) String() string {
 func (*StoreHeartbeatResponse) ProtoMessage() {}
 
 func (x *StoreHeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[24]
+	mi := &file_pdpb_pdpb_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1512,7 +1608,7 @@ func (x *StoreHeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreHeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*StoreHeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{24}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StoreHeartbeatResponse) GetHeader() *ResponseHeader {
@@ -1532,7 +1628,7 @@ type PeerStats struct {
 
 func (x *PeerStats) Reset() {
 	*x = PeerStats{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[25]
+	mi := &file_pdpb_pdpb_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1544,7 +1640,7 @@ func (x *PeerStats) String() string {
 func (*PeerStats) ProtoMessage() {}
 
 func (x *PeerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[25]
+	mi := &file_pdpb_pdpb_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1557,7 +1653,7 @@ func (x *PeerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerStats.ProtoReflect.Descriptor instead.
 func (*PeerStats) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{25}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PeerStats) GetPeer() *metapb.Peer {
@@ -1597,7 +1693,7 @@ type RegionHeartbeatRequest struct {
 
 func (x *RegionHeartbeatRequest) Reset() {
 	*x = RegionHeartbeatRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[26]
+	mi := &file_pdpb_pdpb_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +1705,7 @@ func (x *RegionHeartbeatRequest) String() string {
 func (*RegionHeartbeatRequest) ProtoMessage() {}
 
 func (x *RegionHeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[26]
+	mi := &file_pdpb_pdpb_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +1718,7 @@ func (x *RegionHeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionHeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*RegionHeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{26}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RegionHeartbeatRequest) GetHeader() *RequestHeader {
@@ -1725,7 +1821,7 @@ type ChangePeers struct {
 
 func (x *ChangePeers) Reset() {
 	*x = ChangePeers{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[27]
+	mi := &file_pdpb_pdpb_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +1833,7 @@ func (x *ChangePeers) String() string {
 func (*ChangePeers) ProtoMessage() {}
 
 func (x *ChangePeers) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[27]
+	mi := &file_pdpb_pdpb_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +1846,7 @@ func (x *ChangePeers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangePeers.ProtoReflect.Descriptor instead.
 func (*ChangePeers) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{27}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ChangePeers) GetChanges() []*raftcmdpb.ChangePeer {
@@ -1769,7 +1865,7 @@ type TransferLeader struct {
 
 func (x *TransferLeader) Reset() {
 	*x = TransferLeader{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[28]
+	mi := &file_pdpb_pdpb_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1781,7 +1877,7 @@ func (x *TransferLeader) String() string {
 func (*TransferLeader) ProtoMessage() {}
 
 func (x *TransferLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[28]
+	mi := &file_pdpb_pdpb_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1794,7 +1890,7 @@ func (x *TransferLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeader.ProtoReflect.Descriptor instead.
 func (*TransferLeader) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{28}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TransferLeader) GetPeer() *metapb.Peer {
@@ -1814,7 +1910,7 @@ type SplitRegion struct {
 
 func (x *SplitRegion) Reset() {
 	*x = SplitRegion{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[29]
+	mi := &file_pdpb_pdpb_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1826,7 +1922,7 @@ func (x *SplitRegion) String() string {
 func (*SplitRegion) ProtoMessage() {}
 
 func (x *SplitRegion) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[29]
+	mi := &file_pdpb_pdpb_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1839,7 +1935,7 @@ func (x *SplitRegion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRegion.ProtoReflect.Descriptor instead.
 func (*SplitRegion) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{29}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SplitRegion) GetKeys() [][]byte {
@@ -1858,7 +1954,7 @@ type Merge struct {
 
 func (x *Merge) Reset() {
 	*x = Merge{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[30]
+	mi := &file_pdpb_pdpb_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1870,7 +1966,7 @@ func (x *Merge) String() string {
 func (*Merge) ProtoMessage() {}
 
 func (x *Merge) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[30]
+	mi := &file_pdpb_pdpb_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1883,7 +1979,7 @@ func (x *Merge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Merge.ProtoReflect.Descriptor instead.
 func (*Merge) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{30}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Merge) GetTarget() *metapb.Region {
@@ -1911,7 +2007,7 @@ type RegionHeartbeatResponse struct {
 
 func (x *RegionHeartbeatResponse) Reset() {
 	*x = RegionHeartbeatResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[31]
+	mi := &file_pdpb_pdpb_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1923,7 +2019,7 @@ func (x *RegionHeartbeatResponse) String() string {
 func (*RegionHeartbeatResponse) ProtoMessage() {}
 
 func (x *RegionHeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[31]
+	mi := &file_pdpb_pdpb_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1936,7 +2032,7 @@ func (x *RegionHeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionHeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*RegionHeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{31}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RegionHeartbeatResponse) GetHeader() *ResponseHeader {
@@ -2012,7 +2108,7 @@ type GetRegionRequest struct {
 
 func (x *GetRegionRequest) Reset() {
 	*x = GetRegionRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[32]
+	mi := &file_pdpb_pdpb_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2024,7 +2120,7 @@ func (x *GetRegionRequest) String() string {
 func (*GetRegionRequest) ProtoMessage() {}
 
 func (x *GetRegionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[32]
+	mi := &file_pdpb_pdpb_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2037,7 +2133,7 @@ func (x *GetRegionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRegionRequest.ProtoReflect.Descriptor instead.
 func (*GetRegionRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{32}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetRegionRequest) GetHeader() *RequestHeader {
@@ -2064,7 +2160,7 @@ type GetRegionByIDRequest struct {
 
 func (x *GetRegionByIDRequest) Reset() {
 	*x = GetRegionByIDRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[33]
+	mi := &file_pdpb_pdpb_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2076,7 +2172,7 @@ func (x *GetRegionByIDRequest) String() string {
 func (*GetRegionByIDRequest) ProtoMessage() {}
 
 func (x *GetRegionByIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[33]
+	mi := &file_pdpb_pdpb_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2089,7 +2185,7 @@ func (x *GetRegionByIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRegionByIDRequest.ProtoReflect.Descriptor instead.
 func (*GetRegionByIDRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{33}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetRegionByIDRequest) GetHeader() *RequestHeader {
@@ -2119,7 +2215,7 @@ type GetRegionResponse struct {
 
 func (x *GetRegionResponse) Reset() {
 	*x = GetRegionResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[34]
+	mi := &file_pdpb_pdpb_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2131,7 +2227,7 @@ func (x *GetRegionResponse) String() string {
 func (*GetRegionResponse) ProtoMessage() {}
 
 func (x *GetRegionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[34]
+	mi := &file_pdpb_pdpb_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2144,7 +2240,7 @@ func (x *GetRegionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRegionResponse.ProtoReflect.Descriptor instead.
 func (*GetRegionResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{34}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetRegionResponse) GetHeader() *ResponseHeader {
@@ -2196,7 +2292,7 @@ type ScanRegionsRequest struct {
 
 func (x *ScanRegionsRequest) Reset() {
 	*x = ScanRegionsRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[35]
+	mi := &file_pdpb_pdpb_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2208,7 +2304,7 @@ func (x *ScanRegionsRequest) String() string {
 func (*ScanRegionsRequest) ProtoMessage() {}
 
 func (x *ScanRegionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[35]
+	mi := &file_pdpb_pdpb_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2221,7 +2317,7 @@ func (x *ScanRegionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRegionsRequest.ProtoReflect.Descriptor instead.
 func (*ScanRegionsRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{35}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ScanRegionsRequest) GetHeader() *RequestHeader {
@@ -2262,7 +2358,7 @@ type RegionInfo struct {
 
 func (x *RegionInfo) Reset() {
 	*x = RegionInfo{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[36]
+	mi := &file_pdpb_pdpb_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2274,7 +2370,7 @@ func (x *RegionInfo) String() string {
 func (*RegionInfo) ProtoMessage() {}
 
 func (x *RegionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[36]
+	mi := &file_pdpb_pdpb_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2287,7 +2383,7 @@ func (x *RegionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionInfo.ProtoReflect.Descriptor instead.
 func (*RegionInfo) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{36}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RegionInfo) GetRegion() *metapb.Region {
@@ -2314,7 +2410,7 @@ type ScanRegionsResponse struct {
 
 func (x *ScanRegionsResponse) Reset() {
 	*x = ScanRegionsResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[37]
+	mi := &file_pdpb_pdpb_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2326,7 +2422,7 @@ func (x *ScanRegionsResponse) String() string {
 func (*ScanRegionsResponse) ProtoMessage() {}
 
 func (x *ScanRegionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[37]
+	mi := &file_pdpb_pdpb_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2339,7 +2435,7 @@ func (x *ScanRegionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRegionsResponse.ProtoReflect.Descriptor instead.
 func (*ScanRegionsResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{37}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ScanRegionsResponse) GetHeader() *ResponseHeader {
@@ -2365,7 +2461,7 @@ type WatchRegionsRequest struct {
 
 func (x *WatchRegionsRequest) Reset() {
 	*x = WatchRegionsRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[38]
+	mi := &file_pdpb_pdpb_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2377,7 +2473,7 @@ func (x *WatchRegionsRequest) String() string {
 func (*WatchRegionsRequest) ProtoMessage() {}
 
 func (x *WatchRegionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[38]
+	mi := &file_pdpb_pdpb_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2390,7 +2486,7 @@ func (x *WatchRegionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRegionsRequest.ProtoReflect.Descriptor instead.
 func (*WatchRegionsRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{38}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WatchRegionsRequest) GetHeader() *RequestHeader {
@@ -2413,7 +2509,7 @@ type WatchRegionsResponse struct {
 
 func (x *WatchRegionsResponse) Reset() {
 	*x = WatchRegionsResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[39]
+	mi := &file_pdpb_pdpb_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2425,7 +2521,7 @@ func (x *WatchRegionsResponse) String() string {
 func (*WatchRegionsResponse) ProtoMessage() {}
 
 func (x *WatchRegionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[39]
+	mi := &file_pdpb_pdpb_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2438,7 +2534,7 @@ func (x *WatchRegionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRegionsResponse.ProtoReflect.Descriptor instead.
 func (*WatchRegionsResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{39}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *WatchRegionsResponse) GetHeader() *ResponseHeader {
@@ -2473,7 +2569,7 @@ type SplitID struct {
 
 func (x *SplitID) Reset() {
 	*x = SplitID{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[40]
+	mi := &file_pdpb_pdpb_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2485,7 +2581,7 @@ func (x *SplitID) String() string {
 func (*SplitID) ProtoMessage() {}
 
 func (x *SplitID) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[40]
+	mi := &file_pdpb_pdpb_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2498,7 +2594,7 @@ func (x *SplitID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitID.ProtoReflect.Descriptor instead.
 func (*SplitID) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{40}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SplitID) GetNewRegionId() uint64 {
@@ -2526,7 +2622,7 @@ type AskBatchSplitRequest struct {
 
 func (x *AskBatchSplitRequest) Reset() {
 	*x = AskBatchSplitRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[41]
+	mi := &file_pdpb_pdpb_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2538,7 +2634,7 @@ func (x *AskBatchSplitRequest) String() string {
 func (*AskBatchSplitRequest) ProtoMessage() {}
 
 func (x *AskBatchSplitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[41]
+	mi := &file_pdpb_pdpb_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2551,7 +2647,7 @@ func (x *AskBatchSplitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AskBatchSplitRequest.ProtoReflect.Descriptor instead.
 func (*AskBatchSplitRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{41}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *AskBatchSplitRequest) GetHeader() *RequestHeader {
@@ -2585,7 +2681,7 @@ type AskBatchSplitResponse struct {
 
 func (x *AskBatchSplitResponse) Reset() {
 	*x = AskBatchSplitResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[42]
+	mi := &file_pdpb_pdpb_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2597,7 +2693,7 @@ func (x *AskBatchSplitResponse) String() string {
 func (*AskBatchSplitResponse) ProtoMessage() {}
 
 func (x *AskBatchSplitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[42]
+	mi := &file_pdpb_pdpb_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2610,7 +2706,7 @@ func (x *AskBatchSplitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AskBatchSplitResponse.ProtoReflect.Descriptor instead.
 func (*AskBatchSplitResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{42}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *AskBatchSplitResponse) GetHeader() *ResponseHeader {
@@ -2637,7 +2733,7 @@ type ReportBatchSplitRequest struct {
 
 func (x *ReportBatchSplitRequest) Reset() {
 	*x = ReportBatchSplitRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[43]
+	mi := &file_pdpb_pdpb_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2649,7 +2745,7 @@ func (x *ReportBatchSplitRequest) String() string {
 func (*ReportBatchSplitRequest) ProtoMessage() {}
 
 func (x *ReportBatchSplitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[43]
+	mi := &file_pdpb_pdpb_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2662,7 +2758,7 @@ func (x *ReportBatchSplitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportBatchSplitRequest.ProtoReflect.Descriptor instead.
 func (*ReportBatchSplitRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{43}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ReportBatchSplitRequest) GetHeader() *RequestHeader {
@@ -2688,7 +2784,7 @@ type ReportBatchSplitResponse struct {
 
 func (x *ReportBatchSplitResponse) Reset() {
 	*x = ReportBatchSplitResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[44]
+	mi := &file_pdpb_pdpb_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2700,7 +2796,7 @@ func (x *ReportBatchSplitResponse) String() string {
 func (*ReportBatchSplitResponse) ProtoMessage() {}
 
 func (x *ReportBatchSplitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[44]
+	mi := &file_pdpb_pdpb_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2713,7 +2809,7 @@ func (x *ReportBatchSplitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportBatchSplitResponse.ProtoReflect.Descriptor instead.
 func (*ReportBatchSplitResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{44}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ReportBatchSplitResponse) GetHeader() *ResponseHeader {
@@ -2732,7 +2828,7 @@ type GetCompactRevisionRequest struct {
 
 func (x *GetCompactRevisionRequest) Reset() {
 	*x = GetCompactRevisionRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[45]
+	mi := &file_pdpb_pdpb_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2744,7 +2840,7 @@ func (x *GetCompactRevisionRequest) String() string {
 func (*GetCompactRevisionRequest) ProtoMessage() {}
 
 func (x *GetCompactRevisionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[45]
+	mi := &file_pdpb_pdpb_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2757,7 +2853,7 @@ func (x *GetCompactRevisionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCompactRevisionRequest.ProtoReflect.Descriptor instead.
 func (*GetCompactRevisionRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{45}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GetCompactRevisionRequest) GetHeader() *RequestHeader {
@@ -2777,7 +2873,7 @@ type GetCompactRevisionResponse struct {
 
 func (x *GetCompactRevisionResponse) Reset() {
 	*x = GetCompactRevisionResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[46]
+	mi := &file_pdpb_pdpb_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2789,7 +2885,7 @@ func (x *GetCompactRevisionResponse) String() string {
 func (*GetCompactRevisionResponse) ProtoMessage() {}
 
 func (x *GetCompactRevisionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[46]
+	mi := &file_pdpb_pdpb_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2802,7 +2898,7 @@ func (x *GetCompactRevisionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCompactRevisionResponse.ProtoReflect.Descriptor instead.
 func (*GetCompactRevisionResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{46}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetCompactRevisionResponse) GetHeader() *ResponseHeader {
@@ -2829,7 +2925,7 @@ type UpdateCompactRevisionRequest struct {
 
 func (x *UpdateCompactRevisionRequest) Reset() {
 	*x = UpdateCompactRevisionRequest{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[47]
+	mi := &file_pdpb_pdpb_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2841,7 +2937,7 @@ func (x *UpdateCompactRevisionRequest) String() string {
 func (*UpdateCompactRevisionRequest) ProtoMessage() {}
 
 func (x *UpdateCompactRevisionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[47]
+	mi := &file_pdpb_pdpb_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2854,7 +2950,7 @@ func (x *UpdateCompactRevisionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateCompactRevisionRequest.ProtoReflect.Descriptor instead.
 func (*UpdateCompactRevisionRequest) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{47}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *UpdateCompactRevisionRequest) GetHeader() *RequestHeader {
@@ -2882,7 +2978,7 @@ type UpdateCompactRevisionResponse struct {
 
 func (x *UpdateCompactRevisionResponse) Reset() {
 	*x = UpdateCompactRevisionResponse{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[48]
+	mi := &file_pdpb_pdpb_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2894,7 +2990,7 @@ func (x *UpdateCompactRevisionResponse) String() string {
 func (*UpdateCompactRevisionResponse) ProtoMessage() {}
 
 func (x *UpdateCompactRevisionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[48]
+	mi := &file_pdpb_pdpb_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2907,7 +3003,7 @@ func (x *UpdateCompactRevisionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateCompactRevisionResponse.ProtoReflect.Descriptor instead.
 func (*UpdateCompactRevisionResponse) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{48}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *UpdateCompactRevisionResponse) GetHeader() *ResponseHeader {
@@ -2938,6 +3034,7 @@ type Command struct {
 	//	*Command_SetCompactRevision
 	//	*Command_SetConfig
 	//	*Command_RemoveRegions
+	//	*Command_InitClusterId
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2945,7 +3042,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[49]
+	mi := &file_pdpb_pdpb_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2957,7 +3054,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[49]
+	mi := &file_pdpb_pdpb_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2970,7 +3067,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{49}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *Command) GetCmd() isCommand_Cmd {
@@ -3061,6 +3158,15 @@ func (x *Command) GetRemoveRegions() *RemoveRegionsCommand {
 	return nil
 }
 
+func (x *Command) GetInitClusterId() uint64 {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_InitClusterId); ok {
+			return x.InitClusterId
+		}
+	}
+	return 0
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -3101,6 +3207,11 @@ type Command_RemoveRegions struct {
 	RemoveRegions *RemoveRegionsCommand `protobuf:"bytes,9,opt,name=remove_regions,json=removeRegions,proto3,oneof"`
 }
 
+type Command_InitClusterId struct {
+	// Sets the cluster ID if none is set yet (the first PD leader does it).
+	InitClusterId uint64 `protobuf:"varint,10,opt,name=init_cluster_id,json=initClusterId,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Cmd() {}
 
 func (*Command_PutStore) isCommand_Cmd() {}
@@ -3119,6 +3230,8 @@ func (*Command_SetConfig) isCommand_Cmd() {}
 
 func (*Command_RemoveRegions) isCommand_Cmd() {}
 
+func (*Command_InitClusterId) isCommand_Cmd() {}
+
 type BootstrapCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Cluster       *metapb.Cluster        `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
@@ -3130,7 +3243,7 @@ type BootstrapCommand struct {
 
 func (x *BootstrapCommand) Reset() {
 	*x = BootstrapCommand{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[50]
+	mi := &file_pdpb_pdpb_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3142,7 +3255,7 @@ func (x *BootstrapCommand) String() string {
 func (*BootstrapCommand) ProtoMessage() {}
 
 func (x *BootstrapCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[50]
+	mi := &file_pdpb_pdpb_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3155,7 +3268,7 @@ func (x *BootstrapCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootstrapCommand.ProtoReflect.Descriptor instead.
 func (*BootstrapCommand) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{50}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *BootstrapCommand) GetCluster() *metapb.Cluster {
@@ -3188,7 +3301,7 @@ type PutRegionsCommand struct {
 
 func (x *PutRegionsCommand) Reset() {
 	*x = PutRegionsCommand{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[51]
+	mi := &file_pdpb_pdpb_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3200,7 +3313,7 @@ func (x *PutRegionsCommand) String() string {
 func (*PutRegionsCommand) ProtoMessage() {}
 
 func (x *PutRegionsCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[51]
+	mi := &file_pdpb_pdpb_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3213,7 +3326,7 @@ func (x *PutRegionsCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRegionsCommand.ProtoReflect.Descriptor instead.
 func (*PutRegionsCommand) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{51}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *PutRegionsCommand) GetRegions() []*metapb.Region {
@@ -3232,7 +3345,7 @@ type RemoveRegionsCommand struct {
 
 func (x *RemoveRegionsCommand) Reset() {
 	*x = RemoveRegionsCommand{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[52]
+	mi := &file_pdpb_pdpb_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3244,7 +3357,7 @@ func (x *RemoveRegionsCommand) String() string {
 func (*RemoveRegionsCommand) ProtoMessage() {}
 
 func (x *RemoveRegionsCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[52]
+	mi := &file_pdpb_pdpb_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3257,7 +3370,7 @@ func (x *RemoveRegionsCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRegionsCommand.ProtoReflect.Descriptor instead.
 func (*RemoveRegionsCommand) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{52}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RemoveRegionsCommand) GetRegionIds() []uint64 {
@@ -3277,7 +3390,7 @@ type ConfigCommand struct {
 
 func (x *ConfigCommand) Reset() {
 	*x = ConfigCommand{}
-	mi := &file_pdpb_pdpb_proto_msgTypes[53]
+	mi := &file_pdpb_pdpb_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3289,7 +3402,7 @@ func (x *ConfigCommand) String() string {
 func (*ConfigCommand) ProtoMessage() {}
 
 func (x *ConfigCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_pdpb_pdpb_proto_msgTypes[53]
+	mi := &file_pdpb_pdpb_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3302,7 +3415,7 @@ func (x *ConfigCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigCommand.ProtoReflect.Descriptor instead.
 func (*ConfigCommand) Descriptor() ([]byte, []int) {
-	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{53}
+	return file_pdpb_pdpb_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ConfigCommand) GetJson() []byte {
@@ -3340,7 +3453,12 @@ const file_pdpb_pdpb_proto_rawDesc = "" +
 	"\x12GetMembersResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.pdpb.ResponseHeaderR\x06header\x12&\n" +
 	"\amembers\x18\x02 \x03(\v2\f.pdpb.MemberR\amembers\x12$\n" +
-	"\x06leader\x18\x03 \x01(\v2\f.pdpb.MemberR\x06leader\"O\n" +
+	"\x06leader\x18\x03 \x01(\v2\f.pdpb.MemberR\x06leader\"j\n" +
+	"\x15RegisterMemberRequest\x12+\n" +
+	"\x06header\x18\x01 \x01(\v2\x13.pdpb.RequestHeaderR\x06header\x12$\n" +
+	"\x06member\x18\x02 \x01(\v2\f.pdpb.MemberR\x06member\"F\n" +
+	"\x16RegisterMemberResponse\x12,\n" +
+	"\x06header\x18\x01 \x01(\v2\x14.pdpb.ResponseHeaderR\x06header\"O\n" +
 	"\n" +
 	"TsoRequest\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.pdpb.RequestHeaderR\x06header\x12\x14\n" +
@@ -3514,7 +3632,7 @@ const file_pdpb_pdpb_proto_rawDesc = "" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\"i\n" +
 	"\x1dUpdateCompactRevisionResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.pdpb.ResponseHeaderR\x06header\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision\"\xde\x03\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\x88\x04\n" +
 	"\aCommand\x126\n" +
 	"\tbootstrap\x18\x01 \x01(\v2\x16.pdpb.BootstrapCommandH\x00R\tbootstrap\x12,\n" +
 	"\tput_store\x18\x02 \x01(\v2\r.metapb.StoreH\x00R\bputStore\x12:\n" +
@@ -3527,7 +3645,9 @@ const file_pdpb_pdpb_proto_rawDesc = "" +
 	"\x14set_compact_revision\x18\a \x01(\x04H\x00R\x12setCompactRevision\x124\n" +
 	"\n" +
 	"set_config\x18\b \x01(\v2\x13.pdpb.ConfigCommandH\x00R\tsetConfig\x12C\n" +
-	"\x0eremove_regions\x18\t \x01(\v2\x1a.pdpb.RemoveRegionsCommandH\x00R\rremoveRegionsB\x05\n" +
+	"\x0eremove_regions\x18\t \x01(\v2\x1a.pdpb.RemoveRegionsCommandH\x00R\rremoveRegions\x12(\n" +
+	"\x0finit_cluster_id\x18\n" +
+	" \x01(\x04H\x00R\rinitClusterIdB\x05\n" +
 	"\x03cmd\"\x8a\x01\n" +
 	"\x10BootstrapCommand\x12)\n" +
 	"\acluster\x18\x01 \x01(\v2\x0f.metapb.ClusterR\acluster\x12#\n" +
@@ -3553,10 +3673,11 @@ const file_pdpb_pdpb_proto_rawDesc = "" +
 	"\x0fSTORE_NOT_FOUND\x10\b\x12\x10\n" +
 	"\fSTALE_REGION\x10\t\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\n" +
-	"2\x94\v\n" +
+	"2\xe1\v\n" +
 	"\x02PD\x12?\n" +
 	"\n" +
-	"GetMembers\x12\x17.pdpb.GetMembersRequest\x1a\x18.pdpb.GetMembersResponse\x12.\n" +
+	"GetMembers\x12\x17.pdpb.GetMembersRequest\x1a\x18.pdpb.GetMembersResponse\x12K\n" +
+	"\x0eRegisterMember\x12\x1b.pdpb.RegisterMemberRequest\x1a\x1c.pdpb.RegisterMemberResponse\x12.\n" +
 	"\x03Tso\x12\x10.pdpb.TsoRequest\x1a\x11.pdpb.TsoResponse(\x010\x01\x126\n" +
 	"\aAllocID\x12\x14.pdpb.AllocIDRequest\x1a\x15.pdpb.AllocIDResponse\x12K\n" +
 	"\x0eIsBootstrapped\x12\x1b.pdpb.IsBootstrappedRequest\x1a\x1c.pdpb.IsBootstrappedResponse\x12<\n" +
@@ -3590,7 +3711,7 @@ func file_pdpb_pdpb_proto_rawDescGZIP() []byte {
 }
 
 var file_pdpb_pdpb_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_pdpb_pdpb_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_pdpb_pdpb_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_pdpb_pdpb_proto_goTypes = []any{
 	(ErrorType)(0),                        // 0: pdpb.ErrorType
 	(*RequestHeader)(nil),                 // 1: pdpb.RequestHeader
@@ -3599,60 +3720,62 @@ var file_pdpb_pdpb_proto_goTypes = []any{
 	(*Member)(nil),                        // 4: pdpb.Member
 	(*GetMembersRequest)(nil),             // 5: pdpb.GetMembersRequest
 	(*GetMembersResponse)(nil),            // 6: pdpb.GetMembersResponse
-	(*TsoRequest)(nil),                    // 7: pdpb.TsoRequest
-	(*TsoResponse)(nil),                   // 8: pdpb.TsoResponse
-	(*AllocIDRequest)(nil),                // 9: pdpb.AllocIDRequest
-	(*AllocIDResponse)(nil),               // 10: pdpb.AllocIDResponse
-	(*IsBootstrappedRequest)(nil),         // 11: pdpb.IsBootstrappedRequest
-	(*IsBootstrappedResponse)(nil),        // 12: pdpb.IsBootstrappedResponse
-	(*BootstrapRequest)(nil),              // 13: pdpb.BootstrapRequest
-	(*BootstrapResponse)(nil),             // 14: pdpb.BootstrapResponse
-	(*GetClusterConfigRequest)(nil),       // 15: pdpb.GetClusterConfigRequest
-	(*GetClusterConfigResponse)(nil),      // 16: pdpb.GetClusterConfigResponse
-	(*PutStoreRequest)(nil),               // 17: pdpb.PutStoreRequest
-	(*PutStoreResponse)(nil),              // 18: pdpb.PutStoreResponse
-	(*StoreStats)(nil),                    // 19: pdpb.StoreStats
-	(*GetStoreRequest)(nil),               // 20: pdpb.GetStoreRequest
-	(*GetStoreResponse)(nil),              // 21: pdpb.GetStoreResponse
-	(*GetAllStoresRequest)(nil),           // 22: pdpb.GetAllStoresRequest
-	(*GetAllStoresResponse)(nil),          // 23: pdpb.GetAllStoresResponse
-	(*StoreHeartbeatRequest)(nil),         // 24: pdpb.StoreHeartbeatRequest
-	(*StoreHeartbeatResponse)(nil),        // 25: pdpb.StoreHeartbeatResponse
-	(*PeerStats)(nil),                     // 26: pdpb.PeerStats
-	(*RegionHeartbeatRequest)(nil),        // 27: pdpb.RegionHeartbeatRequest
-	(*ChangePeers)(nil),                   // 28: pdpb.ChangePeers
-	(*TransferLeader)(nil),                // 29: pdpb.TransferLeader
-	(*SplitRegion)(nil),                   // 30: pdpb.SplitRegion
-	(*Merge)(nil),                         // 31: pdpb.Merge
-	(*RegionHeartbeatResponse)(nil),       // 32: pdpb.RegionHeartbeatResponse
-	(*GetRegionRequest)(nil),              // 33: pdpb.GetRegionRequest
-	(*GetRegionByIDRequest)(nil),          // 34: pdpb.GetRegionByIDRequest
-	(*GetRegionResponse)(nil),             // 35: pdpb.GetRegionResponse
-	(*ScanRegionsRequest)(nil),            // 36: pdpb.ScanRegionsRequest
-	(*RegionInfo)(nil),                    // 37: pdpb.RegionInfo
-	(*ScanRegionsResponse)(nil),           // 38: pdpb.ScanRegionsResponse
-	(*WatchRegionsRequest)(nil),           // 39: pdpb.WatchRegionsRequest
-	(*WatchRegionsResponse)(nil),          // 40: pdpb.WatchRegionsResponse
-	(*SplitID)(nil),                       // 41: pdpb.SplitID
-	(*AskBatchSplitRequest)(nil),          // 42: pdpb.AskBatchSplitRequest
-	(*AskBatchSplitResponse)(nil),         // 43: pdpb.AskBatchSplitResponse
-	(*ReportBatchSplitRequest)(nil),       // 44: pdpb.ReportBatchSplitRequest
-	(*ReportBatchSplitResponse)(nil),      // 45: pdpb.ReportBatchSplitResponse
-	(*GetCompactRevisionRequest)(nil),     // 46: pdpb.GetCompactRevisionRequest
-	(*GetCompactRevisionResponse)(nil),    // 47: pdpb.GetCompactRevisionResponse
-	(*UpdateCompactRevisionRequest)(nil),  // 48: pdpb.UpdateCompactRevisionRequest
-	(*UpdateCompactRevisionResponse)(nil), // 49: pdpb.UpdateCompactRevisionResponse
-	(*Command)(nil),                       // 50: pdpb.Command
-	(*BootstrapCommand)(nil),              // 51: pdpb.BootstrapCommand
-	(*PutRegionsCommand)(nil),             // 52: pdpb.PutRegionsCommand
-	(*RemoveRegionsCommand)(nil),          // 53: pdpb.RemoveRegionsCommand
-	(*ConfigCommand)(nil),                 // 54: pdpb.ConfigCommand
-	(*metapb.Store)(nil),                  // 55: metapb.Store
-	(*metapb.Region)(nil),                 // 56: metapb.Region
-	(*metapb.Cluster)(nil),                // 57: metapb.Cluster
-	(*metapb.Peer)(nil),                   // 58: metapb.Peer
-	(*raftcmdpb.ChangePeer)(nil),          // 59: raftcmdpb.ChangePeer
-	(*metapb.RegionEpoch)(nil),            // 60: metapb.RegionEpoch
+	(*RegisterMemberRequest)(nil),         // 7: pdpb.RegisterMemberRequest
+	(*RegisterMemberResponse)(nil),        // 8: pdpb.RegisterMemberResponse
+	(*TsoRequest)(nil),                    // 9: pdpb.TsoRequest
+	(*TsoResponse)(nil),                   // 10: pdpb.TsoResponse
+	(*AllocIDRequest)(nil),                // 11: pdpb.AllocIDRequest
+	(*AllocIDResponse)(nil),               // 12: pdpb.AllocIDResponse
+	(*IsBootstrappedRequest)(nil),         // 13: pdpb.IsBootstrappedRequest
+	(*IsBootstrappedResponse)(nil),        // 14: pdpb.IsBootstrappedResponse
+	(*BootstrapRequest)(nil),              // 15: pdpb.BootstrapRequest
+	(*BootstrapResponse)(nil),             // 16: pdpb.BootstrapResponse
+	(*GetClusterConfigRequest)(nil),       // 17: pdpb.GetClusterConfigRequest
+	(*GetClusterConfigResponse)(nil),      // 18: pdpb.GetClusterConfigResponse
+	(*PutStoreRequest)(nil),               // 19: pdpb.PutStoreRequest
+	(*PutStoreResponse)(nil),              // 20: pdpb.PutStoreResponse
+	(*StoreStats)(nil),                    // 21: pdpb.StoreStats
+	(*GetStoreRequest)(nil),               // 22: pdpb.GetStoreRequest
+	(*GetStoreResponse)(nil),              // 23: pdpb.GetStoreResponse
+	(*GetAllStoresRequest)(nil),           // 24: pdpb.GetAllStoresRequest
+	(*GetAllStoresResponse)(nil),          // 25: pdpb.GetAllStoresResponse
+	(*StoreHeartbeatRequest)(nil),         // 26: pdpb.StoreHeartbeatRequest
+	(*StoreHeartbeatResponse)(nil),        // 27: pdpb.StoreHeartbeatResponse
+	(*PeerStats)(nil),                     // 28: pdpb.PeerStats
+	(*RegionHeartbeatRequest)(nil),        // 29: pdpb.RegionHeartbeatRequest
+	(*ChangePeers)(nil),                   // 30: pdpb.ChangePeers
+	(*TransferLeader)(nil),                // 31: pdpb.TransferLeader
+	(*SplitRegion)(nil),                   // 32: pdpb.SplitRegion
+	(*Merge)(nil),                         // 33: pdpb.Merge
+	(*RegionHeartbeatResponse)(nil),       // 34: pdpb.RegionHeartbeatResponse
+	(*GetRegionRequest)(nil),              // 35: pdpb.GetRegionRequest
+	(*GetRegionByIDRequest)(nil),          // 36: pdpb.GetRegionByIDRequest
+	(*GetRegionResponse)(nil),             // 37: pdpb.GetRegionResponse
+	(*ScanRegionsRequest)(nil),            // 38: pdpb.ScanRegionsRequest
+	(*RegionInfo)(nil),                    // 39: pdpb.RegionInfo
+	(*ScanRegionsResponse)(nil),           // 40: pdpb.ScanRegionsResponse
+	(*WatchRegionsRequest)(nil),           // 41: pdpb.WatchRegionsRequest
+	(*WatchRegionsResponse)(nil),          // 42: pdpb.WatchRegionsResponse
+	(*SplitID)(nil),                       // 43: pdpb.SplitID
+	(*AskBatchSplitRequest)(nil),          // 44: pdpb.AskBatchSplitRequest
+	(*AskBatchSplitResponse)(nil),         // 45: pdpb.AskBatchSplitResponse
+	(*ReportBatchSplitRequest)(nil),       // 46: pdpb.ReportBatchSplitRequest
+	(*ReportBatchSplitResponse)(nil),      // 47: pdpb.ReportBatchSplitResponse
+	(*GetCompactRevisionRequest)(nil),     // 48: pdpb.GetCompactRevisionRequest
+	(*GetCompactRevisionResponse)(nil),    // 49: pdpb.GetCompactRevisionResponse
+	(*UpdateCompactRevisionRequest)(nil),  // 50: pdpb.UpdateCompactRevisionRequest
+	(*UpdateCompactRevisionResponse)(nil), // 51: pdpb.UpdateCompactRevisionResponse
+	(*Command)(nil),                       // 52: pdpb.Command
+	(*BootstrapCommand)(nil),              // 53: pdpb.BootstrapCommand
+	(*PutRegionsCommand)(nil),             // 54: pdpb.PutRegionsCommand
+	(*RemoveRegionsCommand)(nil),          // 55: pdpb.RemoveRegionsCommand
+	(*ConfigCommand)(nil),                 // 56: pdpb.ConfigCommand
+	(*metapb.Store)(nil),                  // 57: metapb.Store
+	(*metapb.Region)(nil),                 // 58: metapb.Region
+	(*metapb.Cluster)(nil),                // 59: metapb.Cluster
+	(*metapb.Peer)(nil),                   // 60: metapb.Peer
+	(*raftcmdpb.ChangePeer)(nil),          // 61: raftcmdpb.ChangePeer
+	(*metapb.RegionEpoch)(nil),            // 62: metapb.RegionEpoch
 }
 var file_pdpb_pdpb_proto_depIdxs = []int32{
 	0,   // 0: pdpb.Error.type:type_name -> pdpb.ErrorType
@@ -3661,129 +3784,134 @@ var file_pdpb_pdpb_proto_depIdxs = []int32{
 	3,   // 3: pdpb.GetMembersResponse.header:type_name -> pdpb.ResponseHeader
 	4,   // 4: pdpb.GetMembersResponse.members:type_name -> pdpb.Member
 	4,   // 5: pdpb.GetMembersResponse.leader:type_name -> pdpb.Member
-	1,   // 6: pdpb.TsoRequest.header:type_name -> pdpb.RequestHeader
-	3,   // 7: pdpb.TsoResponse.header:type_name -> pdpb.ResponseHeader
-	1,   // 8: pdpb.AllocIDRequest.header:type_name -> pdpb.RequestHeader
-	3,   // 9: pdpb.AllocIDResponse.header:type_name -> pdpb.ResponseHeader
-	1,   // 10: pdpb.IsBootstrappedRequest.header:type_name -> pdpb.RequestHeader
-	3,   // 11: pdpb.IsBootstrappedResponse.header:type_name -> pdpb.ResponseHeader
-	1,   // 12: pdpb.BootstrapRequest.header:type_name -> pdpb.RequestHeader
-	55,  // 13: pdpb.BootstrapRequest.store:type_name -> metapb.Store
-	56,  // 14: pdpb.BootstrapRequest.region:type_name -> metapb.Region
-	3,   // 15: pdpb.BootstrapResponse.header:type_name -> pdpb.ResponseHeader
-	1,   // 16: pdpb.GetClusterConfigRequest.header:type_name -> pdpb.RequestHeader
-	3,   // 17: pdpb.GetClusterConfigResponse.header:type_name -> pdpb.ResponseHeader
-	57,  // 18: pdpb.GetClusterConfigResponse.cluster:type_name -> metapb.Cluster
-	1,   // 19: pdpb.PutStoreRequest.header:type_name -> pdpb.RequestHeader
-	55,  // 20: pdpb.PutStoreRequest.store:type_name -> metapb.Store
-	3,   // 21: pdpb.PutStoreResponse.header:type_name -> pdpb.ResponseHeader
-	1,   // 22: pdpb.GetStoreRequest.header:type_name -> pdpb.RequestHeader
-	3,   // 23: pdpb.GetStoreResponse.header:type_name -> pdpb.ResponseHeader
-	55,  // 24: pdpb.GetStoreResponse.store:type_name -> metapb.Store
-	19,  // 25: pdpb.GetStoreResponse.stats:type_name -> pdpb.StoreStats
-	1,   // 26: pdpb.GetAllStoresRequest.header:type_name -> pdpb.RequestHeader
-	3,   // 27: pdpb.GetAllStoresResponse.header:type_name -> pdpb.ResponseHeader
-	55,  // 28: pdpb.GetAllStoresResponse.stores:type_name -> metapb.Store
-	1,   // 29: pdpb.StoreHeartbeatRequest.header:type_name -> pdpb.RequestHeader
-	19,  // 30: pdpb.StoreHeartbeatRequest.stats:type_name -> pdpb.StoreStats
-	3,   // 31: pdpb.StoreHeartbeatResponse.header:type_name -> pdpb.ResponseHeader
-	58,  // 32: pdpb.PeerStats.peer:type_name -> metapb.Peer
-	1,   // 33: pdpb.RegionHeartbeatRequest.header:type_name -> pdpb.RequestHeader
-	56,  // 34: pdpb.RegionHeartbeatRequest.region:type_name -> metapb.Region
-	58,  // 35: pdpb.RegionHeartbeatRequest.leader:type_name -> metapb.Peer
-	26,  // 36: pdpb.RegionHeartbeatRequest.down_peers:type_name -> pdpb.PeerStats
-	58,  // 37: pdpb.RegionHeartbeatRequest.pending_peers:type_name -> metapb.Peer
-	59,  // 38: pdpb.ChangePeers.changes:type_name -> raftcmdpb.ChangePeer
-	58,  // 39: pdpb.TransferLeader.peer:type_name -> metapb.Peer
-	56,  // 40: pdpb.Merge.target:type_name -> metapb.Region
-	3,   // 41: pdpb.RegionHeartbeatResponse.header:type_name -> pdpb.ResponseHeader
-	60,  // 42: pdpb.RegionHeartbeatResponse.region_epoch:type_name -> metapb.RegionEpoch
-	58,  // 43: pdpb.RegionHeartbeatResponse.target_peer:type_name -> metapb.Peer
-	28,  // 44: pdpb.RegionHeartbeatResponse.change_peers:type_name -> pdpb.ChangePeers
-	29,  // 45: pdpb.RegionHeartbeatResponse.transfer_leader:type_name -> pdpb.TransferLeader
-	30,  // 46: pdpb.RegionHeartbeatResponse.split_region:type_name -> pdpb.SplitRegion
-	31,  // 47: pdpb.RegionHeartbeatResponse.merge:type_name -> pdpb.Merge
-	1,   // 48: pdpb.GetRegionRequest.header:type_name -> pdpb.RequestHeader
-	1,   // 49: pdpb.GetRegionByIDRequest.header:type_name -> pdpb.RequestHeader
-	3,   // 50: pdpb.GetRegionResponse.header:type_name -> pdpb.ResponseHeader
-	56,  // 51: pdpb.GetRegionResponse.region:type_name -> metapb.Region
-	58,  // 52: pdpb.GetRegionResponse.leader:type_name -> metapb.Peer
-	26,  // 53: pdpb.GetRegionResponse.down_peers:type_name -> pdpb.PeerStats
-	58,  // 54: pdpb.GetRegionResponse.pending_peers:type_name -> metapb.Peer
-	1,   // 55: pdpb.ScanRegionsRequest.header:type_name -> pdpb.RequestHeader
-	56,  // 56: pdpb.RegionInfo.region:type_name -> metapb.Region
-	58,  // 57: pdpb.RegionInfo.leader:type_name -> metapb.Peer
-	3,   // 58: pdpb.ScanRegionsResponse.header:type_name -> pdpb.ResponseHeader
-	37,  // 59: pdpb.ScanRegionsResponse.regions:type_name -> pdpb.RegionInfo
-	1,   // 60: pdpb.WatchRegionsRequest.header:type_name -> pdpb.RequestHeader
-	3,   // 61: pdpb.WatchRegionsResponse.header:type_name -> pdpb.ResponseHeader
-	37,  // 62: pdpb.WatchRegionsResponse.changed:type_name -> pdpb.RegionInfo
-	1,   // 63: pdpb.AskBatchSplitRequest.header:type_name -> pdpb.RequestHeader
-	56,  // 64: pdpb.AskBatchSplitRequest.region:type_name -> metapb.Region
-	3,   // 65: pdpb.AskBatchSplitResponse.header:type_name -> pdpb.ResponseHeader
-	41,  // 66: pdpb.AskBatchSplitResponse.ids:type_name -> pdpb.SplitID
-	1,   // 67: pdpb.ReportBatchSplitRequest.header:type_name -> pdpb.RequestHeader
-	56,  // 68: pdpb.ReportBatchSplitRequest.regions:type_name -> metapb.Region
-	3,   // 69: pdpb.ReportBatchSplitResponse.header:type_name -> pdpb.ResponseHeader
-	1,   // 70: pdpb.GetCompactRevisionRequest.header:type_name -> pdpb.RequestHeader
-	3,   // 71: pdpb.GetCompactRevisionResponse.header:type_name -> pdpb.ResponseHeader
-	1,   // 72: pdpb.UpdateCompactRevisionRequest.header:type_name -> pdpb.RequestHeader
-	3,   // 73: pdpb.UpdateCompactRevisionResponse.header:type_name -> pdpb.ResponseHeader
-	51,  // 74: pdpb.Command.bootstrap:type_name -> pdpb.BootstrapCommand
-	55,  // 75: pdpb.Command.put_store:type_name -> metapb.Store
-	52,  // 76: pdpb.Command.put_regions:type_name -> pdpb.PutRegionsCommand
-	4,   // 77: pdpb.Command.put_member:type_name -> pdpb.Member
-	54,  // 78: pdpb.Command.set_config:type_name -> pdpb.ConfigCommand
-	53,  // 79: pdpb.Command.remove_regions:type_name -> pdpb.RemoveRegionsCommand
-	57,  // 80: pdpb.BootstrapCommand.cluster:type_name -> metapb.Cluster
-	55,  // 81: pdpb.BootstrapCommand.store:type_name -> metapb.Store
-	56,  // 82: pdpb.BootstrapCommand.region:type_name -> metapb.Region
-	56,  // 83: pdpb.PutRegionsCommand.regions:type_name -> metapb.Region
-	5,   // 84: pdpb.PD.GetMembers:input_type -> pdpb.GetMembersRequest
-	7,   // 85: pdpb.PD.Tso:input_type -> pdpb.TsoRequest
-	9,   // 86: pdpb.PD.AllocID:input_type -> pdpb.AllocIDRequest
-	11,  // 87: pdpb.PD.IsBootstrapped:input_type -> pdpb.IsBootstrappedRequest
-	13,  // 88: pdpb.PD.Bootstrap:input_type -> pdpb.BootstrapRequest
-	15,  // 89: pdpb.PD.GetClusterConfig:input_type -> pdpb.GetClusterConfigRequest
-	17,  // 90: pdpb.PD.PutStore:input_type -> pdpb.PutStoreRequest
-	20,  // 91: pdpb.PD.GetStore:input_type -> pdpb.GetStoreRequest
-	22,  // 92: pdpb.PD.GetAllStores:input_type -> pdpb.GetAllStoresRequest
-	24,  // 93: pdpb.PD.StoreHeartbeat:input_type -> pdpb.StoreHeartbeatRequest
-	27,  // 94: pdpb.PD.RegionHeartbeat:input_type -> pdpb.RegionHeartbeatRequest
-	33,  // 95: pdpb.PD.GetRegion:input_type -> pdpb.GetRegionRequest
-	33,  // 96: pdpb.PD.GetPrevRegion:input_type -> pdpb.GetRegionRequest
-	34,  // 97: pdpb.PD.GetRegionByID:input_type -> pdpb.GetRegionByIDRequest
-	36,  // 98: pdpb.PD.ScanRegions:input_type -> pdpb.ScanRegionsRequest
-	39,  // 99: pdpb.PD.WatchRegions:input_type -> pdpb.WatchRegionsRequest
-	42,  // 100: pdpb.PD.AskBatchSplit:input_type -> pdpb.AskBatchSplitRequest
-	44,  // 101: pdpb.PD.ReportBatchSplit:input_type -> pdpb.ReportBatchSplitRequest
-	46,  // 102: pdpb.PD.GetCompactRevision:input_type -> pdpb.GetCompactRevisionRequest
-	48,  // 103: pdpb.PD.UpdateCompactRevision:input_type -> pdpb.UpdateCompactRevisionRequest
-	6,   // 104: pdpb.PD.GetMembers:output_type -> pdpb.GetMembersResponse
-	8,   // 105: pdpb.PD.Tso:output_type -> pdpb.TsoResponse
-	10,  // 106: pdpb.PD.AllocID:output_type -> pdpb.AllocIDResponse
-	12,  // 107: pdpb.PD.IsBootstrapped:output_type -> pdpb.IsBootstrappedResponse
-	14,  // 108: pdpb.PD.Bootstrap:output_type -> pdpb.BootstrapResponse
-	16,  // 109: pdpb.PD.GetClusterConfig:output_type -> pdpb.GetClusterConfigResponse
-	18,  // 110: pdpb.PD.PutStore:output_type -> pdpb.PutStoreResponse
-	21,  // 111: pdpb.PD.GetStore:output_type -> pdpb.GetStoreResponse
-	23,  // 112: pdpb.PD.GetAllStores:output_type -> pdpb.GetAllStoresResponse
-	25,  // 113: pdpb.PD.StoreHeartbeat:output_type -> pdpb.StoreHeartbeatResponse
-	32,  // 114: pdpb.PD.RegionHeartbeat:output_type -> pdpb.RegionHeartbeatResponse
-	35,  // 115: pdpb.PD.GetRegion:output_type -> pdpb.GetRegionResponse
-	35,  // 116: pdpb.PD.GetPrevRegion:output_type -> pdpb.GetRegionResponse
-	35,  // 117: pdpb.PD.GetRegionByID:output_type -> pdpb.GetRegionResponse
-	38,  // 118: pdpb.PD.ScanRegions:output_type -> pdpb.ScanRegionsResponse
-	40,  // 119: pdpb.PD.WatchRegions:output_type -> pdpb.WatchRegionsResponse
-	43,  // 120: pdpb.PD.AskBatchSplit:output_type -> pdpb.AskBatchSplitResponse
-	45,  // 121: pdpb.PD.ReportBatchSplit:output_type -> pdpb.ReportBatchSplitResponse
-	47,  // 122: pdpb.PD.GetCompactRevision:output_type -> pdpb.GetCompactRevisionResponse
-	49,  // 123: pdpb.PD.UpdateCompactRevision:output_type -> pdpb.UpdateCompactRevisionResponse
-	104, // [104:124] is the sub-list for method output_type
-	84,  // [84:104] is the sub-list for method input_type
-	84,  // [84:84] is the sub-list for extension type_name
-	84,  // [84:84] is the sub-list for extension extendee
-	0,   // [0:84] is the sub-list for field type_name
+	1,   // 6: pdpb.RegisterMemberRequest.header:type_name -> pdpb.RequestHeader
+	4,   // 7: pdpb.RegisterMemberRequest.member:type_name -> pdpb.Member
+	3,   // 8: pdpb.RegisterMemberResponse.header:type_name -> pdpb.ResponseHeader
+	1,   // 9: pdpb.TsoRequest.header:type_name -> pdpb.RequestHeader
+	3,   // 10: pdpb.TsoResponse.header:type_name -> pdpb.ResponseHeader
+	1,   // 11: pdpb.AllocIDRequest.header:type_name -> pdpb.RequestHeader
+	3,   // 12: pdpb.AllocIDResponse.header:type_name -> pdpb.ResponseHeader
+	1,   // 13: pdpb.IsBootstrappedRequest.header:type_name -> pdpb.RequestHeader
+	3,   // 14: pdpb.IsBootstrappedResponse.header:type_name -> pdpb.ResponseHeader
+	1,   // 15: pdpb.BootstrapRequest.header:type_name -> pdpb.RequestHeader
+	57,  // 16: pdpb.BootstrapRequest.store:type_name -> metapb.Store
+	58,  // 17: pdpb.BootstrapRequest.region:type_name -> metapb.Region
+	3,   // 18: pdpb.BootstrapResponse.header:type_name -> pdpb.ResponseHeader
+	1,   // 19: pdpb.GetClusterConfigRequest.header:type_name -> pdpb.RequestHeader
+	3,   // 20: pdpb.GetClusterConfigResponse.header:type_name -> pdpb.ResponseHeader
+	59,  // 21: pdpb.GetClusterConfigResponse.cluster:type_name -> metapb.Cluster
+	1,   // 22: pdpb.PutStoreRequest.header:type_name -> pdpb.RequestHeader
+	57,  // 23: pdpb.PutStoreRequest.store:type_name -> metapb.Store
+	3,   // 24: pdpb.PutStoreResponse.header:type_name -> pdpb.ResponseHeader
+	1,   // 25: pdpb.GetStoreRequest.header:type_name -> pdpb.RequestHeader
+	3,   // 26: pdpb.GetStoreResponse.header:type_name -> pdpb.ResponseHeader
+	57,  // 27: pdpb.GetStoreResponse.store:type_name -> metapb.Store
+	21,  // 28: pdpb.GetStoreResponse.stats:type_name -> pdpb.StoreStats
+	1,   // 29: pdpb.GetAllStoresRequest.header:type_name -> pdpb.RequestHeader
+	3,   // 30: pdpb.GetAllStoresResponse.header:type_name -> pdpb.ResponseHeader
+	57,  // 31: pdpb.GetAllStoresResponse.stores:type_name -> metapb.Store
+	1,   // 32: pdpb.StoreHeartbeatRequest.header:type_name -> pdpb.RequestHeader
+	21,  // 33: pdpb.StoreHeartbeatRequest.stats:type_name -> pdpb.StoreStats
+	3,   // 34: pdpb.StoreHeartbeatResponse.header:type_name -> pdpb.ResponseHeader
+	60,  // 35: pdpb.PeerStats.peer:type_name -> metapb.Peer
+	1,   // 36: pdpb.RegionHeartbeatRequest.header:type_name -> pdpb.RequestHeader
+	58,  // 37: pdpb.RegionHeartbeatRequest.region:type_name -> metapb.Region
+	60,  // 38: pdpb.RegionHeartbeatRequest.leader:type_name -> metapb.Peer
+	28,  // 39: pdpb.RegionHeartbeatRequest.down_peers:type_name -> pdpb.PeerStats
+	60,  // 40: pdpb.RegionHeartbeatRequest.pending_peers:type_name -> metapb.Peer
+	61,  // 41: pdpb.ChangePeers.changes:type_name -> raftcmdpb.ChangePeer
+	60,  // 42: pdpb.TransferLeader.peer:type_name -> metapb.Peer
+	58,  // 43: pdpb.Merge.target:type_name -> metapb.Region
+	3,   // 44: pdpb.RegionHeartbeatResponse.header:type_name -> pdpb.ResponseHeader
+	62,  // 45: pdpb.RegionHeartbeatResponse.region_epoch:type_name -> metapb.RegionEpoch
+	60,  // 46: pdpb.RegionHeartbeatResponse.target_peer:type_name -> metapb.Peer
+	30,  // 47: pdpb.RegionHeartbeatResponse.change_peers:type_name -> pdpb.ChangePeers
+	31,  // 48: pdpb.RegionHeartbeatResponse.transfer_leader:type_name -> pdpb.TransferLeader
+	32,  // 49: pdpb.RegionHeartbeatResponse.split_region:type_name -> pdpb.SplitRegion
+	33,  // 50: pdpb.RegionHeartbeatResponse.merge:type_name -> pdpb.Merge
+	1,   // 51: pdpb.GetRegionRequest.header:type_name -> pdpb.RequestHeader
+	1,   // 52: pdpb.GetRegionByIDRequest.header:type_name -> pdpb.RequestHeader
+	3,   // 53: pdpb.GetRegionResponse.header:type_name -> pdpb.ResponseHeader
+	58,  // 54: pdpb.GetRegionResponse.region:type_name -> metapb.Region
+	60,  // 55: pdpb.GetRegionResponse.leader:type_name -> metapb.Peer
+	28,  // 56: pdpb.GetRegionResponse.down_peers:type_name -> pdpb.PeerStats
+	60,  // 57: pdpb.GetRegionResponse.pending_peers:type_name -> metapb.Peer
+	1,   // 58: pdpb.ScanRegionsRequest.header:type_name -> pdpb.RequestHeader
+	58,  // 59: pdpb.RegionInfo.region:type_name -> metapb.Region
+	60,  // 60: pdpb.RegionInfo.leader:type_name -> metapb.Peer
+	3,   // 61: pdpb.ScanRegionsResponse.header:type_name -> pdpb.ResponseHeader
+	39,  // 62: pdpb.ScanRegionsResponse.regions:type_name -> pdpb.RegionInfo
+	1,   // 63: pdpb.WatchRegionsRequest.header:type_name -> pdpb.RequestHeader
+	3,   // 64: pdpb.WatchRegionsResponse.header:type_name -> pdpb.ResponseHeader
+	39,  // 65: pdpb.WatchRegionsResponse.changed:type_name -> pdpb.RegionInfo
+	1,   // 66: pdpb.AskBatchSplitRequest.header:type_name -> pdpb.RequestHeader
+	58,  // 67: pdpb.AskBatchSplitRequest.region:type_name -> metapb.Region
+	3,   // 68: pdpb.AskBatchSplitResponse.header:type_name -> pdpb.ResponseHeader
+	43,  // 69: pdpb.AskBatchSplitResponse.ids:type_name -> pdpb.SplitID
+	1,   // 70: pdpb.ReportBatchSplitRequest.header:type_name -> pdpb.RequestHeader
+	58,  // 71: pdpb.ReportBatchSplitRequest.regions:type_name -> metapb.Region
+	3,   // 72: pdpb.ReportBatchSplitResponse.header:type_name -> pdpb.ResponseHeader
+	1,   // 73: pdpb.GetCompactRevisionRequest.header:type_name -> pdpb.RequestHeader
+	3,   // 74: pdpb.GetCompactRevisionResponse.header:type_name -> pdpb.ResponseHeader
+	1,   // 75: pdpb.UpdateCompactRevisionRequest.header:type_name -> pdpb.RequestHeader
+	3,   // 76: pdpb.UpdateCompactRevisionResponse.header:type_name -> pdpb.ResponseHeader
+	53,  // 77: pdpb.Command.bootstrap:type_name -> pdpb.BootstrapCommand
+	57,  // 78: pdpb.Command.put_store:type_name -> metapb.Store
+	54,  // 79: pdpb.Command.put_regions:type_name -> pdpb.PutRegionsCommand
+	4,   // 80: pdpb.Command.put_member:type_name -> pdpb.Member
+	56,  // 81: pdpb.Command.set_config:type_name -> pdpb.ConfigCommand
+	55,  // 82: pdpb.Command.remove_regions:type_name -> pdpb.RemoveRegionsCommand
+	59,  // 83: pdpb.BootstrapCommand.cluster:type_name -> metapb.Cluster
+	57,  // 84: pdpb.BootstrapCommand.store:type_name -> metapb.Store
+	58,  // 85: pdpb.BootstrapCommand.region:type_name -> metapb.Region
+	58,  // 86: pdpb.PutRegionsCommand.regions:type_name -> metapb.Region
+	5,   // 87: pdpb.PD.GetMembers:input_type -> pdpb.GetMembersRequest
+	7,   // 88: pdpb.PD.RegisterMember:input_type -> pdpb.RegisterMemberRequest
+	9,   // 89: pdpb.PD.Tso:input_type -> pdpb.TsoRequest
+	11,  // 90: pdpb.PD.AllocID:input_type -> pdpb.AllocIDRequest
+	13,  // 91: pdpb.PD.IsBootstrapped:input_type -> pdpb.IsBootstrappedRequest
+	15,  // 92: pdpb.PD.Bootstrap:input_type -> pdpb.BootstrapRequest
+	17,  // 93: pdpb.PD.GetClusterConfig:input_type -> pdpb.GetClusterConfigRequest
+	19,  // 94: pdpb.PD.PutStore:input_type -> pdpb.PutStoreRequest
+	22,  // 95: pdpb.PD.GetStore:input_type -> pdpb.GetStoreRequest
+	24,  // 96: pdpb.PD.GetAllStores:input_type -> pdpb.GetAllStoresRequest
+	26,  // 97: pdpb.PD.StoreHeartbeat:input_type -> pdpb.StoreHeartbeatRequest
+	29,  // 98: pdpb.PD.RegionHeartbeat:input_type -> pdpb.RegionHeartbeatRequest
+	35,  // 99: pdpb.PD.GetRegion:input_type -> pdpb.GetRegionRequest
+	35,  // 100: pdpb.PD.GetPrevRegion:input_type -> pdpb.GetRegionRequest
+	36,  // 101: pdpb.PD.GetRegionByID:input_type -> pdpb.GetRegionByIDRequest
+	38,  // 102: pdpb.PD.ScanRegions:input_type -> pdpb.ScanRegionsRequest
+	41,  // 103: pdpb.PD.WatchRegions:input_type -> pdpb.WatchRegionsRequest
+	44,  // 104: pdpb.PD.AskBatchSplit:input_type -> pdpb.AskBatchSplitRequest
+	46,  // 105: pdpb.PD.ReportBatchSplit:input_type -> pdpb.ReportBatchSplitRequest
+	48,  // 106: pdpb.PD.GetCompactRevision:input_type -> pdpb.GetCompactRevisionRequest
+	50,  // 107: pdpb.PD.UpdateCompactRevision:input_type -> pdpb.UpdateCompactRevisionRequest
+	6,   // 108: pdpb.PD.GetMembers:output_type -> pdpb.GetMembersResponse
+	8,   // 109: pdpb.PD.RegisterMember:output_type -> pdpb.RegisterMemberResponse
+	10,  // 110: pdpb.PD.Tso:output_type -> pdpb.TsoResponse
+	12,  // 111: pdpb.PD.AllocID:output_type -> pdpb.AllocIDResponse
+	14,  // 112: pdpb.PD.IsBootstrapped:output_type -> pdpb.IsBootstrappedResponse
+	16,  // 113: pdpb.PD.Bootstrap:output_type -> pdpb.BootstrapResponse
+	18,  // 114: pdpb.PD.GetClusterConfig:output_type -> pdpb.GetClusterConfigResponse
+	20,  // 115: pdpb.PD.PutStore:output_type -> pdpb.PutStoreResponse
+	23,  // 116: pdpb.PD.GetStore:output_type -> pdpb.GetStoreResponse
+	25,  // 117: pdpb.PD.GetAllStores:output_type -> pdpb.GetAllStoresResponse
+	27,  // 118: pdpb.PD.StoreHeartbeat:output_type -> pdpb.StoreHeartbeatResponse
+	34,  // 119: pdpb.PD.RegionHeartbeat:output_type -> pdpb.RegionHeartbeatResponse
+	37,  // 120: pdpb.PD.GetRegion:output_type -> pdpb.GetRegionResponse
+	37,  // 121: pdpb.PD.GetPrevRegion:output_type -> pdpb.GetRegionResponse
+	37,  // 122: pdpb.PD.GetRegionByID:output_type -> pdpb.GetRegionResponse
+	40,  // 123: pdpb.PD.ScanRegions:output_type -> pdpb.ScanRegionsResponse
+	42,  // 124: pdpb.PD.WatchRegions:output_type -> pdpb.WatchRegionsResponse
+	45,  // 125: pdpb.PD.AskBatchSplit:output_type -> pdpb.AskBatchSplitResponse
+	47,  // 126: pdpb.PD.ReportBatchSplit:output_type -> pdpb.ReportBatchSplitResponse
+	49,  // 127: pdpb.PD.GetCompactRevision:output_type -> pdpb.GetCompactRevisionResponse
+	51,  // 128: pdpb.PD.UpdateCompactRevision:output_type -> pdpb.UpdateCompactRevisionResponse
+	108, // [108:129] is the sub-list for method output_type
+	87,  // [87:108] is the sub-list for method input_type
+	87,  // [87:87] is the sub-list for extension type_name
+	87,  // [87:87] is the sub-list for extension extendee
+	0,   // [0:87] is the sub-list for field type_name
 }
 
 func init() { file_pdpb_pdpb_proto_init() }
@@ -3791,7 +3919,7 @@ func file_pdpb_pdpb_proto_init() {
 	if File_pdpb_pdpb_proto != nil {
 		return
 	}
-	file_pdpb_pdpb_proto_msgTypes[49].OneofWrappers = []any{
+	file_pdpb_pdpb_proto_msgTypes[51].OneofWrappers = []any{
 		(*Command_Bootstrap)(nil),
 		(*Command_PutStore)(nil),
 		(*Command_PutRegions)(nil),
@@ -3801,6 +3929,7 @@ func file_pdpb_pdpb_proto_init() {
 		(*Command_SetCompactRevision)(nil),
 		(*Command_SetConfig)(nil),
 		(*Command_RemoveRegions)(nil),
+		(*Command_InitClusterId)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3808,7 +3937,7 @@ func file_pdpb_pdpb_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pdpb_pdpb_proto_rawDesc), len(file_pdpb_pdpb_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   54,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

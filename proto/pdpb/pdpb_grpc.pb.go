@@ -24,6 +24,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	PD_GetMembers_FullMethodName            = "/pdpb.PD/GetMembers"
+	PD_RegisterMember_FullMethodName        = "/pdpb.PD/RegisterMember"
 	PD_Tso_FullMethodName                   = "/pdpb.PD/Tso"
 	PD_AllocID_FullMethodName               = "/pdpb.PD/AllocID"
 	PD_IsBootstrapped_FullMethodName        = "/pdpb.PD/IsBootstrapped"
@@ -50,6 +51,8 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type PDClient interface {
 	GetMembers(ctx context.Context, in *GetMembersRequest, opts ...grpc.CallOption) (*GetMembersResponse, error)
+	// RegisterMember: a PD member publishes its addresses through the leader.
+	RegisterMember(ctx context.Context, in *RegisterMemberRequest, opts ...grpc.CallOption) (*RegisterMemberResponse, error)
 	// Tso hands out timestamps: each request asks for count of them.
 	Tso(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[TsoRequest, TsoResponse], error)
 	AllocID(ctx context.Context, in *AllocIDRequest, opts ...grpc.CallOption) (*AllocIDResponse, error)
@@ -88,6 +91,16 @@ func (c *pDClient) GetMembers(ctx context.Context, in *GetMembersRequest, opts .
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetMembersResponse)
 	err := c.cc.Invoke(ctx, PD_GetMembers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *pDClient) RegisterMember(ctx context.Context, in *RegisterMemberRequest, opts ...grpc.CallOption) (*RegisterMemberResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterMemberResponse)
+	err := c.cc.Invoke(ctx, PD_RegisterMember_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -304,6 +317,8 @@ func (c *pDClient) UpdateCompactRevision(ctx context.Context, in *UpdateCompactR
 // for forward compatibility.
 type PDServer interface {
 	GetMembers(context.Context, *GetMembersRequest) (*GetMembersResponse, error)
+	// RegisterMember: a PD member publishes its addresses through the leader.
+	RegisterMember(context.Context, *RegisterMemberRequest) (*RegisterMemberResponse, error)
 	// Tso hands out timestamps: each request asks for count of them.
 	Tso(grpc.BidiStreamingServer[TsoRequest, TsoResponse]) error
 	AllocID(context.Context, *AllocIDRequest) (*AllocIDResponse, error)
@@ -340,6 +355,9 @@ type UnimplementedPDServer struct{}
 
 func (UnimplementedPDServer) GetMembers(context.Context, *GetMembersRequest) (*GetMembersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetMembers not implemented")
+}
+func (UnimplementedPDServer) RegisterMember(context.Context, *RegisterMemberRequest) (*RegisterMemberResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RegisterMember not implemented")
 }
 func (UnimplementedPDServer) Tso(grpc.BidiStreamingServer[TsoRequest, TsoResponse]) error {
 	return status.Error(codes.Unimplemented, "method Tso not implemented")
@@ -433,6 +451,24 @@ func _PD_GetMembers_Handler(srv interface{}, ctx context.Context, dec func(inter
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(PDServer).GetMembers(ctx, req.(*GetMembersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PD_RegisterMember_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterMemberRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PDServer).RegisterMember(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PD_RegisterMember_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PDServer).RegisterMember(ctx, req.(*RegisterMemberRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -760,6 +796,10 @@ var PD_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetMembers",
 			Handler:    _PD_GetMembers_Handler,
+		},
+		{
+			MethodName: "RegisterMember",
+			Handler:    _PD_RegisterMember_Handler,
 		},
 		{
 			MethodName: "AllocID",

@@ -1,0 +1,191 @@
+package pdclient
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/basaltdb/basalt/proto/pdpb"
+)
+
+// tsoBatcher gets timestamps for every waiting caller with one RPC at a
+// time on one stream to the leader: callers queue while an RPC is in
+// flight, and the next RPC asks for all of them at once.
+type tsoBatcher struct {
+	c     *Client
+	reqs  chan *tsoRequest
+	done  chan struct{}
+	stopc chan struct{}
+}
+
+type tsoRequest struct {
+	ctx  context.Context
+	ts   uint64
+	err  error
+	done chan struct{}
+}
+
+func newTSOBatcher(c *Client) *tsoBatcher {
+	return &tsoBatcher{c: c, reqs: make(chan *tsoRequest, 16384), done: make(chan struct{}), stopc: make(chan struct{})}
+}
+
+// GetTS returns a new timestamp, larger than every timestamp any caller
+// obtained before this call started.
+func (c *Client) GetTS(ctx context.Context) (uint64, error) {
+	r := &tsoRequest{ctx: ctx, done: make(chan struct{})}
+	select {
+	case c.tso.reqs <- r:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-c.tso.stopc:
+		return 0, ErrClosed
+	}
+	select {
+	case <-r.done:
+		return r.ts, r.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+func (b *tsoBatcher) stop() {
+	select {
+	case <-b.stopc:
+	default:
+		close(b.stopc)
+	}
+}
+
+func (b *tsoBatcher) run() {
+	var stream pdpb.PD_TsoClient
+	var streamAddr string
+	var cancelStream context.CancelFunc
+	defer func() {
+		if cancelStream != nil {
+			cancelStream()
+		}
+	}()
+	batch := make([]*tsoRequest, 0, b.c.opts.MaxTSOBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case <-b.stopc:
+			b.drain(ErrClosed)
+			return
+		case r := <-b.reqs:
+			batch = append(batch, r)
+		}
+	collect:
+		for len(batch) < b.c.opts.MaxTSOBatch {
+			select {
+			case r := <-b.reqs:
+				batch = append(batch, r)
+			default:
+				break collect
+			}
+		}
+		for attempt := 0; ; attempt++ {
+			live := batch[:0]
+			for _, r := range batch {
+				if r.ctx.Err() != nil {
+					r.err = r.ctx.Err()
+					close(r.done)
+				} else {
+					live = append(live, r)
+				}
+			}
+			batch = live
+			if len(batch) == 0 {
+				break
+			}
+			if stream == nil {
+				pc, addr, err := b.c.leaderClient(b.c.ctx)
+				if err == nil {
+					sctx, cancel := context.WithCancel(b.c.ctx)
+					s, serr := pc.Tso(sctx)
+					if serr != nil {
+						cancel()
+						err = serr
+						b.c.leaderGone(addr, "")
+					} else {
+						stream, cancelStream, streamAddr = s, cancel, addr
+					}
+				}
+				if err != nil {
+					if !b.backoff(attempt) {
+						b.fail(batch, ErrClosed)
+						return
+					}
+					continue
+				}
+			}
+			last, err := b.fetch(stream, uint32(len(batch)))
+			if err != nil {
+				cancelStream()
+				stream, cancelStream = nil, nil
+				hint := ""
+				if e, ok := err.(*hintError); ok {
+					hint = e.hint
+				}
+				b.c.leaderGone(streamAddr, hint)
+				if !b.backoff(attempt) {
+					b.fail(batch, ErrClosed)
+					return
+				}
+				continue
+			}
+			first := last - uint64(len(batch)) + 1
+			for i, r := range batch {
+				r.ts = first + uint64(i)
+				close(r.done)
+			}
+			break
+		}
+	}
+}
+
+type hintError struct {
+	hint string
+	msg  string
+}
+
+func (e *hintError) Error() string { return e.msg }
+
+func (b *tsoBatcher) fetch(stream pdpb.PD_TsoClient, n uint32) (uint64, error) {
+	if err := stream.Send(&pdpb.TsoRequest{Header: b.c.header(), Count: n}); err != nil {
+		return 0, err
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		return 0, err
+	}
+	if e := resp.GetHeader().GetError(); e != nil && e.GetType() != pdpb.ErrorType_OK {
+		return 0, &hintError{hint: e.GetLeaderAddr(), msg: e.GetMessage()}
+	}
+	if resp.GetCount() != n {
+		return 0, fmt.Errorf("pdclient: asked for %d timestamps, got %d", n, resp.GetCount())
+	}
+	return resp.GetTimestamp(), nil
+}
+
+func (b *tsoBatcher) backoff(attempt int) bool {
+	return sleepBackoff(b.c.ctx, attempt) == nil
+}
+
+func (b *tsoBatcher) fail(batch []*tsoRequest, err error) {
+	for _, r := range batch {
+		r.err = err
+		close(r.done)
+	}
+}
+
+func (b *tsoBatcher) drain(err error) {
+	for {
+		select {
+		case r := <-b.reqs:
+			r.err = err
+			close(r.done)
+		default:
+			return
+		}
+	}
+}

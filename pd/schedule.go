@@ -1,0 +1,562 @@
+package pd
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/basaltdb/basalt/proto/metapb"
+	"github.com/basaltdb/basalt/region"
+)
+
+// scheduler proposes operators that improve the cluster's balance.
+type scheduler interface {
+	name() string
+	schedule(c *cluster, now time.Time) []*operator
+}
+
+func parseSchedulerName(name string) (scheduler, error) {
+	switch {
+	case name == "balance-leader":
+		return balanceLeader{}, nil
+	case name == "balance-region":
+		return balanceRegion{}, nil
+	case name == "hot-region":
+		return hotRegion{}, nil
+	case strings.HasPrefix(name, "evict-leader-"):
+		id, err := strconv.ParseUint(strings.TrimPrefix(name, "evict-leader-"), 10, 64)
+		if err != nil || id == 0 {
+			return nil, fmt.Errorf("pd: scheduler %q: evict-leader needs a store ID, as evict-leader-4", name)
+		}
+		return evictLeader{storeID: id}, nil
+	}
+	return nil, fmt.Errorf("pd: unknown scheduler %q (known: balance-leader, balance-region, hot-region, evict-leader-<store-id>)", name)
+}
+
+// patrolBatch is how many regions the checkers look at per patrol tick.
+const patrolBatch = 1024
+
+// scheduleLoop runs the checkers over every region, a batch per tick, and
+// the schedulers, while this member leads.
+func (c *cluster) scheduleLoop(ctx context.Context) {
+	t := time.NewTicker(c.config().PatrolRegionInterval.Duration)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		cfg := c.config()
+		c.refreshUnhealthy(now)
+		for _, op := range c.patrol(now) {
+			_ = c.ops.add(op)
+		}
+		for _, name := range cfg.Schedulers {
+			sch, err := parseSchedulerName(name)
+			if err != nil {
+				continue
+			}
+			for _, op := range sch.schedule(c, now) {
+				if c.underLimit(op.Kind, cfg) {
+					_ = c.ops.add(op)
+				}
+			}
+		}
+	}
+}
+
+func (c *cluster) underLimit(kind opKind, cfg ScheduleConfig) bool {
+	n := c.ops.count(kind)
+	switch kind {
+	case opLeader:
+		return n < cfg.LeaderScheduleLimit
+	case opRegion:
+		return n < cfg.RegionScheduleLimit
+	case opReplica:
+		return n < cfg.ReplicaScheduleLimit
+	case opMerge:
+		return n < cfg.MergeScheduleLimit
+	}
+	return true
+}
+
+// patrol runs the checkers over the next batch of regions.
+func (c *cluster) patrol(now time.Time) []*operator {
+	c.mu.Lock()
+	var batch []*regionInfo
+	c.tree.Ascend(c.patrolKey, func(r *metapb.Region) bool {
+		batch = append(batch, c.regions[r.GetId()])
+		return len(batch) < patrolBatch
+	})
+	if len(batch) < patrolBatch || len(batch) == 0 {
+		c.patrolKey = nil
+	} else {
+		last := batch[len(batch)-1].meta
+		if len(last.GetEndKey()) == 0 {
+			c.patrolKey = nil
+		} else {
+			c.patrolKey = last.GetEndKey()
+		}
+	}
+	c.mu.Unlock()
+
+	cfg := c.config()
+	var ops []*operator
+	for _, ri := range batch {
+		if ri == nil || ri.leader == nil || c.ops.has(ri.meta.GetId()) {
+			continue
+		}
+		if op := c.checkReplicas(ri, now, cfg); op != nil {
+			if c.underLimit(opReplica, cfg) {
+				ops = append(ops, op)
+			}
+			continue
+		}
+		if op := c.checkSplit(ri, cfg); op != nil {
+			ops = append(ops, op)
+			continue
+		}
+		if op := c.checkMerge(ri, now, cfg); op != nil && c.underLimit(opMerge, cfg) {
+			ops = append(ops, op)
+		}
+	}
+	return ops
+}
+
+// healthy reports whether a store can take a new replica or leader.
+func (c *cluster) healthyLocked(storeID uint64, now time.Time) bool {
+	si := c.stores[storeID]
+	return si != nil && si.meta.GetAddress() != "" && c.stateLocked(si, now) == StoreUp
+}
+
+// lost reports whether a replica on the store should be replaced.
+func (c *cluster) lostLocked(storeID uint64, now time.Time) bool {
+	si := c.stores[storeID]
+	if si == nil {
+		return true
+	}
+	switch c.stateLocked(si, now) {
+	case StoreDown, StoreOffline, StoreTombstone:
+		return true
+	}
+	return false
+}
+
+// pickReceiver returns the healthy store with the lowest score that has no
+// replica of r, or 0.
+func (c *cluster) pickReceiverLocked(r *metapb.Region, now time.Time) uint64 {
+	var best uint64
+	bestScore := 0.0
+	for id, si := range c.stores {
+		if !c.healthyLocked(id, now) || region.FindPeer(r, id) != nil {
+			continue
+		}
+		if sc := c.regionScoreLocked(si); best == 0 || sc < bestScore || (sc == bestScore && id < best) {
+			best, bestScore = id, sc
+		}
+	}
+	return best
+}
+
+// regionScoreLocked: the store's data size when regions report sizes, else
+// its replica count.
+func (c *cluster) regionScoreLocked(si *storeInfo) float64 {
+	return float64(si.regionSize)/float64(1<<20) + float64(si.regionCount)
+}
+
+func (c *cluster) newPeer(storeID uint64) (*metapb.Peer, error) {
+	ctx, cancel := context.WithTimeout(c.s.ctx, 5*time.Second)
+	defer cancel()
+	id, err := c.s.ids.alloc(ctx, 1)
+	if err != nil {
+		return nil, err
+	}
+	return &metapb.Peer{Id: id, StoreId: storeID, Role: metapb.PeerRole_Learner}, nil
+}
+
+// checkReplicas keeps max-replicas healthy voters: it replaces replicas on
+// down, offline or tombstone stores, adds missing ones, removes extras.
+func (c *cluster) checkReplicas(ri *regionInfo, now time.Time, cfg ScheduleConfig) *operator {
+	c.mu.RLock()
+	r := ri.meta
+	var voters, healthyVoters, learners []*metapb.Peer
+	var lost *metapb.Peer
+	for _, p := range r.GetPeers() {
+		switch p.GetRole() {
+		case metapb.PeerRole_Voter:
+			voters = append(voters, p)
+			if c.lostLocked(p.GetStoreId(), now) {
+				if lost == nil {
+					lost = p
+				}
+			} else {
+				healthyVoters = append(healthyVoters, p)
+			}
+		case metapb.PeerRole_Learner:
+			learners = append(learners, p)
+		default:
+			c.mu.RUnlock()
+			return nil // joint state: raft is finishing a change
+		}
+	}
+	receiver := c.pickReceiverLocked(r, now)
+	var busiest *metapb.Peer
+	busiestScore := -1.0
+	for _, p := range voters {
+		if p.GetId() == ri.leader.GetId() {
+			continue
+		}
+		if sc := c.regionScoreLocked(c.storeLocked(p.GetStoreId())); sc > busiestScore {
+			busiest, busiestScore = p, sc
+		}
+	}
+	c.mu.RUnlock()
+
+	// A leftover learner (an operator that did not finish): promote it if a
+	// voter is missing, otherwise remove it.
+	for _, l := range learners {
+		if ri.isPending(l.GetId()) {
+			continue
+		}
+		if len(healthyVoters) < cfg.MaxReplicas {
+			return newOperator(r.GetId(), "promote learner", opReplica, promoteLearner{peer: l})
+		}
+		return newOperator(r.GetId(), "remove extra learner", opReplica, removePeer{peer: l})
+	}
+	if len(healthyVoters) < cfg.MaxReplicas && receiver != 0 {
+		np, err := c.newPeer(receiver)
+		if err != nil {
+			return nil
+		}
+		steps := []opStep{addLearner{peer: np}, promoteLearner{peer: &metapb.Peer{Id: np.GetId(), StoreId: receiver}}}
+		desc := "add missing replica"
+		if lost != nil && len(voters) >= cfg.MaxReplicas {
+			steps = append(steps, removePeer{peer: lost})
+			desc = "replace replica on lost store"
+		}
+		return newOperator(r.GetId(), desc, opReplica, steps...)
+	}
+	if len(voters) > cfg.MaxReplicas {
+		victim := lost
+		if victim == nil {
+			victim = busiest
+		}
+		if victim != nil {
+			return newOperator(r.GetId(), "remove extra replica", opReplica, removePeer{peer: victim})
+		}
+	}
+	return nil
+}
+
+func (c *cluster) checkSplit(ri *regionInfo, cfg ScheduleConfig) *operator {
+	if ri.approxSize > cfg.RegionMaxSize || ri.approxKeys > cfg.RegionMaxKeys {
+		return newOperator(ri.meta.GetId(), "split oversized region", opSplit,
+			splitRegion{fromVersion: ri.meta.GetRegionEpoch().GetVersion()})
+	}
+	return nil
+}
+
+// checkMerge merges a small region into its right (or left) neighbour when
+// both are small, old enough, healthy, and have replicas on the same stores.
+func (c *cluster) checkMerge(ri *regionInfo, now time.Time, cfg ScheduleConfig) *operator {
+	small := func(x *regionInfo) bool {
+		return x != nil && x.leader != nil && !x.lastHeartbeat.IsZero() &&
+			x.approxSize < cfg.MaxMergeRegionSize && x.approxKeys < cfg.MaxMergeRegionKeys &&
+			now.Sub(x.versionChangedAt) > cfg.SplitMergeInterval.Duration &&
+			len(x.downPeers) == 0 && len(x.pendingPeers) == 0
+	}
+	if !small(ri) {
+		return nil
+	}
+	c.mu.RLock()
+	var target *regionInfo
+	if end := ri.meta.GetEndKey(); len(end) > 0 {
+		if n := c.tree.Search(end); n != nil {
+			target = c.regions[n.GetId()]
+		}
+	}
+	if !small(target) || !sameStores(ri.meta, target.meta) {
+		target = nil
+		if p := c.tree.SearchPrev(ri.meta.GetStartKey()); p != nil {
+			target = c.regions[p.GetId()]
+		}
+	}
+	c.mu.RUnlock()
+	if !small(target) || !sameStores(ri.meta, target.meta) || c.ops.has(target.meta.GetId()) {
+		return nil
+	}
+	return newOperator(ri.meta.GetId(), "merge small region", opMerge, mergeRegion{target: target.meta})
+}
+
+func sameStores(a, b *metapb.Region) bool {
+	if len(a.GetPeers()) != len(b.GetPeers()) {
+		return false
+	}
+	for _, p := range a.GetPeers() {
+		if region.FindPeer(b, p.GetStoreId()) == nil {
+			return false
+		}
+	}
+	return true
+}
+
+type storeScore struct {
+	id    uint64
+	score float64
+}
+
+// upStoresLocked returns the healthy stores sorted by score, ascending.
+func (c *cluster) upStoresLocked(now time.Time, score func(*storeInfo) float64) []storeScore {
+	var out []storeScore
+	for id, si := range c.stores {
+		if c.healthyLocked(id, now) {
+			out = append(out, storeScore{id, score(si)})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].score != out[j].score {
+			return out[i].score < out[j].score
+		}
+		return out[i].id < out[j].id
+	})
+	return out
+}
+
+// movable: a region whose replicas are all healthy and caught up, with no
+// operator.
+func (c *cluster) movableLocked(ri *regionInfo, cfg ScheduleConfig, now time.Time) bool {
+	if ri.leader == nil || len(ri.downPeers) > 0 || len(ri.pendingPeers) > 0 || c.ops.has(ri.meta.GetId()) {
+		return false
+	}
+	voters := 0
+	for _, p := range ri.meta.GetPeers() {
+		if p.GetRole() != metapb.PeerRole_Voter || !c.healthyLocked(p.GetStoreId(), now) {
+			return false
+		}
+		voters++
+	}
+	return voters == cfg.MaxReplicas
+}
+
+// balanceLeader moves leaders from the store with the most to the one with
+// the fewest.
+type balanceLeader struct{}
+
+func (balanceLeader) name() string { return "balance-leader" }
+
+func (balanceLeader) schedule(c *cluster, now time.Time) []*operator {
+	cfg := c.config()
+	inf := c.ops.influence()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	stores := c.upStoresLocked(now, func(si *storeInfo) float64 {
+		return float64(si.leaderCount + inf[si.meta.GetId()].leaders)
+	})
+	if len(stores) < 2 {
+		return nil
+	}
+	src := stores[len(stores)-1]
+	budget := cfg.LeaderScheduleLimit - c.ops.count(opLeader)
+	var ops []*operator
+	for _, dst := range stores {
+		if budget <= 0 || src.score-dst.score <= 1 {
+			break
+		}
+		moved := 0
+		for _, ri := range c.leadersByStore[src.id] {
+			if moved >= budget || src.score-dst.score-float64(2*moved) <= 1 {
+				break
+			}
+			p := region.FindPeer(ri.meta, dst.id)
+			if p == nil || p.GetRole() != metapb.PeerRole_Voter || !c.movableLocked(ri, cfg, now) {
+				continue
+			}
+			ops = append(ops, newOperator(ri.meta.GetId(), "balance leader", opLeader, transferLeader{toStore: dst.id}))
+			moved++
+		}
+		budget -= moved
+	}
+	return ops
+}
+
+// balanceRegion moves replicas from the store with the highest score to the
+// one with the lowest.
+type balanceRegion struct{}
+
+func (balanceRegion) name() string { return "balance-region" }
+
+func (balanceRegion) schedule(c *cluster, now time.Time) []*operator {
+	cfg := c.config()
+	inf := c.ops.influence()
+	budget := cfg.RegionScheduleLimit - c.ops.count(opRegion)
+	type move struct {
+		ri     *regionInfo
+		old    *metapb.Peer
+		dst    uint64
+		leader bool
+	}
+	var moves []move
+	c.mu.RLock()
+	// Scores in replicas: each store's count plus what running operators
+	// will add or take, so moves in flight are not scheduled twice.
+	perRegion := map[uint64]float64{}
+	score := func(si *storeInfo) float64 {
+		id := si.meta.GetId()
+		per := 1.0
+		if si.regionCount > 0 {
+			per = c.regionScoreLocked(si) / float64(si.regionCount)
+		}
+		perRegion[id] = per
+		return c.regionScoreLocked(si) + per*float64(inf[id].regions)
+	}
+	stores := c.upStoresLocked(now, score)
+	taken := map[uint64]bool{}
+	for budget > 0 && len(stores) >= 2 {
+		src, dst := stores[len(stores)-1], stores[0]
+		avg := 0.0
+		for _, s := range stores {
+			avg += s.score
+		}
+		avg /= float64(len(stores))
+		per := max(perRegion[src.id], 1)
+		if src.score-dst.score <= max(2*per, 0.05*avg) {
+			break
+		}
+		var found *move
+		for _, ri := range c.peersByStore[src.id] {
+			if taken[ri.meta.GetId()] || region.FindPeer(ri.meta, dst.id) != nil || !c.movableLocked(ri, cfg, now) {
+				continue
+			}
+			old := region.FindPeer(ri.meta, src.id)
+			found = &move{ri, old, dst.id, ri.leader.GetId() == old.GetId()}
+			break
+		}
+		if found == nil {
+			break
+		}
+		taken[found.ri.meta.GetId()] = true
+		moves = append(moves, *found)
+		budget--
+		stores[len(stores)-1].score -= per
+		stores[0].score += per
+		sort.Slice(stores, func(i, j int) bool {
+			if stores[i].score != stores[j].score {
+				return stores[i].score < stores[j].score
+			}
+			return stores[i].id < stores[j].id
+		})
+	}
+	c.mu.RUnlock()
+	var ops []*operator
+	for _, m := range moves {
+		np, err := c.newPeer(m.dst)
+		if err != nil {
+			break
+		}
+		voter := &metapb.Peer{Id: np.GetId(), StoreId: m.dst}
+		var steps []opStep
+		if m.leader {
+			// The leader cannot demote itself: hand leadership to the new
+			// replica once it votes, then remove the old one.
+			steps = []opStep{addLearner{peer: np}, promoteLearner{peer: voter}, transferLeader{toStore: m.dst}, removePeer{peer: m.old}}
+		} else {
+			demote := &metapb.Peer{Id: m.old.GetId(), StoreId: m.old.GetStoreId(), Role: metapb.PeerRole_Learner}
+			steps = []opStep{addLearner{peer: np}, jointSwap{promote: voter, demote: m.old}, removePeer{peer: demote}}
+		}
+		ops = append(ops, newOperator(m.ri.meta.GetId(), "balance region", opRegion, steps...))
+	}
+	return ops
+}
+
+// hotRegion moves the leadership of the hottest written regions from the
+// store with the most write flow to voters on stores with less.
+type hotRegion struct{}
+
+func (hotRegion) name() string { return "hot-region" }
+
+func (hotRegion) schedule(c *cluster, now time.Time) []*operator {
+	cfg := c.config()
+	minFlow := float64(cfg.HotRegionMinFlow)
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	flow := func(si *storeInfo) float64 {
+		sum := 0.0
+		for _, ri := range c.leadersByStore[si.meta.GetId()] {
+			if f := ri.writeFlow(); f >= minFlow {
+				sum += f
+			}
+		}
+		return sum
+	}
+	stores := c.upStoresLocked(now, flow)
+	if len(stores) < 2 {
+		return nil
+	}
+	src := stores[len(stores)-1]
+	if src.score == 0 || src.score < 1.3*stores[0].score+minFlow {
+		return nil
+	}
+	var hottest *regionInfo
+	var target uint64
+	for _, ri := range c.leadersByStore[src.id] {
+		f := ri.writeFlow()
+		if f < minFlow || (hottest != nil && f <= hottest.writeFlow()) || !c.movableLocked(ri, cfg, now) {
+			continue
+		}
+		// The coolest store holding a voter of the region.
+		for _, s := range stores {
+			if s.id == src.id || s.score+f >= src.score-f {
+				continue
+			}
+			if p := region.FindPeer(ri.meta, s.id); p != nil && p.GetRole() == metapb.PeerRole_Voter {
+				hottest, target = ri, s.id
+				break
+			}
+		}
+	}
+	if hottest == nil {
+		return nil
+	}
+	return []*operator{newOperator(hottest.meta.GetId(), "move hot leader", opLeader, transferLeader{toStore: target})}
+}
+
+// evictLeader moves every leader off one store (to drain it for
+// maintenance).
+type evictLeader struct{ storeID uint64 }
+
+func (e evictLeader) name() string { return fmt.Sprintf("evict-leader-%d", e.storeID) }
+
+func (e evictLeader) schedule(c *cluster, now time.Time) []*operator {
+	cfg := c.config()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	budget := cfg.LeaderScheduleLimit - c.ops.count(opLeader)
+	var ops []*operator
+	for _, ri := range c.leadersByStore[e.storeID] {
+		if len(ops) >= budget {
+			break
+		}
+		if c.ops.has(ri.meta.GetId()) {
+			continue
+		}
+		var best uint64
+		bestCount := 0
+		for _, p := range ri.meta.GetPeers() {
+			if p.GetStoreId() == e.storeID || p.GetRole() != metapb.PeerRole_Voter || !c.healthyLocked(p.GetStoreId(), now) {
+				continue
+			}
+			if n := c.stores[p.GetStoreId()].leaderCount; best == 0 || n < bestCount {
+				best, bestCount = p.GetStoreId(), n
+			}
+		}
+		if best != 0 {
+			ops = append(ops, newOperator(ri.meta.GetId(), "evict leader", opLeader, transferLeader{toStore: best}))
+		}
+	}
+	return ops
+}

@@ -1,0 +1,181 @@
+package pd
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/basaltdb/basalt/pd/sim"
+	"github.com/basaltdb/basalt/proto/metapb"
+	"github.com/basaltdb/basalt/region"
+)
+
+func fastSchedule() ScheduleConfig {
+	return ScheduleConfig{
+		MaxReplicas:          3,
+		PatrolRegionInterval: Duration{20 * time.Millisecond},
+		StoreDisconnectTime:  Duration{time.Second},
+		MaxStoreDownTime:     Duration{30 * time.Minute},
+		LeaderScheduleLimit:  8,
+		StoreLimit:           16,
+		Schedulers:           []string{"balance-leader", "balance-region"},
+	}
+}
+
+func newSim(t *testing.T, p *testPD) *sim.Cluster {
+	t.Helper()
+	p.leader()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := sim.New(ctx, p.endpoints(), sim.Options{HeartbeatInterval: 100 * time.Millisecond, SnapshotDelay: 50 * time.Millisecond,
+		RegionSize: 1 << 20, RegionKeys: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func describeCounts(cs []sim.StoreCount) string {
+	s := ""
+	for _, c := range cs {
+		s += fmt.Sprintf(" s%d:%d/%d", c.StoreID, c.Regions, c.Leaders)
+		if c.Down {
+			s += "(down)"
+		}
+	}
+	return s
+}
+
+// every voter set complete: max-replicas voters, no learners, on live stores.
+func fullyReplicated(c *sim.Cluster, want int, down map[uint64]bool) bool {
+	for _, r := range c.Regions() {
+		voters := 0
+		for _, p := range r.GetPeers() {
+			if p.GetRole() != metapb.PeerRole_Voter || down[p.GetStoreId()] {
+				return false
+			}
+			voters++
+		}
+		if voters != want {
+			return false
+		}
+	}
+	return true
+}
+
+func within(cs []sim.StoreCount, regionsLo, regionsHi, leadersLo, leadersHi int) bool {
+	for _, c := range cs {
+		if c.Down {
+			continue
+		}
+		if c.Regions < regionsLo || c.Regions > regionsHi || c.Leaders < leadersLo || c.Leaders > leadersHi {
+			return false
+		}
+	}
+	return true
+}
+
+// Regions created on one store spread to three replicas each and an even
+// number of leaders once two more stores join; two more stores later get
+// their share of replicas.
+func TestSchedulingSpreadsRegions(t *testing.T) {
+	p := newTestPDWithSchedule(t, 1, fastSchedule())
+	c := newSim(t, p)
+	ctx := context.Background()
+	if _, err := c.Bootstrap(ctx, 60); err != nil {
+		t.Fatal(err)
+	}
+	c.Start()
+	for i := 0; i < 2; i++ {
+		if _, err := c.AddStore(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "three replicas per region and 20 leaders per store", 60*time.Second, func() bool {
+		return fullyReplicated(c, 3, nil) && within(c.Counts(), 60, 60, 19, 21)
+	})
+	for i := 0; i < 2; i++ {
+		if _, err := c.AddStore(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 180 replicas over 5 stores: 36 each; 60 leaders: 12 each.
+	var last []sim.StoreCount
+	waitFor(t, "36±2 replicas and 12±1 leaders per store", 60*time.Second, func() bool {
+		last = c.Counts()
+		return len(last) == 5 && fullyReplicated(c, 3, nil) && within(last, 34, 38, 11, 13)
+	})
+	t.Logf("balanced:%s", describeCounts(last))
+	checkNoChurn(t, c)
+}
+
+// checkNoChurn fails when a region went through far more membership
+// changes than moving it around needs: operators fighting each other.
+func checkNoChurn(t *testing.T, c *sim.Cluster) {
+	t.Helper()
+	worst := uint64(0)
+	for _, r := range c.Regions() {
+		worst = max(worst, r.GetRegionEpoch().GetConfVer())
+	}
+	if worst > 30 {
+		t.Fatalf("a region went through %d membership changes", worst)
+	}
+	t.Logf("most membership changes of one region: %d", worst)
+}
+
+// A store that stays down longer than max-store-down-time has its replicas
+// re-created on the other stores.
+func TestDownStoreReplicasRecreated(t *testing.T) {
+	sc := fastSchedule()
+	sc.MaxStoreDownTime = Duration{2 * time.Second}
+	p := newTestPDWithSchedule(t, 1, sc)
+	c := newSim(t, p)
+	ctx := context.Background()
+	if _, err := c.Bootstrap(ctx, 30); err != nil {
+		t.Fatal(err)
+	}
+	c.Start()
+	for i := 0; i < 3; i++ {
+		if _, err := c.AddStore(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "three replicas per region", 60*time.Second, func() bool { return fullyReplicated(c, 3, nil) })
+	var victim uint64
+	for _, sc := range c.Counts() {
+		if sc.Regions > 0 {
+			victim = sc.StoreID
+			break
+		}
+	}
+	c.KillStore(victim)
+	start := time.Now()
+	deadline := start.Add(60 * time.Second)
+	for !fullyReplicated(c, 3, map[uint64]bool{victim: true}) {
+		if time.Now().After(deadline) {
+			s := p.server(p.leader())
+			running, recent := s.cluster.ops.list()
+			for _, op := range running {
+				t.Logf("running: %s (step %d)", op.String(), op.Current)
+			}
+			for _, op := range recent[max(0, len(recent)-10):] {
+				t.Logf("recent: %s: %s", op.String(), op.Status)
+			}
+			for _, r := range c.Regions() {
+				if region.FindPeer(r, victim) != nil || len(r.GetPeers()) != 3 {
+					t.Logf("region %v", r)
+				}
+			}
+			t.Fatalf("timed out waiting for store %d's replicas to be re-created:%s", victim, describeCounts(c.Counts()))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The store's last heartbeat was up to one interval before the kill.
+	if d := time.Since(start); d < 2*time.Second-200*time.Millisecond {
+		t.Fatalf("replicas replaced after %v, before max-store-down-time", d)
+	}
+	t.Logf("replaced in %v:%s", time.Since(start).Round(time.Millisecond), describeCounts(c.Counts()))
+	checkNoChurn(t, c)
+}
