@@ -272,6 +272,19 @@ func (oc *opController) addInfluenceLocked(op *operator, sign int) {
 	}
 }
 
+// atLimit returns the stores that cannot receive another replica now.
+func (oc *opController) atLimit(limit int) map[uint64]bool {
+	oc.mu.Lock()
+	defer oc.mu.Unlock()
+	out := map[uint64]bool{}
+	for s, n := range oc.incoming {
+		if n >= limit {
+			out[s] = true
+		}
+	}
+	return out
+}
+
 // influence returns what running operators will add to each store.
 func (oc *opController) influence() map[uint64]storeInfluence {
 	oc.mu.Lock()

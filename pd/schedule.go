@@ -393,6 +393,7 @@ func (balanceRegion) name() string { return "balance-region" }
 func (balanceRegion) schedule(c *cluster, now time.Time) []*operator {
 	cfg := c.config()
 	inf := c.ops.influence()
+	full := c.ops.atLimit(cfg.StoreLimit)
 	budget := cfg.RegionScheduleLimit - c.ops.count(opRegion)
 	type move struct {
 		ri     *regionInfo
@@ -416,8 +417,21 @@ func (balanceRegion) schedule(c *cluster, now time.Time) []*operator {
 	}
 	stores := c.upStoresLocked(now, score)
 	taken := map[uint64]bool{}
+	incoming := map[uint64]int{}
 	for budget > 0 && len(stores) >= 2 {
-		src, dst := stores[len(stores)-1], stores[0]
+		src := stores[len(stores)-1]
+		// The lowest-scored store that can still take a replica.
+		di := -1
+		for i, s := range stores[:len(stores)-1] {
+			if !full[s.id] && incoming[s.id] < cfg.StoreLimit {
+				di = i
+				break
+			}
+		}
+		if di < 0 {
+			break
+		}
+		dst := stores[di]
 		avg := 0.0
 		for _, s := range stores {
 			avg += s.score
@@ -442,8 +456,9 @@ func (balanceRegion) schedule(c *cluster, now time.Time) []*operator {
 		taken[found.ri.meta.GetId()] = true
 		moves = append(moves, *found)
 		budget--
+		incoming[dst.id]++
 		stores[len(stores)-1].score -= per
-		stores[0].score += per
+		stores[di].score += per
 		sort.Slice(stores, func(i, j int) bool {
 			if stores[i].score != stores[j].score {
 				return stores[i].score < stores[j].score
