@@ -144,7 +144,7 @@ func (f *fsm) DataSpans(start, end []byte) []raftstore.Span {
 	return []raftstore.Span{{Start: []byte("z"), End: []byte("{")}}
 }
 
-func (f *fsm) RegionChanged(regionID uint64, r *metapb.Region) {
+func (f *fsm) RegionChanged(regionID uint64, r *metapb.Region, _ []byte) {
 	// A snapshot replaced the data wholesale: rebuild memory from pebble.
 	if r != nil {
 		if err := f.load(); err != nil {

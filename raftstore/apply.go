@@ -63,7 +63,7 @@ func (p *peer) applyEntries(ab *ApplyBatch, ents []*pb.Entry, results []applyRes
 		p.writeTombstone(ab.Batch)
 	} else {
 		mustSetProto(ab.Batch, applyStateKey(p.regionID), &rspb.RaftApplyState{
-			AppliedIndex: p.storage.appliedIndex, AppliedTerm: p.storage.appliedTerm})
+			AppliedIndex: p.storage.appliedIndex, AppliedTerm: p.storage.appliedTerm, StateMachine: p.storage.smState})
 		if regionChanged {
 			mustSetProto(ab.Batch, regionStateKey(p.regionID), p.storage.regionState)
 		}
@@ -92,6 +92,7 @@ func (p *peer) applyNormal(ab *ApplyBatch, e *pb.Entry, results []applyResult) [
 		}
 		res := p.store.sm.Apply(ab, Command{
 			RegionID: p.regionID, Region: p.region, Index: e.GetIndex(), Term: e.GetTerm(), Data: env.payload,
+			State: &p.storage.smState,
 		})
 		if pr != nil {
 			results = append(results, applyResult{pr: pr, result: res})
@@ -109,6 +110,7 @@ func (p *peer) applyNormal(ab *ApplyBatch, e *pb.Entry, results []applyResult) [
 		err := forEachBatchItem(env.payload, func(i int, cmd []byte) {
 			res := p.store.sm.Apply(ab, Command{
 				RegionID: p.regionID, Region: p.region, Index: e.GetIndex(), Term: e.GetTerm(), Data: cmd,
+				State: &p.storage.smState,
 			})
 			if pr != nil && i < len(pr.subs) {
 				results = append(results, applyResult{pr: pr.subs[i], result: res})

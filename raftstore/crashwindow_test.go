@@ -304,11 +304,11 @@ type hookSM struct {
 	onChange func(regionID uint64, r *metapb.Region)
 }
 
-func (h *hookSM) RegionChanged(id uint64, r *metapb.Region) {
+func (h *hookSM) RegionChanged(id uint64, r *metapb.Region, st []byte) {
 	if h.onChange != nil {
 		h.onChange(id, r)
 	}
-	h.kvSM.RegionChanged(id, r)
+	h.kvSM.RegionChanged(id, r, st)
 }
 
 // The power fails after the entry removing this replica applied but before

@@ -37,6 +37,13 @@ func newKVSM() *kvSM { return &kvSM{changes: make(map[uint64]int)} }
 
 func kvDataKey(k []byte) []byte { return append([]byte{'z'}, k...) }
 
+func stateCount(st []byte) uint64 {
+	if len(st) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(st)
+}
+
 func (*kvSM) DataSpans(start, end []byte) []Span {
 	sp := Span{Start: kvDataKey(start), End: []byte{'z' + 1}}
 	if len(end) > 0 {
@@ -52,6 +59,8 @@ func encodePut(key, value []byte) []byte {
 }
 
 func (sm *kvSM) Apply(ab *ApplyBatch, cmd Command) any {
+	// The per-region state counts applied puts.
+	*cmd.State = binary.BigEndian.AppendUint64(nil, stateCount(*cmd.State)+1)
 	kl, n := binary.Uvarint(cmd.Data)
 	key, value := cmd.Data[n:n+int(kl)], cmd.Data[n+int(kl):]
 	if !region.ContainsKey(cmd.Region, key) {
@@ -76,7 +85,7 @@ func (sm *kvSM) Apply(ab *ApplyBatch, cmd Command) any {
 	return prev
 }
 
-func (sm *kvSM) RegionChanged(regionID uint64, _ *metapb.Region) {
+func (sm *kvSM) RegionChanged(regionID uint64, _ *metapb.Region, _ []byte) {
 	sm.mu.Lock()
 	sm.changes[regionID]++
 	sm.mu.Unlock()

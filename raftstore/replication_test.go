@@ -514,3 +514,51 @@ func TestOnRoleChange(t *testing.T) {
 		return !leaders[l.id]
 	})
 }
+
+// The state machine's per-region state is persisted with the applied
+// index, survives a restart, and reaches a lagging replica in a snapshot.
+func TestStateMachineStateTravels(t *testing.T) {
+	cfg := testConfig()
+	cfg.LogGCThreshold = 20
+	cfg.LogMaxLagEntries = 30
+	c := newTestCluster(t, 3, cfg)
+	c.bootstrap(1, "", "", 1, 2, 3)
+	_ = c.store(1).st.Campaign(1)
+	l := c.leader(1)
+	var lagger uint64
+	for _, id := range c.ids {
+		if id != l.id {
+			lagger = id
+			break
+		}
+	}
+	c.put(1, "a", "1")
+	c.waitReplicated("a", "1", c.ids...)
+	c.net.isolate(lagger, c.ids)
+	for i := 0; i < 100; i++ {
+		c.put(1, fmt.Sprintf("k%03d", i), "v")
+	}
+	c.net.heal()
+	c.waitReplicated("k099", "v", c.ids...)
+	count := func(id uint64) uint64 {
+		ch := make(chan uint64, 1)
+		c.store(id).st.getPeer(1).pushOp(func(p *peer) { ch <- stateCount(p.storage.smState) })
+		return <-ch
+	}
+	waitFor(t, "every replica to count 101 puts", 10*time.Second, func() bool {
+		for _, id := range c.ids {
+			if count(id) != 101 {
+				return false
+			}
+		}
+		return true
+	})
+	waitFor(t, "the lagger's snapshot", 10*time.Second, func() bool {
+		return c.store(lagger).st.Stats().SnapshotsApplied.Load() > 0
+	})
+	fs := c.stopStore(lagger)
+	c.restartStore(lagger, fs)
+	if n := count(lagger); n != 101 {
+		t.Fatalf("after restart the lagger counts %d puts, want 101", n)
+	}
+}

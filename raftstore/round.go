@@ -171,7 +171,7 @@ func (w *worker) round() {
 		p.serveApplied()
 		if p.regionChanged {
 			p.regionChanged = false
-			s.sm.RegionChanged(p.regionID, p.region)
+			s.sm.RegionChanged(p.regionID, p.region, p.storage.smState)
 		}
 		if p.destroyAfterApply {
 			p.destroy("removed from the region")

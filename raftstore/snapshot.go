@@ -129,7 +129,7 @@ func (p *peer) generateSnapshot() (*pb.Snapshot, error) {
 	}
 	g := &genSnap{snap: p.store.eng.DB.NewSnapshot(), region: p.region, index: s.appliedIndex, created: time.Now()}
 	id := p.store.snaps.register(g)
-	hdr, err := proto.Marshal(&rspb.SnapshotHeader{Region: p.region, SnapshotId: id, StoreId: p.store.cfg.StoreID})
+	hdr, err := proto.Marshal(&rspb.SnapshotHeader{Region: p.region, SnapshotId: id, StoreId: p.store.cfg.StoreID, StateMachine: s.smState})
 	if err != nil {
 		return nil, err
 	}
@@ -253,6 +253,7 @@ type recvSnap struct {
 	index, term uint64
 	keys        int
 	region      *metapb.Region
+	smState     []byte
 	received    time.Time
 }
 
@@ -289,7 +290,8 @@ func (s *Store) ReceiveSnapshot(stream SnapshotStream) error {
 		_ = s.eng.FS.Remove(path)
 		return err
 	}
-	rs := &recvSnap{path: path, index: meta.GetIndex(), term: meta.GetTerm(), keys: keys, region: hdr.GetRegion(), received: time.Now()}
+	rs := &recvSnap{path: path, index: meta.GetIndex(), term: meta.GetTerm(), keys: keys, region: hdr.GetRegion(),
+		smState: hdr.GetStateMachine(), received: time.Now()}
 	s.snapMu.Lock()
 	if old := s.recvSnaps[rm.GetRegionId()]; old != nil {
 		_ = s.eng.FS.Remove(old.path)
@@ -474,7 +476,7 @@ func (p *peer) applySnapshot(snap *pb.Snapshot, hs *pb.HardState) {
 	mustSetProto(wb, truncatedStateKey(p.regionID), &rspb.RaftTruncatedState{Index: index, Term: term})
 	mustSetProto(wb, hardStateKey(p.regionID), hs1)
 	applying := &rspb.RegionLocalState{State: rspb.PeerState_Applying, Region: newRegion, ConfState: meta.GetConfState(),
-		ApplyingSnapshot: meta, ApplyingSnapshotKeys: uint64(rs.keys)}
+		ApplyingSnapshot: meta, ApplyingSnapshotKeys: uint64(rs.keys), ApplyingStateMachine: rs.smState}
 	mustSetProto(wb, regionStateKey(p.regionID), applying)
 	mustCommit(wb, pebble.Sync)
 
@@ -486,6 +488,7 @@ func (p *peer) applySnapshot(snap *pb.Snapshot, hs *pb.HardState) {
 	st.truncIndex, st.truncTerm = index, term
 	st.lastIndex, st.lastTerm = index, term
 	st.appliedIndex, st.appliedTerm = index, term
+	st.smState = rs.smState
 	st.regionState = &rspb.RegionLocalState{State: rspb.PeerState_Normal, Region: newRegion, ConfState: meta.GetConfState()}
 	s.cache.drop(p.regionID)
 	p.peerState = rspb.PeerState_Normal
@@ -517,7 +520,8 @@ func (s *Store) finishApplyingSnapshot(regionID uint64, applying *rspb.RegionLoc
 	wb := s.eng.DB.NewBatch()
 	mustSetProto(wb, regionStateKey(regionID), &rspb.RegionLocalState{
 		State: rspb.PeerState_Normal, Region: applying.GetRegion(), ConfState: applying.GetConfState()})
-	mustSetProto(wb, applyStateKey(regionID), &rspb.RaftApplyState{AppliedIndex: meta.GetIndex(), AppliedTerm: meta.GetTerm()})
+	mustSetProto(wb, applyStateKey(regionID), &rspb.RaftApplyState{AppliedIndex: meta.GetIndex(), AppliedTerm: meta.GetTerm(),
+		StateMachine: applying.GetApplyingStateMachine()})
 	mustCommit(wb, pebble.Sync)
 	_ = fs.Remove(path)
 }

@@ -28,8 +28,10 @@ type StateMachine interface {
 	// RegionChanged tells the state machine that a region's descriptor
 	// changed on this store: created (bootstrap, split, snapshot, restart),
 	// changed (conf change, split, merge), or destroyed (region is nil).
-	// Called from the worker after the change is committed to pebble.
-	RegionChanged(regionID uint64, region *metapb.Region)
+	// state is the region's state-machine state (see Command.State). Called
+	// from the worker after the change is committed to pebble, or, for the
+	// regions loaded at start, from Start.
+	RegionChanged(regionID uint64, region *metapb.Region, state []byte)
 }
 
 // Command is a committed user command.
@@ -42,6 +44,12 @@ type Command struct {
 	// Data is the payload given to Propose. The state machine must not keep
 	// it past the call: it aliases the log entry.
 	Data []byte
+	// State is the region's state-machine state, opaque to the raftstore:
+	// what the previous command left. Apply may replace *State (never
+	// mutate the old slice in place). It is persisted with the applied
+	// index, travels with snapshots, and a region created by a split
+	// starts with its parent's.
+	State *[]byte
 }
 
 // ApplyBatch is one round's apply batch: an indexed pebble batch committed

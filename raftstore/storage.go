@@ -40,6 +40,8 @@ type peerStorage struct {
 	lastIndex, lastTerm   uint64
 	// appliedIndex/appliedTerm as of the last committed apply batch.
 	appliedIndex, appliedTerm uint64
+	// smState is the state machine's per-region state at appliedIndex.
+	smState []byte
 	// regionState is the region descriptor and conf state as of appliedIndex.
 	regionState *rspb.RegionLocalState
 }
@@ -281,6 +283,7 @@ func loadPeerStorage(db *pebble.DB, cache *entryCache, regionID uint64, rs *rspb
 		return nil, err
 	}
 	s.appliedIndex, s.appliedTerm = as.GetAppliedIndex(), as.GetAppliedTerm()
+	s.smState = as.GetStateMachine()
 	if s.appliedIndex < s.truncIndex {
 		return nil, fmt.Errorf("raftstore: region %d: applied index %d below truncated index %d", regionID, s.appliedIndex, s.truncIndex)
 	}

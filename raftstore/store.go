@@ -258,10 +258,8 @@ func (s *Store) Start() {
 	s.mu.Unlock()
 	for _, p := range ps {
 		s.setAwake(p, true)
-		for _, rs := range []*metapb.Region{p.region} {
-			if p.isInitialized() {
-				s.sm.RegionChanged(p.regionID, rs)
-			}
+		if p.isInitialized() {
+			s.sm.RegionChanged(p.regionID, p.region, p.storage.smState)
 		}
 	}
 	for i := 0; i < s.cfg.Workers; i++ {
@@ -414,7 +412,7 @@ func (s *Store) BootstrapRegions(descs []*metapb.Region) error {
 		s.mu.Unlock()
 		// Outside Store.mu: the state machine may call back into the store.
 		for _, p := range created {
-			s.sm.RegionChanged(p.regionID, p.region)
+			s.sm.RegionChanged(p.regionID, p.region, p.storage.smState)
 			s.sched.enqueue(p)
 		}
 	}()
@@ -599,7 +597,7 @@ func (p *peer) destroy(reason string) {
 	s.setAwake(p, false)
 	s.cache.drop(p.regionID)
 	s.stats.PeersDestroyed.Add(1)
-	s.sm.RegionChanged(p.regionID, nil)
+	s.sm.RegionChanged(p.regionID, nil, nil)
 }
 
 // writeTombstone writes into wb the removal of everything the replica holds

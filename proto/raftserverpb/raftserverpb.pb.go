@@ -567,8 +567,10 @@ type RegionLocalState struct {
 	// While state is Tombstone: the ID of the peer that was destroyed. A
 	// message for a higher peer ID of the region may create a new peer.
 	TombstonePeerId uint64 `protobuf:"varint,7,opt,name=tombstone_peer_id,json=tombstonePeerId,proto3" json:"tombstone_peer_id,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// While state is Applying: the state machine's state the snapshot carries.
+	ApplyingStateMachine []byte `protobuf:"bytes,8,opt,name=applying_state_machine,json=applyingStateMachine,proto3" json:"applying_state_machine,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *RegionLocalState) Reset() {
@@ -650,10 +652,20 @@ func (x *RegionLocalState) GetTombstonePeerId() uint64 {
 	return 0
 }
 
+func (x *RegionLocalState) GetApplyingStateMachine() []byte {
+	if x != nil {
+		return x.ApplyingStateMachine
+	}
+	return nil
+}
+
 type RaftApplyState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AppliedIndex  uint64                 `protobuf:"varint,1,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	AppliedTerm   uint64                 `protobuf:"varint,2,opt,name=applied_term,json=appliedTerm,proto3" json:"applied_term,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	AppliedIndex uint64                 `protobuf:"varint,1,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	AppliedTerm  uint64                 `protobuf:"varint,2,opt,name=applied_term,json=appliedTerm,proto3" json:"applied_term,omitempty"`
+	// The state machine's per-region state as of applied_index, opaque to
+	// the raftstore (see raftstore.Command.State).
+	StateMachine  []byte `protobuf:"bytes,3,opt,name=state_machine,json=stateMachine,proto3" json:"state_machine,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -700,6 +712,13 @@ func (x *RaftApplyState) GetAppliedTerm() uint64 {
 		return x.AppliedTerm
 	}
 	return 0
+}
+
+func (x *RaftApplyState) GetStateMachine() []byte {
+	if x != nil {
+		return x.StateMachine
+	}
+	return nil
 }
 
 // RaftTruncatedState: entries at or below index are gone from the log; term
@@ -760,10 +779,12 @@ func (x *RaftTruncatedState) GetTerm() uint64 {
 // snapshot stream, read from a pebble snapshot the sender registered under
 // snapshot_id when raft asked for it.
 type SnapshotHeader struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Region        *metapb.Region         `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
-	SnapshotId    uint64                 `protobuf:"varint,2,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
-	StoreId       uint64                 `protobuf:"varint,3,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Region     *metapb.Region         `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	SnapshotId uint64                 `protobuf:"varint,2,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
+	StoreId    uint64                 `protobuf:"varint,3,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
+	// The state machine's per-region state at the snapshot's index.
+	StateMachine  []byte `protobuf:"bytes,4,opt,name=state_machine,json=stateMachine,proto3" json:"state_machine,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -819,6 +840,13 @@ func (x *SnapshotHeader) GetStoreId() uint64 {
 	return 0
 }
 
+func (x *SnapshotHeader) GetStateMachine() []byte {
+	if x != nil {
+		return x.StateMachine
+	}
+	return nil
+}
+
 var File_raftserverpb_raftserverpb_proto protoreflect.FileDescriptor
 
 const file_raftserverpb_raftserverpb_proto_rawDesc = "" +
@@ -853,7 +881,7 @@ const file_raftserverpb_raftserverpb_proto_rawDesc = "" +
 	"MergeState\x12\x1b\n" +
 	"\tmin_index\x18\x01 \x01(\x04R\bminIndex\x12&\n" +
 	"\x06target\x18\x02 \x01(\v2\x0e.metapb.RegionR\x06target\x12\x16\n" +
-	"\x06commit\x18\x03 \x01(\x04R\x06commit\"\xff\x02\n" +
+	"\x06commit\x18\x03 \x01(\x04R\x06commit\"\xb5\x03\n" +
 	"\x10RegionLocalState\x12-\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x17.raftserverpb.PeerStateR\x05state\x12&\n" +
 	"\x06region\x18\x02 \x01(\v2\x0e.metapb.RegionR\x06region\x120\n" +
@@ -863,18 +891,21 @@ const file_raftserverpb_raftserverpb_proto_rawDesc = "" +
 	"mergeState\x12E\n" +
 	"\x11applying_snapshot\x18\x05 \x01(\v2\x18.raftpb.SnapshotMetadataR\x10applyingSnapshot\x124\n" +
 	"\x16applying_snapshot_keys\x18\x06 \x01(\x04R\x14applyingSnapshotKeys\x12*\n" +
-	"\x11tombstone_peer_id\x18\a \x01(\x04R\x0ftombstonePeerId\"X\n" +
+	"\x11tombstone_peer_id\x18\a \x01(\x04R\x0ftombstonePeerId\x124\n" +
+	"\x16applying_state_machine\x18\b \x01(\fR\x14applyingStateMachine\"}\n" +
 	"\x0eRaftApplyState\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12!\n" +
-	"\fapplied_term\x18\x02 \x01(\x04R\vappliedTerm\">\n" +
+	"\fapplied_term\x18\x02 \x01(\x04R\vappliedTerm\x12#\n" +
+	"\rstate_machine\x18\x03 \x01(\fR\fstateMachine\">\n" +
 	"\x12RaftTruncatedState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
-	"\x04term\x18\x02 \x01(\x04R\x04term\"t\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\"\x99\x01\n" +
 	"\x0eSnapshotHeader\x12&\n" +
 	"\x06region\x18\x01 \x01(\v2\x0e.metapb.RegionR\x06region\x12\x1f\n" +
 	"\vsnapshot_id\x18\x02 \x01(\x04R\n" +
 	"snapshotId\x12\x19\n" +
-	"\bstore_id\x18\x03 \x01(\x04R\astoreId*C\n" +
+	"\bstore_id\x18\x03 \x01(\x04R\astoreId\x12#\n" +
+	"\rstate_machine\x18\x04 \x01(\fR\fstateMachine*C\n" +
 	"\x10ExtraMessageType\x12\b\n" +
 	"\x04None\x10\x00\x12\r\n" +
 	"\tHibernate\x10\x01\x12\n" +
