@@ -135,16 +135,9 @@ func (w *worker) round() {
 			}
 		}
 	}
-	if ab.Empty() {
-		_ = ab.Close()
-	} else {
-		mustCommit(ab.Batch, pebble.NoSync)
-	}
+	ab.Commit()
 	for _, p := range w.peers {
 		p.applying = false
-	}
-	for _, fn := range ab.afterCommit {
-		fn()
 	}
 	for _, t := range truncs {
 		t.p.storage.truncated(t.index, t.term)

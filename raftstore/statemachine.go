@@ -63,3 +63,21 @@ type ApplyBatch struct {
 // AfterCommit registers fn to run after the batch is committed to pebble
 // (for example, to publish watch events). fn runs on the worker; keep it short.
 func (ab *ApplyBatch) AfterCommit(fn func()) { ab.afterCommit = append(ab.afterCommit, fn) }
+
+// NewApplyBatch wraps an indexed batch (state machine tests apply commands
+// the way the worker does).
+func NewApplyBatch(b *pebble.Batch) *ApplyBatch { return &ApplyBatch{Batch: b} }
+
+// Commit commits the batch (unsynced, as apply batches are) and runs the
+// AfterCommit callbacks. It closes the batch.
+func (ab *ApplyBatch) Commit() {
+	if ab.Empty() {
+		_ = ab.Close()
+	} else {
+		mustCommit(ab.Batch, pebble.NoSync)
+	}
+	for _, fn := range ab.afterCommit {
+		fn()
+	}
+	ab.afterCommit = nil
+}

@@ -1,0 +1,599 @@
+package mvcc
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/basaltdb/basalt/proto/kvpb"
+	"github.com/basaltdb/basalt/proto/metapb"
+	"github.com/basaltdb/basalt/raftstore"
+	"github.com/basaltdb/basalt/region"
+)
+
+// MVCC is the state machine of every region of a store (it implements
+// raftstore.StateMachine) and serves their reads.
+type MVCC struct {
+	db     *pebble.DB
+	limits Limits
+
+	mu      sync.RWMutex
+	regions map[uint64]*Region
+
+	// OnEvents, if set, receives each applied write's events, after they
+	// are committed to pebble, in revision order per region.
+	OnEvents func(r *Region, rev int64, events []*kvpb.Event)
+	// LeaseExists, if set, is asked whether a lease a Put attaches exists.
+	LeaseExists func(lease int64) bool
+}
+
+// Region is the MVCC view of one region on this store.
+type Region struct {
+	ID   uint64
+	desc atomic.Pointer[metapb.Region]
+	// lastRev is the revision of the last write applied and committed to
+	// pebble; a read at it sees every write applied so far.
+	lastRev atomic.Int64
+	// compactRev: reads below it fail with ErrCompacted.
+	compactRev atomic.Int64
+	// Data is for the layers above (the watch hub, the sequencer).
+	Data atomic.Value
+}
+
+// Desc returns the region's descriptor as last applied.
+func (r *Region) Desc() *metapb.Region { return r.desc.Load() }
+
+// Revision returns the region's last applied revision.
+func (r *Region) Revision() int64 { return r.lastRev.Load() }
+
+// CompactRevision returns the region's compaction revision.
+func (r *Region) CompactRevision() int64 { return r.compactRev.Load() }
+
+// New returns the MVCC state machine over db.
+func New(db *pebble.DB, limits Limits) *MVCC {
+	return &MVCC{db: db, limits: limits.withDefaults(), regions: make(map[uint64]*Region)}
+}
+
+// Limits returns the request limits in force.
+func (m *MVCC) Limits() Limits { return m.limits }
+
+// DataSpans implements raftstore.StateMachine.
+func (m *MVCC) DataSpans(start, end []byte) []raftstore.Span { return DataSpans(start, end) }
+
+// RegionChanged implements raftstore.StateMachine.
+func (m *MVCC) RegionChanged(id uint64, desc *metapb.Region, state []byte) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if desc == nil {
+		delete(m.regions, id)
+		return
+	}
+	r := m.regions[id]
+	if r == nil {
+		r = &Region{ID: id}
+		m.regions[id] = r
+	}
+	r.desc.Store(desc)
+	st := decodeRegionState(state)
+	r.lastRev.Store(st.lastRev)
+	r.compactRev.Store(st.compactRev)
+}
+
+// Region returns a region's MVCC view, or nil.
+func (m *MVCC) Region(id uint64) *Region {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.regions[id]
+}
+
+// WriteResult is what Apply returns for a write: the response, or the
+// error that made it change nothing.
+type WriteResult struct {
+	Revision int64
+	Response proto.Message
+	Err      error
+}
+
+// Apply implements raftstore.StateMachine: one WriteCommand at its
+// revision, atomically.
+func (m *MVCC) Apply(ab *raftstore.ApplyBatch, c raftstore.Command) any {
+	var wc kvpb.WriteCommand
+	if err := proto.Unmarshal(c.Data, &wc); err != nil {
+		panic(fmt.Sprintf("mvcc: region %d entry %d: %v", c.RegionID, c.Index, err))
+	}
+	st := decodeRegionState(*c.State)
+	reg := m.Region(c.RegionID)
+	switch op := wc.GetOp().(type) {
+	case *kvpb.WriteCommand_Compact:
+		if op.Compact > st.compactRev {
+			st.compactRev = op.Compact
+			*c.State = st.encode()
+			if reg != nil {
+				ab.AfterCommit(func() { reg.compactRev.Store(op.Compact) })
+			}
+		}
+		return &WriteResult{Revision: st.compactRev}
+	case *kvpb.WriteCommand_Gc:
+		for _, k := range op.Gc.GetKeys() {
+			// Deterministic whatever the leader's view: only versions the
+			// compaction revision made garbage may go.
+			if _, rev, err := decodeVersionKey(k); err != nil || rev >= st.compactRev ||
+				!region.ContainsKey(c.Region, mustUserKey(k)) {
+				continue
+			}
+			if err := ab.Delete(k, nil); err != nil {
+				panic(err)
+			}
+		}
+		return &WriteResult{}
+	}
+	rev := wc.GetRevision()
+	if rev <= st.lastRev {
+		return &WriteResult{Err: ErrRevisionOrder}
+	}
+	w := &writer{m: m, r: ab, b: ab.Batch, region: c.Region, rev: rev, prevRev: st.lastRev, compactRev: st.compactRev}
+	var resp proto.Message
+	var err error
+	switch op := wc.GetOp().(type) {
+	case *kvpb.WriteCommand_Put:
+		resp, err = w.put(op.Put)
+	case *kvpb.WriteCommand_DeleteRange:
+		resp, err = w.deleteRange(op.DeleteRange)
+	case *kvpb.WriteCommand_Txn:
+		resp, err = w.txn(op.Txn)
+	default:
+		panic(fmt.Sprintf("mvcc: region %d entry %d: unknown write %T", c.RegionID, c.Index, op))
+	}
+	if err != nil {
+		return &WriteResult{Err: err}
+	}
+	if len(w.events) == 0 {
+		// Nothing changed (a delete of missing keys, a txn that only read):
+		// as in etcd, no new revision.
+		setRevision(resp, st.lastRev)
+		return &WriteResult{Revision: st.lastRev, Response: resp}
+	}
+	st.lastRev = rev
+	*c.State = st.encode()
+	if reg != nil {
+		events := w.events
+		ab.AfterCommit(func() {
+			reg.lastRev.Store(rev)
+			if m.OnEvents != nil && len(events) > 0 {
+				m.OnEvents(reg, rev, events)
+			}
+		})
+	}
+	return &WriteResult{Revision: rev, Response: resp}
+}
+
+// setRevision sets a response's header revision.
+func setRevision(resp proto.Message, rev int64) {
+	switch r := resp.(type) {
+	case *kvpb.DeleteRangeResponse:
+		r.Header = &kvpb.ResponseHeader{Revision: rev}
+	case *kvpb.TxnResponse:
+		setTxnHeaders(r, rev)
+	case *kvpb.PutResponse:
+		r.Header = &kvpb.ResponseHeader{Revision: rev}
+	}
+}
+
+func mustUserKey(k []byte) []byte {
+	key, _, err := decodeVersionKey(k)
+	if err != nil {
+		return nil
+	}
+	return key
+}
+
+// ---- reading versions ----
+
+// versionIter visits the live keys of [start, end) as of revision atRev in
+// key order. end nil: to the end of the data space.
+func visit(rd pebble.Reader, start, end []byte, atRev int64, fn func(key []byte, rec record, modRev int64) (more bool, err error)) error {
+	upper := []byte{dataPrefix + 1}
+	if end != nil {
+		upper = keyPrefix(end)
+	}
+	it, err := rd.NewIter(&pebble.IterOptions{LowerBound: keyPrefix(start), UpperBound: upper})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	seekRev := binary8(atRev)
+	for valid := it.First(); valid; {
+		k := it.Key()
+		pfx := append([]byte(nil), prefixOf(k)...)
+		key, rev, err := decodeVersionKey(k)
+		if err != nil {
+			return err
+		}
+		if rev > atRev {
+			if valid = it.SeekGE(append(append([]byte(nil), pfx...), seekRev...)); !valid {
+				break
+			}
+			if !bytes.HasPrefix(it.Key(), pfx) || len(it.Key()) != len(pfx)+8 {
+				continue // no version of this key at or below atRev
+			}
+			if _, rev, err = decodeVersionKey(it.Key()); err != nil {
+				return err
+			}
+		}
+		rec, err := decodeRecord(it.Value())
+		if err != nil {
+			return err
+		}
+		if !rec.tombstone {
+			rec.value = append([]byte(nil), rec.value...)
+			more, err := fn(key, rec, rev)
+			if err != nil || !more {
+				return err
+			}
+		}
+		valid = it.SeekGE(append(pfx, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
+	}
+	return it.Error()
+}
+
+func binary8(rev int64) []byte {
+	u := ^uint64(rev)
+	return []byte{byte(u >> 56), byte(u >> 48), byte(u >> 40), byte(u >> 32), byte(u >> 24), byte(u >> 16), byte(u >> 8), byte(u)}
+}
+
+// get returns key's live version as of atRev.
+func get(rd pebble.Reader, key []byte, atRev int64) (rec record, modRev int64, found bool, err error) {
+	end := append(append([]byte(nil), key...), 0)
+	err = visit(rd, key, end, atRev, func(_ []byte, r record, rev int64) (bool, error) {
+		rec, modRev, found = r, rev, true
+		return false, nil
+	})
+	return rec, modRev, found, err
+}
+
+func toKV(key []byte, rec record, modRev int64) *kvpb.KeyValue {
+	return &kvpb.KeyValue{Key: key, CreateRevision: rec.createRev, ModRevision: modRev, Version: rec.version, Value: rec.value, Lease: rec.lease}
+}
+
+// ---- writes ----
+
+type writer struct {
+	m      *MVCC
+	r      pebble.Reader
+	b      *pebble.Batch
+	region *metapb.Region
+	rev    int64
+	// prevRev is the region's revision before this write; compactRev its
+	// compaction revision.
+	prevRev, compactRev int64
+	events              []*kvpb.Event
+}
+
+func (w *writer) put(p *kvpb.PutRequest) (*kvpb.PutResponse, error) {
+	if !inRegion(w.region, p.GetKey(), nil) {
+		return nil, region.KeyNotInRegion(p.GetKey(), w.region)
+	}
+	if err := w.checkPut(p); err != nil {
+		return nil, err
+	}
+	return w.doPut(p)
+}
+
+// checkPut: what must hold before a put changes anything.
+func (w *writer) checkPut(p *kvpb.PutRequest) error {
+	if p.GetIgnoreValue() || p.GetIgnoreLease() {
+		if _, _, found, err := get(w.r, p.GetKey(), math.MaxInt64); err != nil {
+			return err
+		} else if !found {
+			return ErrKeyNotFound
+		}
+	}
+	if l := p.GetLease(); l != 0 && !p.GetIgnoreLease() && w.m.LeaseExists != nil && !w.m.LeaseExists(l) {
+		return ErrLeaseNotFound
+	}
+	return nil
+}
+
+func (w *writer) doPut(p *kvpb.PutRequest) (*kvpb.PutResponse, error) {
+	prev, prevRev, found, err := get(w.r, p.GetKey(), math.MaxInt64)
+	if err != nil {
+		return nil, err
+	}
+	rec := record{createRev: w.rev, version: 1, lease: p.GetLease(), value: p.GetValue()}
+	if found {
+		rec.createRev, rec.version = prev.createRev, prev.version+1
+	}
+	if p.GetIgnoreValue() {
+		rec.value = prev.value
+	}
+	if p.GetIgnoreLease() {
+		rec.lease = prev.lease
+	}
+	if err := w.b.Set(versionKey(p.GetKey(), w.rev), appendRecord(nil, rec), nil); err != nil {
+		return nil, err
+	}
+	ev := &kvpb.Event{Type: kvpb.Event_PUT, Kv: toKV(p.GetKey(), rec, w.rev)}
+	resp := &kvpb.PutResponse{Header: &kvpb.ResponseHeader{Revision: w.rev}}
+	if found {
+		ev.PrevKv = toKV(p.GetKey(), prev, prevRev)
+		if p.GetPrevKv() {
+			resp.PrevKv = ev.PrevKv
+		}
+	}
+	w.events = append(w.events, ev)
+	return resp, nil
+}
+
+func (w *writer) deleteRange(d *kvpb.DeleteRangeRequest) (*kvpb.DeleteRangeResponse, error) {
+	if !inRegion(w.region, d.GetKey(), d.GetRangeEnd()) {
+		return nil, region.KeyNotInRegion(d.GetKey(), w.region)
+	}
+	return w.doDeleteRange(d)
+}
+
+func (w *writer) doDeleteRange(d *kvpb.DeleteRangeRequest) (*kvpb.DeleteRangeResponse, error) {
+	end, unbounded := rangeEnd(d.GetKey(), d.GetRangeEnd())
+	if unbounded {
+		end = nil
+	}
+	type victim struct {
+		key []byte
+		rec record
+		rev int64
+	}
+	var victims []victim
+	err := visit(w.r, d.GetKey(), end, math.MaxInt64, func(key []byte, rec record, rev int64) (bool, error) {
+		victims = append(victims, victim{key, rec, rev})
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp := &kvpb.DeleteRangeResponse{Header: &kvpb.ResponseHeader{Revision: w.rev}, Deleted: int64(len(victims))}
+	for _, v := range victims {
+		if err := w.b.Set(versionKey(v.key, w.rev), appendRecord(nil, record{tombstone: true}), nil); err != nil {
+			return nil, err
+		}
+		prev := toKV(v.key, v.rec, v.rev)
+		w.events = append(w.events, &kvpb.Event{Type: kvpb.Event_DELETE, Kv: &kvpb.KeyValue{Key: v.key, ModRevision: w.rev}, PrevKv: prev})
+		if d.GetPrevKv() {
+			resp.PrevKvs = append(resp.PrevKvs, prev)
+		}
+	}
+	return resp, nil
+}
+
+// txn evaluates every compare (nested ones too) against the state before
+// the transaction, checks every operation of the chosen path, and only then
+// applies them in order; reads in the transaction see its earlier writes.
+func (w *writer) txn(t *kvpb.TxnRequest) (*kvpb.TxnResponse, error) {
+	if !txnInRegion(w.region, t) {
+		return nil, region.KeyNotInRegion(t.GetCompare()[0].GetKey(), w.region)
+	}
+	path, err := w.choosePath(t)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.checkPath(t, path); err != nil {
+		return nil, err
+	}
+	before := len(w.events)
+	resp, err := w.applyTxn(t, &path)
+	if err != nil {
+		return nil, err
+	}
+	rev := w.rev
+	if len(w.events) == before {
+		rev = w.prevRev // it wrote nothing: the revision stays
+	}
+	setTxnHeaders(resp, rev)
+	return resp, nil
+}
+
+// choosePath records which branch every (nested) transaction takes, in
+// walk order.
+func (w *writer) choosePath(t *kvpb.TxnRequest) ([]bool, error) {
+	var path []bool
+	var walk func(t *kvpb.TxnRequest) error
+	walk = func(t *kvpb.TxnRequest) error {
+		ok, err := compareAll(w.r, t.GetCompare(), math.MaxInt64)
+		if err != nil {
+			return err
+		}
+		path = append(path, ok)
+		branch := t.GetFailure()
+		if ok {
+			branch = t.GetSuccess()
+		}
+		for _, op := range branch {
+			if nt := op.GetRequestTxn(); nt != nil {
+				if err := walk(nt); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	return path, walk(t)
+}
+
+func (w *writer) checkPath(t *kvpb.TxnRequest, path []bool) error {
+	i := 0
+	var walk func(t *kvpb.TxnRequest) error
+	walk = func(t *kvpb.TxnRequest) error {
+		branch := t.GetFailure()
+		if path[i] {
+			branch = t.GetSuccess()
+		}
+		i++
+		for _, op := range branch {
+			switch x := op.GetRequest().(type) {
+			case *kvpb.RequestOp_RequestPut:
+				if err := w.checkPut(x.RequestPut); err != nil {
+					return err
+				}
+			case *kvpb.RequestOp_RequestRange:
+				if err := w.checkRangeRev(x.RequestRange.GetRevision()); err != nil {
+					return err
+				}
+			case *kvpb.RequestOp_RequestTxn:
+				if err := walk(x.RequestTxn); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	return walk(t)
+}
+
+func (w *writer) checkRangeRev(rev int64) error {
+	switch {
+	case rev == 0:
+		return nil
+	case rev < w.compactRev:
+		return ErrCompacted
+	case rev > w.prevRev:
+		return ErrFutureRev
+	}
+	return nil
+}
+
+func (w *writer) applyTxn(t *kvpb.TxnRequest, path *[]bool) (*kvpb.TxnResponse, error) {
+	succeeded := (*path)[0]
+	*path = (*path)[1:]
+	branch := t.GetFailure()
+	if succeeded {
+		branch = t.GetSuccess()
+	}
+	resp := &kvpb.TxnResponse{Succeeded: succeeded}
+	for _, op := range branch {
+		var ro *kvpb.ResponseOp
+		switch x := op.GetRequest().(type) {
+		case *kvpb.RequestOp_RequestRange:
+			at := x.RequestRange.GetRevision()
+			if at == 0 {
+				at = math.MaxInt64
+			}
+			rr, err := rangeAt(w.r, x.RequestRange, at)
+			if err != nil {
+				return nil, err
+			}
+			ro = &kvpb.ResponseOp{Response: &kvpb.ResponseOp_ResponseRange{ResponseRange: rr}}
+		case *kvpb.RequestOp_RequestPut:
+			pr, err := w.doPut(x.RequestPut)
+			if err != nil {
+				return nil, err
+			}
+			ro = &kvpb.ResponseOp{Response: &kvpb.ResponseOp_ResponsePut{ResponsePut: pr}}
+		case *kvpb.RequestOp_RequestDeleteRange:
+			dr, err := w.doDeleteRange(x.RequestDeleteRange)
+			if err != nil {
+				return nil, err
+			}
+			ro = &kvpb.ResponseOp{Response: &kvpb.ResponseOp_ResponseDeleteRange{ResponseDeleteRange: dr}}
+		case *kvpb.RequestOp_RequestTxn:
+			tr, err := w.applyTxn(x.RequestTxn, path)
+			if err != nil {
+				return nil, err
+			}
+			ro = &kvpb.ResponseOp{Response: &kvpb.ResponseOp_ResponseTxn{ResponseTxn: tr}}
+		}
+		resp.Responses = append(resp.Responses, ro)
+	}
+	return resp, nil
+}
+
+// setTxnHeaders gives a transaction response and every nested response the
+// revision the transaction ran at.
+func setTxnHeaders(t *kvpb.TxnResponse, rev int64) {
+	t.Header = &kvpb.ResponseHeader{Revision: rev}
+	for _, r := range t.GetResponses() {
+		switch x := r.GetResponse().(type) {
+		case *kvpb.ResponseOp_ResponseRange:
+			x.ResponseRange.Header = &kvpb.ResponseHeader{Revision: rev}
+		case *kvpb.ResponseOp_ResponsePut:
+			x.ResponsePut.Header = &kvpb.ResponseHeader{Revision: rev}
+		case *kvpb.ResponseOp_ResponseDeleteRange:
+			x.ResponseDeleteRange.Header = &kvpb.ResponseHeader{Revision: rev}
+		case *kvpb.ResponseOp_ResponseTxn:
+			setTxnHeaders(x.ResponseTxn, rev)
+		}
+	}
+}
+
+// compareAll evaluates compares as etcd does: every key of a compare's
+// range must satisfy it; a missing key reads as all zero, and a value
+// compare against a missing key is false.
+func compareAll(rd pebble.Reader, cs []*kvpb.Compare, atRev int64) (bool, error) {
+	for _, c := range cs {
+		end, unbounded := rangeEnd(c.GetKey(), c.GetRangeEnd())
+		if unbounded {
+			end = nil
+		}
+		any := false
+		ok := true
+		err := visit(rd, c.GetKey(), end, atRev, func(key []byte, rec record, rev int64) (bool, error) {
+			any = true
+			if !compareKV(c, toKV(key, rec, rev)) {
+				ok = false
+				return false, nil
+			}
+			return true, nil
+		})
+		if err != nil {
+			return false, err
+		}
+		if !any {
+			if c.GetTarget() == kvpb.Compare_VALUE {
+				return false, nil
+			}
+			ok = compareKV(c, &kvpb.KeyValue{})
+		}
+		if !ok {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+func compareKV(c *kvpb.Compare, kv *kvpb.KeyValue) bool {
+	var r int
+	cmpInt := func(a, b int64) int {
+		switch {
+		case a < b:
+			return -1
+		case a > b:
+			return 1
+		}
+		return 0
+	}
+	switch c.GetTarget() {
+	case kvpb.Compare_VALUE:
+		r = bytes.Compare(kv.GetValue(), c.GetValue())
+	case kvpb.Compare_VERSION:
+		r = cmpInt(kv.GetVersion(), c.GetVersion())
+	case kvpb.Compare_CREATE:
+		r = cmpInt(kv.GetCreateRevision(), c.GetCreateRevision())
+	case kvpb.Compare_MOD:
+		r = cmpInt(kv.GetModRevision(), c.GetModRevision())
+	case kvpb.Compare_LEASE:
+		r = cmpInt(kv.GetLease(), c.GetLease())
+	}
+	switch c.GetResult() {
+	case kvpb.Compare_EQUAL:
+		return r == 0
+	case kvpb.Compare_NOT_EQUAL:
+		return r != 0
+	case kvpb.Compare_GREATER:
+		return r > 0
+	case kvpb.Compare_LESS:
+		return r < 0
+	}
+	return false
+}

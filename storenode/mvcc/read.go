@@ -1,0 +1,139 @@
+package mvcc
+
+import (
+	"bytes"
+	"sort"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/basaltdb/basalt/proto/kvpb"
+	"github.com/basaltdb/basalt/region"
+)
+
+// Range serves a read of region r at the request's revision (0: the
+// region's latest). readable is the highest revision the caller vouches
+// the region holds every write at or below (its last applied revision, or
+// a resolved revision above it); asking for more is ErrFutureRev. The
+// caller has confirmed it may read (raftstore.ReadIndex) and checks the
+// guard afterwards.
+func (m *MVCC) Range(r *Region, req *kvpb.RangeRequest, readable int64) (*kvpb.RangeResponse, error) {
+	if err := m.limits.ValidateRange(req); err != nil {
+		return nil, err
+	}
+	desc := r.Desc()
+	if !inRegion(desc, req.GetKey(), req.GetRangeEnd()) {
+		return nil, region.KeyNotInRegion(req.GetKey(), desc)
+	}
+	rev := req.GetRevision()
+	if rev == 0 {
+		rev = r.Revision()
+	}
+	if rev > max(readable, r.Revision()) {
+		return nil, ErrFutureRev
+	}
+	if rev < r.CompactRevision() {
+		return nil, ErrCompacted
+	}
+	return rangeAt(m.db, req, rev)
+}
+
+// rangeAt reads [key, range_end) at rev with etcd's semantics: count is
+// every live key of the range; the min/max revision filters, sorting and
+// limit apply to the returned keys; more says the limit cut some off.
+func rangeAt(rd pebble.Reader, req *kvpb.RangeRequest, rev int64) (*kvpb.RangeResponse, error) {
+	end, unbounded := rangeEnd(req.GetKey(), req.GetRangeEnd())
+	if unbounded {
+		end = nil
+	}
+	filtering := req.GetMinModRevision() != 0 || req.GetMaxModRevision() != 0 ||
+		req.GetMinCreateRevision() != 0 || req.GetMaxCreateRevision() != 0
+	sortOrder := req.GetSortOrder()
+	switch {
+	case req.GetSortTarget() != kvpb.RangeRequest_KEY && sortOrder == kvpb.RangeRequest_NONE:
+		sortOrder = kvpb.RangeRequest_ASCEND
+	case req.GetSortTarget() == kvpb.RangeRequest_KEY && sortOrder == kvpb.RangeRequest_ASCEND:
+		sortOrder = kvpb.RangeRequest_NONE // keys come in ascending order
+	}
+	// Without filters or sorting, keys past limit+1 need not be collected.
+	collectAll := filtering || sortOrder != kvpb.RangeRequest_NONE || req.GetLimit() == 0
+	resp := &kvpb.RangeResponse{Header: &kvpb.ResponseHeader{Revision: rev}}
+	var count int64
+	err := visit(rd, req.GetKey(), end, rev, func(key []byte, rec record, modRev int64) (bool, error) {
+		count++
+		if req.GetCountOnly() {
+			return true, nil
+		}
+		if !collectAll && int64(len(resp.Kvs)) > req.GetLimit() {
+			return true, nil
+		}
+		kv := toKV(key, rec, modRev)
+		if keep(req, kv) {
+			if req.GetKeysOnly() {
+				kv.Value = nil
+			}
+			resp.Kvs = append(resp.Kvs, kv)
+		}
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp.Count = count
+	if sortOrder != kvpb.RangeRequest_NONE {
+		sortKVs(resp.Kvs, req.GetSortTarget(), sortOrder == kvpb.RangeRequest_DESCEND)
+	}
+	if l := req.GetLimit(); l > 0 && int64(len(resp.Kvs)) > l {
+		resp.Kvs = resp.Kvs[:l]
+		resp.More = true
+	}
+	return resp, nil
+}
+
+func keep(req *kvpb.RangeRequest, kv *kvpb.KeyValue) bool {
+	switch {
+	case req.GetMaxModRevision() != 0 && kv.GetModRevision() > req.GetMaxModRevision():
+		return false
+	case req.GetMinModRevision() != 0 && kv.GetModRevision() < req.GetMinModRevision():
+		return false
+	case req.GetMaxCreateRevision() != 0 && kv.GetCreateRevision() > req.GetMaxCreateRevision():
+		return false
+	case req.GetMinCreateRevision() != 0 && kv.GetCreateRevision() < req.GetMinCreateRevision():
+		return false
+	}
+	return true
+}
+
+// sortKVs sorts by target; ties keep key order, so results are the same on
+// every replica.
+func sortKVs(kvs []*kvpb.KeyValue, target kvpb.RangeRequest_SortTarget, desc bool) {
+	cmp := func(a, b *kvpb.KeyValue) int {
+		switch target {
+		case kvpb.RangeRequest_VERSION:
+			return cmpInt(a.GetVersion(), b.GetVersion())
+		case kvpb.RangeRequest_CREATE:
+			return cmpInt(a.GetCreateRevision(), b.GetCreateRevision())
+		case kvpb.RangeRequest_MOD:
+			return cmpInt(a.GetModRevision(), b.GetModRevision())
+		case kvpb.RangeRequest_VALUE:
+			return bytes.Compare(a.GetValue(), b.GetValue())
+		}
+		return bytes.Compare(a.GetKey(), b.GetKey())
+	}
+	sort.SliceStable(kvs, func(i, j int) bool {
+		c := cmp(kvs[i], kvs[j])
+		if desc {
+			return c > 0
+		}
+		return c < 0
+	})
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
