@@ -73,6 +73,27 @@ func (pr *proposal) wait(ctx context.Context) (any, error) {
 // EpochNotMatch. Errors are region errors (retryable after a cache update),
 // or the context's error, in which case the command may or may not apply.
 func (s *Store) Propose(ctx context.Context, regionID uint64, epoch *metapb.RegionEpoch, data []byte) (any, error) {
+	pd, err := s.ProposeAsync(regionID, epoch, data)
+	if err != nil {
+		return nil, err
+	}
+	return pd.Wait(ctx)
+}
+
+// Pending is a proposal handed to a region, waiting to apply.
+type Pending struct{ pr *proposal }
+
+// Wait returns what Propose would. It returns the context's error if ctx
+// ends first; the proposal may still apply later.
+func (p *Pending) Wait(ctx context.Context) (any, error) { return p.pr.wait(ctx) }
+
+// Done is closed once the proposal applied or certainly will not.
+func (p *Pending) Done() <-chan struct{} { return p.pr.done }
+
+// ProposeAsync hands data to regionID's replica on this store and returns
+// at once. Proposals made by one goroutine reach the log in the order they
+// were made (the sequencer relies on this to keep revisions in order).
+func (s *Store) ProposeAsync(regionID uint64, epoch *metapb.RegionEpoch, data []byte) (*Pending, error) {
 	if len(data)+envelopeLen > s.cfg.MaxEntryBytes {
 		return nil, region.RaftEntryTooLarge(regionID, uint64(len(data)))
 	}
@@ -84,7 +105,7 @@ func (s *Store) Propose(ctx context.Context, regionID uint64, epoch *metapb.Regi
 	if !p.push(func(mb *mailbox) { mb.props = append(mb.props, pr) }) {
 		return nil, region.RegionNotFound(regionID)
 	}
-	return pr.wait(ctx)
+	return &Pending{pr: pr}, nil
 }
 
 // ChangePeers changes regionID's membership: one change is applied as a

@@ -18,10 +18,11 @@ type tsoBatcher struct {
 }
 
 type tsoRequest struct {
-	ctx  context.Context
-	ts   uint64
-	err  error
-	done chan struct{}
+	ctx   context.Context
+	count uint32 // timestamps wanted
+	ts    uint64 // the first
+	err   error
+	done  chan struct{}
 }
 
 func newTSOBatcher(c *Client) *tsoBatcher {
@@ -30,8 +31,15 @@ func newTSOBatcher(c *Client) *tsoBatcher {
 
 // GetTS returns a new timestamp, larger than every timestamp any caller
 // obtained before this call started.
-func (c *Client) GetTS(ctx context.Context) (uint64, error) {
-	r := &tsoRequest{ctx: ctx, done: make(chan struct{})}
+func (c *Client) GetTS(ctx context.Context) (uint64, error) { return c.GetTSRange(ctx, 1) }
+
+// GetTSRange returns the first of n consecutive new timestamps
+// (1 <= n <= 4096), all larger than any timestamp obtained before the call.
+func (c *Client) GetTSRange(ctx context.Context, n uint32) (uint64, error) {
+	if n == 0 || n > 4096 {
+		return 0, fmt.Errorf("pdclient: GetTSRange wants 1 to 4096 timestamps, not %d", n)
+	}
+	r := &tsoRequest{ctx: ctx, count: n, done: make(chan struct{})}
 	select {
 	case c.tso.reqs <- r:
 	case <-ctx.Done():
@@ -67,18 +75,21 @@ func (b *tsoBatcher) run() {
 	batch := make([]*tsoRequest, 0, b.c.opts.MaxTSOBatch)
 	for {
 		batch = batch[:0]
+		total := 0
 		select {
 		case <-b.stopc:
 			b.drain(ErrClosed)
 			return
 		case r := <-b.reqs:
 			batch = append(batch, r)
+			total += int(r.count)
 		}
 	collect:
-		for len(batch) < b.c.opts.MaxTSOBatch {
+		for total < b.c.opts.MaxTSOBatch {
 			select {
 			case r := <-b.reqs:
 				batch = append(batch, r)
+				total += int(r.count)
 			default:
 				break collect
 			}
@@ -118,7 +129,11 @@ func (b *tsoBatcher) run() {
 					continue
 				}
 			}
-			last, err := b.fetch(stream, uint32(len(batch)))
+			want := uint32(0)
+			for _, r := range batch {
+				want += r.count
+			}
+			last, err := b.fetch(stream, want)
 			if err != nil {
 				cancelStream()
 				stream, cancelStream = nil, nil
@@ -133,9 +148,10 @@ func (b *tsoBatcher) run() {
 				}
 				continue
 			}
-			first := last - uint64(len(batch)) + 1
-			for i, r := range batch {
-				r.ts = first + uint64(i)
+			next := last - uint64(want) + 1
+			for _, r := range batch {
+				r.ts = next
+				next += uint64(r.count)
 				close(r.done)
 			}
 			break

@@ -119,13 +119,16 @@ func (m *MVCC) Apply(ab *raftstore.ApplyBatch, c raftstore.Command) any {
 		}
 		return &WriteResult{Revision: st.compactRev}
 	case *kvpb.WriteCommand_Gc:
+		// Deterministic whatever the leader's view: each version is checked
+		// against this replica's data as it was before the batch (all are
+		// judged first, then deleted).
+		var garbage [][]byte
 		for _, k := range op.Gc.GetKeys() {
-			// Deterministic whatever the leader's view: only versions the
-			// compaction revision made garbage may go.
-			if _, rev, err := decodeVersionKey(k); err != nil || rev >= st.compactRev ||
-				!region.ContainsKey(c.Region, mustUserKey(k)) {
-				continue
+			if region.ContainsKey(c.Region, mustUserKey(k)) && isGarbage(ab, k, st.compactRev) {
+				garbage = append(garbage, k)
 			}
+		}
+		for _, k := range garbage {
 			if err := ab.Delete(k, nil); err != nil {
 				panic(err)
 			}
