@@ -5,6 +5,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/basaltdb/basalt/proto/metapb"
 	rspb "github.com/basaltdb/basalt/proto/raftserverpb"
 )
 
@@ -89,6 +90,33 @@ func mkdirAllDurable(fs vfs.FS, dir string) error {
 		return nil
 	}
 	return syncDir(fs, parent)
+}
+
+// SavePrepareBootstrap records, synced, the first region this store is about
+// to ask PD to bootstrap the cluster with: after a crash between that and
+// creating the region locally, the restart knows which region it was.
+func (e *Engine) SavePrepareBootstrap(r *metapb.Region) error {
+	v, err := proto.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return e.DB.Set([]byte(prepareBootstrapKey), v, pebble.Sync)
+}
+
+// LoadPrepareBootstrap returns the region SavePrepareBootstrap recorded, or
+// nil.
+func (e *Engine) LoadPrepareBootstrap() (*metapb.Region, error) {
+	r := &metapb.Region{}
+	ok, err := getProto(e.DB, []byte(prepareBootstrapKey), r)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return r, nil
+}
+
+// ClearPrepareBootstrap forgets the recorded bootstrap region.
+func (e *Engine) ClearPrepareBootstrap() error {
+	return e.DB.Delete([]byte(prepareBootstrapKey), pebble.Sync)
 }
 
 type quietPebbleLogger struct{}

@@ -12,6 +12,7 @@ import (
 //
 //	key                                   value                     written
 //	0x00 'i'                              StoreIdent                once, synced
+//	0x00 'b'                              metapb.Region             while bootstrapping the cluster
 //	0x01 | regionID | 0x01                raftpb.HardState          raft batch, synced
 //	0x01 | regionID | 0x02 | index        log entry (encodeEntry)   raft batch, synced
 //	0x01 | regionID | 0x03                RaftTruncatedState        apply batch or snapshot
@@ -31,7 +32,8 @@ import (
 //   - Log truncation rides in the apply batch after the applied index that
 //     covers it, so a truncation never survives a crash that lost the applies.
 const (
-	storeIdentKey = "\x00i"
+	storeIdentKey       = "\x00i"
+	prepareBootstrapKey = "\x00b"
 
 	raftLocalPrefix  = 0x01
 	regionMetaPrefix = 0x02

@@ -634,6 +634,69 @@ func (s *Store) Regions() []*RegionStatus {
 	return out
 }
 
+// LeaderStats is what a region's leader reports about its replicas.
+type LeaderStats struct {
+	Region *metapb.Region
+	Leader *metapb.Peer
+	Term   uint64
+	// DownPeers: not heard from for DownPeerTicks; DownFor is how long.
+	DownPeers []*metapb.Peer
+	DownFor   []time.Duration
+	// PendingPeers: behind the leader's commit index (catching up).
+	PendingPeers []*metapb.Peer
+}
+
+// LeaderStats returns the replica health of regionID, if this store leads it.
+func (s *Store) LeaderStats(ctx context.Context, regionID uint64) (*LeaderStats, error) {
+	p := s.getPeer(regionID)
+	if p == nil {
+		return nil, region.RegionNotFound(regionID)
+	}
+	ch := make(chan *LeaderStats, 1)
+	if !p.pushOp(func(p *peer) { ch <- p.leaderStats() }) {
+		return nil, region.RegionNotFound(regionID)
+	}
+	select {
+	case ls := <-ch:
+		if ls == nil {
+			return nil, region.NotLeader(regionID, nil)
+		}
+		return ls, nil
+	case <-p.closed:
+		return nil, region.RegionNotFound(regionID)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (p *peer) leaderStats() *LeaderStats {
+	if !p.isLeader() {
+		return nil
+	}
+	st := p.rn.Status()
+	ls := &LeaderStats{Region: p.region, Leader: p.selfPeer(), Term: st.GetTerm()}
+	tick := p.store.cfg.TickInterval
+	for id, pr := range st.Progress {
+		if id == p.peerID {
+			continue
+		}
+		m := region.FindPeerByID(p.region, id)
+		if m == nil {
+			continue
+		}
+		heard, known := p.hib.lastHeard[id]
+		if since := p.hib.ticks - heard; !known || since >= uint64(p.store.cfg.DownPeerTicks) {
+			ls.DownPeers = append(ls.DownPeers, m)
+			ls.DownFor = append(ls.DownFor, time.Duration(since)*tick)
+			continue
+		}
+		if pr.Match < st.GetCommit() {
+			ls.PendingPeers = append(ls.PendingPeers, m)
+		}
+	}
+	return ls
+}
+
 // StoreID returns this store's ID.
 func (s *Store) StoreID() uint64 { return s.cfg.StoreID }
 

@@ -455,3 +455,26 @@ func (c *Client) UpdateCompactRevision(ctx context.Context, rev uint64) (uint64,
 	})
 	return out, err
 }
+
+// OpenRegionHeartbeat opens a region heartbeat stream to the PD leader.
+// The caller reopens it when it breaks (the leader may have moved).
+func (c *Client) OpenRegionHeartbeat(ctx context.Context) (pdpb.PD_RegionHeartbeatClient, error) {
+	pc, addr, err := c.leaderClient(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s, err := pc.RegionHeartbeat(ctx)
+	if err != nil {
+		c.leaderGone(addr, "")
+		return nil, err
+	}
+	return s, nil
+}
+
+// LeaderGone tells the client the stream it opened to the leader broke, so
+// the next call looks for the leader again.
+func (c *Client) LeaderGone() {
+	c.mu.Lock()
+	c.leader = ""
+	c.mu.Unlock()
+}

@@ -376,7 +376,7 @@ func (w *writer) doDeleteRange(d *kvpb.DeleteRangeRequest) (*kvpb.DeleteRangeRes
 // applies them in order; reads in the transaction see its earlier writes.
 func (w *writer) txn(t *kvpb.TxnRequest) (*kvpb.TxnResponse, error) {
 	if !txnInRegion(w.region, t) {
-		return nil, region.KeyNotInRegion(t.GetCompare()[0].GetKey(), w.region)
+		return nil, region.KeyNotInRegion(txnFirstKey(t), w.region)
 	}
 	path, err := w.choosePath(t)
 	if err != nil {

@@ -137,3 +137,27 @@ func cmpInt(a, b int64) int {
 	}
 	return 0
 }
+
+// ReadTxn evaluates a transaction that writes nothing, at the region's
+// current revision, as a read.
+func (m *MVCC) ReadTxn(r *Region, t *kvpb.TxnRequest) (*kvpb.TxnResponse, error) {
+	desc := r.Desc()
+	if !txnInRegion(desc, t) {
+		return nil, region.KeyNotInRegion(txnFirstKey(t), desc)
+	}
+	rev := r.Revision()
+	w := &writer{m: m, r: m.db, region: desc, rev: rev, prevRev: rev, compactRev: r.CompactRevision()}
+	path, err := w.choosePath(t)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.checkPath(t, path); err != nil {
+		return nil, err
+	}
+	resp, err := w.applyTxn(t, &path)
+	if err != nil {
+		return nil, err
+	}
+	setTxnHeaders(resp, rev)
+	return resp, nil
+}

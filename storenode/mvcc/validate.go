@@ -250,3 +250,25 @@ func txnInRegion(r *metapb.Region, t *kvpb.TxnRequest) bool {
 	}
 	return true
 }
+
+// txnFirstKey names a key of the transaction for error messages.
+func txnFirstKey(t *kvpb.TxnRequest) []byte {
+	if len(t.GetCompare()) > 0 {
+		return t.GetCompare()[0].GetKey()
+	}
+	for _, b := range [][]*kvpb.RequestOp{t.GetSuccess(), t.GetFailure()} {
+		for _, op := range b {
+			switch x := op.GetRequest().(type) {
+			case *kvpb.RequestOp_RequestRange:
+				return x.RequestRange.GetKey()
+			case *kvpb.RequestOp_RequestPut:
+				return x.RequestPut.GetKey()
+			case *kvpb.RequestOp_RequestDeleteRange:
+				return x.RequestDeleteRange.GetKey()
+			case *kvpb.RequestOp_RequestTxn:
+				return txnFirstKey(x.RequestTxn)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,327 @@
+// Package client is Basalt's Go client: it routes each request to the
+// region that holds its key, corrects its routing from the region errors
+// stores return, and retries with backoff within a budget.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/basaltdb/basalt/client/pdclient"
+	"github.com/basaltdb/basalt/proto/errorpb"
+	"github.com/basaltdb/basalt/proto/kvpb"
+	"github.com/basaltdb/basalt/proto/metapb"
+	"github.com/basaltdb/basalt/region"
+)
+
+// Options configure a Client.
+type Options struct {
+	// RetryBudget bounds how long one call retries region errors when its
+	// context has no deadline. Default 20 s.
+	RetryBudget time.Duration
+}
+
+// Client is safe for concurrent use.
+type Client struct {
+	opts Options
+	pd   *pdclient.Client
+
+	mu      sync.Mutex
+	regions *region.RegionTree
+	leaders map[uint64]*metapb.Peer
+	stores  map[uint64]string
+	conns   map[string]*grpc.ClientConn
+}
+
+// New connects to a Basalt cluster through its PD endpoints.
+func New(ctx context.Context, pdEndpoints []string, opts Options) (*Client, error) {
+	if opts.RetryBudget == 0 {
+		opts.RetryBudget = 20 * time.Second
+	}
+	pd, err := pdclient.New(ctx, pdEndpoints, pdclient.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return &Client{opts: opts, pd: pd, regions: region.NewRegionTree(), leaders: map[uint64]*metapb.Peer{},
+		stores: map[uint64]string{}, conns: map[string]*grpc.ClientConn{}}, nil
+}
+
+// PD returns the client's PD client.
+func (c *Client) PD() *pdclient.Client { return c.pd }
+
+// Close closes every connection.
+func (c *Client) Close() {
+	c.mu.Lock()
+	for _, cc := range c.conns {
+		_ = cc.Close()
+	}
+	c.conns = map[string]*grpc.ClientConn{}
+	c.mu.Unlock()
+	c.pd.Close()
+}
+
+// route is where a request for a key goes.
+type route struct {
+	region *metapb.Region
+	leader *metapb.Peer
+	kv     kvpb.KVClient
+}
+
+func (r route) context() *kvpb.Context {
+	return &kvpb.Context{RegionId: r.region.GetId(), RegionEpoch: r.region.GetRegionEpoch(), Peer: r.leader}
+}
+
+// locate returns the cached region holding key, asking PD on a miss.
+func (c *Client) locate(ctx context.Context, key []byte) (route, error) {
+	c.mu.Lock()
+	r := c.regions.Search(key)
+	var leader *metapb.Peer
+	if r != nil {
+		leader = c.leaders[r.GetId()]
+	}
+	c.mu.Unlock()
+	if r == nil || leader == nil {
+		resp, err := c.pd.GetRegion(ctx, key)
+		if err != nil {
+			return route{}, err
+		}
+		if resp.GetRegion() == nil {
+			return route{}, fmt.Errorf("client: no region holds key %q yet", key)
+		}
+		r, leader = resp.GetRegion(), resp.GetLeader()
+		if leader == nil && len(r.GetPeers()) > 0 {
+			leader = r.GetPeers()[0]
+		}
+		c.learn(r, leader)
+	}
+	kv, err := c.storeClient(ctx, leader.GetStoreId())
+	if err != nil {
+		return route{}, err
+	}
+	return route{region: r, leader: leader, kv: kv}, nil
+}
+
+func (c *Client) learn(r *metapb.Region, leader *metapb.Peer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	removed, err := c.regions.Update(r)
+	if err != nil {
+		return
+	}
+	for _, o := range removed {
+		if o.GetId() != r.GetId() {
+			delete(c.leaders, o.GetId())
+		}
+	}
+	if leader != nil {
+		c.leaders[r.GetId()] = leader
+	}
+}
+
+func (c *Client) storeClient(ctx context.Context, storeID uint64) (kvpb.KVClient, error) {
+	c.mu.Lock()
+	addr, ok := c.stores[storeID]
+	c.mu.Unlock()
+	if !ok {
+		st, err := c.pd.GetStore(ctx, storeID)
+		if err != nil {
+			return nil, err
+		}
+		addr = st.GetAddress()
+		c.mu.Lock()
+		c.stores[storeID] = addr
+		c.mu.Unlock()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cc := c.conns[addr]
+	if cc == nil {
+		var err error
+		if cc, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+			return nil, err
+		}
+		c.conns[addr] = cc
+	}
+	return kvpb.NewKVClient(cc), nil
+}
+
+// onRegionError corrects the cache from a region error; it reports whether
+// the call should be retried.
+func (c *Client) onRegionError(rt route, e *errorpb.Error) bool {
+	switch d := e.GetDetail().(type) {
+	case *errorpb.Error_NotLeader:
+		c.mu.Lock()
+		if l := d.NotLeader.GetLeader(); l != nil {
+			c.leaders[rt.region.GetId()] = l
+		} else {
+			delete(c.leaders, rt.region.GetId())
+		}
+		c.mu.Unlock()
+	case *errorpb.Error_EpochNotMatch:
+		c.mu.Lock()
+		c.regions.Remove(rt.region.GetId())
+		delete(c.leaders, rt.region.GetId())
+		c.mu.Unlock()
+		for _, r := range d.EpochNotMatch.GetCurrentRegions() {
+			c.learn(r, nil)
+		}
+	case *errorpb.Error_StoreNotMatch:
+		c.mu.Lock()
+		delete(c.stores, d.StoreNotMatch.GetRequestStoreId())
+		delete(c.leaders, rt.region.GetId())
+		c.mu.Unlock()
+	default:
+		c.mu.Lock()
+		c.regions.Remove(rt.region.GetId())
+		delete(c.leaders, rt.region.GetId())
+		c.mu.Unlock()
+	}
+	return true
+}
+
+// do runs call against the region holding key, retrying region errors
+// (which guarantee nothing was applied) with backoff until the budget ends.
+// Transport failures are retried only for reads: a write may have applied.
+func (c *Client) do(ctx context.Context, key []byte, read bool, call func(context.Context, route) (*kvpb.ResponseHeader, error)) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.opts.RetryBudget)
+		defer cancel()
+	}
+	var last error
+	for attempt := 0; ; attempt++ {
+		rt, err := c.locate(ctx, key)
+		if err == nil {
+			var h *kvpb.ResponseHeader
+			h, err = call(ctx, rt)
+			if err == nil && h.GetRegionError() == nil {
+				return nil
+			}
+			if err == nil {
+				c.onRegionError(rt, h.GetRegionError())
+				err = region.FromProto(h.GetRegionError())
+			} else if !read || !retryableTransport(err) {
+				return err
+			} else {
+				c.mu.Lock()
+				delete(c.leaders, rt.region.GetId())
+				delete(c.stores, rt.leader.GetStoreId())
+				c.mu.Unlock()
+			}
+		}
+		last = err
+		if err := backoff(ctx, attempt); err != nil {
+			return fmt.Errorf("client: gave up: %w (last error: %v)", err, last)
+		}
+	}
+}
+
+func backoff(ctx context.Context, attempt int) error {
+	d := min(5*time.Millisecond<<min(attempt, 7), 500*time.Millisecond)
+	d = d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Put writes key=value.
+func (c *Client) Put(ctx context.Context, req *kvpb.PutRequest) (*kvpb.PutResponse, error) {
+	var out *kvpb.PutResponse
+	err := c.do(ctx, req.GetKey(), false, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
+		r := proto.Clone(req).(*kvpb.PutRequest)
+		r.Context = rt.context()
+		resp, err := rt.kv.Put(ctx, r)
+		out = resp
+		return resp.GetHeader(), err
+	})
+	return out, err
+}
+
+// DeleteRange deletes a key or a range within one region.
+func (c *Client) DeleteRange(ctx context.Context, req *kvpb.DeleteRangeRequest) (*kvpb.DeleteRangeResponse, error) {
+	var out *kvpb.DeleteRangeResponse
+	err := c.do(ctx, req.GetKey(), false, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
+		r := proto.Clone(req).(*kvpb.DeleteRangeRequest)
+		r.Context = rt.context()
+		resp, err := rt.kv.DeleteRange(ctx, r)
+		out = resp
+		return resp.GetHeader(), err
+	})
+	return out, err
+}
+
+// Range reads a key or a range within one region.
+func (c *Client) Range(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.RangeResponse, error) {
+	var out *kvpb.RangeResponse
+	err := c.do(ctx, req.GetKey(), true, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
+		r := proto.Clone(req).(*kvpb.RangeRequest)
+		r.Context = rt.context()
+		resp, err := rt.kv.Range(ctx, r)
+		out = resp
+		return resp.GetHeader(), err
+	})
+	return out, err
+}
+
+// Txn runs a single-region transaction.
+func (c *Client) Txn(ctx context.Context, req *kvpb.TxnRequest) (*kvpb.TxnResponse, error) {
+	key := txnKey(req)
+	if key == nil {
+		return nil, errors.New("client: a transaction needs at least one key")
+	}
+	var out *kvpb.TxnResponse
+	err := c.do(ctx, key, false, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
+		r := proto.Clone(req).(*kvpb.TxnRequest)
+		r.Context = rt.context()
+		resp, err := rt.kv.Txn(ctx, r)
+		out = resp
+		return resp.GetHeader(), err
+	})
+	return out, err
+}
+
+// Compact compacts the cluster at rev.
+func (c *Client) Compact(ctx context.Context, rev int64, physical bool) error {
+	rt, err := c.locate(ctx, []byte{0})
+	if err != nil {
+		return err
+	}
+	_, err = rt.kv.Compact(ctx, &kvpb.CompactRequest{Revision: rev, Physical: physical})
+	return err
+}
+
+func txnKey(t *kvpb.TxnRequest) []byte {
+	if len(t.GetCompare()) > 0 {
+		return t.GetCompare()[0].GetKey()
+	}
+	for _, b := range [][]*kvpb.RequestOp{t.GetSuccess(), t.GetFailure()} {
+		for _, op := range b {
+			switch x := op.GetRequest().(type) {
+			case *kvpb.RequestOp_RequestRange:
+				return x.RequestRange.GetKey()
+			case *kvpb.RequestOp_RequestPut:
+				return x.RequestPut.GetKey()
+			case *kvpb.RequestOp_RequestDeleteRange:
+				return x.RequestDeleteRange.GetKey()
+			case *kvpb.RequestOp_RequestTxn:
+				if k := txnKey(x.RequestTxn); k != nil {
+					return k
+				}
+			}
+		}
+	}
+	return nil
+}

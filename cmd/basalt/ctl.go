@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/basaltdb/basalt/client"
+	"github.com/basaltdb/basalt/proto/kvpb"
+)
+
+// ctl is the command-line client, with etcdctl's habits: errors are one
+// line on stderr and a non-zero exit.
+func ctlCmd() *cobra.Command {
+	var pdAddr, output string
+	var timeout time.Duration
+	root := &cobra.Command{Use: "ctl", Short: "Talk to a Basalt cluster"}
+	pf := root.PersistentFlags()
+	pf.StringVar(&pdAddr, "pd", "127.0.0.1:2379", "PD client addresses, comma separated")
+	pf.StringVarP(&output, "write-out", "w", "simple", "output: simple or json")
+	pf.DurationVar(&timeout, "timeout", 10*time.Second, "how long one command may take")
+
+	connect := func() (*client.Client, context.Context, context.CancelFunc, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		c, err := client.New(ctx, strings.Split(pdAddr, ","), client.Options{})
+		if err != nil {
+			cancel()
+			return nil, nil, nil, err
+		}
+		return c, ctx, cancel, nil
+	}
+	printJSON := func(w io.Writer, v any) error {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+
+	var prevKV bool
+	var lease int64
+	put := &cobra.Command{
+		Use: "put KEY VALUE", Short: "Write a key", Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, ctx, cancel, err := connect()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			resp, err := c.Put(ctx, &kvpb.PutRequest{Key: []byte(args[0]), Value: []byte(args[1]), PrevKv: prevKV, Lease: lease})
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return printJSON(cmd.OutOrStdout(), resp)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "OK")
+			if pk := resp.GetPrevKv(); pk != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\n%s\n", pk.GetKey(), pk.GetValue())
+			}
+			return nil
+		},
+	}
+	put.Flags().BoolVar(&prevKV, "prev-kv", false, "print the previous value")
+	put.Flags().Int64Var(&lease, "lease", 0, "attach the key to this lease (hex or decimal ID)")
+
+	var prefix, keysOnly, countOnly bool
+	var rangeEnd string
+	var rev, limit int64
+	get := &cobra.Command{
+		Use: "get KEY", Short: "Read a key or a range", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, ctx, cancel, err := connect()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			req := &kvpb.RangeRequest{Key: []byte(args[0]), Revision: rev, Limit: limit, KeysOnly: keysOnly, CountOnly: countOnly}
+			switch {
+			case prefix:
+				req.RangeEnd = prefixEnd([]byte(args[0]))
+			case rangeEnd != "":
+				req.RangeEnd = []byte(rangeEnd)
+			}
+			resp, err := c.Range(ctx, req)
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return printJSON(cmd.OutOrStdout(), resp)
+			}
+			if countOnly {
+				fmt.Fprintln(cmd.OutOrStdout(), resp.GetCount())
+				return nil
+			}
+			for _, kv := range resp.GetKvs() {
+				fmt.Fprintln(cmd.OutOrStdout(), string(kv.GetKey()))
+				if !keysOnly {
+					fmt.Fprintln(cmd.OutOrStdout(), string(kv.GetValue()))
+				}
+			}
+			return nil
+		},
+	}
+	gf := get.Flags()
+	gf.BoolVar(&prefix, "prefix", false, "every key with KEY as prefix")
+	gf.StringVar(&rangeEnd, "range-end", "", "read [KEY, END)")
+	gf.Int64Var(&rev, "rev", 0, "read at this revision")
+	gf.Int64Var(&limit, "limit", 0, "return at most this many keys")
+	gf.BoolVar(&keysOnly, "keys-only", false, "print keys only")
+	gf.BoolVar(&countOnly, "count-only", false, "print the number of keys only")
+
+	var delPrefix, delPrev bool
+	del := &cobra.Command{
+		Use: "del KEY", Short: "Delete a key or every key with a prefix", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, ctx, cancel, err := connect()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			req := &kvpb.DeleteRangeRequest{Key: []byte(args[0]), PrevKv: delPrev}
+			if delPrefix {
+				req.RangeEnd = prefixEnd([]byte(args[0]))
+			}
+			resp, err := c.DeleteRange(ctx, req)
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return printJSON(cmd.OutOrStdout(), resp)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), resp.GetDeleted())
+			return nil
+		},
+	}
+	del.Flags().BoolVar(&delPrefix, "prefix", false, "delete every key with KEY as prefix")
+	del.Flags().BoolVar(&delPrev, "prev-kv", false, "print the deleted keys")
+
+	var physical bool
+	compact := &cobra.Command{
+		Use: "compact REVISION", Short: "Discard history before a revision", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var r int64
+			if _, err := fmt.Sscan(args[0], &r); err != nil {
+				return fmt.Errorf("revision %q is not a number", args[0])
+			}
+			c, ctx, cancel, err := connect()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			if err := c.Compact(ctx, r, physical); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "compacted revision %d\n", r)
+			return nil
+		},
+	}
+	compact.Flags().BoolVar(&physical, "physical", false, "wait until the history is gone from this store")
+
+	pdGet := func(path string) *cobra.Command {
+		return &cobra.Command{
+			Use: "list", Short: "List " + strings.TrimPrefix(path, "/pd/api/v1/"),
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				var v any
+				if err := getJSON("http://"+strings.Split(pdAddr, ",")[0]+path, &v); err != nil {
+					return err
+				}
+				return printJSON(cmd.OutOrStdout(), v)
+			},
+		}
+	}
+	member := &cobra.Command{Use: "member", Short: "PD members"}
+	member.AddCommand(pdGet("/pd/api/v1/members"))
+	store := &cobra.Command{Use: "store", Short: "Stores"}
+	store.AddCommand(pdGet("/pd/api/v1/stores"))
+	reg := &cobra.Command{Use: "region", Short: "Regions"}
+	reg.AddCommand(pdGet("/pd/api/v1/regions"))
+
+	root.AddCommand(put, get, del, compact, member, store, reg)
+	return root
+}
+
+func prefixEnd(k []byte) []byte {
+	e := append([]byte(nil), k...)
+	for i := len(e) - 1; i >= 0; i-- {
+		if e[i] < 0xff {
+			e[i]++
+			return e[:i+1]
+		}
+	}
+	return []byte{0}
+}
+
+var _ = errors.New

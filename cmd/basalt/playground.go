@@ -1,0 +1,284 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// The playground runs a whole cluster on this machine as child processes of
+// this binary: PD members first, then stores.
+func playgroundCmd() *cobra.Command {
+	var (
+		dir, pdAddr string
+		pds, stores int
+		storePort   int
+	)
+	cmd := &cobra.Command{
+		Use:   "playground",
+		Short: "Run a local cluster (PD and stores) until interrupted",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if pds != 1 && pds != 3 && pds != 5 {
+				return errors.New("--pd must be 1, 3 or 5")
+			}
+			if stores < 1 {
+				return errors.New("--stores must be at least 1")
+			}
+			temp := dir == ""
+			if temp {
+				d, err := os.MkdirTemp("", "basalt-playground-")
+				if err != nil {
+					return err
+				}
+				dir = d
+			}
+			pg := &playground{dir: dir, out: cmd.OutOrStdout()}
+			err := pg.run(pdAddr, pds, stores, storePort)
+			pg.stop()
+			if temp {
+				_ = os.RemoveAll(dir)
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "dir", "", "data directory (default: a temporary directory, removed on exit)")
+	f.IntVar(&pds, "pd", 1, "PD members: 1, 3 or 5")
+	f.IntVar(&stores, "stores", 3, "stores")
+	f.StringVar(&pdAddr, "pd-addr", "127.0.0.1:2379", "first PD member's client address; members use the ports after it (port 0: free ports)")
+	f.IntVar(&storePort, "store-port", 20160, "first store's port; stores use the ports after it (0: free ports)")
+	return cmd
+}
+
+type playground struct {
+	dir string
+	out interface{ Write([]byte) (int, error) }
+
+	mu    sync.Mutex
+	procs []*exec.Cmd
+	died  chan string
+}
+
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (pg *playground) run(pdAddr string, pds, stores, storePort int) error {
+	pg.died = make(chan string, 16)
+	host, portStr, err := net.SplitHostPort(pdAddr)
+	if err != nil {
+		return fmt.Errorf("--pd-addr: %w", err)
+	}
+	base, err := strconv.Atoi(portStr)
+	if err != nil {
+		return fmt.Errorf("--pd-addr port: %w", err)
+	}
+	port := func(i int, fixed int) (int, error) {
+		if fixed == 0 {
+			return freePort(host)
+		}
+		return fixed + i, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var clientAddrs, initial []string
+	type member struct{ name, client, peer string }
+	var members []member
+	for i := 0; i < pds; i++ {
+		cp, err := port(2*i, base)
+		if err != nil {
+			return err
+		}
+		pp, err := port(2*i+1, base)
+		if err != nil {
+			return err
+		}
+		m := member{fmt.Sprintf("pd%d", i+1), net.JoinHostPort(host, strconv.Itoa(cp)), net.JoinHostPort(host, strconv.Itoa(pp))}
+		members = append(members, m)
+		clientAddrs = append(clientAddrs, m.client)
+		initial = append(initial, m.name+"="+m.peer)
+	}
+	replicas := min(stores, 3)
+	for _, m := range members {
+		if err := pg.spawn(m.name, exe, "pd", "--name", m.name, "--data-dir", filepath.Join(pg.dir, m.name),
+			"--client-addr", m.client, "--peer-addr", m.peer, "--initial-cluster", strings.Join(initial, ","),
+			"--max-replicas", strconv.Itoa(replicas)); err != nil {
+			return err
+		}
+	}
+	if err := pg.waitPD(clientAddrs); err != nil {
+		return err
+	}
+	var storeAddrs []string
+	for i := 0; i < stores; i++ {
+		sp, err := port(i, storePort)
+		if err != nil {
+			return err
+		}
+		addr := net.JoinHostPort(host, strconv.Itoa(sp))
+		storeAddrs = append(storeAddrs, addr)
+		name := fmt.Sprintf("store%d", i+1)
+		if err := pg.spawn(name, exe, "store", "--data-dir", filepath.Join(pg.dir, name), "--addr", addr,
+			"--pd", strings.Join(clientAddrs, ","), "--heartbeat-interval", "2s"); err != nil {
+			return err
+		}
+	}
+	if err := pg.waitReady(clientAddrs[0], stores); err != nil {
+		return err
+	}
+	fmt.Fprintf(pg.out, "PD:     %s\n", strings.Join(clientAddrs, ","))
+	for i, a := range storeAddrs {
+		fmt.Fprintf(pg.out, "store%d: %s\n", i+1, a)
+	}
+	fmt.Fprintf(pg.out, "data:   %s\n", pg.dir)
+	fmt.Fprintln(pg.out, "basalt playground ready")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	select {
+	case <-sig:
+		fmt.Fprintln(pg.out, "stopping")
+		return nil
+	case name := <-pg.died:
+		return fmt.Errorf("%s exited; its log is %s", name, filepath.Join(pg.dir, name+".log"))
+	}
+}
+
+// spawn starts one child, its output in <dir>/<name>.log.
+func (pg *playground) spawn(name, exe string, args ...string) error {
+	if err := os.MkdirAll(pg.dir, 0o755); err != nil {
+		return err
+	}
+	logf, err := os.Create(filepath.Join(pg.dir, name+".log"))
+	if err != nil {
+		return err
+	}
+	c := exec.Command(exe, args...)
+	c.Stdout, c.Stderr = logf, logf
+	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := c.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	pg.mu.Lock()
+	pg.procs = append(pg.procs, c)
+	pg.mu.Unlock()
+	go func() {
+		_ = c.Wait()
+		logf.Close()
+		select {
+		case pg.died <- name:
+		default:
+		}
+	}()
+	return nil
+}
+
+func getJSON(url string, v any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+func (pg *playground) waitPD(addrs []string) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		var m struct {
+			Leader *struct{ Name string } `json:"leader"`
+		}
+		if getJSON("http://"+addrs[0]+"/pd/api/v1/members", &m) == nil && m.Leader != nil {
+			return nil
+		}
+		select {
+		case name := <-pg.died:
+			return fmt.Errorf("%s exited while starting; its log is %s", name, filepath.Join(pg.dir, name+".log"))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return errors.New("PD did not elect a leader within 60 s")
+}
+
+// waitReady waits until every store is up in PD and the first region has
+// a leader.
+func (pg *playground) waitReady(pdAddr string, stores int) error {
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		var ss struct {
+			Stores []struct{ State string } `json:"stores"`
+		}
+		var rs struct {
+			Regions []struct {
+				Leader *struct{ Id uint64 } `json:"leader"`
+			} `json:"regions"`
+		}
+		if getJSON("http://"+pdAddr+"/pd/api/v1/stores", &ss) == nil && getJSON("http://"+pdAddr+"/pd/api/v1/regions", &rs) == nil {
+			up := 0
+			for _, s := range ss.Stores {
+				if s.State == "Up" {
+					up++
+				}
+			}
+			if up == stores && len(rs.Regions) > 0 && rs.Regions[0].Leader != nil {
+				return nil
+			}
+		}
+		select {
+		case name := <-pg.died:
+			return fmt.Errorf("%s exited while starting; its log is %s", name, filepath.Join(pg.dir, name+".log"))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("the cluster was not ready within 90 s; logs are in %s", pg.dir)
+}
+
+// stop ends every child: SIGTERM, then SIGKILL for any still running after
+// 15 s.
+func (pg *playground) stop() {
+	pg.mu.Lock()
+	procs := pg.procs
+	pg.procs = nil
+	pg.mu.Unlock()
+	for i := len(procs) - 1; i >= 0; i-- {
+		_ = procs[i].Process.Signal(syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for _, p := range procs {
+		for p.ProcessState == nil && time.Now().Before(deadline) {
+			if err := p.Process.Signal(syscall.Signal(0)); err != nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		_ = p.Process.Kill()
+	}
+}

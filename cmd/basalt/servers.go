@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/basaltdb/basalt/pd"
+	"github.com/basaltdb/basalt/raftstore"
+	"github.com/basaltdb/basalt/storenode"
+)
+
+// fsyncPs is how many extra Ps a store or PD process gets: threads blocked
+// in fsync keep their P until the runtime takes it back, which can leave
+// the CPU idle while work waits (docs/raftstore.md).
+const fsyncPs = 2
+
+func tuneGOMAXPROCS() {
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(runtime.NumCPU() + fsyncPs)
+	}
+}
+
+func logger(level string) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+// untilSignal runs until SIGINT or SIGTERM.
+func untilSignal() {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+	<-ch
+}
+
+func pdCmd() *cobra.Command {
+	var (
+		name, dataDir, clientAddr, peerAddr, advertise, initial, logLevel string
+		maxReplicas                                                       int
+		maxStoreDown                                                      time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "pd",
+		Short: "Run a placement driver member",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			tuneGOMAXPROCS()
+			if initial == "" {
+				initial = name + "=" + peerAddr
+			}
+			sc := pd.DefaultScheduleConfig()
+			sc.MaxReplicas = maxReplicas
+			sc.MaxStoreDownTime = pd.Duration{Duration: maxStoreDown}
+			s, err := pd.NewServer(pd.Config{
+				Name: name, DataDir: dataDir, ClientAddr: clientAddr, PeerAddr: peerAddr,
+				AdvertiseClientAddr: advertise, InitialCluster: initial, Schedule: sc,
+				Logger: logger(logLevel),
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "pd %s serving on %s (peer %s)\n", name, s.ClientAddr(), peerAddr)
+			untilSignal()
+			s.Close()
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&name, "name", "pd1", "this member's name in --initial-cluster")
+	f.StringVar(&dataDir, "data-dir", "pd-data", "where the member keeps its data")
+	f.StringVar(&clientAddr, "client-addr", "127.0.0.1:2379", "address for clients (gRPC and the HTTP API)")
+	f.StringVar(&peerAddr, "peer-addr", "127.0.0.1:2380", "address for the other PD members")
+	f.StringVar(&advertise, "advertise-client-addr", "", "client address to publish (default: --client-addr)")
+	f.StringVar(&initial, "initial-cluster", "", "every member as name=peer-addr, comma separated (default: this member alone)")
+	f.IntVar(&maxReplicas, "max-replicas", 3, "replicas per region")
+	f.DurationVar(&maxStoreDown, "max-store-down-time", 30*time.Minute, "how long a store may be silent before its replicas are re-created elsewhere")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func storeCmd() *cobra.Command {
+	var (
+		dataDir, addr, advertise, pdAddrs, labels, logLevel string
+		tick                                                time.Duration
+		heartbeat                                           time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "store",
+		Short: "Run a store",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			tuneGOMAXPROCS()
+			lbl := map[string]string{}
+			if labels != "" {
+				for _, kv := range strings.Split(labels, ",") {
+					k, v, ok := strings.Cut(kv, "=")
+					if !ok {
+						return fmt.Errorf("--labels wants key=value pairs, not %q", kv)
+					}
+					lbl[k] = v
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			rcfg := raftstore.Config{TickInterval: tick}
+			s, err := storenode.Start(ctx, storenode.Config{
+				DataDir: dataDir, Addr: addr, AdvertiseAddr: advertise, PD: strings.Split(pdAddrs, ","),
+				Labels: lbl, Raft: rcfg, StoreHeartbeat: heartbeat, RegionHeartbeat: heartbeat, Logger: logger(logLevel),
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "store %d serving on %s\n", s.StoreID(), s.Addr())
+			untilSignal()
+			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer scancel()
+			s.Shutdown(sctx)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dataDir, "data-dir", "store-data", "where the store keeps its data")
+	f.StringVar(&addr, "addr", "127.0.0.1:20160", "address for clients and other stores")
+	f.StringVar(&advertise, "advertise-addr", "", "address to publish (default: --addr)")
+	f.StringVar(&pdAddrs, "pd", "127.0.0.1:2379", "PD client addresses, comma separated")
+	f.StringVar(&labels, "labels", "", "store labels as key=value, comma separated (zone=a,host=h1)")
+	f.DurationVar(&tick, "raft-tick", 100*time.Millisecond, "raft tick; elections take 10 ticks, heartbeats 1")
+	f.DurationVar(&heartbeat, "heartbeat-interval", 10*time.Second, "how often the store reports itself and its regions to PD")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}

@@ -1,0 +1,259 @@
+package storenode
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/basaltdb/basalt/proto/kvpb"
+	"github.com/basaltdb/basalt/region"
+	"github.com/basaltdb/basalt/storenode/mvcc"
+)
+
+// kvService serves Basalt's KV API. Region problems (wrong region, stale
+// epoch, not leader, key outside the region) come back as typed region
+// errors in the response header, for the client to correct its routing;
+// bad input comes back as a gRPC error with etcd's code and message; in both
+// cases nothing changed.
+type kvService struct {
+	kvpb.UnimplementedKVServer
+	s *Server
+}
+
+// grpcError maps an expected condition to etcd's gRPC status.
+func grpcError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, mvcc.ErrCompacted), errors.Is(err, mvcc.ErrFutureRev):
+		return status.Error(codes.OutOfRange, err.Error())
+	case errors.Is(err, mvcc.ErrLeaseNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, mvcc.ErrKeyNotFound), errors.Is(err, mvcc.ErrEmptyKey), errors.Is(err, mvcc.ErrKeyTooLarge),
+		errors.Is(err, mvcc.ErrTooLarge), errors.Is(err, mvcc.ErrTooManyOps), errors.Is(err, mvcc.ErrDuplicateKey),
+		errors.Is(err, mvcc.ErrBadRange):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, mvcc.ErrRevisionOrder):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, errStopping):
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	return status.Error(codes.Unknown, err.Error())
+}
+
+// regionHeader turns a region error into a response header; other errors
+// are returned as they are.
+func regionHeader(err error) (*kvpb.ResponseHeader, error) {
+	var re *region.Error
+	if errors.As(err, &re) {
+		return &kvpb.ResponseHeader{RegionError: re.Proto()}, nil
+	}
+	return nil, grpcError(err)
+}
+
+func (k *kvService) region(c *kvpb.Context) (*mvcc.Region, error) {
+	if c.GetRegionId() == 0 {
+		return nil, region.RegionNotFound(0)
+	}
+	if p := c.GetPeer(); p != nil && p.GetStoreId() != 0 && p.GetStoreId() != k.s.storeID {
+		return nil, region.StoreNotMatch(p.GetStoreId(), k.s.storeID)
+	}
+	r := k.s.mvcc.Region(c.GetRegionId())
+	if r == nil {
+		return nil, region.RegionNotFound(c.GetRegionId())
+	}
+	return r, nil
+}
+
+func (k *kvService) Range(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.RangeResponse, error) {
+	if err := k.s.mvcc.Limits().ValidateRange(req); err != nil {
+		return nil, grpcError(err)
+	}
+	resp, err := k.s.serveRange(ctx, req)
+	if err != nil {
+		h, gerr := regionHeader(err)
+		if gerr != nil {
+			return nil, gerr
+		}
+		return &kvpb.RangeResponse{Header: h}, nil
+	}
+	return resp, nil
+}
+
+// serveRange reads under a read guard: linearizable (ReadIndex) unless the
+// request asks for a stale read, which this replica serves at or below its
+// resolved revision.
+func (s *Server) serveRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.RangeResponse, error) {
+	k := &kvService{s: s}
+	r, err := k.region(req.GetContext())
+	if err != nil {
+		return nil, err
+	}
+	c := req.GetContext()
+	if c.GetStaleRead() {
+		if !region.CheckEpoch(region.CmdRead, c.GetRegionEpoch(), r.Desc().GetRegionEpoch()) {
+			return nil, region.EpochNotMatch(r.Desc())
+		}
+		readable := s.watches.resolved(r.ID)
+		if req.GetRevision() == 0 || req.GetRevision() > readable {
+			return nil, mvcc.ErrFutureRev
+		}
+		return s.mvcc.Range(r, req, readable)
+	}
+	guard, err := s.store.ReadIndex(ctx, r.ID, c.GetRegionEpoch())
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.mvcc.Range(r, req, max(r.Revision(), s.watches.resolved(r.ID)))
+	if err != nil {
+		return nil, err
+	}
+	if err := guard.Check(); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+func (k *kvService) write(ctx context.Context, c *kvpb.Context, cmd *kvpb.WriteCommand) (*mvcc.WriteResult, *kvpb.ResponseHeader, error) {
+	if _, err := k.region(c); err != nil {
+		h, gerr := regionHeader(err)
+		return nil, h, gerr
+	}
+	res, err := k.s.seq.submit(ctx, c.GetRegionId(), c.GetRegionEpoch(), cmd)
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		h, gerr := regionHeader(err)
+		return nil, h, gerr
+	}
+	return res, nil, nil
+}
+
+func (k *kvService) Put(ctx context.Context, req *kvpb.PutRequest) (*kvpb.PutResponse, error) {
+	if err := k.s.mvcc.Limits().ValidatePut(req); err != nil {
+		return nil, grpcError(err)
+	}
+	c := req.GetContext()
+	p := proto.Clone(req).(*kvpb.PutRequest)
+	p.Context = nil
+	res, h, err := k.write(ctx, c, &kvpb.WriteCommand{Op: &kvpb.WriteCommand_Put{Put: p}})
+	if err != nil || h != nil {
+		return &kvpb.PutResponse{Header: h}, err
+	}
+	return res.Response.(*kvpb.PutResponse), nil
+}
+
+func (k *kvService) DeleteRange(ctx context.Context, req *kvpb.DeleteRangeRequest) (*kvpb.DeleteRangeResponse, error) {
+	if err := k.s.mvcc.Limits().ValidateDeleteRange(req); err != nil {
+		return nil, grpcError(err)
+	}
+	c := req.GetContext()
+	d := proto.Clone(req).(*kvpb.DeleteRangeRequest)
+	d.Context = nil
+	res, h, err := k.write(ctx, c, &kvpb.WriteCommand{Op: &kvpb.WriteCommand_DeleteRange{DeleteRange: d}})
+	if err != nil || h != nil {
+		return &kvpb.DeleteRangeResponse{Header: h}, err
+	}
+	return res.Response.(*kvpb.DeleteRangeResponse), nil
+}
+
+func (k *kvService) Txn(ctx context.Context, req *kvpb.TxnRequest) (*kvpb.TxnResponse, error) {
+	if err := k.s.mvcc.Limits().ValidateTxn(req, proto.Size(req)); err != nil {
+		return nil, grpcError(err)
+	}
+	c := req.GetContext()
+	t := proto.Clone(req).(*kvpb.TxnRequest)
+	t.Context = nil
+	if !hasWrites(t) {
+		// A read-only transaction needs no revision and no log entry.
+		return k.readTxn(ctx, c, t)
+	}
+	res, h, err := k.write(ctx, c, &kvpb.WriteCommand{Op: &kvpb.WriteCommand_Txn{Txn: t}})
+	if err != nil || h != nil {
+		return &kvpb.TxnResponse{Header: h}, err
+	}
+	return res.Response.(*kvpb.TxnResponse), nil
+}
+
+func hasWrites(t *kvpb.TxnRequest) bool {
+	for _, b := range [][]*kvpb.RequestOp{t.GetSuccess(), t.GetFailure()} {
+		for _, op := range b {
+			switch x := op.GetRequest().(type) {
+			case *kvpb.RequestOp_RequestPut, *kvpb.RequestOp_RequestDeleteRange:
+				return true
+			case *kvpb.RequestOp_RequestTxn:
+				if hasWrites(x.RequestTxn) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// readTxn evaluates a transaction without writes as a linearizable read.
+func (k *kvService) readTxn(ctx context.Context, c *kvpb.Context, t *kvpb.TxnRequest) (*kvpb.TxnResponse, error) {
+	r, err := k.region(c)
+	if err == nil {
+		var guard interface{ Check() error }
+		g, gerr := k.s.store.ReadIndex(ctx, r.ID, c.GetRegionEpoch())
+		if gerr != nil {
+			err = gerr
+		} else {
+			guard = g
+			var resp *kvpb.TxnResponse
+			resp, err = k.s.mvcc.ReadTxn(r, t)
+			if err == nil {
+				if err = guard.Check(); err == nil {
+					return resp, nil
+				}
+			}
+		}
+	}
+	h, gerr := regionHeader(err)
+	if gerr != nil {
+		return nil, gerr
+	}
+	return &kvpb.TxnResponse{Header: h}, nil
+}
+
+// Compact raises the cluster's compaction revision through PD; every
+// region then drops older versions in the background. As in etcd, compacting
+// a revision not yet reached or already compacted is an error.
+func (k *kvService) Compact(ctx context.Context, req *kvpb.CompactRequest) (*kvpb.CompactResponse, error) {
+	rev := req.GetRevision()
+	now, err := k.s.pd.GetTS(ctx)
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	if rev <= 0 || uint64(rev) > now {
+		return nil, grpcError(mvcc.ErrFutureRev)
+	}
+	cur, err := k.s.pd.GetCompactRevision(ctx)
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	if uint64(rev) <= cur {
+		return nil, grpcError(mvcc.ErrCompacted)
+	}
+	if _, err := k.s.pd.UpdateCompactRevision(ctx, uint64(rev)); err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	if req.GetPhysical() {
+		k.s.compactNow()
+		deadline := time.Now().Add(30 * time.Second)
+		for !k.s.compactedLocally(rev) && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(20 * time.Millisecond) // the background compaction catches up
+		}
+	}
+	return &kvpb.CompactResponse{Header: &kvpb.ResponseHeader{Revision: rev}}, nil
+}

@@ -1,0 +1,280 @@
+package storenode
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/basaltdb/basalt/proto/kvpb"
+	"github.com/basaltdb/basalt/proto/metapb"
+	"github.com/basaltdb/basalt/raftstore"
+	"github.com/basaltdb/basalt/storenode/mvcc"
+)
+
+// The sequencer gives writes their revisions and proposes them in that
+// order. One goroutine takes everything queued, asks PD for that many
+// consecutive timestamps in one call, and hands the writes to their regions
+// in timestamp order (raftstore.ProposeAsync keeps call order), so a
+// region's log holds its writes in revision order. It also tracks, per
+// region, which revisions are in flight: a resolved revision T is published
+// only when no write below T can still apply.
+type sequencer struct {
+	s      *Server
+	mu     sync.Mutex
+	queue  []*seqItem
+	signal chan struct{}
+	stopc  chan struct{}
+	once   sync.Once
+
+	fmu      sync.Mutex
+	fcond    *sync.Cond
+	inflight map[uint64]map[int64]struct{} // region → revisions proposed, not finished
+}
+
+type seqItem struct {
+	regionID uint64
+	epoch    *metapb.RegionEpoch
+	cmd      *kvpb.WriteCommand // nil: a resolve marker, only a revision
+	rev      int64
+	pending  *raftstore.Pending
+	err      error
+	ready    chan struct{}
+}
+
+func newSequencer(s *Server) *sequencer {
+	q := &sequencer{s: s, signal: make(chan struct{}, 1), stopc: make(chan struct{}), inflight: map[uint64]map[int64]struct{}{}}
+	q.fcond = sync.NewCond(&q.fmu)
+	return q
+}
+
+func (q *sequencer) stop() {
+	q.once.Do(func() {
+		close(q.stopc)
+		q.fmu.Lock()
+		q.fcond.Broadcast()
+		q.fmu.Unlock()
+	})
+}
+
+var errStopping = errors.New("storenode: store is stopping")
+
+func (q *sequencer) enqueue(it *seqItem) error {
+	select {
+	case <-q.stopc:
+		return errStopping
+	default:
+	}
+	q.mu.Lock()
+	q.queue = append(q.queue, it)
+	q.mu.Unlock()
+	select {
+	case q.signal <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// maxRevisionRetries: a write whose revision crossed another's on the way
+// to the log is retried with a new revision this many times.
+const maxRevisionRetries = 5
+
+// submit gives cmd a revision, proposes it to the region, and returns what
+// applying it produced.
+func (q *sequencer) submit(ctx context.Context, regionID uint64, epoch *metapb.RegionEpoch, cmd *kvpb.WriteCommand) (*mvcc.WriteResult, error) {
+	for attempt := 0; ; attempt++ {
+		it := &seqItem{regionID: regionID, epoch: epoch, cmd: cmd, ready: make(chan struct{})}
+		if err := q.enqueue(it); err != nil {
+			return nil, err
+		}
+		select {
+		case <-it.ready:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if it.err != nil {
+			return nil, it.err
+		}
+		res, err := it.pending.Wait(ctx)
+		if err != nil {
+			return nil, err
+		}
+		wr := res.(*mvcc.WriteResult)
+		if errors.Is(wr.Err, mvcc.ErrRevisionOrder) && attempt < maxRevisionRetries {
+			continue
+		}
+		return wr, nil
+	}
+}
+
+// marker returns a revision for regionID ordered after every write queued
+// for it so far.
+func (q *sequencer) marker(ctx context.Context, regionID uint64) (int64, error) {
+	it := &seqItem{regionID: regionID, ready: make(chan struct{})}
+	if err := q.enqueue(it); err != nil {
+		return 0, err
+	}
+	select {
+	case <-it.ready:
+		return it.rev, it.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+func (q *sequencer) run() {
+	var batch []*seqItem
+	for {
+		select {
+		case <-q.stopc:
+			q.failQueued(errStopping)
+			return
+		case <-q.signal:
+		}
+		for {
+			q.mu.Lock()
+			batch, q.queue = q.queue, batch[:0]
+			q.mu.Unlock()
+			if len(batch) == 0 {
+				break
+			}
+			for len(batch) > 0 {
+				n := min(len(batch), 4096)
+				q.sequence(batch[:n])
+				batch = batch[n:]
+			}
+		}
+	}
+}
+
+// sequence assigns revisions to items and proposes them in order.
+func (q *sequencer) sequence(items []*seqItem) {
+	ctx, cancel := context.WithTimeout(q.s.ctx, 10*time.Second)
+	first, err := q.s.pd.GetTSRange(ctx, uint32(len(items)))
+	cancel()
+	for i, it := range items {
+		if err != nil {
+			it.err = err
+			close(it.ready)
+			continue
+		}
+		it.rev = int64(first) + int64(i)
+		if it.cmd != nil {
+			it.cmd.Revision = it.rev
+			data, merr := proto.Marshal(it.cmd)
+			if merr != nil {
+				it.err = merr
+			} else if it.pending, it.err = q.s.store.ProposeAsync(it.regionID, it.epoch, data); it.err == nil {
+				q.track(it.regionID, it.rev, it.pending)
+			}
+		}
+		close(it.ready)
+	}
+}
+
+func (q *sequencer) failQueued(err error) {
+	q.mu.Lock()
+	queue := q.queue
+	q.queue = nil
+	q.mu.Unlock()
+	for _, it := range queue {
+		it.err = err
+		close(it.ready)
+	}
+}
+
+// track records an in-flight write until its proposal finished (applied or
+// certainly not), whatever its caller's context does.
+func (q *sequencer) track(regionID uint64, rev int64, p *raftstore.Pending) {
+	q.fmu.Lock()
+	m := q.inflight[regionID]
+	if m == nil {
+		m = map[int64]struct{}{}
+		q.inflight[regionID] = m
+	}
+	m[rev] = struct{}{}
+	q.fmu.Unlock()
+	go func() {
+		select {
+		case <-p.Done():
+		case <-q.stopc:
+		}
+		q.fmu.Lock()
+		delete(q.inflight[regionID], rev)
+		if len(q.inflight[regionID]) == 0 {
+			delete(q.inflight, regionID)
+		}
+		q.fcond.Broadcast()
+		q.fmu.Unlock()
+	}()
+}
+
+// waitBelow waits until no write of regionID below rev is in flight.
+func (q *sequencer) waitBelow(regionID uint64, rev int64) error {
+	q.fmu.Lock()
+	defer q.fmu.Unlock()
+	for {
+		select {
+		case <-q.stopc:
+			return errStopping
+		default:
+		}
+		blocked := false
+		for r := range q.inflight[regionID] {
+			if r < rev {
+				blocked = true
+				break
+			}
+		}
+		if !blocked {
+			return nil
+		}
+		q.fcond.Wait()
+	}
+}
+
+// resolveLoop publishes, for every region this store leads that has
+// watchers, a resolved revision every ResolveInterval: a revision T such
+// that no write at or below T can appear in the region any more.
+func (s *Server) resolveLoop() {
+	t := time.NewTicker(s.cfg.ResolveInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, id := range s.watches.watchedRegions() {
+			st := s.store.RegionStatus(id)
+			if st == nil || !st.IsLeader() {
+				continue
+			}
+			if rev, err := s.resolve(id, st.Region.GetRegionEpoch()); err == nil {
+				s.watches.progress(id, rev)
+			}
+		}
+	}
+}
+
+// resolve computes a resolved revision for one region: a marker revision
+// T ordered after every queued write, then every write below T finished,
+// then a ReadIndex round (everything committed, earlier leaders' entries
+// included, is applied).
+func (s *Server) resolve(regionID uint64, epoch *metapb.RegionEpoch) (int64, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	t, err := s.seq.marker(ctx, regionID)
+	if err != nil {
+		return 0, err
+	}
+	if err := s.seq.waitBelow(regionID, t); err != nil {
+		return 0, err
+	}
+	if _, err := s.store.ReadIndex(ctx, regionID, epoch); err != nil {
+		return 0, err
+	}
+	return t, nil
+}

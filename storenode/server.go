@@ -1,0 +1,362 @@
+// Package storenode is a Basalt store: the raftstore engine with the MVCC
+// state machine on every region, the KV gRPC service, PD heartbeats and
+// operator execution, and the background work (compaction, resolved
+// revisions) that keeps regions serving.
+package storenode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"google.golang.org/grpc"
+
+	"github.com/basaltdb/basalt/client/pdclient"
+	"github.com/basaltdb/basalt/proto/kvpb"
+	"github.com/basaltdb/basalt/proto/metapb"
+	rspb "github.com/basaltdb/basalt/proto/raftserverpb"
+	"github.com/basaltdb/basalt/raftstore"
+	"github.com/basaltdb/basalt/storenode/mvcc"
+)
+
+// Version is what stores report to PD.
+const Version = "0.1.0"
+
+// Config configures a store.
+type Config struct {
+	DataDir string
+	// Addr serves the KV service and the raft transport (one gRPC port).
+	Addr string
+	// AdvertiseAddr is what PD and the other stores are told (default: the
+	// bound address).
+	AdvertiseAddr string
+	// PD lists PD client addresses.
+	PD     []string
+	Labels map[string]string
+
+	Raft   raftstore.Config
+	Limits mvcc.Limits
+
+	// StoreHeartbeat and RegionHeartbeat intervals (defaults 10 s).
+	StoreHeartbeat  time.Duration
+	RegionHeartbeat time.Duration
+	// ResolveInterval: how often regions with watchers publish a resolved
+	// revision (default 100 ms).
+	ResolveInterval time.Duration
+
+	// Listener, when set, is used instead of listening on Addr.
+	Listener net.Listener
+	FS       vfs.FS
+	Logger   *slog.Logger
+}
+
+func (c *Config) fillDefaults() {
+	if c.StoreHeartbeat == 0 {
+		c.StoreHeartbeat = 10 * time.Second
+	}
+	if c.RegionHeartbeat == 0 {
+		c.RegionHeartbeat = 10 * time.Second
+	}
+	if c.ResolveInterval == 0 {
+		c.ResolveInterval = 100 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Server is one store.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	storeID uint64
+	addr    string
+
+	eng   *raftstore.Engine
+	mvcc  *mvcc.MVCC
+	store *raftstore.Store
+	trans *raftstore.GRPCTransport
+	pd    *pdclient.Client
+	grpc  *grpc.Server
+	lis   net.Listener
+
+	seq     *sequencer
+	watches *watchHub
+	hb      *heartbeater
+
+	compactWake chan struct{}
+	gcMu        sync.Mutex
+	gc          map[uint64]*gcProgress
+
+	addrMu sync.Mutex
+	addrs  map[uint64]string
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Start opens (or creates) a store, joins the cluster through PD, and
+// serves.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	cfg.fillDefaults()
+	if cfg.DataDir == "" || len(cfg.PD) == 0 {
+		return nil, errors.New("storenode: --data-dir and --pd are required")
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, addrs: map[uint64]string{}, compactWake: make(chan struct{}, 1), gc: map[uint64]*gcProgress{}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.start(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) start(ctx context.Context) error {
+	var err error
+	if s.lis = s.cfg.Listener; s.lis == nil {
+		if s.lis, err = net.Listen("tcp", s.cfg.Addr); err != nil {
+			return fmt.Errorf("storenode: listen on %s: %w", s.cfg.Addr, err)
+		}
+	}
+	s.addr = s.cfg.AdvertiseAddr
+	if s.addr == "" {
+		s.addr = s.lis.Addr().String()
+	}
+	if s.eng, err = raftstore.OpenEngine(s.cfg.DataDir, s.cfg.FS); err != nil {
+		return err
+	}
+	if s.pd, err = pdclient.New(ctx, s.cfg.PD, pdclient.Options{Logger: s.log}); err != nil {
+		return err
+	}
+	if s.storeID, err = s.storeIdent(ctx); err != nil {
+		return err
+	}
+	s.log = s.log.With("store", s.storeID)
+	s.mvcc = mvcc.New(s.eng.DB, s.cfg.Limits)
+	s.watches = newWatchHub(s)
+	s.mvcc.OnEvents = s.watches.publish
+	s.trans = raftstore.NewGRPCTransport(raftstore.GRPCTransportOptions{
+		Resolver: raftstore.ResolverFunc(s.storeAddr),
+		OnUnreachable: func(to uint64, msgs []*rspb.RaftMessage) {
+			s.forgetAddr(to)
+			if s.store != nil {
+				s.store.ReportUnreachable(to, msgs)
+			}
+		},
+		Logger: s.log,
+	})
+	rcfg := s.cfg.Raft
+	rcfg.StoreID = s.storeID
+	s.hb = newHeartbeater(s)
+	s.store, err = raftstore.NewStore(raftstore.Options{
+		Config: rcfg, Engine: s.eng, StateMachine: s.regionHook(), Transport: s.trans, Logger: s.log,
+		OnRoleChange: s.hb.roleChanged,
+	})
+	if err != nil {
+		return err
+	}
+	if err := s.bootstrapIfNeeded(ctx); err != nil {
+		return err
+	}
+	labels := make([]*metapb.StoreLabel, 0, len(s.cfg.Labels))
+	for k, v := range s.cfg.Labels {
+		labels = append(labels, &metapb.StoreLabel{Key: k, Value: v})
+	}
+	if err := s.pd.PutStore(ctx, &metapb.Store{Id: s.storeID, Address: s.addr, PeerAddress: s.addr, Labels: labels,
+		Version: Version, StartTimestamp: time.Now().Unix()}); err != nil {
+		return fmt.Errorf("storenode: register with PD: %w", err)
+	}
+
+	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(raftstore.MaxGRPCMessageBytes))
+	rspb.RegisterRaftTransportServer(s.grpc, raftstore.NewRaftServer(s.store))
+	kvpb.RegisterKVServer(s.grpc, &kvService{s: s})
+	s.seq = newSequencer(s)
+	s.store.Start()
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); _ = s.grpc.Serve(s.lis) }()
+	for _, fn := range []func(){s.seq.run, s.hb.run, s.resolveLoop, s.compactionLoop} {
+		s.wg.Add(1)
+		go func(fn func()) { defer s.wg.Done(); fn() }(fn)
+	}
+	s.log.Info("store serving", "addr", s.addr, "data_dir", s.cfg.DataDir)
+	return nil
+}
+
+// storeIdent returns this store's ID, registering a new store with PD the
+// first time.
+func (s *Server) storeIdent(ctx context.Context) (uint64, error) {
+	id, err := s.eng.LoadStoreIdent()
+	if err != nil {
+		return 0, err
+	}
+	if id != nil {
+		if c := s.pd.ClusterID(); c != 0 && id.GetClusterId() != c {
+			return 0, fmt.Errorf("storenode: data directory belongs to cluster %d, PD serves cluster %d", id.GetClusterId(), c)
+		}
+		return id.GetStoreId(), nil
+	}
+	sid, err := s.pd.AllocID(ctx, 1)
+	if err != nil {
+		return 0, fmt.Errorf("storenode: allocate a store ID: %w", err)
+	}
+	if err := s.eng.WriteStoreIdent(&rspb.StoreIdent{ClusterId: s.pd.ClusterID(), StoreId: sid}); err != nil {
+		return 0, err
+	}
+	return sid, nil
+}
+
+// bootstrapIfNeeded creates the cluster's first region here when no store
+// did yet. The region is recorded locally before PD is asked, so a crash in
+// between is finished on restart, and dropped if another store won.
+func (s *Server) bootstrapIfNeeded(ctx context.Context) error {
+	prepared, err := s.eng.LoadPrepareBootstrap()
+	if err != nil {
+		return err
+	}
+	ok, err := s.pd.IsBootstrapped(ctx)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		if prepared == nil {
+			ids, err := s.pd.AllocID(ctx, 2)
+			if err != nil {
+				return err
+			}
+			prepared = &metapb.Region{Id: ids, RegionEpoch: &metapb.RegionEpoch{ConfVer: 1, Version: 1},
+				Peers: []*metapb.Peer{{Id: ids + 1, StoreId: s.storeID}}}
+			if err := s.eng.SavePrepareBootstrap(prepared); err != nil {
+				return err
+			}
+		}
+		st := &metapb.Store{Id: s.storeID, Address: s.addr, PeerAddress: s.addr, Version: Version}
+		if err := s.pd.Bootstrap(ctx, st, prepared); err != nil && !errors.Is(err, pdclient.ErrAlreadyBootstrapped) {
+			return fmt.Errorf("storenode: bootstrap the cluster: %w", err)
+		}
+	}
+	if prepared == nil {
+		return nil
+	}
+	// Did our bootstrap win? Then the first region is ours to create.
+	r, err := s.pd.GetRegionByID(ctx, prepared.GetId())
+	if err != nil {
+		return err
+	}
+	if r.GetRegion().GetId() == prepared.GetId() && s.store.RegionStatus(prepared.GetId()) == nil {
+		if err := s.store.BootstrapRegion(prepared); err != nil {
+			return err
+		}
+		s.log.Info("bootstrapped the cluster", "region", prepared.GetId())
+	}
+	return s.eng.ClearPrepareBootstrap()
+}
+
+// storeAddr maps a store ID to its address through PD, cached.
+func (s *Server) storeAddr(storeID uint64) (string, error) {
+	s.addrMu.Lock()
+	a, ok := s.addrs[storeID]
+	s.addrMu.Unlock()
+	if ok {
+		return a, nil
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 3*time.Second)
+	defer cancel()
+	st, err := s.pd.GetStore(ctx, storeID)
+	if err != nil {
+		return "", err
+	}
+	if st.GetState() == metapb.StoreState_Tombstone {
+		return "", fmt.Errorf("storenode: store %d is a tombstone", storeID)
+	}
+	s.addrMu.Lock()
+	s.addrs[storeID] = st.GetPeerAddress()
+	s.addrMu.Unlock()
+	return st.GetPeerAddress(), nil
+}
+
+func (s *Server) forgetAddr(storeID uint64) {
+	s.addrMu.Lock()
+	delete(s.addrs, storeID)
+	s.addrMu.Unlock()
+}
+
+// StoreID returns this store's ID.
+func (s *Server) StoreID() uint64 { return s.storeID }
+
+// Addr returns the address this store serves on.
+func (s *Server) Addr() string { return s.addr }
+
+// Raft returns the store's raftstore (tests, ctl).
+func (s *Server) Raft() *raftstore.Store { return s.store }
+
+// Shutdown moves this store's leaders away (bounded by ctx), then closes.
+func (s *Server) Shutdown(ctx context.Context) {
+	if s.store != nil {
+		s.transferLeadersAway(ctx)
+	}
+	s.Close()
+}
+
+// transferLeadersAway asks every region this store leads to hand
+// leadership to another voter, and waits (until ctx ends) for it.
+func (s *Server) transferLeadersAway(ctx context.Context) {
+	for _, st := range s.store.Regions() {
+		if st == nil || !st.IsLeader() {
+			continue
+		}
+		for _, p := range st.Region.GetPeers() {
+			if p.GetStoreId() != s.storeID && p.GetRole() == metapb.PeerRole_Voter {
+				_ = s.store.TransferLeader(ctx, st.Region.GetId(), st.Region.GetRegionEpoch(), p.GetId())
+				break
+			}
+		}
+	}
+	for ctx.Err() == nil {
+		leading := 0
+		for _, st := range s.store.Regions() {
+			if st != nil && st.IsLeader() && len(st.Region.GetPeers()) > 1 {
+				leading++
+			}
+		}
+		if leading == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Close stops the store at once.
+func (s *Server) Close() {
+	s.cancel()
+	if s.grpc != nil {
+		s.grpc.Stop()
+	}
+	if s.seq != nil {
+		s.seq.stop()
+	}
+	if s.store != nil {
+		s.store.Stop()
+	}
+	s.wg.Wait()
+	if s.watches != nil {
+		s.watches.closeAll()
+	}
+	if s.trans != nil {
+		s.trans.Close()
+	}
+	if s.pd != nil {
+		s.pd.Close()
+	}
+	if s.eng != nil {
+		_ = s.eng.Close()
+	}
+}

@@ -1,0 +1,524 @@
+package storenode
+
+import (
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"github.com/basaltdb/basalt/proto/kvpb"
+	"github.com/basaltdb/basalt/region"
+	"github.com/basaltdb/basalt/storenode/mvcc"
+)
+
+// Watches are per region, served by its leader. A new watcher is registered
+// first (live events queue up for it), then the region's history from its
+// start revision up to the revision at registration is replayed, then the
+// queued live events above that revision follow: no event is lost or sent
+// twice at the hand-over. A watcher that falls more than watchBuffer
+// responses behind is cancelled with a reason; it never slows writes (events
+// are queued by the apply path without blocking) or other watchers.
+const watchBuffer = 1024
+
+// Cancel reasons.
+const (
+	reasonSlow          = "watcher is too slow: it fell behind and was cancelled; resume from the last revision received"
+	reasonRegionChanged = "region changed (split, merge or leader moved): resubscribe to the new region from the last revision received"
+	reasonCompacted     = "mvcc: required revision has been compacted"
+	reasonStopping      = "store is stopping"
+)
+
+type watchHub struct {
+	s           *Server
+	mu          sync.Mutex
+	byRegion    map[uint64]map[*watcher]struct{}
+	resolvedMu  sync.Mutex
+	resolvedRev map[uint64]int64
+}
+
+func newWatchHub(s *Server) *watchHub {
+	return &watchHub{s: s, byRegion: map[uint64]map[*watcher]struct{}{}, resolvedRev: map[uint64]int64{}}
+}
+
+type watcher struct {
+	id       int64
+	stream   *watchStream
+	regionID uint64
+	key, end []byte // end exclusive, nil: unbounded
+	noPut    bool
+	noDelete bool
+	prevKV   bool
+	progress bool
+
+	mu         sync.Mutex
+	catchingUp bool
+	replayedTo int64
+	held       []*kvpb.WatchResponse // live responses queued while catching up
+	canceled   bool
+	lastSent   int64
+}
+
+// watchStream is one client stream; its responses go out in order through
+// one bounded channel.
+type watchStream struct {
+	out    chan *kvpb.WatchResponse
+	closed chan struct{}
+	once   sync.Once
+	nextID atomic.Int64
+}
+
+func (ws *watchStream) close() { ws.once.Do(func() { close(ws.closed) }) }
+
+// send queues a response without blocking; false when the stream is full.
+func (ws *watchStream) send(r *kvpb.WatchResponse) bool {
+	select {
+	case <-ws.closed:
+		return false
+	default:
+	}
+	select {
+	case ws.out <- r:
+		return true
+	default:
+		return false
+	}
+}
+
+func (h *watchHub) add(w *watcher) {
+	h.mu.Lock()
+	m := h.byRegion[w.regionID]
+	if m == nil {
+		m = map[*watcher]struct{}{}
+		h.byRegion[w.regionID] = m
+	}
+	m[w] = struct{}{}
+	h.mu.Unlock()
+}
+
+func (h *watchHub) remove(w *watcher) {
+	h.mu.Lock()
+	if m := h.byRegion[w.regionID]; m != nil {
+		delete(m, w)
+		if len(m) == 0 {
+			delete(h.byRegion, w.regionID)
+		}
+	}
+	h.mu.Unlock()
+}
+
+func (h *watchHub) watchers(regionID uint64) []*watcher {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]*watcher, 0, len(h.byRegion[regionID]))
+	for w := range h.byRegion[regionID] {
+		out = append(out, w)
+	}
+	return out
+}
+
+func (h *watchHub) watchedRegions() []uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]uint64, 0, len(h.byRegion))
+	for id := range h.byRegion {
+		out = append(out, id)
+	}
+	return out
+}
+
+func (h *watchHub) resolved(regionID uint64) int64 {
+	h.resolvedMu.Lock()
+	defer h.resolvedMu.Unlock()
+	return h.resolvedRev[regionID]
+}
+
+// cancel ends a watcher with a reason.
+func (h *watchHub) cancel(w *watcher, reason string, compactRev int64) {
+	w.mu.Lock()
+	if w.canceled {
+		w.mu.Unlock()
+		return
+	}
+	w.canceled = true
+	w.held = nil
+	w.mu.Unlock()
+	h.remove(w)
+	resp := &kvpb.WatchResponse{WatchId: w.id, Canceled: true, CancelReason: reason, CompactRevision: compactRev}
+	if !w.stream.send(resp) {
+		// The stream is full: its reader is gone or too slow; end it.
+		w.stream.close()
+	}
+}
+
+// publish is MVCC's OnEvents: called on the raft worker after a write
+// committed. It must not block.
+func (h *watchHub) publish(r *mvcc.Region, rev int64, events []*kvpb.Event) {
+	for _, w := range h.watchers(r.ID) {
+		evs := w.filter(events)
+		if len(evs) == 0 {
+			continue
+		}
+		resp := &kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: rev}, WatchId: w.id, Events: evs}
+		w.mu.Lock()
+		if w.canceled {
+			w.mu.Unlock()
+			continue
+		}
+		if w.catchingUp {
+			if len(w.held) >= watchBuffer {
+				w.mu.Unlock()
+				h.cancel(w, reasonSlow, 0)
+				continue
+			}
+			w.held = append(w.held, resp)
+			w.mu.Unlock()
+			continue
+		}
+		ok := w.stream.send(resp)
+		if ok {
+			w.lastSent = rev
+		}
+		w.mu.Unlock()
+		if !ok {
+			h.cancel(w, reasonSlow, 0)
+		}
+	}
+}
+
+// filter keeps the events a watcher wants, in order.
+func (w *watcher) filter(events []*kvpb.Event) []*kvpb.Event {
+	var out []*kvpb.Event
+	for _, e := range events {
+		if !region.Contains(w.key, w.end, e.GetKv().GetKey()) {
+			continue
+		}
+		if (e.GetType() == kvpb.Event_PUT && w.noPut) || (e.GetType() == kvpb.Event_DELETE && w.noDelete) {
+			continue
+		}
+		if !w.prevKV && e.GetPrevKv() != nil {
+			e = &kvpb.Event{Type: e.GetType(), Kv: e.GetKv()}
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// progress tells watchers that asked for progress notifications the
+// region's new resolved revision.
+func (h *watchHub) progress(regionID uint64, rev int64) {
+	h.resolvedMu.Lock()
+	if rev <= h.resolvedRev[regionID] {
+		h.resolvedMu.Unlock()
+		return
+	}
+	h.resolvedRev[regionID] = rev
+	h.resolvedMu.Unlock()
+	for _, w := range h.watchers(regionID) {
+		if w.progress {
+			h.notify(w, rev)
+		}
+	}
+}
+
+func (h *watchHub) notify(w *watcher, rev int64) {
+	w.mu.Lock()
+	if w.canceled || w.catchingUp {
+		w.mu.Unlock()
+		return
+	}
+	ok := w.stream.send(&kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: rev}, WatchId: w.id, ResolvedRevision: rev})
+	w.mu.Unlock()
+	if !ok {
+		h.cancel(w, reasonSlow, 0)
+	}
+}
+
+// regionChanged cancels a region's watchers when it split, merged, moved
+// leader or went away: they resubscribe with fresh routing.
+func (h *watchHub) regionChanged(regionID uint64) {
+	for _, w := range h.watchers(regionID) {
+		h.cancel(w, reasonRegionChanged, 0)
+	}
+	h.resolvedMu.Lock()
+	delete(h.resolvedRev, regionID)
+	h.resolvedMu.Unlock()
+}
+
+func (h *watchHub) closeAll() {
+	h.mu.Lock()
+	var all []*watcher
+	for _, m := range h.byRegion {
+		for w := range m {
+			all = append(all, w)
+		}
+	}
+	h.mu.Unlock()
+	for _, w := range all {
+		h.cancel(w, reasonStopping, 0)
+	}
+}
+
+// Watch serves one watch stream.
+func (k *kvService) Watch(stream kvpb.KV_WatchServer) error {
+	h := k.s.watches
+	ws := &watchStream{out: make(chan *kvpb.WatchResponse, watchBuffer), closed: make(chan struct{})}
+	mine := map[int64]*watcher{}
+	var mineMu sync.Mutex
+	defer func() {
+		ws.close()
+		mineMu.Lock()
+		for _, w := range mine {
+			h.remove(w)
+		}
+		mineMu.Unlock()
+	}()
+	sendErr := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case r := <-ws.out:
+				if err := stream.Send(r); err != nil {
+					sendErr <- err
+					ws.close()
+					return
+				}
+			case <-ws.closed:
+				sendErr <- errors.New("watch stream closed")
+				return
+			case <-stream.Context().Done():
+				sendErr <- stream.Context().Err()
+				return
+			}
+		}
+	}()
+	reqs := make(chan *kvpb.WatchRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- r:
+			case <-ws.closed:
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case err := <-sendErr:
+			return err
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case r := <-reqs:
+			switch x := r.GetRequestUnion().(type) {
+			case *kvpb.WatchRequest_CreateRequest:
+				w := k.createWatch(ws, x.CreateRequest)
+				if w != nil {
+					mineMu.Lock()
+					mine[w.id] = w
+					mineMu.Unlock()
+				}
+			case *kvpb.WatchRequest_CancelRequest:
+				mineMu.Lock()
+				w := mine[x.CancelRequest.GetWatchId()]
+				delete(mine, x.CancelRequest.GetWatchId())
+				mineMu.Unlock()
+				if w != nil {
+					h.cancel(w, "canceled by the client", 0)
+				}
+			case *kvpb.WatchRequest_ProgressRequest:
+				mineMu.Lock()
+				ws2 := make([]*watcher, 0, len(mine))
+				for _, w := range mine {
+					ws2 = append(ws2, w)
+				}
+				mineMu.Unlock()
+				for _, w := range ws2 {
+					if rev := h.resolved(w.regionID); rev > 0 {
+						h.notify(w, rev)
+					}
+				}
+			}
+		}
+	}
+}
+
+// createWatch registers a watcher, replays its history and switches it to
+// live events. It answers on the stream with the created (or canceled)
+// response first.
+func (k *kvService) createWatch(ws *watchStream, c *kvpb.WatchCreateRequest) *watcher {
+	h := k.s.watches
+	id := c.GetWatchId()
+	if id == 0 {
+		id = ws.nextID.Add(1)
+	}
+	fail := func(hdr *kvpb.ResponseHeader, reason string, compactRev int64) *watcher {
+		ws.send(&kvpb.WatchResponse{Header: hdr, WatchId: id, Created: true, Canceled: true, CancelReason: reason, CompactRevision: compactRev})
+		return nil
+	}
+	if err := k.s.mvcc.Limits().ValidateRange(&kvpb.RangeRequest{Key: c.GetKey(), RangeEnd: c.GetRangeEnd()}); err != nil {
+		return fail(nil, err.Error(), 0)
+	}
+	r, err := k.region(c.GetContext())
+	if err == nil {
+		st := k.s.store.RegionStatus(r.ID)
+		switch {
+		case st == nil || !st.Initialized:
+			err = region.RegionNotFound(r.ID)
+		case !st.IsLeader():
+			err = region.NotLeader(r.ID, st.Leader)
+		case !region.CheckEpoch(region.CmdRead, c.GetContext().GetRegionEpoch(), st.Region.GetRegionEpoch()):
+			err = region.EpochNotMatch(st.Region)
+		case !mvccInRegion(st.Region.GetStartKey(), st.Region.GetEndKey(), c.GetKey(), c.GetRangeEnd()):
+			err = region.KeyNotInRegion(c.GetKey(), st.Region)
+		}
+	}
+	if err != nil {
+		var re *region.Error
+		if errors.As(err, &re) {
+			return fail(&kvpb.ResponseHeader{RegionError: re.Proto()}, err.Error(), 0)
+		}
+		return fail(nil, err.Error(), 0)
+	}
+	end := exclusiveEnd(c.GetKey(), c.GetRangeEnd())
+	w := &watcher{id: id, stream: ws, regionID: r.ID, key: c.GetKey(), end: end, prevKV: c.GetPrevKv(),
+		progress: c.GetProgressNotify(), catchingUp: true}
+	for _, f := range c.GetFilters() {
+		switch f {
+		case kvpb.WatchCreateRequest_NOPUT:
+			w.noPut = true
+		case kvpb.WatchCreateRequest_NODELETE:
+			w.noDelete = true
+		}
+	}
+	h.add(w)
+	current := r.Revision()
+	start := c.GetStartRevision()
+	if start != 0 && start < r.CompactRevision() {
+		h.remove(w)
+		return fail(nil, reasonCompacted, r.CompactRevision())
+	}
+	if !ws.send(&kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: current}, WatchId: id, Created: true}) {
+		h.remove(w)
+		return nil
+	}
+	if start != 0 && start <= current {
+		if !k.replay(w, r, start, current) {
+			return nil
+		}
+	}
+	// Hand over to live events: the queued ones above what was replayed.
+	w.mu.Lock()
+	w.catchingUp = false
+	w.replayedTo = current
+	held := w.held
+	w.held = nil
+	canceled := w.canceled
+	overflow := false
+	if !canceled {
+		for _, resp := range held {
+			if resp.GetHeader().GetRevision() <= current {
+				continue
+			}
+			if !ws.send(resp) {
+				overflow = true
+				break
+			}
+			w.lastSent = resp.GetHeader().GetRevision()
+		}
+	}
+	w.mu.Unlock()
+	if overflow {
+		h.cancel(w, reasonSlow, 0)
+		return nil
+	}
+	if canceled {
+		return nil
+	}
+	return w
+}
+
+// replay sends a watcher's history, whole revisions per response.
+func (k *kvService) replay(w *watcher, r *mvcc.Region, from, to int64) bool {
+	h := k.s.watches
+	var batch []*kvpb.Event
+	var batchRev int64
+	flush := func() bool {
+		if len(batch) == 0 {
+			return true
+		}
+		ok := w.stream.send(&kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: batchRev}, WatchId: w.id, Events: batch})
+		batch = nil
+		return ok
+	}
+	okAll := true
+	err := k.s.mvcc.History(r, w.key, rawRangeEnd(w.key, w.end), from, to, func(e *kvpb.Event) bool {
+		evs := w.filter([]*kvpb.Event{e})
+		if len(evs) == 0 {
+			return true
+		}
+		rev := e.GetKv().GetModRevision()
+		if rev != batchRev && len(batch) >= 64 {
+			if !flush() {
+				okAll = false
+				return false
+			}
+		}
+		batch = append(batch, evs...)
+		batchRev = rev
+		return true
+	})
+	if err == nil && okAll {
+		okAll = flush()
+	}
+	switch {
+	case errors.Is(err, mvcc.ErrCompacted):
+		h.cancel(w, reasonCompacted, r.CompactRevision())
+		return false
+	case err != nil:
+		h.cancel(w, err.Error(), 0)
+		return false
+	case !okAll:
+		h.cancel(w, reasonSlow, 0)
+		return false
+	}
+	return true
+}
+
+// exclusiveEnd turns etcd's range_end into an exclusive end (nil:
+// unbounded).
+func exclusiveEnd(key, end []byte) []byte {
+	switch {
+	case len(end) == 0:
+		return append(append([]byte(nil), key...), 0)
+	case len(end) == 1 && end[0] == 0:
+		return nil
+	}
+	return end
+}
+
+// rawRangeEnd turns an exclusive end back into etcd's range_end.
+func rawRangeEnd(key, end []byte) []byte {
+	if end == nil {
+		return []byte{0}
+	}
+	return end
+}
+
+func mvccInRegion(start, end, key, rangeEnd []byte) bool {
+	e := exclusiveEnd(key, rangeEnd)
+	if !region.Contains(start, end, key) {
+		return false
+	}
+	if e == nil {
+		return len(end) == 0
+	}
+	return region.CompareEnd(e, end) <= 0
+}
