@@ -158,13 +158,13 @@ func (c *Client) storeClient(ctx context.Context, storeID uint64) (kvpb.KVClient
 func (c *Client) onRegionError(rt route, e *errorpb.Error) bool {
 	switch d := e.GetDetail().(type) {
 	case *errorpb.Error_NotLeader:
-		c.mu.Lock()
-		if l := d.NotLeader.GetLeader(); l != nil {
+		if l := d.NotLeader.GetLeader(); l != nil && l.GetId() != rt.leader.GetId() {
+			c.mu.Lock()
 			c.leaders[rt.region.GetId()] = l
+			c.mu.Unlock()
 		} else {
-			delete(c.leaders, rt.region.GetId())
+			c.nextPeer(rt)
 		}
-		c.mu.Unlock()
 	case *errorpb.Error_EpochNotMatch:
 		c.mu.Lock()
 		c.regions.Remove(rt.region.GetId())
@@ -185,6 +185,22 @@ func (c *Client) onRegionError(rt route, e *errorpb.Error) bool {
 		c.mu.Unlock()
 	}
 	return true
+}
+
+// nextPeer makes the region's next voter (after the one tried) the one to
+// try, and forgets the unreachable store's address.
+func (c *Client) nextPeer(rt route) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.stores, rt.leader.GetStoreId())
+	peers := rt.region.GetPeers()
+	for i, p := range peers {
+		if p.GetId() == rt.leader.GetId() {
+			c.leaders[rt.region.GetId()] = peers[(i+1)%len(peers)]
+			return
+		}
+	}
+	delete(c.leaders, rt.region.GetId())
 }
 
 // do runs call against the region holding key, retrying region errors
@@ -208,13 +224,12 @@ func (c *Client) do(ctx context.Context, key []byte, read bool, call func(contex
 			if err == nil {
 				c.onRegionError(rt, h.GetRegionError())
 				err = region.FromProto(h.GetRegionError())
-			} else if !read || !retryableTransport(err) {
-				return err
+			} else if notSent(err) || (read && retryableTransport(err)) {
+				// The store is unreachable: try the region's next peer, which
+				// will name (or become) the new leader.
+				c.nextPeer(rt)
 			} else {
-				c.mu.Lock()
-				delete(c.leaders, rt.region.GetId())
-				delete(c.stores, rt.leader.GetStoreId())
-				c.mu.Unlock()
+				return err
 			}
 		}
 		last = err

@@ -1,12 +1,22 @@
 package client
 
 import (
+	"strings"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
-// retryableTransport: the store could not be reached or is stopping; the
-// request may be sent again (to a new leader).
+// notSent reports a transport failure that happened before the request
+// left this process (the connection could not be made): any request, a
+// write too, may be sent again.
+func notSent(err error) bool {
+	s, ok := status.FromError(err)
+	return ok && s.Code() == codes.Unavailable && strings.Contains(s.Message(), "connection error")
+}
+
+// retryableTransport: the store could not be reached or is stopping; a
+// read may be sent again (to a new leader).
 func retryableTransport(err error) bool {
 	switch status.Code(err) {
 	case codes.Unavailable, codes.Canceled:

@@ -1,0 +1,279 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/basaltdb/basalt/client"
+	"github.com/basaltdb/basalt/client/pdclient"
+	"github.com/basaltdb/basalt/proto/errorpb"
+	"github.com/basaltdb/basalt/proto/kvpb"
+	"github.com/basaltdb/basalt/proto/metapb"
+	"github.com/basaltdb/basalt/tests/procs"
+)
+
+// put writes k=v. The client reports a write that may or may not have
+// applied (the connection broke after sending it) as an error; these
+// writes are idempotent (same key, same value), so the test sends it again.
+func put(t *testing.T, cl *client.Client, k, v string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		_, err := cl.Put(ctx, &kvpb.PutRequest{Key: []byte(k), Value: []byte(v)})
+		if err == nil {
+			return
+		}
+		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			t.Fatalf("put %s: %v", k, err)
+		}
+	}
+}
+
+func get(t *testing.T, cl *client.Client, k string) (string, bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := cl.Range(ctx, &kvpb.RangeRequest{Key: []byte(k)})
+	if err != nil {
+		t.Fatalf("get %s: %v", k, err)
+	}
+	if len(resp.GetKvs()) == 0 {
+		return "", false
+	}
+	return string(resp.GetKvs()[0].GetValue()), true
+}
+
+// fullyReplicated waits until PD shows the first region with three voters
+// and a leader.
+func waitReplicated(t *testing.T, c *procs.Cluster) *pdclient.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pd, err := pdclient.New(ctx, strings.Split(c.PDEndpoints(), ","), pdclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pd.Close)
+	for ctx.Err() == nil {
+		r, err := pd.GetRegion(ctx, []byte("a"))
+		if err == nil && r.GetLeader() != nil && len(r.GetRegion().GetPeers()) == 3 {
+			voters := 0
+			for _, p := range r.GetRegion().GetPeers() {
+				if p.GetRole() == metapb.PeerRole_Voter {
+					voters++
+				}
+			}
+			if voters == 3 {
+				return pd
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("the first region never had three voters")
+	return nil
+}
+
+func leaderStore(t *testing.T, c *procs.Cluster, pd *pdclient.Client) *procs.Proc {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := pd.GetRegion(ctx, []byte("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := pd.GetStore(ctx, r.GetLeader().GetStoreId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range c.Stores {
+		if p.Addr == st.GetAddress() {
+			return p
+		}
+	}
+	t.Fatalf("leader store %s is not ours", st.GetAddress())
+	return nil
+}
+
+// A store restarted on its data directory brings back everything.
+func TestStoreRestart(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	pd := waitReplicated(t, c)
+	for i := 0; i < 50; i++ {
+		put(t, cl, fmt.Sprintf("k%02d", i), "v")
+	}
+	for _, graceful := range []bool{true, false} {
+		l := leaderStore(t, c, pd)
+		sig := syscall.SIGKILL
+		if graceful {
+			sig = syscall.SIGTERM
+		}
+		c.Signal(l, sig)
+		put(t, cl, fmt.Sprintf("while-%v", graceful), "down")
+		c.Restart(l)
+	}
+	for i := 0; i < 50; i++ {
+		if v, ok := get(t, cl, fmt.Sprintf("k%02d", i)); !ok || v != "v" {
+			t.Fatalf("k%02d after restarts: %q %v", i, v, ok)
+		}
+	}
+	// Every replica, the restarted ones too, still serves: kill each other
+	// store in turn and read everything through the remaining two.
+	for _, victim := range c.Stores {
+		c.Signal(victim, syscall.SIGTERM)
+		if v, ok := get(t, cl, "while-false"); !ok || v != "down" {
+			t.Fatalf("with %s down: %q %v", victim.Name, v, ok)
+		}
+		c.Restart(victim)
+		waitReplicated(t, c)
+	}
+}
+
+// kill -9 of the leading store while clients write: every acknowledged
+// write is still there afterwards.
+func TestKill9WhileWriting(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	pd := waitReplicated(t, c)
+	ctx, cancel := context.WithCancel(context.Background())
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; ctx.Err() == nil; i++ {
+				k := fmt.Sprintf("w%d-%d", w, i)
+				pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+				_, err := cl.Put(pctx, &kvpb.PutRequest{Key: []byte(k), Value: []byte("x")})
+				pcancel()
+				if err == nil {
+					mu.Lock()
+					acked[k] = true
+					mu.Unlock()
+				}
+			}
+		}(w)
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	deadline := time.Now().Add(60 * time.Second)
+	for count() < 200 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	victim := leaderStore(t, c, pd)
+	c.Signal(victim, syscall.SIGKILL)
+	before := count()
+	for count() < before+200 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if count() < before+200 {
+		t.Fatalf("writes stopped after the leader was killed (%d acknowledged)", count())
+	}
+	c.Restart(victim)
+	cancel()
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	for k := range acked {
+		if v, ok := get(t, cl, k); !ok || v != "x" {
+			t.Fatalf("acknowledged write %s lost after kill -9 (%d acknowledged)", k, len(acked))
+		}
+	}
+}
+
+// A raw gRPC caller sees typed region errors that say how to fix its
+// routing, and nothing changes.
+func TestRegionErrorsForRawCallers(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	c.Client(t)
+	pd := waitReplicated(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := pd.GetRegion(ctx, []byte("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, leader := r.GetRegion(), r.GetLeader()
+	kvOn := func(p *procs.Proc) kvpb.KVClient {
+		cc, err := grpc.NewClient(p.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return kvpb.NewKVClient(cc)
+	}
+	l := leaderStore(t, c, pd)
+	kv := kvOn(l)
+	ctxFor := func(epoch *metapb.RegionEpoch) *kvpb.Context {
+		return &kvpb.Context{RegionId: reg.GetId(), RegionEpoch: epoch, Peer: leader}
+	}
+	// Unknown region.
+	resp, err := kv.Put(ctx, &kvpb.PutRequest{Key: []byte("x"), Value: []byte("1"), Context: &kvpb.Context{RegionId: 999}})
+	if err != nil || resp.GetHeader().GetRegionError().GetRegionNotFound() == nil {
+		t.Fatalf("unknown region: %v %v", resp, err)
+	}
+	// Stale epoch: the error carries the current region.
+	stale := &metapb.RegionEpoch{ConfVer: reg.GetRegionEpoch().GetConfVer(), Version: reg.GetRegionEpoch().GetVersion() + 5}
+	resp, err = kv.Put(ctx, &kvpb.PutRequest{Key: []byte("x"), Value: []byte("1"), Context: ctxFor(stale)})
+	enm := resp.GetHeader().GetRegionError().GetEpochNotMatch()
+	if err != nil || enm == nil || len(enm.GetCurrentRegions()) == 0 || enm.GetCurrentRegions()[0].GetId() != reg.GetId() {
+		t.Fatalf("stale epoch: %v %v", resp, err)
+	}
+	// The wrong store.
+	resp, err = kv.Put(ctx, &kvpb.PutRequest{Key: []byte("x"), Value: []byte("1"),
+		Context: &kvpb.Context{RegionId: reg.GetId(), RegionEpoch: reg.GetRegionEpoch(), Peer: &metapb.Peer{Id: 1, StoreId: 424242}}})
+	if err != nil || resp.GetHeader().GetRegionError().GetStoreNotMatch() == nil {
+		t.Fatalf("wrong store: %v %v", resp, err)
+	}
+	// A follower answers NotLeader with the leader.
+	for _, p := range c.Stores {
+		if p == l {
+			continue
+		}
+		fr, err := kvOn(p).Put(ctx, &kvpb.PutRequest{Key: []byte("x"), Value: []byte("1"), Context: &kvpb.Context{RegionId: reg.GetId(), RegionEpoch: reg.GetRegionEpoch()}})
+		var nl *errorpb.NotLeader
+		if fr != nil {
+			nl = fr.GetHeader().GetRegionError().GetNotLeader()
+		}
+		if err != nil || nl == nil || nl.GetLeader().GetStoreId() != leader.GetStoreId() {
+			t.Fatalf("follower %s: %v %v", p.Name, fr, err)
+		}
+		break
+	}
+	// Bad input: a clear gRPC error, nothing written.
+	_, err = kv.Put(ctx, &kvpb.PutRequest{Key: nil, Context: ctxFor(reg.GetRegionEpoch())})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("empty key: %v", err)
+	}
+	_, err = kv.Put(ctx, &kvpb.PutRequest{Key: make([]byte, 9<<10), Context: ctxFor(reg.GetRegionEpoch())})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("9 KiB key: %v", err)
+	}
+	_, err = kv.Range(ctx, &kvpb.RangeRequest{Key: []byte("b"), RangeEnd: []byte("a"), Context: ctxFor(reg.GetRegionEpoch())})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("start > end: %v", err)
+	}
+	_, err = kv.Range(ctx, &kvpb.RangeRequest{Key: []byte("a"), Revision: 1 << 62, Context: ctxFor(reg.GetRegionEpoch())})
+	if status.Code(err) != codes.OutOfRange {
+		t.Fatalf("future revision: %v", err)
+	}
+	rr, err := kv.Range(ctx, &kvpb.RangeRequest{Key: []byte("x"), Context: ctxFor(reg.GetRegionEpoch())})
+	if err != nil || len(rr.GetKvs()) != 0 {
+		t.Fatalf("a refused write changed something: %v %v", rr, err)
+	}
+}
+
+var _ = errors.New

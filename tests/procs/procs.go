@@ -1,0 +1,222 @@
+// Package procs runs Basalt clusters as real processes for tests: the
+// basalt binary is built once per test binary, every process listens on
+// loopback ports picked free, and everything is stopped when the test ends.
+package procs
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/basaltdb/basalt/client"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// Binary builds cmd/basalt (once) and returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "basalt-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "basalt")
+		root, err := moduleRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/basalt")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod above the test directory")
+		}
+		dir = parent
+	}
+}
+
+// FreeAddr returns a loopback address with a port nobody listens on.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Proc is one basalt process.
+type Proc struct {
+	Name string
+	Args []string
+	Addr string
+	Dir  string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Cluster is PD members and stores, as processes.
+type Cluster struct {
+	t      testing.TB
+	bin    string
+	dir    string
+	PDs    []*Proc
+	Stores []*Proc
+}
+
+// Options shape a cluster.
+type Options struct {
+	PDs, Stores int
+	// MaxStoreDownTime for PD's replica checker (default 30 m).
+	MaxStoreDownTime time.Duration
+}
+
+// Start runs a cluster and waits for it to serve.
+func Start(t testing.TB, o Options) *Cluster {
+	t.Helper()
+	c := &Cluster{t: t, bin: Binary(t), dir: t.TempDir()}
+	t.Cleanup(c.Stop)
+	var initial []string
+	for i := 0; i < o.PDs; i++ {
+		name := fmt.Sprintf("pd%d", i+1)
+		peer := FreeAddr(t)
+		initial = append(initial, name+"="+peer)
+		c.PDs = append(c.PDs, &Proc{Name: name, Addr: FreeAddr(t), Dir: filepath.Join(c.dir, name)})
+		c.PDs[i].Args = []string{"pd", "--name", name, "--data-dir", c.PDs[i].Dir, "--client-addr", c.PDs[i].Addr,
+			"--peer-addr", peer, "--max-replicas", strconv.Itoa(min(3, o.Stores))}
+		if o.MaxStoreDownTime > 0 {
+			c.PDs[i].Args = append(c.PDs[i].Args, "--max-store-down-time", o.MaxStoreDownTime.String())
+		}
+	}
+	for _, p := range c.PDs {
+		p.Args = append(p.Args, "--initial-cluster", strings.Join(initial, ","))
+		c.start(p)
+	}
+	for i := 0; i < o.Stores; i++ {
+		name := fmt.Sprintf("store%d", i+1)
+		p := &Proc{Name: name, Addr: FreeAddr(t), Dir: filepath.Join(c.dir, name)}
+		p.Args = []string{"store", "--data-dir", p.Dir, "--addr", p.Addr, "--pd", c.PDEndpoints(),
+			"--heartbeat-interval", "1s", "--log-level", "warn"}
+		c.Stores = append(c.Stores, p)
+		c.start(p)
+	}
+	return c
+}
+
+// PDEndpoints is the PD client addresses, comma separated.
+func (c *Cluster) PDEndpoints() string {
+	var a []string
+	for _, p := range c.PDs {
+		a = append(a, p.Addr)
+	}
+	return strings.Join(a, ",")
+}
+
+func (c *Cluster) start(p *Proc) {
+	c.t.Helper()
+	logf, err := os.OpenFile(filepath.Join(c.dir, p.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	p.cmd = exec.Command(c.bin, p.Args...)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	p.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) {
+		_ = cmd.Wait()
+		logf.Close()
+		close(done)
+	}(p.cmd, p.done)
+}
+
+// Signal sends sig to a process and, for SIGTERM and SIGKILL, waits for it
+// to exit.
+func (c *Cluster) Signal(p *Proc, sig syscall.Signal) {
+	c.t.Helper()
+	_ = p.cmd.Process.Signal(sig)
+	if sig == syscall.SIGTERM || sig == syscall.SIGKILL {
+		select {
+		case <-p.done:
+		case <-time.After(30 * time.Second):
+			c.t.Fatalf("%s did not exit after %v", p.Name, sig)
+		}
+	}
+}
+
+// Restart starts a stopped process again with the same arguments.
+func (c *Cluster) Restart(p *Proc) { c.start(p) }
+
+// Stop kills every process.
+func (c *Cluster) Stop() {
+	for _, p := range append(append([]*Proc{}, c.Stores...), c.PDs...) {
+		if p.cmd != nil && p.cmd.Process != nil {
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+	}
+}
+
+// Log returns a process's log (for failure messages).
+func (c *Cluster) Log(p *Proc) string {
+	b, _ := os.ReadFile(filepath.Join(c.dir, p.Name+".log"))
+	return string(b)
+}
+
+// Client connects a client and waits until the cluster serves a write.
+func (c *Cluster) Client(t testing.TB) *client.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var cl *client.Client
+	var err error
+	for ctx.Err() == nil {
+		if cl, err = client.New(ctx, strings.Split(c.PDEndpoints(), ","), client.Options{}); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if cl == nil {
+		t.Fatalf("no client: %v", err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
+}
