@@ -19,9 +19,24 @@ type Engine struct {
 	Dir  string
 }
 
-// OpenEngine opens (creating if needed) the pebble database in dir. fs is
-// vfs.Default in production and a (crashable) in-memory FS in tests.
+// EngineOptions tune the pebble database.
+type EngineOptions struct {
+	// CacheBytes is pebble's block cache (default 256 MiB).
+	CacheBytes int64
+}
+
+// OpenEngine opens (creating if needed) the pebble database in dir with the
+// default options. fs is vfs.Default in production and a (crashable)
+// in-memory FS in tests.
 func OpenEngine(dir string, fs vfs.FS) (*Engine, error) {
+	return OpenEngineWith(dir, fs, EngineOptions{})
+}
+
+// OpenEngineWith is OpenEngine with options.
+func OpenEngineWith(dir string, fs vfs.FS, eo EngineOptions) (*Engine, error) {
+	if eo.CacheBytes == 0 {
+		eo.CacheBytes = 256 << 20
+	}
 	if fs == nil {
 		fs = vfs.Default
 	}
@@ -29,7 +44,10 @@ func OpenEngine(dir string, fs vfs.FS) (*Engine, error) {
 	if err := mkdirAllDurable(fs, dbDir); err != nil {
 		return nil, err
 	}
+	cache := pebble.NewCache(eo.CacheBytes)
+	defer cache.Unref() // the DB holds its own reference
 	opts := &pebble.Options{
+		Cache:                       cache,
 		FS:                          fs,
 		FormatMajorVersion:          pebble.FormatNewest,
 		MemTableSize:                64 << 20,

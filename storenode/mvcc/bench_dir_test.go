@@ -1,0 +1,5 @@
+package mvcc
+
+import "os"
+
+func makeBenchDir() (string, error) { return os.MkdirTemp("", "basalt-mvcc-bench-") }
