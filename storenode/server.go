@@ -49,6 +49,9 @@ type Config struct {
 	// revision (default 100 ms).
 	ResolveInterval time.Duration
 
+	// GossipAddr binds the liveness gossip (default: Addr's host, any port).
+	GossipAddr string
+
 	// Listener, when set, is used instead of listening on Addr.
 	Listener net.Listener
 	FS       vfs.FS
@@ -88,6 +91,7 @@ type Server struct {
 	seq     *sequencer
 	watches *watchHub
 	hb      *heartbeater
+	gossip  *gossip
 
 	compactWake chan struct{}
 	gcMu        sync.Mutex
@@ -164,12 +168,20 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.bootstrapIfNeeded(ctx); err != nil {
 		return err
 	}
+	gaddr := s.cfg.GossipAddr
+	if gaddr == "" {
+		host, _, _ := net.SplitHostPort(s.addr)
+		gaddr = net.JoinHostPort(host, "0")
+	}
+	if s.gossip, err = s.startGossip(gaddr); err != nil {
+		return err
+	}
 	labels := make([]*metapb.StoreLabel, 0, len(s.cfg.Labels))
 	for k, v := range s.cfg.Labels {
 		labels = append(labels, &metapb.StoreLabel{Key: k, Value: v})
 	}
 	if err := s.pd.PutStore(ctx, &metapb.Store{Id: s.storeID, Address: s.addr, PeerAddress: s.addr, Labels: labels,
-		Version: Version, StartTimestamp: time.Now().Unix()}); err != nil {
+		Version: Version, StartTimestamp: time.Now().Unix(), GossipAddress: s.gossip.addr}); err != nil {
 		return fmt.Errorf("storenode: register with PD: %w", err)
 	}
 
@@ -180,7 +192,7 @@ func (s *Server) start(ctx context.Context) error {
 	s.store.Start()
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); _ = s.grpc.Serve(s.lis) }()
-	for _, fn := range []func(){s.seq.run, s.hb.run, s.resolveLoop, s.compactionLoop} {
+	for _, fn := range []func(){s.seq.run, s.hb.run, s.resolveLoop, s.compactionLoop, s.gossip.joinLoop} {
 		s.wg.Add(1)
 		go func(fn func()) { defer s.wg.Done(); fn() }(fn)
 	}
@@ -347,6 +359,9 @@ func (s *Server) Close() {
 		s.store.Stop()
 	}
 	s.wg.Wait()
+	if s.gossip != nil {
+		s.gossip.stop()
+	}
 	if s.watches != nil {
 		s.watches.closeAll()
 	}

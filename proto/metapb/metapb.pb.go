@@ -249,6 +249,8 @@ type Store struct {
 	StartTimestamp int64 `protobuf:"varint,7,opt,name=start_timestamp,json=startTimestamp,proto3" json:"start_timestamp,omitempty"`
 	// HTTP address serving /metrics and /status.
 	StatusAddress string `protobuf:"bytes,8,opt,name=status_address,json=statusAddress,proto3" json:"status_address,omitempty"`
+	// memberlist address for liveness gossip between stores.
+	GossipAddress string `protobuf:"bytes,9,opt,name=gossip_address,json=gossipAddress,proto3" json:"gossip_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -335,6 +337,13 @@ func (x *Store) GetStartTimestamp() int64 {
 func (x *Store) GetStatusAddress() string {
 	if x != nil {
 		return x.StatusAddress
+	}
+	return ""
+}
+
+func (x *Store) GetGossipAddress() string {
+	if x != nil {
+		return x.GossipAddress
 	}
 	return ""
 }
@@ -543,7 +552,7 @@ const file_metapb_metapb_proto_rawDesc = "" +
 	"\n" +
 	"StoreLabel\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\x94\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xbb\x02\n" +
 	"\x05Store\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12!\n" +
@@ -552,7 +561,8 @@ const file_metapb_metapb_proto_rawDesc = "" +
 	"\x06labels\x18\x05 \x03(\v2\x12.metapb.StoreLabelR\x06labels\x12\x18\n" +
 	"\aversion\x18\x06 \x01(\tR\aversion\x12'\n" +
 	"\x0fstart_timestamp\x18\a \x01(\x03R\x0estartTimestamp\x12%\n" +
-	"\x0estatus_address\x18\b \x01(\tR\rstatusAddress\"B\n" +
+	"\x0estatus_address\x18\b \x01(\tR\rstatusAddress\x12%\n" +
+	"\x0egossip_address\x18\t \x01(\tR\rgossipAddress\"B\n" +
 	"\vRegionEpoch\x12\x19\n" +
 	"\bconf_ver\x18\x01 \x01(\x04R\aconfVer\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\"W\n" +

@@ -1,0 +1,46 @@
+package integration
+
+import (
+	"context"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/basaltdb/basalt/tests/procs"
+)
+
+// When the store leading a region dies, the other stores learn it through
+// gossip and the region elects a new leader without any client request
+// (an idle region's followers hibernate and would not notice by
+// themselves).
+func TestDeadLeaderDetectedByGossip(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	pd := waitReplicated(t, c)
+	put(t, cl, "k", "v")
+	dead := leaderStore(t, c, pd)
+	c.Signal(dead, syscall.SIGKILL)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatal("no new leader and no gossip report within 60 s of the leader's death")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		r, err := pd.GetRegion(ctx, []byte("k"))
+		cancel()
+		reported := false
+		for _, p := range c.Stores {
+			if p != dead && strings.Contains(c.Log(p), "store left the gossip") {
+				reported = true
+			}
+		}
+		if err == nil && reported {
+			st, err := pd.GetStore(context.Background(), r.GetLeader().GetStoreId())
+			if err == nil && st.GetAddress() != dead.Addr {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
