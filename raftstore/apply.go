@@ -127,10 +127,21 @@ func (p *peer) applyNormal(ab *ApplyBatch, e *pb.Entry, results []applyResult) [
 			}
 		}
 	case cmdAdmin:
-		// Split and merge arrive with the split/merge work; no binary has
-		// proposed one yet, so meeting one means a newer binary wrote this
-		// log and this one must not guess what it meant.
-		panic(fmt.Sprintf("raftstore: region %d: entry %d is an admin command this binary cannot apply", p.regionID, e.GetIndex()))
+		var req raftcmdpb.AdminRequest
+		if err := proto.Unmarshal(env.payload, &req); err != nil {
+			panic(fmt.Sprintf("raftstore: region %d: entry %d: bad admin request: %v", p.regionID, e.GetIndex(), err))
+		}
+		switch x := req.GetRequest().(type) {
+		case *raftcmdpb.AdminRequest_BatchSplit:
+			res, _ := p.applySplit(ab, env, x.BatchSplit)
+			if pr != nil {
+				results = append(results, applyResult{pr: pr, result: res})
+			}
+		default:
+			// Merge arrives with the merge work; meeting it means a newer
+			// binary wrote this log and this one must not guess.
+			panic(fmt.Sprintf("raftstore: region %d: entry %d is an admin command (%T) this binary cannot apply", p.regionID, e.GetIndex(), x))
+		}
 	default:
 		panic(fmt.Sprintf("raftstore: region %d: entry %d has unknown command kind %d", p.regionID, e.GetIndex(), env.kind))
 	}

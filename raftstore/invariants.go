@@ -3,6 +3,7 @@ package raftstore
 import (
 	"fmt"
 
+	"github.com/basaltdb/basalt/proto/metapb"
 	"github.com/basaltdb/basalt/region"
 )
 
@@ -21,7 +22,13 @@ func (s *Store) checkInvariants() {
 		}
 		n++
 		if got := s.ranges.GetByID(id); got == nil {
-			panic(fmt.Sprintf("raftstore: invariant: initialized region %d missing from the range index", id))
+			var idx []string
+			s.ranges.Ascend(nil, func(r *metapb.Region) bool {
+				idx = append(idx, fmt.Sprintf("%d[%q,%q)v%d", r.GetId(), r.GetStartKey(), r.GetEndKey(), r.GetRegionEpoch().GetVersion()))
+				return true
+			})
+			panic(fmt.Sprintf("raftstore: invariant: store %d: initialized region %d (%v) missing from the range index %v",
+				s.cfg.StoreID, id, st.Region, idx))
 		}
 		if st.Applied > st.Commit && st.Commit != 0 {
 			panic(fmt.Sprintf("raftstore: invariant: region %d applied %d beyond commit %d", id, st.Applied, st.Commit))

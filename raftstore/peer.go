@@ -71,6 +71,12 @@ type peer struct {
 	// The last generated snapshot, reused while the applied index stands.
 	lastSnap   *pb.Snapshot
 	lastSnapID uint64
+	// splitChildren: regions a split applied this round made, created on
+	// this store once the apply batch committed; splitWasLeader: whether
+	// this replica led the parent then (its children campaign at once).
+	splitChildren  []*metapb.Region
+	splitWasLeader bool
+
 	// claimedSnap: received snapshot data this peer stepped into raft.
 	claimedSnap *recvSnap
 	// applying: an apply batch with this peer's entries is not committed

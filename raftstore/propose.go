@@ -23,8 +23,9 @@ type proposal struct {
 	kind    byte
 	epoch   *metapb.RegionEpoch
 	payload []byte
-	changes []*raftcmdpb.ChangePeer // for cmdChangePeers
-	subs    []*proposal             // for cmdUserBatch: the writes it carries
+	changes []*raftcmdpb.ChangePeer   // for cmdChangePeers
+	split   []*raftcmdpb.SplitRequest // for a split (cmdAdmin)
+	subs    []*proposal               // for cmdUserBatch: the writes it carries
 
 	id          uint64
 	index, term uint64
@@ -221,6 +222,20 @@ func (p *peer) propose(pr *proposal) {
 		// entries as the size limit allows and steps them as one MsgProp, so
 		// raft appends, sends and persists per round, not per write.
 		p.batch = append(p.batch, pr)
+	case cmdAdmin:
+		// Flush first: the split must follow the writes proposed before it.
+		p.flushProposals()
+		if !region.CheckEpoch(region.CmdSplit, pr.epoch, p.region.GetRegionEpoch()) {
+			pr.finish(nil, region.EpochNotMatch(p.region))
+			return
+		}
+		if _, err := splitRegions(p.region, pr.split); err != nil {
+			pr.finish(err, nil)
+			return
+		}
+		pr.id = p.store.nextProposalID()
+		pr.proposeTime = monoNow()
+		p.proposedOrFailed(pr, p.rn.Propose(encodeEnvelope(cmdAdmin, pr.id, pr.epoch, pr.payload)))
 	case cmdChangePeers:
 		// Flush first: the conf change must follow the writes proposed before it.
 		p.flushProposals()

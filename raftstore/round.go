@@ -84,12 +84,11 @@ func (w *worker) round() {
 			p.applySnapshot(p.rd.Snapshot, p.rd.HardState)
 		}
 		p.storage.append(wb, p.rd.Entries)
+		// An uninitialized replica persists its term too (it grants no
+		// votes; see stepMessage), but no region state: it is recreated by
+		// the next message after a restart, and a split or snapshot that
+		// initializes it writes the region state.
 		p.storage.setHardState(wb, p.rd.HardState)
-		if p.rd.HardState != nil && !p.isInitialized() {
-			// An uninitialized replica that voted must remember it across
-			// restarts: record it so load() recreates it.
-			mustSetProto(wb, regionStateKey(p.regionID), p.storage.regionState)
-		}
 		sync = sync || p.rd.MustSync
 		p.assignIndexes(p.rd.Entries)
 		p.sendMessages(p.rd.Messages, false)
@@ -142,6 +141,18 @@ func (w *worker) round() {
 	for _, t := range truncs {
 		t.p.storage.truncated(t.index, t.term)
 		s.stats.Truncations.Add(1)
+	}
+	// The regions a split made exist, and the parent's narrowed range is
+	// published, before the split's proposer hears back: a request it then
+	// sends to a new region finds it on this store.
+	for _, p := range w.peers {
+		if len(p.splitChildren) == 0 {
+			continue
+		}
+		p.regionChanged = false
+		s.sm.RegionChanged(p.regionID, p.region, p.storage.smState)
+		p.createSplitChildren()
+		p.publishStatus()
 	}
 	for _, r := range results {
 		r.pr.finish(r.result, r.err)
@@ -278,6 +289,13 @@ func (p *peer) stepMessage(rm *rspb.RaftMessage) {
 	}
 	if p.isInitialized() && p.isStaleSender(rm) {
 		p.sendExtra(from, &rspb.ExtraMessage{Type: rspb.ExtraMessageType_GcPeer})
+		return
+	}
+	if t := m.GetType(); (t == pb.MsgVote || t == pb.MsgPreVote) && !p.isInitialized() {
+		// An uninitialized replica holds no log and no descriptor: it is
+		// never needed to elect a leader (the initialized replicas of a
+		// new region suffice), and not voting means it never has a vote a
+		// split or snapshot initializing it could lose.
 		return
 	}
 	if t := m.GetType(); (t == pb.MsgVote || t == pb.MsgPreVote) && monoNow() < p.store.voteFence {

@@ -310,5 +310,11 @@ func loadPeerStorage(db *pebble.DB, cache *entryCache, regionID uint64, rs *rspb
 	if c := s.hardState.GetCommit(); c > s.lastIndex {
 		return nil, fmt.Errorf("raftstore: region %d: commit %d beyond last index %d", regionID, c, s.lastIndex)
 	}
+	if s.hardState != nil && s.hardState.GetCommit() < s.truncIndex {
+		// Entries up to the truncated index are committed by definition;
+		// an older hard state written by an uninitialized replica a split
+		// replaced can say less.
+		s.hardState.Commit = new(s.truncIndex)
+	}
 	return s, nil
 }

@@ -213,12 +213,20 @@ func (s *Store) removeSnapshotFiles() error {
 // newPeer builds a peer from its region state; rs is nil for a new,
 // uninitialized peer.
 func (s *Store) newPeer(regionID, peerID uint64, rs *rspb.RegionLocalState) (*peer, error) {
+	return s.newPeerAtTerm(regionID, peerID, rs, 0)
+}
+
+// newPeerAtTerm is newPeer with raft's term raised to at least termFloor.
+func (s *Store) newPeerAtTerm(regionID, peerID uint64, rs *rspb.RegionLocalState, termFloor uint64) (*peer, error) {
 	if rs == nil {
 		rs = &rspb.RegionLocalState{Region: &metapb.Region{Id: regionID, Peers: []*metapb.Peer{{Id: peerID, StoreId: s.cfg.StoreID}}}}
 	}
 	st, err := loadPeerStorage(s.eng.DB, s.cache, regionID, rs)
 	if err != nil {
 		return nil, err
+	}
+	if termFloor > st.hardState.GetTerm() && st.hardState != nil {
+		st.hardState.Term = new(termFloor)
 	}
 	p := &peer{
 		store:       s,
@@ -714,4 +722,5 @@ type Stats struct {
 	SnapshotsGenerated, SnapshotsSent, SnapshotSendFailures        atomic.Uint64
 	SnapshotsReceived, SnapshotsApplied                            atomic.Uint64
 	Hibernations, Wakes, PeersCreated, PeersDestroyed, Truncations atomic.Uint64
+	Splits                                                         atomic.Uint64
 }

@@ -1,0 +1,227 @@
+package raftstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/basaltdb/basalt/proto/metapb"
+	"github.com/basaltdb/basalt/proto/raftcmdpb"
+	"github.com/basaltdb/basalt/region"
+)
+
+// splitReq is a split of a 3-replica region at key into region newID.
+func splitReq(key string, newID uint64) *raftcmdpb.SplitRequest {
+	return &raftcmdpb.SplitRequest{SplitKey: []byte(key), NewRegionId: newID,
+		NewPeerIds: []uint64{newID*100 + 1, newID*100 + 2, newID*100 + 3}}
+}
+
+func (c *testCluster) split(regionID uint64, reqs ...*raftcmdpb.SplitRequest) []*metapb.Region {
+	c.t.Helper()
+	for {
+		l := c.leader(regionID)
+		st := l.st.RegionStatus(regionID)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		regions, err := l.st.Split(ctx, regionID, st.Region.GetRegionEpoch(), reqs)
+		cancel()
+		if err == nil {
+			return regions
+		}
+		if !errors.Is(err, region.ErrNotLeader) && !errors.Is(err, region.ErrStaleCommand) {
+			c.t.Fatalf("split: %v", err)
+		}
+	}
+}
+
+// everyStoreAgrees waits until every listed store holds the same descriptor
+// of every listed region.
+func (c *testCluster) everyStoreAgrees(regions []*metapb.Region, storeIDs ...uint64) {
+	c.t.Helper()
+	waitFor(c.t, "every replica to have the split's descriptors", 20*time.Second, func() bool {
+		for _, id := range storeIDs {
+			for _, r := range regions {
+				st := c.store(id).st.RegionStatus(r.GetId())
+				if st == nil || !st.Initialized || !proto.Equal(st.Region, r) {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+func TestSplit(t *testing.T) {
+	c := newTestCluster(t, 3, testConfig())
+	c.bootstrap(1, "", "", 1, 2, 3)
+	_ = c.store(1).st.Campaign(1)
+	for _, k := range []string{"a", "f", "m", "t", "z"} {
+		c.put(1, k, "v-"+k)
+	}
+	regions := c.split(1, splitReq("f", 2), splitReq("m", 3))
+	if len(regions) != 3 {
+		t.Fatalf("split made %d regions", len(regions))
+	}
+	want := [][2]string{{"", "f"}, {"f", "m"}, {"m", ""}}
+	for i, r := range regions {
+		if string(r.GetStartKey()) != want[i][0] || string(r.GetEndKey()) != want[i][1] || r.GetRegionEpoch().GetVersion() != 3 {
+			t.Fatalf("region %d: %v", i, r)
+		}
+	}
+	if regions[2].GetId() != 1 {
+		t.Fatalf("the parent should keep the rightmost range: %v", regions[2])
+	}
+	c.everyStoreAgrees(regions, 1, 2, 3)
+	// Each new region gets a leader and takes writes in its range.
+	c.put(2, "b", "new")
+	c.put(3, "g", "new")
+	c.put(1, "x", "new")
+	c.waitReplicated("g", "new", 1, 2, 3)
+	c.waitReplicated("b", "new", 1, 2, 3)
+	// The old data stays where it was: the split moved nothing.
+	for _, k := range []string{"a", "f", "m", "t", "z"} {
+		if v, _ := c.store(2).localGet(k); v != "v-"+k {
+			t.Fatalf("%s after the split: %q", k, v)
+		}
+	}
+	// A write with the parent's old epoch is refused; a key outside a
+	// region is refused by the state machine.
+	l := c.leader(1)
+	_, err := l.st.Propose(context.Background(), 1, &metapb.RegionEpoch{ConfVer: 1, Version: 1}, encodePut([]byte("y"), []byte("old")))
+	if !errors.Is(err, region.ErrEpochNotMatch) {
+		t.Fatalf("stale epoch after split: %v", err)
+	}
+	res, err := l.st.Propose(context.Background(), 1, l.st.RegionStatus(1).Region.GetRegionEpoch(), encodePut([]byte("a"), []byte("wrong region")))
+	if err != nil || !errors.Is(res.(error), region.ErrKeyNotInRegion) {
+		t.Fatalf("write to a key the region gave away: %v %v", res, err)
+	}
+	// Bad splits are refused and change nothing.
+	st := l.st.RegionStatus(1)
+	if _, err := l.st.Split(context.Background(), 1, st.Region.GetRegionEpoch(), []*raftcmdpb.SplitRequest{splitReq("a", 9)}); !errors.Is(err, ErrBadSplit) {
+		t.Fatalf("split outside the region: %v", err)
+	}
+	if _, err := l.st.Split(context.Background(), 1, &metapb.RegionEpoch{ConfVer: 1, Version: 1}, []*raftcmdpb.SplitRequest{splitReq("p", 9)}); !errors.Is(err, region.ErrEpochNotMatch) {
+		t.Fatalf("split with a stale epoch: %v", err)
+	}
+	if !proto.Equal(l.st.RegionStatus(1).Region, st.Region) {
+		t.Fatal("a refused split changed the region")
+	}
+}
+
+// A replica cut off during the split catches up afterwards: it creates the
+// new regions from the parent's log even though the new regions' leaders
+// already reached it (and made uninitialized replicas there).
+func TestSplitReachesLaggingReplica(t *testing.T) {
+	c := newTestCluster(t, 3, testConfig())
+	c.bootstrap(1, "", "", 1, 2, 3)
+	_ = c.store(1).st.Campaign(1)
+	c.put(1, "a", "1")
+	c.put(1, "z", "1")
+	c.waitReplicated("a", "1", 1, 2, 3)
+	l := c.leader(1)
+	var lag uint64
+	for _, id := range c.ids {
+		if id != l.id {
+			lag = id
+			break
+		}
+	}
+	// Drop only what the parent's replicas send to the lagging store, so
+	// the new region's messages reach it first.
+	c.net.partition([]uint64{lag}, nil)
+	c.net.mu.Lock()
+	for _, id := range c.ids {
+		if id != lag {
+			c.net.dropped[link{id, lag}] = true
+		}
+	}
+	c.net.mu.Unlock()
+	regions := c.split(1, splitReq("m", 2))
+	c.put(2, "b", "2")
+	c.net.heal()
+	c.everyStoreAgrees(regions, 1, 2, 3)
+	c.waitReplicated("b", "2", 1, 2, 3)
+	for _, id := range c.ids {
+		if n := len(c.store(id).st.Regions()); n != 2 {
+			t.Fatalf("store %d has %d regions, want 2", id, n)
+		}
+	}
+	// Everything still works after a restart.
+	fs := c.stopStore(lag)
+	c.restartStore(lag, fs)
+	c.everyStoreAgrees(regions, 1, 2, 3)
+	c.put(2, "c", "3")
+	c.put(1, "n", "3")
+	c.waitReplicated("c", "3", 1, 2, 3)
+	c.waitReplicated("n", "3", 1, 2, 3)
+}
+
+// Many splits in a row, each new region split again.
+func TestRepeatedSplits(t *testing.T) {
+	c := newTestCluster(t, 3, testConfig())
+	c.bootstrap(1, "", "", 1, 2, 3)
+	_ = c.store(1).st.Campaign(1)
+	// Followers may lag; the split's answer is the authority.
+	regions := map[uint64]*metapb.Region{1: c.store(1).st.RegionStatus(1).Region}
+	find := func(key string) uint64 {
+		for id, r := range regions {
+			if region.ContainsKey(r, []byte(key)) {
+				return id
+			}
+		}
+		t.Fatalf("no region holds %q", key)
+		return 0
+	}
+	next := uint64(2)
+	for i := 0; i < 8; i++ {
+		key := fmt.Sprintf("k%d", 8-i) // split the leftmost region each time
+		for _, r := range c.split(find(key), splitReq(key, next)) {
+			regions[r.GetId()] = r
+		}
+		next++
+	}
+	waitFor(t, "9 regions on every store", 20*time.Second, func() bool {
+		for _, id := range c.ids {
+			if len(c.store(id).st.Regions()) != 9 {
+				return false
+			}
+		}
+		return true
+	})
+	for i := 0; i <= 8; i++ {
+		key := fmt.Sprintf("k%d-x", i)
+		c.put(find(key), key, "v")
+		c.waitReplicated(key, "v", c.ids...)
+	}
+}
+
+// A power loss right after a split: every store comes back with either the
+// whole parent (and replays the split from its log) or the parent narrowed
+// and its children created, never a child overlapping a wide parent, and the
+// stores converge on the split.
+func TestSplitSurvivesPowerLoss(t *testing.T) {
+	c := newTestCluster(t, 3, testConfig())
+	c.bootstrap(1, "", "", 1, 2, 3)
+	_ = c.store(1).st.Campaign(1)
+	c.put(1, "a", "1")
+	c.put(1, "x", "1")
+	regions := c.split(1, splitReq("f", 2), splitReq("p", 3))
+	c.put(3, "g", "2")
+	crashed := map[uint64]*vfs.MemFS{}
+	for _, id := range c.ids {
+		crashed[id] = c.crashStore(id)
+	}
+	for _, id := range c.ids {
+		c.restartStore(id, crashed[id])
+	}
+	c.everyStoreAgrees(regions, 1, 2, 3)
+	c.waitReplicated("g", "2", 1, 2, 3)
+	c.put(2, "b", "3")
+	c.put(1, "y", "3")
+	c.waitReplicated("b", "3", 1, 2, 3)
+	c.waitReplicated("y", "3", 1, 2, 3)
+}
