@@ -30,6 +30,10 @@ type proposal struct {
 	id          uint64
 	index, term uint64
 	proposeTime int64
+	// leaderTerm, when set, is the term in which the caller saw this
+	// replica lead; the proposal is refused if the replica no longer leads
+	// in that term (see ProposeAsyncInTerm).
+	leaderTerm uint64
 
 	done   chan struct{}
 	result any
@@ -95,6 +99,17 @@ func (p *Pending) Done() <-chan struct{} { return p.pr.done }
 // at once. Proposals made by one goroutine reach the log in the order they
 // were made (the sequencer relies on this to keep revisions in order).
 func (s *Store) ProposeAsync(regionID uint64, epoch *metapb.RegionEpoch, data []byte) (*Pending, error) {
+	return s.ProposeAsyncInTerm(regionID, epoch, 0, data)
+}
+
+// ProposeAsyncInTerm is ProposeAsync for a command built while this
+// replica led regionID in term leaderTerm (RegionStatus.Term): it fails
+// with NotLeader unless the replica still leads in that very term when the
+// command reaches the log. A command whose content depends on what was
+// true while the caller saw this replica lead (a revision chosen after
+// leadership began) thereby never lands in a later term, after another
+// leader may have promised something about it.
+func (s *Store) ProposeAsyncInTerm(regionID uint64, epoch *metapb.RegionEpoch, leaderTerm uint64, data []byte) (*Pending, error) {
 	if len(data)+envelopeLen > s.cfg.MaxEntryBytes {
 		return nil, region.RaftEntryTooLarge(regionID, uint64(len(data)))
 	}
@@ -103,6 +118,7 @@ func (s *Store) ProposeAsync(regionID uint64, epoch *metapb.RegionEpoch, data []
 		return nil, region.RegionNotFound(regionID)
 	}
 	pr := newProposal(cmdUser, epoch, data)
+	pr.leaderTerm = leaderTerm
 	if !p.push(func(mb *mailbox) { mb.props = append(mb.props, pr) }) {
 		return nil, region.RegionNotFound(regionID)
 	}
@@ -204,7 +220,7 @@ func (p *peer) propose(pr *proposal) {
 		pr.finish(nil, region.RegionNotInitialized(p.regionID))
 		return
 	}
-	if !p.isLeader() {
+	if !p.isLeader() || (pr.leaderTerm != 0 && pr.leaderTerm != p.term) {
 		pr.finish(nil, region.NotLeader(p.regionID, p.leaderPeer()))
 		return
 	}

@@ -35,7 +35,7 @@ func grpcError(err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, mvcc.ErrKeyNotFound), errors.Is(err, mvcc.ErrEmptyKey), errors.Is(err, mvcc.ErrKeyTooLarge),
 		errors.Is(err, mvcc.ErrTooLarge), errors.Is(err, mvcc.ErrTooManyOps), errors.Is(err, mvcc.ErrDuplicateKey),
-		errors.Is(err, mvcc.ErrBadRange):
+		errors.Is(err, mvcc.ErrBadRange), errors.Is(err, mvcc.ErrValueProvided), errors.Is(err, mvcc.ErrLeaseProvided):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, mvcc.ErrRevisionOrder):
 		return status.Error(codes.Unavailable, err.Error())

@@ -11,6 +11,7 @@ import (
 	"github.com/basaltdb/basalt/proto/kvpb"
 	"github.com/basaltdb/basalt/proto/metapb"
 	"github.com/basaltdb/basalt/raftstore"
+	"github.com/basaltdb/basalt/region"
 	"github.com/basaltdb/basalt/storenode/mvcc"
 )
 
@@ -38,10 +39,13 @@ type seqItem struct {
 	regionID uint64
 	epoch    *metapb.RegionEpoch
 	cmd      *kvpb.WriteCommand // nil: a resolve marker, only a revision
-	rev      int64
-	pending  *raftstore.Pending
-	err      error
-	ready    chan struct{}
+	// term is the term in which this store led the region when the item
+	// was sequenced, read before its revision was drawn.
+	term    uint64
+	rev     int64
+	pending *raftstore.Pending
+	err     error
+	ready   chan struct{}
 }
 
 func newSequencer(s *Server) *sequencer {
@@ -150,11 +154,38 @@ func (q *sequencer) run() {
 }
 
 // sequence assigns revisions to items and proposes them in order.
+//
+// Why the leader's term is read before the timestamps are drawn and checked
+// again when the write reaches the log: a resolved revision T published by
+// one leader promises that no write at or below T appears later. Its
+// sequencer only knows its own writes; another store that becomes leader
+// must therefore never propose a revision drawn before its leadership
+// began. A term that began before the draw was won with votes cast after
+// the old leader's last quorum acknowledgement, hence after the old
+// leader drew T, so every revision drawn after it is above T.
 func (q *sequencer) sequence(items []*seqItem) {
+	live := items[:0:0]
+	for _, it := range items {
+		st := q.s.store.RegionStatus(it.regionID)
+		switch {
+		case st == nil:
+			it.err = region.RegionNotFound(it.regionID)
+		case !st.IsLeader():
+			it.err = region.NotLeader(it.regionID, st.Leader)
+		default:
+			it.term = st.Term
+			live = append(live, it)
+			continue
+		}
+		close(it.ready)
+	}
+	if len(live) == 0 {
+		return
+	}
 	ctx, cancel := context.WithTimeout(q.s.ctx, 10*time.Second)
-	first, err := q.s.pd.GetTSRange(ctx, uint32(len(items)))
+	first, err := q.s.pd.GetTSRange(ctx, uint32(len(live)))
 	cancel()
-	for i, it := range items {
+	for i, it := range live {
 		if err != nil {
 			it.err = err
 			close(it.ready)
@@ -166,7 +197,7 @@ func (q *sequencer) sequence(items []*seqItem) {
 			data, merr := proto.Marshal(it.cmd)
 			if merr != nil {
 				it.err = merr
-			} else if it.pending, it.err = q.s.store.ProposeAsync(it.regionID, it.epoch, data); it.err == nil {
+			} else if it.pending, it.err = q.s.store.ProposeAsyncInTerm(it.regionID, it.epoch, it.term, data); it.err == nil {
 				q.track(it.regionID, it.rev, it.pending)
 			}
 		}
@@ -211,8 +242,15 @@ func (q *sequencer) track(regionID uint64, rev int64, p *raftstore.Pending) {
 	}()
 }
 
-// waitBelow waits until no write of regionID below rev is in flight.
-func (q *sequencer) waitBelow(regionID uint64, rev int64) error {
+// waitBelow waits until no write of regionID below rev is in flight, or
+// ctx ends (a leader cut off from its quorum keeps its writes pending).
+func (q *sequencer) waitBelow(ctx context.Context, regionID uint64, rev int64) error {
+	stop := context.AfterFunc(ctx, func() {
+		q.fmu.Lock()
+		q.fcond.Broadcast()
+		q.fmu.Unlock()
+	})
+	defer stop()
 	q.fmu.Lock()
 	defer q.fmu.Unlock()
 	for {
@@ -220,6 +258,9 @@ func (q *sequencer) waitBelow(regionID uint64, rev int64) error {
 		case <-q.stopc:
 			return errStopping
 		default:
+		}
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 		blocked := false
 		for r := range q.inflight[regionID] {
@@ -241,6 +282,14 @@ func (q *sequencer) waitBelow(regionID uint64, rev int64) error {
 func (s *Server) resolveLoop() {
 	t := time.NewTicker(s.cfg.ResolveInterval)
 	defer t.Stop()
+	// Regions are resolved concurrently and a region still resolving is
+	// skipped: one whose writes hang (its leader lost its quorum) holds up
+	// no other region and no later tick.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var mu sync.Mutex
+	busy := map[uint64]bool{}
+	sem := make(chan struct{}, resolveConcurrency)
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -252,12 +301,37 @@ func (s *Server) resolveLoop() {
 			if st == nil || !st.IsLeader() {
 				continue
 			}
-			if rev, err := s.resolve(id, st.Region.GetRegionEpoch()); err == nil {
-				s.watches.progress(id, rev)
+			mu.Lock()
+			skip := busy[id]
+			busy[id] = true
+			mu.Unlock()
+			if skip {
+				continue
 			}
+			select {
+			case sem <- struct{}{}:
+			case <-s.ctx.Done():
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer func() {
+					mu.Lock()
+					delete(busy, id)
+					mu.Unlock()
+					<-sem
+					wg.Done()
+				}()
+				if rev, err := s.resolve(id, st.Region.GetRegionEpoch()); err == nil {
+					s.watches.progress(id, rev)
+				}
+			}()
 		}
 	}
 }
+
+// resolveConcurrency bounds the regions resolved at once.
+const resolveConcurrency = 64
 
 // resolve computes a resolved revision for one region: a marker revision
 // T ordered after every queued write, then every write below T finished,
@@ -270,7 +344,7 @@ func (s *Server) resolve(regionID uint64, epoch *metapb.RegionEpoch) (int64, err
 	if err != nil {
 		return 0, err
 	}
-	if err := s.seq.waitBelow(regionID, t); err != nil {
+	if err := s.seq.waitBelow(ctx, regionID, t); err != nil {
 		return 0, err
 	}
 	if _, err := s.store.ReadIndex(ctx, regionID, epoch); err != nil {

@@ -28,6 +28,10 @@ const (
 	reasonStopping      = "store is stopping"
 )
 
+// errDuplicateWatchID: a create request reused a watch ID still live on its
+// stream (etcd's message).
+var errDuplicateWatchID = errors.New("mvcc: duplicate watch ID provided on the WatchStream")
+
 type watchHub struct {
 	s           *Server
 	mu          sync.Mutex
@@ -49,13 +53,18 @@ type watcher struct {
 	noDelete bool
 	prevKV   bool
 	progress bool
+	// start: events below it are never sent (0: from the registration
+	// revision on).
+	start int64
 
 	mu         sync.Mutex
 	catchingUp bool
 	replayedTo int64
 	held       []*kvpb.WatchResponse // live responses queued while catching up
 	canceled   bool
-	lastSent   int64
+	// lastSent is the highest revision sent (events or progress): a
+	// progress notification never goes back below it.
+	lastSent int64
 }
 
 // watchStream is one client stream; its responses go out in order through
@@ -68,6 +77,18 @@ type watchStream struct {
 }
 
 func (ws *watchStream) close() { ws.once.Do(func() { close(ws.closed) }) }
+
+// sendWait queues a response, waiting for room; false once the stream is
+// closed. Only for the stream's own goroutine (history replay), never for
+// the apply path.
+func (ws *watchStream) sendWait(r *kvpb.WatchResponse) bool {
+	select {
+	case ws.out <- r:
+		return true
+	case <-ws.closed:
+		return false
+	}
+}
 
 // send queues a response without blocking; false when the stream is full.
 func (ws *watchStream) send(r *kvpb.WatchResponse) bool {
@@ -154,6 +175,9 @@ func (h *watchHub) cancel(w *watcher, reason string, compactRev int64) {
 // committed. It must not block.
 func (h *watchHub) publish(r *mvcc.Region, rev int64, events []*kvpb.Event) {
 	for _, w := range h.watchers(r.ID) {
+		if rev < w.start {
+			continue
+		}
 		evs := w.filter(events)
 		if len(evs) == 0 {
 			continue
@@ -215,18 +239,27 @@ func (h *watchHub) progress(regionID uint64, rev int64) {
 	h.resolvedMu.Unlock()
 	for _, w := range h.watchers(regionID) {
 		if w.progress {
-			h.notify(w, rev)
+			h.notify(w, rev, false)
 		}
 	}
 }
 
-func (h *watchHub) notify(w *watcher, rev int64) {
+// notify sends a progress notification at rev. A periodic one is skipped
+// when an event at or above rev went out already; one the client asked for
+// is always answered, never below what was sent.
+func (h *watchHub) notify(w *watcher, rev int64, requested bool) {
 	w.mu.Lock()
-	if w.canceled || w.catchingUp {
+	if requested {
+		rev = max(rev, w.lastSent)
+	}
+	if w.canceled || w.catchingUp || (rev <= w.lastSent && !requested) {
 		w.mu.Unlock()
 		return
 	}
 	ok := w.stream.send(&kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: rev}, WatchId: w.id, ResolvedRevision: rev})
+	if ok {
+		w.lastSent = rev
+	}
 	w.mu.Unlock()
 	if !ok {
 		h.cancel(w, reasonSlow, 0)
@@ -319,7 +352,12 @@ func (k *kvService) Watch(stream kvpb.KV_WatchServer) error {
 		case r := <-reqs:
 			switch x := r.GetRequestUnion().(type) {
 			case *kvpb.WatchRequest_CreateRequest:
-				w := k.createWatch(ws, x.CreateRequest)
+				inUse := func(id int64) bool {
+					mineMu.Lock()
+					defer mineMu.Unlock()
+					return mine[id] != nil
+				}
+				w := k.createWatch(ws, x.CreateRequest, inUse)
 				if w != nil {
 					mineMu.Lock()
 					mine[w.id] = w
@@ -342,7 +380,7 @@ func (k *kvService) Watch(stream kvpb.KV_WatchServer) error {
 				mineMu.Unlock()
 				for _, w := range ws2 {
 					if rev := h.resolved(w.regionID); rev > 0 {
-						h.notify(w, rev)
+						h.notify(w, rev, true)
 					}
 				}
 			}
@@ -353,43 +391,42 @@ func (k *kvService) Watch(stream kvpb.KV_WatchServer) error {
 // createWatch registers a watcher, replays its history and switches it to
 // live events. It answers on the stream with the created (or canceled)
 // response first.
-func (k *kvService) createWatch(ws *watchStream, c *kvpb.WatchCreateRequest) *watcher {
+func (k *kvService) createWatch(ws *watchStream, c *kvpb.WatchCreateRequest, inUse func(int64) bool) *watcher {
 	h := k.s.watches
 	id := c.GetWatchId()
-	if id == 0 {
-		id = ws.nextID.Add(1)
-	}
 	fail := func(hdr *kvpb.ResponseHeader, reason string, compactRev int64) *watcher {
 		ws.send(&kvpb.WatchResponse{Header: hdr, WatchId: id, Created: true, Canceled: true, CancelReason: reason, CompactRevision: compactRev})
 		return nil
 	}
+	if id == 0 {
+		id = ws.nextID.Add(1)
+		for inUse(id) {
+			id = ws.nextID.Add(1)
+		}
+	} else if inUse(id) {
+		return fail(nil, errDuplicateWatchID.Error(), 0)
+	}
 	if err := k.s.mvcc.Limits().ValidateRange(&kvpb.RangeRequest{Key: c.GetKey(), RangeEnd: c.GetRangeEnd()}); err != nil {
 		return fail(nil, err.Error(), 0)
 	}
-	r, err := k.region(c.GetContext())
-	if err == nil {
-		st := k.s.store.RegionStatus(r.ID)
-		switch {
-		case st == nil || !st.Initialized:
-			err = region.RegionNotFound(r.ID)
-		case !st.IsLeader():
-			err = region.NotLeader(r.ID, st.Leader)
-		case !region.CheckEpoch(region.CmdRead, c.GetContext().GetRegionEpoch(), st.Region.GetRegionEpoch()):
-			err = region.EpochNotMatch(st.Region)
-		case !mvccInRegion(st.Region.GetStartKey(), st.Region.GetEndKey(), c.GetKey(), c.GetRangeEnd()):
-			err = region.KeyNotInRegion(c.GetKey(), st.Region)
-		}
-	}
-	if err != nil {
+	failWith := func(err error) *watcher {
 		var re *region.Error
 		if errors.As(err, &re) {
 			return fail(&kvpb.ResponseHeader{RegionError: re.Proto()}, err.Error(), 0)
 		}
 		return fail(nil, err.Error(), 0)
 	}
+	r, err := k.region(c.GetContext())
+	if err == nil {
+		err = k.canWatch(r, c)
+	}
+	if err != nil {
+		return failWith(err)
+	}
 	end := exclusiveEnd(c.GetKey(), c.GetRangeEnd())
+	start := c.GetStartRevision()
 	w := &watcher{id: id, stream: ws, regionID: r.ID, key: c.GetKey(), end: end, prevKV: c.GetPrevKv(),
-		progress: c.GetProgressNotify(), catchingUp: true}
+		progress: c.GetProgressNotify(), start: start, catchingUp: true}
 	for _, f := range c.GetFilters() {
 		switch f {
 		case kvpb.WatchCreateRequest_NOPUT:
@@ -399,8 +436,14 @@ func (k *kvService) createWatch(ws *watchStream, c *kvpb.WatchCreateRequest) *wa
 		}
 	}
 	h.add(w)
+	// A leader change or split between the check above and add notified
+	// the region's watchers before this one was among them: check again
+	// now that it would be told.
+	if err := k.canWatch(r, c); err != nil {
+		h.remove(w)
+		return failWith(err)
+	}
 	current := r.Revision()
-	start := c.GetStartRevision()
 	if start != 0 && start < r.CompactRevision() {
 		h.remove(w)
 		return fail(nil, reasonCompacted, r.CompactRevision())
@@ -424,7 +467,7 @@ func (k *kvService) createWatch(ws *watchStream, c *kvpb.WatchCreateRequest) *wa
 	overflow := false
 	if !canceled {
 		for _, resp := range held {
-			if resp.GetHeader().GetRevision() <= current {
+			if resp.GetHeader().GetRevision() <= current || resp.GetHeader().GetRevision() < start {
 				continue
 			}
 			if !ws.send(resp) {
@@ -445,6 +488,26 @@ func (k *kvService) createWatch(ws *watchStream, c *kvpb.WatchCreateRequest) *wa
 	return w
 }
 
+// canWatch: this store leads r, the request's epoch is current and its
+// range lies in r.
+func (k *kvService) canWatch(r *mvcc.Region, c *kvpb.WatchCreateRequest) error {
+	st := k.s.store.RegionStatus(r.ID)
+	epoch := c.GetContext().GetRegionEpoch()
+	switch {
+	case st == nil || !st.Initialized:
+		return region.RegionNotFound(r.ID)
+	case !st.IsLeader():
+		return region.NotLeader(r.ID, st.Leader)
+	case !region.CheckEpoch(region.CmdRead, epoch, st.Region.GetRegionEpoch()):
+		return region.EpochNotMatch(st.Region)
+	case !region.CheckEpoch(region.CmdRead, epoch, r.Desc().GetRegionEpoch()):
+		return region.EpochNotMatch(r.Desc())
+	case !mvccInRegion(st.Region.GetStartKey(), st.Region.GetEndKey(), c.GetKey(), c.GetRangeEnd()):
+		return region.KeyNotInRegion(c.GetKey(), st.Region)
+	}
+	return nil
+}
+
 // replay sends a watcher's history, whole revisions per response.
 func (k *kvService) replay(w *watcher, r *mvcc.Region, from, to int64) bool {
 	h := k.s.watches
@@ -454,7 +517,12 @@ func (k *kvService) replay(w *watcher, r *mvcc.Region, from, to int64) bool {
 		if len(batch) == 0 {
 			return true
 		}
-		ok := w.stream.send(&kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: batchRev}, WatchId: w.id, Events: batch})
+		ok := w.stream.sendWait(&kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: batchRev}, WatchId: w.id, Events: batch})
+		if ok {
+			w.mu.Lock()
+			w.lastSent = batchRev
+			w.mu.Unlock()
+		}
 		batch = nil
 		return ok
 	}

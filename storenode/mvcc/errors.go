@@ -15,6 +15,8 @@ var (
 	ErrDuplicateKey  = errors.New("etcdserver: duplicate key given in txn request")
 	ErrBadRange      = errors.New("etcdserver: range end must be greater than the key")
 	ErrLeaseNotFound = errors.New("etcdserver: requested lease not found")
+	ErrValueProvided = errors.New("etcdserver: value is provided")
+	ErrLeaseProvided = errors.New("etcdserver: lease is provided")
 	// ErrRevisionOrder: a write's revision was not above the region's last
 	// applied revision (two writes crossed between the TSO and the log).
 	// Nothing was applied; the caller retries with a new revision.

@@ -112,9 +112,24 @@ func (m *MVCC) Apply(ab *raftstore.ApplyBatch, c raftstore.Command) any {
 	case *kvpb.WriteCommand_Compact:
 		if op.Compact > st.compactRev {
 			st.compactRev = op.Compact
+			// The region's revision moves up to the compaction revision:
+			// a latest read (at the region's revision) must never fall
+			// below it, and a write still carrying an older revision must
+			// not change the compacted past (it fails ErrRevisionOrder
+			// and is retried with a fresh one).
+			raised := op.Compact > st.lastRev
+			st.lastRev = max(st.lastRev, op.Compact)
 			*c.State = st.encode()
 			if reg != nil {
-				ab.AfterCommit(func() { reg.compactRev.Store(op.Compact) })
+				// Raised before the batch commits: a reader that checks the
+				// compaction revision after taking its pebble snapshot
+				// then never misses versions a later GC in this batch
+				// deletes. Failing a read early is harmless: the
+				// compaction is committed or replayed after a crash.
+				reg.compactRev.Store(op.Compact)
+				if raised {
+					ab.AfterCommit(func() { reg.lastRev.Store(op.Compact) })
+				}
 			}
 		}
 		return &WriteResult{Revision: st.compactRev}
@@ -139,7 +154,7 @@ func (m *MVCC) Apply(ab *raftstore.ApplyBatch, c raftstore.Command) any {
 	if rev <= st.lastRev {
 		return &WriteResult{Err: ErrRevisionOrder}
 	}
-	w := &writer{m: m, r: ab, b: ab.Batch, region: c.Region, rev: rev, prevRev: st.lastRev, compactRev: st.compactRev}
+	w := &writer{m: m, r: ab, b: ab.Batch, region: c.Region, rev: rev, readRev: math.MaxInt64, prevRev: st.lastRev, compactRev: st.compactRev}
 	var resp proto.Message
 	var err error
 	switch op := wc.GetOp().(type) {
@@ -271,6 +286,10 @@ type writer struct {
 	b      *pebble.Batch
 	region *metapb.Region
 	rev    int64
+	// readRev is the revision the transaction's compares and reads see:
+	// the latest (math.MaxInt64, its own earlier writes included) in a
+	// write, the fixed revision in a read-only transaction.
+	readRev int64
 	// prevRev is the region's revision before this write; compactRev its
 	// compaction revision.
 	prevRev, compactRev int64
@@ -290,7 +309,7 @@ func (w *writer) put(p *kvpb.PutRequest) (*kvpb.PutResponse, error) {
 // checkPut: what must hold before a put changes anything.
 func (w *writer) checkPut(p *kvpb.PutRequest) error {
 	if p.GetIgnoreValue() || p.GetIgnoreLease() {
-		if _, _, found, err := get(w.r, p.GetKey(), math.MaxInt64); err != nil {
+		if _, _, found, err := get(w.r, p.GetKey(), w.readRev); err != nil {
 			return err
 		} else if !found {
 			return ErrKeyNotFound
@@ -303,7 +322,7 @@ func (w *writer) checkPut(p *kvpb.PutRequest) error {
 }
 
 func (w *writer) doPut(p *kvpb.PutRequest) (*kvpb.PutResponse, error) {
-	prev, prevRev, found, err := get(w.r, p.GetKey(), math.MaxInt64)
+	prev, prevRev, found, err := get(w.r, p.GetKey(), w.readRev)
 	if err != nil {
 		return nil, err
 	}
@@ -404,7 +423,7 @@ func (w *writer) choosePath(t *kvpb.TxnRequest) ([]bool, error) {
 	var path []bool
 	var walk func(t *kvpb.TxnRequest) error
 	walk = func(t *kvpb.TxnRequest) error {
-		ok, err := compareAll(w.r, t.GetCompare(), math.MaxInt64)
+		ok, err := compareAll(w.r, t.GetCompare(), w.readRev)
 		if err != nil {
 			return err
 		}
@@ -481,7 +500,7 @@ func (w *writer) applyTxn(t *kvpb.TxnRequest, path *[]bool) (*kvpb.TxnResponse, 
 		case *kvpb.RequestOp_RequestRange:
 			at := x.RequestRange.GetRevision()
 			if at == 0 {
-				at = math.MaxInt64
+				at = w.readRev
 			}
 			rr, err := rangeAt(w.r, x.RequestRange, at)
 			if err != nil {

@@ -143,6 +143,9 @@ func parseOp(lines []string, i int) (*kvpb.RequestOp, int) {
 	switch f[0] {
 	case "put":
 		p := &kvpb.PutRequest{Key: []byte(f[1]), Value: []byte(f[2])}
+		if f[2] == "-" { // no value
+			p.Value = nil
+		}
 		for _, x := range f[3:] {
 			if strings.HasPrefix(x, "lease=") {
 				p.Lease, _ = strconv.ParseInt(strings.TrimPrefix(x, "lease="), 10, 64)

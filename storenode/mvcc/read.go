@@ -31,10 +31,32 @@ func (m *MVCC) Range(r *Region, req *kvpb.RangeRequest, readable int64) (*kvpb.R
 	if rev > max(readable, r.Revision()) {
 		return nil, ErrFutureRev
 	}
+	snap, err := m.snapshotAt(r, rev)
+	if err != nil {
+		return nil, err
+	}
+	defer snap.Close()
+	resp, err := rangeAt(snap, req, rev)
+	if err != nil {
+		return nil, err
+	}
+	// As in etcd, the header carries the store's current revision even for
+	// a read of the past.
+	resp.Header.Revision = max(rev, r.Revision())
+	return resp, nil
+}
+
+// snapshotAt returns a pebble snapshot from which r can be read at rev.
+// The compaction check comes after the snapshot is taken: a compaction
+// raises the compaction revision before its GC can commit, so a snapshot
+// that passed the check holds every version at rev.
+func (m *MVCC) snapshotAt(r *Region, rev int64) (*pebble.Snapshot, error) {
+	snap := m.db.NewSnapshot()
 	if rev < r.CompactRevision() {
+		_ = snap.Close()
 		return nil, ErrCompacted
 	}
-	return rangeAt(m.db, req, rev)
+	return snap, nil
 }
 
 // rangeAt reads [key, range_end) at rev with etcd's semantics: count is
@@ -138,15 +160,21 @@ func cmpInt(a, b int64) int {
 	return 0
 }
 
-// ReadTxn evaluates a transaction that writes nothing, at the region's
-// current revision, as a read.
+// ReadTxn evaluates a transaction that writes nothing as a read: its
+// compares and every range in it see the region at one revision, the
+// region's current one.
 func (m *MVCC) ReadTxn(r *Region, t *kvpb.TxnRequest) (*kvpb.TxnResponse, error) {
 	desc := r.Desc()
 	if !txnInRegion(desc, t) {
 		return nil, region.KeyNotInRegion(txnFirstKey(t), desc)
 	}
 	rev := r.Revision()
-	w := &writer{m: m, r: m.db, region: desc, rev: rev, prevRev: rev, compactRev: r.CompactRevision()}
+	snap, err := m.snapshotAt(r, rev)
+	if err != nil {
+		return nil, err
+	}
+	defer snap.Close()
+	w := &writer{m: m, r: snap, region: desc, rev: rev, readRev: rev, prevRev: rev, compactRev: r.CompactRevision()}
 	path, err := w.choosePath(t)
 	if err != nil {
 		return nil, err

@@ -77,11 +77,26 @@ func (l Limits) ValidateRange(r *kvpb.RangeRequest) error {
 // ValidatePut checks a put before it is proposed.
 func (l Limits) ValidatePut(r *kvpb.PutRequest) error {
 	l = l.withDefaults()
-	if err := l.checkKey(r.GetKey()); err != nil {
+	if err := l.checkPutFields(r); err != nil {
 		return err
 	}
 	if len(r.GetKey())+len(r.GetValue()) > l.MaxRequestBytes {
 		return ErrTooLarge
+	}
+	return nil
+}
+
+// checkPutFields: a put that keeps the old value or lease must not also
+// give one (etcd refuses the ambiguity rather than pick).
+func (l Limits) checkPutFields(r *kvpb.PutRequest) error {
+	if err := l.checkKey(r.GetKey()); err != nil {
+		return err
+	}
+	if r.GetIgnoreValue() && len(r.GetValue()) != 0 {
+		return ErrValueProvided
+	}
+	if r.GetIgnoreLease() && r.GetLease() != 0 {
+		return ErrLeaseProvided
 	}
 	return nil
 }
@@ -117,7 +132,7 @@ func (l Limits) validateTxn(t *kvpb.TxnRequest) error {
 			case *kvpb.RequestOp_RequestRange:
 				err = l.checkRange(r.RequestRange.GetKey(), r.RequestRange.GetRangeEnd())
 			case *kvpb.RequestOp_RequestPut:
-				err = l.checkKey(r.RequestPut.GetKey())
+				err = l.checkPutFields(r.RequestPut)
 			case *kvpb.RequestOp_RequestDeleteRange:
 				err = l.checkRange(r.RequestDeleteRange.GetKey(), r.RequestDeleteRange.GetRangeEnd())
 			case *kvpb.RequestOp_RequestTxn:
@@ -181,6 +196,15 @@ func branchWrites(ops []*kvpb.RequestOp) (map[string]bool, []interval, error) {
 		elsePuts, elseDels, err := branchWrites(t.GetFailure())
 		if err != nil {
 			return nil, nil, err
+		}
+		// etcd accepts a put followed by a delete of the same key in a
+		// later sibling transaction (its versions have sub-revisions).
+		// Ours are keyed by revision alone, so both cannot be stored:
+		// refuse instead of keeping one silently.
+		for k := range puts {
+			if deleted(k, thenDels) || deleted(k, elseDels) {
+				return nil, nil, ErrDuplicateKey
+			}
 		}
 		for k := range thenPuts {
 			if puts[k] || deleted(k, dels) {
