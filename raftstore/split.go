@@ -18,9 +18,10 @@ import (
 // Split. A BatchSplit entry in a region's log cuts it at one or more keys.
 // Every replica applies it the same way:
 //
-//   - With split keys k1 < ... < kn, new regions take [start, k1), ...,
-//     [k(n-1), kn) and the parent keeps [kn, end) ("right derive", as TiKV):
-//     the parent keeps its ID, its leader and its log.
+//   - With split keys k1 < ... < kn, the parent keeps [start, k1) and new
+//     regions take [k1, k2), ..., [kn, end): the new right-hand regions
+//     are created from the entry (DESIGN.md). The parent keeps its ID, its
+//     leader and its log.
 //   - Every resulting region's version becomes the parent's plus n, so a
 //     request carrying the parent's old epoch fails with EpochNotMatch.
 //   - A new region has the parent's peers (same stores and roles) under new
@@ -43,7 +44,7 @@ var ErrBadSplit = errors.New("raftstore: bad split request")
 
 // Split cuts regionID at the given keys (sorted, strictly inside the
 // region, one SplitRequest per key with IDs from PD). It returns the
-// resulting regions in key order, the parent last.
+// resulting regions in key order, the parent first.
 func (s *Store) Split(ctx context.Context, regionID uint64, epoch *metapb.RegionEpoch, splits []*raftcmdpb.SplitRequest) ([]*metapb.Region, error) {
 	if len(splits) == 0 {
 		return nil, fmt.Errorf("%w: no split keys", ErrBadSplit)
@@ -73,12 +74,12 @@ func (s *Store) Split(ctx context.Context, regionID uint64, epoch *metapb.Region
 }
 
 // splitRegions computes what a split makes of parent, or an error when the
-// request cannot apply to it (deterministic on every replica).
+// request cannot apply to it (deterministic on every replica). The parent
+// keeps the leftmost range; the new regions follow it in key order.
 func splitRegions(parent *metapb.Region, splits []*raftcmdpb.SplitRequest) ([]*metapb.Region, error) {
-	prev := parent.GetStartKey()
 	n := uint64(len(splits))
-	version := parent.GetRegionEpoch().GetVersion() + n
-	var out []*metapb.Region
+	epoch := &metapb.RegionEpoch{ConfVer: parent.GetRegionEpoch().GetConfVer(), Version: parent.GetRegionEpoch().GetVersion() + n}
+	prev := parent.GetStartKey()
 	for i, sp := range splits {
 		k := sp.GetSplitKey()
 		if len(k) == 0 || bytes.Compare(k, prev) <= 0 || !region.ContainsKey(parent, k) {
@@ -87,18 +88,25 @@ func splitRegions(parent *metapb.Region, splits []*raftcmdpb.SplitRequest) ([]*m
 		if sp.GetNewRegionId() == 0 || len(sp.GetNewPeerIds()) != len(parent.GetPeers()) {
 			return nil, fmt.Errorf("%w: split %d needs a region ID and one peer ID per peer", ErrBadSplit, i)
 		}
-		r := &metapb.Region{Id: sp.GetNewRegionId(), StartKey: prev, EndKey: k,
-			RegionEpoch: &metapb.RegionEpoch{ConfVer: parent.GetRegionEpoch().GetConfVer(), Version: version}}
+		prev = k
+	}
+	p := proto.Clone(parent).(*metapb.Region)
+	p.EndKey = splits[0].GetSplitKey()
+	p.RegionEpoch = epoch
+	out := []*metapb.Region{p}
+	for i, sp := range splits {
+		end := parent.GetEndKey()
+		if i+1 < len(splits) {
+			end = splits[i+1].GetSplitKey()
+		}
+		r := &metapb.Region{Id: sp.GetNewRegionId(), StartKey: sp.GetSplitKey(), EndKey: end,
+			RegionEpoch: proto.Clone(epoch).(*metapb.RegionEpoch)}
 		for j, pp := range parent.GetPeers() {
 			r.Peers = append(r.Peers, &metapb.Peer{Id: sp.GetNewPeerIds()[j], StoreId: pp.GetStoreId(), Role: pp.GetRole()})
 		}
 		out = append(out, r)
-		prev = k
 	}
-	p := proto.Clone(parent).(*metapb.Region)
-	p.StartKey = prev
-	p.RegionEpoch = &metapb.RegionEpoch{ConfVer: parent.GetRegionEpoch().GetConfVer(), Version: version}
-	return append(out, p), nil
+	return out, nil
 }
 
 // confStateOf builds a region's raft configuration from its descriptor.
@@ -135,8 +143,8 @@ func (p *peer) applySplit(ab *ApplyBatch, env envelope, req *raftcmdpb.BatchSpli
 	if err != nil {
 		return err, false
 	}
-	parent := regions[len(regions)-1]
-	for _, nr := range regions[:len(regions)-1] {
+	parent := regions[0]
+	for _, nr := range regions[1:] {
 		rs := &rspb.RegionLocalState{State: rspb.PeerState_Normal, Region: nr, ConfState: confStateOf(nr)}
 		mustSetProto(ab.Batch, regionStateKey(nr.GetId()), rs)
 		// An uninitialized replica of the new region (created by a message
@@ -157,7 +165,7 @@ func (p *peer) applySplit(ab *ApplyBatch, env envelope, req *raftcmdpb.BatchSpli
 	// children's state: after a crash the store must never load both the
 	// old wide parent and a child overlapping it.
 	mustSetProto(ab.Batch, regionStateKey(p.regionID), p.storage.regionState)
-	p.splitChildren = append(p.splitChildren, regions[:len(regions)-1]...)
+	p.splitChildren = append(p.splitChildren, regions[1:]...)
 	p.splitWasLeader = p.isLeader()
 	p.store.stats.Splits.Add(1)
 	return regions, true

@@ -72,14 +72,14 @@ func TestSplit(t *testing.T) {
 			t.Fatalf("region %d: %v", i, r)
 		}
 	}
-	if regions[2].GetId() != 1 {
-		t.Fatalf("the parent should keep the rightmost range: %v", regions[2])
+	if regions[0].GetId() != 1 || regions[1].GetId() != 2 || regions[2].GetId() != 3 {
+		t.Fatalf("the parent should keep the leftmost range, new regions follow: %v", regions)
 	}
 	c.everyStoreAgrees(regions, 1, 2, 3)
 	// Each new region gets a leader and takes writes in its range.
-	c.put(2, "b", "new")
-	c.put(3, "g", "new")
-	c.put(1, "x", "new")
+	c.put(1, "b", "new")
+	c.put(2, "g", "new")
+	c.put(3, "x", "new")
 	c.waitReplicated("g", "new", 1, 2, 3)
 	c.waitReplicated("b", "new", 1, 2, 3)
 	// The old data stays where it was: the split moved nothing.
@@ -91,20 +91,20 @@ func TestSplit(t *testing.T) {
 	// A write with the parent's old epoch is refused; a key outside a
 	// region is refused by the state machine.
 	l := c.leader(1)
-	_, err := l.st.Propose(context.Background(), 1, &metapb.RegionEpoch{ConfVer: 1, Version: 1}, encodePut([]byte("y"), []byte("old")))
+	_, err := l.st.Propose(context.Background(), 1, &metapb.RegionEpoch{ConfVer: 1, Version: 1}, encodePut([]byte("b"), []byte("old")))
 	if !errors.Is(err, region.ErrEpochNotMatch) {
 		t.Fatalf("stale epoch after split: %v", err)
 	}
-	res, err := l.st.Propose(context.Background(), 1, l.st.RegionStatus(1).Region.GetRegionEpoch(), encodePut([]byte("a"), []byte("wrong region")))
+	res, err := l.st.Propose(context.Background(), 1, l.st.RegionStatus(1).Region.GetRegionEpoch(), encodePut([]byte("z"), []byte("wrong region")))
 	if err != nil || !errors.Is(res.(error), region.ErrKeyNotInRegion) {
 		t.Fatalf("write to a key the region gave away: %v %v", res, err)
 	}
 	// Bad splits are refused and change nothing.
 	st := l.st.RegionStatus(1)
-	if _, err := l.st.Split(context.Background(), 1, st.Region.GetRegionEpoch(), []*raftcmdpb.SplitRequest{splitReq("a", 9)}); !errors.Is(err, ErrBadSplit) {
+	if _, err := l.st.Split(context.Background(), 1, st.Region.GetRegionEpoch(), []*raftcmdpb.SplitRequest{splitReq("x", 9)}); !errors.Is(err, ErrBadSplit) {
 		t.Fatalf("split outside the region: %v", err)
 	}
-	if _, err := l.st.Split(context.Background(), 1, &metapb.RegionEpoch{ConfVer: 1, Version: 1}, []*raftcmdpb.SplitRequest{splitReq("p", 9)}); !errors.Is(err, region.ErrEpochNotMatch) {
+	if _, err := l.st.Split(context.Background(), 1, &metapb.RegionEpoch{ConfVer: 1, Version: 1}, []*raftcmdpb.SplitRequest{splitReq("c", 9)}); !errors.Is(err, region.ErrEpochNotMatch) {
 		t.Fatalf("split with a stale epoch: %v", err)
 	}
 	if !proto.Equal(l.st.RegionStatus(1).Region, st.Region) {
@@ -141,10 +141,10 @@ func TestSplitReachesLaggingReplica(t *testing.T) {
 	}
 	c.net.mu.Unlock()
 	regions := c.split(1, splitReq("m", 2))
-	c.put(2, "b", "2")
+	c.put(2, "p", "2")
 	c.net.heal()
 	c.everyStoreAgrees(regions, 1, 2, 3)
-	c.waitReplicated("b", "2", 1, 2, 3)
+	c.waitReplicated("p", "2", 1, 2, 3)
 	for _, id := range c.ids {
 		if n := len(c.store(id).st.Regions()); n != 2 {
 			t.Fatalf("store %d has %d regions, want 2", id, n)
@@ -154,8 +154,8 @@ func TestSplitReachesLaggingReplica(t *testing.T) {
 	fs := c.stopStore(lag)
 	c.restartStore(lag, fs)
 	c.everyStoreAgrees(regions, 1, 2, 3)
-	c.put(2, "c", "3")
-	c.put(1, "n", "3")
+	c.put(1, "c", "3")
+	c.put(2, "n", "3")
 	c.waitReplicated("c", "3", 1, 2, 3)
 	c.waitReplicated("n", "3", 1, 2, 3)
 }
@@ -178,7 +178,7 @@ func TestRepeatedSplits(t *testing.T) {
 	}
 	next := uint64(2)
 	for i := 0; i < 8; i++ {
-		key := fmt.Sprintf("k%d", 8-i) // split the leftmost region each time
+		key := fmt.Sprintf("k%d", i+1) // split the rightmost region each time
 		for _, r := range c.split(find(key), splitReq(key, next)) {
 			regions[r.GetId()] = r
 		}
@@ -210,7 +210,7 @@ func TestSplitSurvivesPowerLoss(t *testing.T) {
 	c.put(1, "a", "1")
 	c.put(1, "x", "1")
 	regions := c.split(1, splitReq("f", 2), splitReq("p", 3))
-	c.put(3, "g", "2")
+	c.put(2, "g", "2")
 	crashed := map[uint64]*vfs.MemFS{}
 	for _, id := range c.ids {
 		crashed[id] = c.crashStore(id)
@@ -220,8 +220,8 @@ func TestSplitSurvivesPowerLoss(t *testing.T) {
 	}
 	c.everyStoreAgrees(regions, 1, 2, 3)
 	c.waitReplicated("g", "2", 1, 2, 3)
-	c.put(2, "b", "3")
-	c.put(1, "y", "3")
+	c.put(1, "b", "3")
+	c.put(3, "y", "3")
 	c.waitReplicated("b", "3", 1, 2, 3)
 	c.waitReplicated("y", "3", 1, 2, 3)
 }
