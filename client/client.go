@@ -73,6 +73,7 @@ type route struct {
 	region *metapb.Region
 	leader *metapb.Peer
 	kv     kvpb.KVClient
+	admin  kvpb.AdminClient
 }
 
 func (r route) context() *kvpb.Context {
@@ -102,11 +103,11 @@ func (c *Client) locate(ctx context.Context, key []byte) (route, error) {
 		}
 		c.learn(r, leader)
 	}
-	kv, err := c.storeClient(ctx, leader.GetStoreId())
+	cc, err := c.storeConn(ctx, leader.GetStoreId())
 	if err != nil {
 		return route{}, err
 	}
-	return route{region: r, leader: leader, kv: kv}, nil
+	return route{region: r, leader: leader, kv: kvpb.NewKVClient(cc), admin: kvpb.NewAdminClient(cc)}, nil
 }
 
 func (c *Client) learn(r *metapb.Region, leader *metapb.Peer) {
@@ -126,7 +127,7 @@ func (c *Client) learn(r *metapb.Region, leader *metapb.Peer) {
 	}
 }
 
-func (c *Client) storeClient(ctx context.Context, storeID uint64) (kvpb.KVClient, error) {
+func (c *Client) storeConn(ctx context.Context, storeID uint64) (*grpc.ClientConn, error) {
 	c.mu.Lock()
 	addr, ok := c.stores[storeID]
 	c.mu.Unlock()
@@ -150,7 +151,7 @@ func (c *Client) storeClient(ctx context.Context, storeID uint64) (kvpb.KVClient
 		}
 		c.conns[addr] = cc
 	}
-	return kvpb.NewKVClient(cc), nil
+	return cc, nil
 }
 
 // onRegionError corrects the cache from a region error; it reports whether

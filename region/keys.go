@@ -72,3 +72,8 @@ func FindPeerByID(r *metapb.Region, peerID uint64) *metapb.Peer {
 func IsVoter(p *metapb.Peer) bool {
 	return p.GetRole() == metapb.PeerRole_Voter || p.GetRole() == metapb.PeerRole_IncomingVoter
 }
+
+// SameRange reports whether a and b cover the same key range.
+func SameRange(a, b *metapb.Region) bool {
+	return bytes.Equal(a.GetStartKey(), b.GetStartKey()) && bytes.Equal(a.GetEndKey(), b.GetEndKey())
+}

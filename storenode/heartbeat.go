@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/basaltdb/basalt/proto/pdpb"
-	"github.com/basaltdb/basalt/storenode/mvcc"
 )
 
 // heartbeater reports this store and the regions it leads to PD, and
@@ -153,10 +152,7 @@ func (h *heartbeater) regionHeartbeat(id uint64) *pdpb.RegionHeartbeatRequest {
 	for i, p := range ls.DownPeers {
 		req.DownPeers = append(req.DownPeers, &pdpb.PeerStats{Peer: p, DownSeconds: uint64(ls.DownFor[i] / time.Second)})
 	}
-	sp := mvcc.DataSpans(ls.Region.GetStartKey(), ls.Region.GetEndKey())[0]
-	if size, err := h.s.eng.DB.EstimateDiskUsage(sp.Start, sp.End); err == nil {
-		req.ApproximateSize = size
-	}
+	req.ApproximateSize, req.ApproximateKeys = h.s.approximateSize(id, ls.Region)
 	return req
 }
 
@@ -222,14 +218,18 @@ func (h *heartbeater) execute(resp *pdpb.RegionHeartbeatResponse) {
 		run = func(ctx context.Context) error {
 			return h.s.store.TransferLeader(ctx, id, st.Region.GetRegionEpoch(), to)
 		}
-	case resp.GetSplitRegion() != nil, resp.GetMerge() != nil:
-		kind := "split"
-		if resp.GetMerge() != nil {
-			kind = "merge"
+	case resp.GetSplitRegion() != nil:
+		// PD's epoch, not ours: a split PD asked for before the region
+		// changed (another split) must not cut the new region again.
+		keys, epoch := resp.GetSplitRegion().GetKeys(), resp.GetRegionEpoch()
+		run = func(ctx context.Context) error {
+			_, err := h.s.splitRegion(ctx, id, epoch, keys)
+			return err
 		}
-		if !h.warned[kind] {
-			h.warned[kind] = true
-			h.s.log.Warn("PD asked for a region "+kind+", which this store does not run yet", "region", id)
+	case resp.GetMerge() != nil:
+		if !h.warned["merge"] {
+			h.warned["merge"] = true
+			h.s.log.Warn("PD asked for a region merge, which this store does not run yet", "region", id)
 		}
 	}
 	if run == nil {

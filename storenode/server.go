@@ -49,6 +49,9 @@ type Config struct {
 	// revision (default 100 ms).
 	ResolveInterval time.Duration
 
+	// Split: when regions this store leads are split by size.
+	Split SplitConfig
+
 	// GossipAddr binds the liveness gossip (default: Addr's host, any port).
 	GossipAddr string
 
@@ -71,6 +74,7 @@ func (c *Config) fillDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.Split.fillDefaults()
 }
 
 // Server is one store.
@@ -188,11 +192,12 @@ func (s *Server) start(ctx context.Context) error {
 	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(raftstore.MaxGRPCMessageBytes))
 	rspb.RegisterRaftTransportServer(s.grpc, raftstore.NewRaftServer(s.store))
 	kvpb.RegisterKVServer(s.grpc, &kvService{s: s})
+	kvpb.RegisterAdminServer(s.grpc, &adminService{s: s})
 	s.seq = newSequencer(s)
 	s.store.Start()
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); _ = s.grpc.Serve(s.lis) }()
-	for _, fn := range []func(){s.seq.run, s.hb.run, s.resolveLoop, s.compactionLoop, s.gossip.joinLoop} {
+	for _, fn := range []func(){s.seq.run, s.hb.run, s.resolveLoop, s.compactionLoop, s.splitCheckLoop, s.gossip.joinLoop} {
 		s.wg.Add(1)
 		go func(fn func()) { defer s.wg.Done(); fn() }(fn)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/basaltdb/basalt/client"
 	"github.com/basaltdb/basalt/proto/kvpb"
+	"github.com/basaltdb/basalt/proto/metapb"
 )
 
 // ctl is the command-line client, with etcdctl's habits: errors are one
@@ -185,6 +186,50 @@ func ctlCmd() *cobra.Command {
 	store.AddCommand(pdGet("/pd/api/v1/stores"))
 	reg := &cobra.Command{Use: "region", Short: "Regions"}
 	reg.AddCommand(pdGet("/pd/api/v1/regions"))
+	var splitHalf string
+	split := &cobra.Command{
+		Use:   "split KEY...",
+		Short: "Make every KEY a region boundary (or, with --half KEY, halve the region holding KEY)",
+		Args: func(_ *cobra.Command, args []string) error {
+			if (len(args) == 0) == (splitHalf == "") {
+				return errors.New("give split keys, or --half KEY, not both")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, ctx, cancel, err := connect()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			var regions []*metapb.Region
+			if splitHalf != "" {
+				regions, err = c.SplitRegionInHalf(ctx, []byte(splitHalf))
+			} else {
+				keys := make([][]byte, len(args))
+				for i, a := range args {
+					if a == "" {
+						return errors.New("a split key cannot be empty")
+					}
+					keys[i] = []byte(a)
+				}
+				regions, err = c.SplitRegions(ctx, keys)
+			}
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return printJSON(cmd.OutOrStdout(), regions)
+			}
+			for _, r := range regions {
+				fmt.Fprintf(cmd.OutOrStdout(), "region %d [%q, %q) version %d\n", r.GetId(), r.GetStartKey(), r.GetEndKey(), r.GetRegionEpoch().GetVersion())
+			}
+			return nil
+		},
+	}
+	split.Flags().StringVar(&splitHalf, "half", "", "halve the region holding this key at the middle of its data")
+	reg.AddCommand(split)
 
 	root.AddCommand(put, get, del, compact, member, store, reg)
 	return root

@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -93,6 +96,9 @@ func storeCmd() *cobra.Command {
 		dataDir, addr, advertise, pdAddrs, labels, logLevel string
 		tick                                                time.Duration
 		heartbeat                                           time.Duration
+		maxSize, splitSize                                  string
+		maxKeys, splitKeys                                  int64
+		splitCheck                                          time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "store",
@@ -109,12 +115,24 @@ func storeCmd() *cobra.Command {
 					lbl[k] = v
 				}
 			}
+			split := storenode.SplitConfig{RegionMaxKeys: maxKeys, RegionSplitKeys: splitKeys, CheckInterval: splitCheck}
+			var err error
+			if split.RegionMaxSize, err = parseSize(maxSize); err != nil {
+				return fmt.Errorf("--region-max-size: %w", err)
+			}
+			if split.RegionSplitSize, err = parseSize(splitSize); err != nil {
+				return fmt.Errorf("--region-split-size: %w", err)
+			}
+			if split.RegionSplitSize > split.RegionMaxSize || split.RegionSplitKeys > split.RegionMaxKeys {
+				return errors.New("a region's split size (keys) cannot exceed its max size (keys)")
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			rcfg := raftstore.Config{TickInterval: tick}
 			s, err := storenode.Start(ctx, storenode.Config{
 				DataDir: dataDir, Addr: addr, AdvertiseAddr: advertise, PD: strings.Split(pdAddrs, ","),
 				Labels: lbl, Raft: rcfg, StoreHeartbeat: heartbeat, RegionHeartbeat: heartbeat, Logger: logger(logLevel),
+				Split: split,
 			})
 			if err != nil {
 				return err
@@ -135,6 +153,32 @@ func storeCmd() *cobra.Command {
 	f.StringVar(&labels, "labels", "", "store labels as key=value, comma separated (zone=a,host=h1)")
 	f.DurationVar(&tick, "raft-tick", 100*time.Millisecond, "raft tick; elections take 10 ticks, heartbeats 1")
 	f.DurationVar(&heartbeat, "heartbeat-interval", 10*time.Second, "how often the store reports itself and its regions to PD")
+	f.StringVar(&maxSize, "region-max-size", "144MiB", "split a region that grows past this size")
+	f.StringVar(&splitSize, "region-split-size", "96MiB", "into pieces of this size")
+	f.Int64Var(&maxKeys, "region-max-keys", 1_440_000, "split a region holding more stored versions than this")
+	f.Int64Var(&splitKeys, "region-split-keys", 960_000, "into pieces of this many versions")
+	f.DurationVar(&splitCheck, "split-check-interval", 10*time.Second, "how often led regions are checked for size")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
+}
+
+// parseSize reads a byte size: a number with an optional B, KiB, MiB or
+// GiB suffix (KB, MB, GB mean the same powers of two, as in TiKV).
+func parseSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"B", 1}}
+	num, mult := strings.TrimSpace(s), int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(num, u.suffix) {
+			num, mult = strings.TrimSpace(strings.TrimSuffix(num, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("%q is not a positive size like 96MiB", s)
+	}
+	return n * mult, nil
 }

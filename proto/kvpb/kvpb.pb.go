@@ -2094,6 +2094,113 @@ func (x *WatchResponse) GetResolvedRevision() int64 {
 	return 0
 }
 
+type SplitRegionRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Context *Context               `protobuf:"bytes,1,opt,name=context,proto3" json:"context,omitempty"`
+	// Sorted, strictly inside the region. Empty: the store picks the key
+	// that halves the region's data.
+	SplitKeys     [][]byte `protobuf:"bytes,2,rep,name=split_keys,json=splitKeys,proto3" json:"split_keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitRegionRequest) Reset() {
+	*x = SplitRegionRequest{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitRegionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitRegionRequest) ProtoMessage() {}
+
+func (x *SplitRegionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitRegionRequest.ProtoReflect.Descriptor instead.
+func (*SplitRegionRequest) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *SplitRegionRequest) GetContext() *Context {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+func (x *SplitRegionRequest) GetSplitKeys() [][]byte {
+	if x != nil {
+		return x.SplitKeys
+	}
+	return nil
+}
+
+type SplitRegionResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// The regions the split made, in key order (the parent first).
+	Regions       []*metapb.Region `protobuf:"bytes,2,rep,name=regions,proto3" json:"regions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitRegionResponse) Reset() {
+	*x = SplitRegionResponse{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitRegionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitRegionResponse) ProtoMessage() {}
+
+func (x *SplitRegionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitRegionResponse.ProtoReflect.Descriptor instead.
+func (*SplitRegionResponse) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *SplitRegionResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *SplitRegionResponse) GetRegions() []*metapb.Region {
+	if x != nil {
+		return x.Regions
+	}
+	return nil
+}
+
 // WriteCommand is one write, applied atomically at one revision.
 type WriteCommand struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -2112,7 +2219,7 @@ type WriteCommand struct {
 
 func (x *WriteCommand) Reset() {
 	*x = WriteCommand{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	mi := &file_kvpb_kvpb_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2124,7 +2231,7 @@ func (x *WriteCommand) String() string {
 func (*WriteCommand) ProtoMessage() {}
 
 func (x *WriteCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	mi := &file_kvpb_kvpb_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2137,7 +2244,7 @@ func (x *WriteCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteCommand.ProtoReflect.Descriptor instead.
 func (*WriteCommand) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{22}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WriteCommand) GetRevision() int64 {
@@ -2245,7 +2352,7 @@ type GCBatch struct {
 
 func (x *GCBatch) Reset() {
 	*x = GCBatch{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	mi := &file_kvpb_kvpb_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2257,7 +2364,7 @@ func (x *GCBatch) String() string {
 func (*GCBatch) ProtoMessage() {}
 
 func (x *GCBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	mi := &file_kvpb_kvpb_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2270,7 +2377,7 @@ func (x *GCBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCBatch.ProtoReflect.Descriptor instead.
 func (*GCBatch) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{23}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GCBatch) GetKeys() [][]byte {
@@ -2451,7 +2558,14 @@ const file_kvpb_kvpb_proto_rawDesc = "" +
 	"\x10compact_revision\x18\x05 \x01(\x03R\x0fcompactRevision\x12#\n" +
 	"\rcancel_reason\x18\x06 \x01(\tR\fcancelReason\x12#\n" +
 	"\x06events\x18\v \x03(\v2\v.kvpb.EventR\x06events\x12+\n" +
-	"\x11resolved_revision\x18\f \x01(\x03R\x10resolvedRevision\"\xf8\x01\n" +
+	"\x11resolved_revision\x18\f \x01(\x03R\x10resolvedRevision\"\\\n" +
+	"\x12SplitRegionRequest\x12'\n" +
+	"\acontext\x18\x01 \x01(\v2\r.kvpb.ContextR\acontext\x12\x1d\n" +
+	"\n" +
+	"split_keys\x18\x02 \x03(\fR\tsplitKeys\"m\n" +
+	"\x13SplitRegionResponse\x12,\n" +
+	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\x12(\n" +
+	"\aregions\x18\x02 \x03(\v2\x0e.metapb.RegionR\aregions\"\xf8\x01\n" +
 	"\fWriteCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12$\n" +
 	"\x03put\x18\x02 \x01(\v2\x10.kvpb.PutRequestH\x00R\x03put\x12=\n" +
@@ -2468,7 +2582,9 @@ const file_kvpb_kvpb_proto_rawDesc = "" +
 	"\vDeleteRange\x12\x18.kvpb.DeleteRangeRequest\x1a\x19.kvpb.DeleteRangeResponse\x12*\n" +
 	"\x03Txn\x12\x10.kvpb.TxnRequest\x1a\x11.kvpb.TxnResponse\x126\n" +
 	"\aCompact\x12\x14.kvpb.CompactRequest\x1a\x15.kvpb.CompactResponse\x124\n" +
-	"\x05Watch\x12\x12.kvpb.WatchRequest\x1a\x13.kvpb.WatchResponse(\x010\x01B'Z%github.com/basaltdb/basalt/proto/kvpbb\x06proto3"
+	"\x05Watch\x12\x12.kvpb.WatchRequest\x1a\x13.kvpb.WatchResponse(\x010\x012K\n" +
+	"\x05Admin\x12B\n" +
+	"\vSplitRegion\x12\x18.kvpb.SplitRegionRequest\x1a\x19.kvpb.SplitRegionResponseB'Z%github.com/basaltdb/basalt/proto/kvpbb\x06proto3"
 
 var (
 	file_kvpb_kvpb_proto_rawDescOnce sync.Once
@@ -2483,7 +2599,7 @@ func file_kvpb_kvpb_proto_rawDescGZIP() []byte {
 }
 
 var file_kvpb_kvpb_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_kvpb_kvpb_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_kvpb_kvpb_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_kvpb_kvpb_proto_goTypes = []any{
 	(Event_EventType)(0),               // 0: kvpb.Event.EventType
 	(RangeRequest_SortOrder)(0),        // 1: kvpb.RangeRequest.SortOrder
@@ -2513,16 +2629,19 @@ var file_kvpb_kvpb_proto_goTypes = []any{
 	(*WatchProgressRequest)(nil),       // 25: kvpb.WatchProgressRequest
 	(*WatchRequest)(nil),               // 26: kvpb.WatchRequest
 	(*WatchResponse)(nil),              // 27: kvpb.WatchResponse
-	(*WriteCommand)(nil),               // 28: kvpb.WriteCommand
-	(*GCBatch)(nil),                    // 29: kvpb.GCBatch
-	(*metapb.RegionEpoch)(nil),         // 30: metapb.RegionEpoch
-	(*metapb.Peer)(nil),                // 31: metapb.Peer
-	(*errorpb.Error)(nil),              // 32: errorpb.Error
+	(*SplitRegionRequest)(nil),         // 28: kvpb.SplitRegionRequest
+	(*SplitRegionResponse)(nil),        // 29: kvpb.SplitRegionResponse
+	(*WriteCommand)(nil),               // 30: kvpb.WriteCommand
+	(*GCBatch)(nil),                    // 31: kvpb.GCBatch
+	(*metapb.RegionEpoch)(nil),         // 32: metapb.RegionEpoch
+	(*metapb.Peer)(nil),                // 33: metapb.Peer
+	(*errorpb.Error)(nil),              // 34: errorpb.Error
+	(*metapb.Region)(nil),              // 35: metapb.Region
 }
 var file_kvpb_kvpb_proto_depIdxs = []int32{
-	30, // 0: kvpb.Context.region_epoch:type_name -> metapb.RegionEpoch
-	31, // 1: kvpb.Context.peer:type_name -> metapb.Peer
-	32, // 2: kvpb.ResponseHeader.region_error:type_name -> errorpb.Error
+	32, // 0: kvpb.Context.region_epoch:type_name -> metapb.RegionEpoch
+	33, // 1: kvpb.Context.peer:type_name -> metapb.Peer
+	34, // 2: kvpb.ResponseHeader.region_error:type_name -> errorpb.Error
 	0,  // 3: kvpb.Event.type:type_name -> kvpb.Event.EventType
 	8,  // 4: kvpb.Event.kv:type_name -> kvpb.KeyValue
 	8,  // 5: kvpb.Event.prev_kv:type_name -> kvpb.KeyValue
@@ -2561,27 +2680,32 @@ var file_kvpb_kvpb_proto_depIdxs = []int32{
 	25, // 38: kvpb.WatchRequest.progress_request:type_name -> kvpb.WatchProgressRequest
 	7,  // 39: kvpb.WatchResponse.header:type_name -> kvpb.ResponseHeader
 	9,  // 40: kvpb.WatchResponse.events:type_name -> kvpb.Event
-	12, // 41: kvpb.WriteCommand.put:type_name -> kvpb.PutRequest
-	14, // 42: kvpb.WriteCommand.delete_range:type_name -> kvpb.DeleteRangeRequest
-	19, // 43: kvpb.WriteCommand.txn:type_name -> kvpb.TxnRequest
-	29, // 44: kvpb.WriteCommand.gc:type_name -> kvpb.GCBatch
-	10, // 45: kvpb.KV.Range:input_type -> kvpb.RangeRequest
-	12, // 46: kvpb.KV.Put:input_type -> kvpb.PutRequest
-	14, // 47: kvpb.KV.DeleteRange:input_type -> kvpb.DeleteRangeRequest
-	19, // 48: kvpb.KV.Txn:input_type -> kvpb.TxnRequest
-	21, // 49: kvpb.KV.Compact:input_type -> kvpb.CompactRequest
-	26, // 50: kvpb.KV.Watch:input_type -> kvpb.WatchRequest
-	11, // 51: kvpb.KV.Range:output_type -> kvpb.RangeResponse
-	13, // 52: kvpb.KV.Put:output_type -> kvpb.PutResponse
-	15, // 53: kvpb.KV.DeleteRange:output_type -> kvpb.DeleteRangeResponse
-	20, // 54: kvpb.KV.Txn:output_type -> kvpb.TxnResponse
-	22, // 55: kvpb.KV.Compact:output_type -> kvpb.CompactResponse
-	27, // 56: kvpb.KV.Watch:output_type -> kvpb.WatchResponse
-	51, // [51:57] is the sub-list for method output_type
-	45, // [45:51] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	6,  // 41: kvpb.SplitRegionRequest.context:type_name -> kvpb.Context
+	7,  // 42: kvpb.SplitRegionResponse.header:type_name -> kvpb.ResponseHeader
+	35, // 43: kvpb.SplitRegionResponse.regions:type_name -> metapb.Region
+	12, // 44: kvpb.WriteCommand.put:type_name -> kvpb.PutRequest
+	14, // 45: kvpb.WriteCommand.delete_range:type_name -> kvpb.DeleteRangeRequest
+	19, // 46: kvpb.WriteCommand.txn:type_name -> kvpb.TxnRequest
+	31, // 47: kvpb.WriteCommand.gc:type_name -> kvpb.GCBatch
+	10, // 48: kvpb.KV.Range:input_type -> kvpb.RangeRequest
+	12, // 49: kvpb.KV.Put:input_type -> kvpb.PutRequest
+	14, // 50: kvpb.KV.DeleteRange:input_type -> kvpb.DeleteRangeRequest
+	19, // 51: kvpb.KV.Txn:input_type -> kvpb.TxnRequest
+	21, // 52: kvpb.KV.Compact:input_type -> kvpb.CompactRequest
+	26, // 53: kvpb.KV.Watch:input_type -> kvpb.WatchRequest
+	28, // 54: kvpb.Admin.SplitRegion:input_type -> kvpb.SplitRegionRequest
+	11, // 55: kvpb.KV.Range:output_type -> kvpb.RangeResponse
+	13, // 56: kvpb.KV.Put:output_type -> kvpb.PutResponse
+	15, // 57: kvpb.KV.DeleteRange:output_type -> kvpb.DeleteRangeResponse
+	20, // 58: kvpb.KV.Txn:output_type -> kvpb.TxnResponse
+	22, // 59: kvpb.KV.Compact:output_type -> kvpb.CompactResponse
+	27, // 60: kvpb.KV.Watch:output_type -> kvpb.WatchResponse
+	29, // 61: kvpb.Admin.SplitRegion:output_type -> kvpb.SplitRegionResponse
+	55, // [55:62] is the sub-list for method output_type
+	48, // [48:55] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_kvpb_kvpb_proto_init() }
@@ -2613,7 +2737,7 @@ func file_kvpb_kvpb_proto_init() {
 		(*WatchRequest_CancelRequest)(nil),
 		(*WatchRequest_ProgressRequest)(nil),
 	}
-	file_kvpb_kvpb_proto_msgTypes[22].OneofWrappers = []any{
+	file_kvpb_kvpb_proto_msgTypes[24].OneofWrappers = []any{
 		(*WriteCommand_Put)(nil),
 		(*WriteCommand_DeleteRange)(nil),
 		(*WriteCommand_Txn)(nil),
@@ -2626,9 +2750,9 @@ func file_kvpb_kvpb_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvpb_kvpb_proto_rawDesc), len(file_kvpb_kvpb_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_kvpb_kvpb_proto_goTypes,
 		DependencyIndexes: file_kvpb_kvpb_proto_depIdxs,

@@ -43,6 +43,7 @@ type Region struct {
 	compactRev atomic.Int64
 	// Data is for the layers above (the watch hub, the sequencer).
 	Data atomic.Value
+	size sizeStats
 }
 
 // Desc returns the region's descriptor as last applied.
@@ -77,6 +78,9 @@ func (m *MVCC) RegionChanged(id uint64, desc *metapb.Region, state []byte) {
 	if r == nil {
 		r = &Region{ID: id}
 		m.regions[id] = r
+	}
+	if old := r.desc.Load(); old == nil || !region.SameRange(old, desc) {
+		r.noteRangeChanged()
 	}
 	r.desc.Store(desc)
 	st := decodeRegionState(state)
@@ -148,6 +152,9 @@ func (m *MVCC) Apply(ab *raftstore.ApplyBatch, c raftstore.Command) any {
 				panic(err)
 			}
 		}
+		if reg != nil && len(garbage) > 0 {
+			ab.AfterCommit(reg.noteGC)
+		}
 		return &WriteResult{}
 	}
 	rev := wc.GetRevision()
@@ -180,7 +187,9 @@ func (m *MVCC) Apply(ab *raftstore.ApplyBatch, c raftstore.Command) any {
 	*c.State = st.encode()
 	if reg != nil {
 		events := w.events
+		written := w.written
 		ab.AfterCommit(func() {
+			reg.noteWritten(written, int64(len(events)))
 			reg.lastRev.Store(rev)
 			if m.OnEvents != nil && len(events) > 0 {
 				m.OnEvents(reg, rev, events)
@@ -294,6 +303,7 @@ type writer struct {
 	// compaction revision.
 	prevRev, compactRev int64
 	events              []*kvpb.Event
+	written             int64 // bytes of the versions written
 }
 
 func (w *writer) put(p *kvpb.PutRequest) (*kvpb.PutResponse, error) {
@@ -336,9 +346,11 @@ func (w *writer) doPut(p *kvpb.PutRequest) (*kvpb.PutResponse, error) {
 	if p.GetIgnoreLease() {
 		rec.lease = prev.lease
 	}
-	if err := w.b.Set(versionKey(p.GetKey(), w.rev), appendRecord(nil, rec), nil); err != nil {
+	vk, vv := versionKey(p.GetKey(), w.rev), appendRecord(nil, rec)
+	if err := w.b.Set(vk, vv, nil); err != nil {
 		return nil, err
 	}
+	w.written += int64(len(vk) + len(vv))
 	ev := &kvpb.Event{Type: kvpb.Event_PUT, Kv: toKV(p.GetKey(), rec, w.rev)}
 	resp := &kvpb.PutResponse{Header: &kvpb.ResponseHeader{Revision: w.rev}}
 	if found {
@@ -378,9 +390,11 @@ func (w *writer) doDeleteRange(d *kvpb.DeleteRangeRequest) (*kvpb.DeleteRangeRes
 	}
 	resp := &kvpb.DeleteRangeResponse{Header: &kvpb.ResponseHeader{Revision: w.rev}, Deleted: int64(len(victims))}
 	for _, v := range victims {
-		if err := w.b.Set(versionKey(v.key, w.rev), appendRecord(nil, record{tombstone: true}), nil); err != nil {
+		vk, vv := versionKey(v.key, w.rev), appendRecord(nil, record{tombstone: true})
+		if err := w.b.Set(vk, vv, nil); err != nil {
 			return nil, err
 		}
+		w.written += int64(len(vk) + len(vv))
 		prev := toKV(v.key, v.rec, v.rev)
 		w.events = append(w.events, &kvpb.Event{Type: kvpb.Event_DELETE, Kv: &kvpb.KeyValue{Key: v.key, ModRevision: w.rev}, PrevKv: prev})
 		if d.GetPrevKv() {

@@ -105,6 +105,10 @@ type Options struct {
 	PDs, Stores int
 	// MaxStoreDownTime for PD's replica checker (default 30 m).
 	MaxStoreDownTime time.Duration
+	// StoreArgs are added to every store's command line.
+	StoreArgs []string
+	// PDArgs are added to every PD member's command line.
+	PDArgs []string
 }
 
 // Start runs a cluster and waits for it to serve.
@@ -123,6 +127,7 @@ func Start(t testing.TB, o Options) *Cluster {
 		if o.MaxStoreDownTime > 0 {
 			c.PDs[i].Args = append(c.PDs[i].Args, "--max-store-down-time", o.MaxStoreDownTime.String())
 		}
+		c.PDs[i].Args = append(c.PDs[i].Args, o.PDArgs...)
 	}
 	for _, p := range c.PDs {
 		p.Args = append(p.Args, "--initial-cluster", strings.Join(initial, ","))
@@ -133,6 +138,7 @@ func Start(t testing.TB, o Options) *Cluster {
 		p := &Proc{Name: name, Addr: FreeAddr(t), Dir: filepath.Join(c.dir, name)}
 		p.Args = []string{"store", "--data-dir", p.Dir, "--addr", p.Addr, "--pd", c.PDEndpoints(),
 			"--heartbeat-interval", "1s", "--log-level", "warn"}
+		p.Args = append(p.Args, o.StoreArgs...)
 		c.Stores = append(c.Stores, p)
 		c.start(p)
 	}
