@@ -144,6 +144,9 @@ func (f *fsm) DataSpans(start, end []byte) []raftstore.Span {
 	return []raftstore.Span{{Start: []byte("z"), End: []byte("{")}}
 }
 
+// MergeState: PD's one region never merges.
+func (f *fsm) MergeState(target, _ []byte) []byte { return target }
+
 func (f *fsm) RegionChanged(regionID uint64, r *metapb.Region, _ []byte) {
 	// A snapshot replaced the data wholesale: rebuild memory from pebble.
 	if r != nil {

@@ -82,6 +82,14 @@ func (p *peer) applyNormal(ab *ApplyBatch, e *pb.Entry, results []applyResult) [
 		panic(fmt.Sprintf("raftstore: region %d: entry %d: %v", p.regionID, e.GetIndex(), err))
 	}
 	pr := p.takeProposal(e.GetIndex(), e.GetTerm(), env.proposalID)
+	if p.isMerging() && (env.kind == cmdUser || env.kind == cmdUserBatch) {
+		// Unreachable through the epoch check (PrepareMerge bumped the
+		// version), kept so a merge source can never change its data.
+		if pr != nil {
+			results = append(results, applyResult{pr: pr, err: region.ProposalInMergingMode(p.regionID)})
+		}
+		return results
+	}
 	switch env.kind {
 	case cmdUser:
 		if !region.CheckEpoch(region.CmdWrite, env.epoch(), p.region.GetRegionEpoch()) {
@@ -131,16 +139,9 @@ func (p *peer) applyNormal(ab *ApplyBatch, e *pb.Entry, results []applyResult) [
 		if err := proto.Unmarshal(env.payload, &req); err != nil {
 			panic(fmt.Sprintf("raftstore: region %d: entry %d: bad admin request: %v", p.regionID, e.GetIndex(), err))
 		}
-		switch x := req.GetRequest().(type) {
-		case *raftcmdpb.AdminRequest_BatchSplit:
-			res, _ := p.applySplit(ab, env, x.BatchSplit)
-			if pr != nil {
-				results = append(results, applyResult{pr: pr, result: res})
-			}
-		default:
-			// Merge arrives with the merge work; meeting it means a newer
-			// binary wrote this log and this one must not guess.
-			panic(fmt.Sprintf("raftstore: region %d: entry %d is an admin command (%T) this binary cannot apply", p.regionID, e.GetIndex(), x))
+		res := p.applyAdmin(ab, e.GetIndex(), env, &req)
+		if pr != nil {
+			results = append(results, applyResult{pr: pr, result: res})
 		}
 	default:
 		panic(fmt.Sprintf("raftstore: region %d: entry %d has unknown command kind %d", p.regionID, e.GetIndex(), env.kind))

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -83,6 +84,12 @@ func (sm *kvSM) Apply(ab *ApplyBatch, cmd Command) any {
 		panic(err)
 	}
 	return prev
+}
+
+// MergeState: the test state machine keeps a write count per region;
+// a merged region counts both.
+func (sm *kvSM) MergeState(target, source []byte) []byte {
+	return binary.BigEndian.AppendUint64(nil, stateCount(target)+stateCount(source))
 }
 
 func (sm *kvSM) RegionChanged(regionID uint64, _ *metapb.Region, _ []byte) {
@@ -394,13 +401,17 @@ func (c *testCluster) leader(regionID uint64) *testStore {
 	waitFor(c.t, fmt.Sprintf("a leader of region %d", regionID), 20*time.Second, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		// An isolated leader that hibernated still believes it leads (it
+		// does not tick, so it never checks its quorum): the leader of the
+		// highest term is the one that can commit.
+		var term uint64
+		l = nil
 		for _, ts := range c.stores {
-			if st := ts.st.RegionStatus(regionID); st != nil && st.IsLeader() {
-				l = ts
-				return true
+			if st := ts.st.RegionStatus(regionID); st != nil && st.IsLeader() && st.Term > term {
+				l, term = ts, st.Term
 			}
 		}
-		return false
+		return l != nil
 	})
 	return l
 }
@@ -411,6 +422,7 @@ func (c *testCluster) put(regionID uint64, key, value string) {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	var lastErr error
 	for {
 		l := c.leader(regionID)
 		st := l.st.RegionStatus(regionID)
@@ -423,13 +435,36 @@ func (c *testCluster) put(regionID uint64, key, value string) {
 		}
 		var re *region.Error
 		if !errors.As(err, &re) {
-			c.t.Fatalf("put %q: %v", key, err)
+			c.t.Fatalf("put %q: %v (last region error: %v)\n%s", key, err, lastErr, c.describe(regionID))
 		}
 		if ctx.Err() != nil {
-			c.t.Fatalf("put %q: gave up: %v", key, err)
+			c.t.Fatalf("put %q: gave up: %v\n%s", key, err, c.describe(regionID))
 		}
+		lastErr = err
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// describe prints every running store's view of regionID, for failures.
+func (c *testCluster) describe(regionID uint64) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var b strings.Builder
+	for _, id := range c.ids {
+		ts := c.stores[id]
+		if ts == nil {
+			fmt.Fprintf(&b, "store %d: down\n", id)
+			continue
+		}
+		st := ts.st.RegionStatus(regionID)
+		if st == nil {
+			fmt.Fprintf(&b, "store %d: no replica\n", id)
+			continue
+		}
+		fmt.Fprintf(&b, "store %d: peer %d %v term %d commit %d applied %d last %d leader %v hibernating %v merge %v region %v\n",
+			id, st.PeerID, st.RaftState, st.Term, st.Commit, st.Applied, st.LastIndex, st.Leader, st.Hibernating, st.Merge != nil, st.Region)
+	}
+	return b.String()
 }
 
 // localGet reads key from a store's pebble directly.

@@ -76,6 +76,12 @@ type peer struct {
 	// this replica led the parent then (its children campaign at once).
 	splitChildren  []*metapb.Region
 	splitWasLeader bool
+	// mergedSources: regions a CommitMerge applied this round absorbed;
+	// their replicas here leave once the apply batch committed.
+	mergedSources []*metapb.Region
+	// mergedAway is set (by the target's worker) once this replica's
+	// region was absorbed by a merge: it must write nothing more.
+	mergedAway atomic.Bool
 
 	// claimedSnap: received snapshot data this peer stepped into raft.
 	claimedSnap *recvSnap
@@ -122,6 +128,8 @@ type RegionStatus struct {
 	// Ticks counts raft ticks this replica has processed; a hibernating
 	// replica's count stands still.
 	Ticks uint64
+	// Merge is set while the replica is a merge source in Merging state.
+	Merge *PreparedMerge
 }
 
 // IsLeader reports whether the replica was leader when the status was taken.
@@ -198,7 +206,12 @@ func (p *peer) publishStatus() {
 		old.LastIndex == p.storage.lastIndex && old.Ticks == p.hib.ticks {
 		return
 	}
+	var merge *PreparedMerge
+	if ms := p.storage.regionState.GetMergeState(); p.isMerging() && ms != nil {
+		merge = &PreparedMerge{Source: p.region, Target: ms.GetTarget(), Commit: ms.GetCommit()}
+	}
 	p.status.Store(&RegionStatus{
+		Merge:       merge,
 		Region:      p.region,
 		PeerID:      p.peerID,
 		Leader:      p.leaderPeer(),

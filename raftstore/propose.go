@@ -11,6 +11,7 @@ import (
 
 	"github.com/basaltdb/basalt/proto/metapb"
 	"github.com/basaltdb/basalt/proto/raftcmdpb"
+	rspb "github.com/basaltdb/basalt/proto/raftserverpb"
 	"github.com/basaltdb/basalt/region"
 )
 
@@ -23,9 +24,9 @@ type proposal struct {
 	kind    byte
 	epoch   *metapb.RegionEpoch
 	payload []byte
-	changes []*raftcmdpb.ChangePeer   // for cmdChangePeers
-	split   []*raftcmdpb.SplitRequest // for a split (cmdAdmin)
-	subs    []*proposal               // for cmdUserBatch: the writes it carries
+	changes []*raftcmdpb.ChangePeer // for cmdChangePeers
+	admin   *raftcmdpb.AdminRequest // for cmdAdmin
+	subs    []*proposal             // for cmdUserBatch: the writes it carries
 
 	id          uint64
 	index, term uint64
@@ -224,6 +225,11 @@ func (p *peer) propose(pr *proposal) {
 		pr.finish(nil, region.NotLeader(p.regionID, p.leaderPeer()))
 		return
 	}
+	if p.peerState == rspb.PeerState_Merging && pr.admin.GetRollbackMerge() == nil {
+		// A merge source takes nothing but the rollback of its merge.
+		pr.finish(nil, region.ProposalInMergingMode(p.regionID))
+		return
+	}
 	kind := region.CmdWrite
 	if pr.kind == cmdChangePeers {
 		kind = region.CmdChangePeer
@@ -239,14 +245,10 @@ func (p *peer) propose(pr *proposal) {
 		// raft appends, sends and persists per round, not per write.
 		p.batch = append(p.batch, pr)
 	case cmdAdmin:
-		// Flush first: the split must follow the writes proposed before it.
+		// Flush first: the command must follow the writes proposed before it.
 		p.flushProposals()
-		if !region.CheckEpoch(region.CmdSplit, pr.epoch, p.region.GetRegionEpoch()) {
-			pr.finish(nil, region.EpochNotMatch(p.region))
-			return
-		}
-		if _, err := splitRegions(p.region, pr.split); err != nil {
-			pr.finish(err, nil)
+		if result, err := p.checkAdmin(pr); err != nil || result != nil {
+			pr.finish(result, err)
 			return
 		}
 		pr.id = p.store.nextProposalID()

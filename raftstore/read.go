@@ -108,6 +108,9 @@ func (s *Store) ReadIndex(ctx context.Context, regionID uint64, epoch *metapb.Re
 		if !region.CheckEpoch(region.CmdRead, epoch, st.Region.GetRegionEpoch()) {
 			return nil, region.EpochNotMatch(st.Region)
 		}
+		if st.Merge != nil {
+			return nil, region.ProposalInMergingMode(regionID)
+		}
 		// Fast path: a valid lease and nothing committed left to apply.
 		if monoNow() < p.leaseExpiry.Load() && p.appliedIdx.Load() >= p.commitIdx.Load() {
 			s.stats.LeaseReads.Add(1)
@@ -187,6 +190,10 @@ func (p *peer) handleRead(r *readRequest) {
 		r.finish(nil, region.EpochNotMatch(p.region))
 		return
 	}
+	if p.isMerging() {
+		r.finish(nil, region.ProposalInMergingMode(p.regionID))
+		return
+	}
 	if !r.force && p.isLeader() && monoNow() < p.leaseExpiry.Load() {
 		// Lease valid: wait only for what is committed to apply.
 		r.index = p.rn.BasicStatus().GetCommit()
@@ -201,9 +208,21 @@ func (p *peer) handleRead(r *readRequest) {
 	p.reads.queued = append(p.reads.queued, r)
 }
 
+// finishRead grants a read whose index applied. A replica that became a
+// merge source meanwhile refuses it: once the target absorbs the source,
+// the source's replicas hold stale data, and one of them could still be
+// elected and believe itself leader.
+func (p *peer) finishRead(r *readRequest) {
+	if p.isMerging() {
+		r.finish(nil, region.ProposalInMergingMode(p.regionID))
+		return
+	}
+	r.finish(p.region, nil)
+}
+
 func (p *peer) waitApplied(r *readRequest) {
 	if p.storage.appliedIndex >= r.index {
-		r.finish(p.region, nil)
+		p.finishRead(r)
 		return
 	}
 	p.reads.waiting = append(p.reads.waiting, r)
@@ -278,7 +297,7 @@ func (p *peer) serveApplied() {
 		keep := p.reads.waiting[:0]
 		for _, r := range p.reads.waiting {
 			if r.index <= applied {
-				r.finish(p.region, nil)
+				p.finishRead(r)
 			} else {
 				keep = append(keep, r)
 			}
@@ -326,7 +345,7 @@ func (p *peer) failAllReads(err error) {
 // renewLease extends the lease to start+lease duration, where start is a
 // time before a message that a quorum has since acknowledged was sent.
 func (p *peer) renewLease(start int64) {
-	if !p.isLeader() || p.hib.asleep || p.rn.BasicStatus().LeadTransferee != 0 {
+	if !p.isLeader() || p.hib.asleep || p.isMerging() || p.rn.BasicStatus().LeadTransferee != 0 {
 		return
 	}
 	exp := start + int64(p.store.cfg.leaseDuration())

@@ -67,7 +67,7 @@ func (w *worker) round() {
 	sync := false
 	anyReady := false
 	for _, p := range w.peers {
-		if p.destroyed || !p.rn.HasReady() {
+		if p.destroyed || p.mergedAway.Load() || !p.rn.HasReady() {
 			continue
 		}
 		anyReady = true
@@ -146,13 +146,18 @@ func (w *worker) round() {
 	// published, before the split's proposer hears back: a request it then
 	// sends to a new region finds it on this store.
 	for _, p := range w.peers {
-		if len(p.splitChildren) == 0 {
-			continue
+		if len(p.splitChildren) > 0 {
+			p.regionChanged = false
+			s.sm.RegionChanged(p.regionID, p.region, p.storage.smState)
+			p.createSplitChildren()
+			p.publishStatus()
 		}
-		p.regionChanged = false
-		s.sm.RegionChanged(p.regionID, p.region, p.storage.smState)
-		p.createSplitChildren()
-		p.publishStatus()
+		if len(p.mergedSources) > 0 {
+			p.regionChanged = false
+			s.sm.RegionChanged(p.regionID, p.region, p.storage.smState)
+			p.absorbMerged()
+			p.publishStatus()
+		}
 	}
 	for _, r := range results {
 		r.pr.finish(r.result, r.err)
@@ -207,6 +212,13 @@ func (p *peer) handleInputs(mb *mailbox) {
 	if p.destroyed {
 		return
 	}
+	if p.mergedAway.Load() {
+		// Absorbed by a merge: the target owns the data and the source's
+		// tombstone is written; do nothing more.
+		p.destroyMerged()
+		p.failMailbox(mb)
+		return
+	}
 	// Ticks first: they were queued before the messages arrived, and a tick
 	// counted after a leader's message would shorten the election timeout
 	// that leader leases rely on.
@@ -226,14 +238,7 @@ func (p *peer) handleInputs(mb *mailbox) {
 		op(p)
 	}
 	if p.destroyed {
-		gone := region.RegionNotFound(p.regionID)
-		for _, pr := range mb.props {
-			pr.finish(nil, gone)
-		}
-		for _, r := range mb.reads {
-			r.finish(nil, gone)
-		}
-		clearMailbox(mb)
+		p.failMailbox(mb)
 		return
 	}
 	for _, pr := range mb.props {
@@ -244,6 +249,18 @@ func (p *peer) handleInputs(mb *mailbox) {
 		p.handleRead(r)
 	}
 	p.issueReadIndex()
+	clearMailbox(mb)
+}
+
+// failMailbox answers what a destroyed peer's mailbox still held.
+func (p *peer) failMailbox(mb *mailbox) {
+	gone := region.RegionNotFound(p.regionID)
+	for _, pr := range mb.props {
+		pr.finish(nil, gone)
+	}
+	for _, r := range mb.reads {
+		r.finish(nil, gone)
+	}
 	clearMailbox(mb)
 }
 
@@ -306,6 +323,11 @@ func (p *peer) stepMessage(rm *rspb.RaftMessage) {
 	}
 	if m.GetType() == pb.MsgSnap && !p.checkSnapshot(rm) {
 		return
+	}
+	if m.GetType() == pb.MsgTransferLeader && p.isLeader() {
+		// A follower asks for leadership (RequestLeadership): the
+		// transferee campaigns at once, so our lease ends now.
+		p.revokeLease()
 	}
 	if err := p.rn.Step(m); err != nil {
 		p.store.log.Debug("step", "region", p.regionID, "type", m.GetType(), "err", err)

@@ -129,7 +129,12 @@ func (p *peer) generateSnapshot() (*pb.Snapshot, error) {
 	}
 	g := &genSnap{snap: p.store.eng.DB.NewSnapshot(), region: p.region, index: s.appliedIndex, created: time.Now()}
 	id := p.store.snaps.register(g)
-	hdr, err := proto.Marshal(&rspb.SnapshotHeader{Region: p.region, SnapshotId: id, StoreId: p.store.cfg.StoreID, StateMachine: s.smState})
+	var ms *rspb.MergeState
+	if p.isMerging() {
+		ms = s.regionState.GetMergeState()
+	}
+	hdr, err := proto.Marshal(&rspb.SnapshotHeader{Region: p.region, SnapshotId: id, StoreId: p.store.cfg.StoreID,
+		StateMachine: s.smState, MergeState: ms})
 	if err != nil {
 		return nil, err
 	}
@@ -254,7 +259,11 @@ type recvSnap struct {
 	keys        int
 	region      *metapb.Region
 	smState     []byte
-	received    time.Time
+	merge       *rspb.MergeState // the region was a merge source in Merging state
+	// absorbed: merge sources on this store the snapshot's region took in
+	// (it was merged after this store's replica fell behind).
+	absorbed []*metapb.Region
+	received time.Time
 }
 
 // SnapshotStream is the receiving end of one snapshot stream.
@@ -291,7 +300,7 @@ func (s *Store) ReceiveSnapshot(stream SnapshotStream) error {
 		return err
 	}
 	rs := &recvSnap{path: path, index: meta.GetIndex(), term: meta.GetTerm(), keys: keys, region: hdr.GetRegion(),
-		smState: hdr.GetStateMachine(), received: time.Now()}
+		smState: hdr.GetStateMachine(), merge: hdr.GetMergeState(), received: time.Now()}
 	s.snapMu.Lock()
 	if old := s.recvSnaps[rm.GetRegionId()]; old != nil {
 		_ = s.eng.FS.Remove(old.path)
@@ -404,7 +413,8 @@ func (p *peer) checkSnapshot(rm *rspb.RaftMessage) bool {
 	if p.isInitialized() && region.IsStale(rs.region.GetRegionEpoch(), p.region.GetRegionEpoch()) {
 		return false
 	}
-	if !p.store.canTakeRange(p.regionID, rs.region) {
+	absorbed, ok := p.store.canTakeRange(p.regionID, rs.region)
+	if !ok {
 		return false
 	}
 	if rs = p.store.takeRecvSnap(p.regionID, meta.GetIndex(), meta.GetTerm()); rs == nil {
@@ -412,6 +422,7 @@ func (p *peer) checkSnapshot(rm *rspb.RaftMessage) bool {
 	}
 	p.dropClaimedSnap()
 	p.claimedSnap = rs
+	rs.absorbed = absorbed
 	return true
 }
 
@@ -476,8 +487,15 @@ func (p *peer) applySnapshot(snap *pb.Snapshot, hs *pb.HardState) {
 	mustSetProto(wb, truncatedStateKey(p.regionID), &rspb.RaftTruncatedState{Index: index, Term: term})
 	mustSetProto(wb, hardStateKey(p.regionID), hs1)
 	applying := &rspb.RegionLocalState{State: rspb.PeerState_Applying, Region: newRegion, ConfState: meta.GetConfState(),
-		ApplyingSnapshot: meta, ApplyingSnapshotKeys: uint64(rs.keys), ApplyingStateMachine: rs.smState}
+		ApplyingSnapshot: meta, ApplyingSnapshotKeys: uint64(rs.keys), ApplyingStateMachine: rs.smState, MergeState: rs.merge}
 	mustSetProto(wb, regionStateKey(p.regionID), applying)
+	for _, src := range rs.absorbed {
+		// As a CommitMerge would have: the source's raft state goes, a
+		// tombstone stays; its data was cleared with the range above.
+		mustDeleteRange(wb, raftLocalSpan(src.GetId()))
+		mustSetProto(wb, regionStateKey(src.GetId()), &rspb.RegionLocalState{State: rspb.PeerState_Tombstone, Region: src,
+			TombstonePeerId: region.FindPeer(src, s.cfg.StoreID).GetId()})
+	}
 	mustCommit(wb, pebble.Sync)
 
 	// 2 and 3.
@@ -489,12 +507,17 @@ func (p *peer) applySnapshot(snap *pb.Snapshot, hs *pb.HardState) {
 	st.lastIndex, st.lastTerm = index, term
 	st.appliedIndex, st.appliedTerm = index, term
 	st.smState = rs.smState
-	st.regionState = &rspb.RegionLocalState{State: rspb.PeerState_Normal, Region: newRegion, ConfState: meta.GetConfState()}
+	st.regionState = afterSnapshot(applying)
 	s.cache.drop(p.regionID)
-	p.peerState = rspb.PeerState_Normal
+	p.peerState = st.regionState.GetState()
 	p.region = newRegion
 	p.lastSnap = nil
-	s.indexRegion(p)
+	if len(rs.absorbed) > 0 {
+		p.mergedSources = rs.absorbed
+		p.absorbMerged()
+	} else {
+		s.indexRegion(p)
+	}
 	p.regionChanged = true
 	s.stats.SnapshotsApplied.Add(1)
 }
@@ -518,12 +541,21 @@ func (s *Store) finishApplyingSnapshot(regionID uint64, applying *rspb.RegionLoc
 		}
 	}
 	wb := s.eng.DB.NewBatch()
-	mustSetProto(wb, regionStateKey(regionID), &rspb.RegionLocalState{
-		State: rspb.PeerState_Normal, Region: applying.GetRegion(), ConfState: applying.GetConfState()})
+	mustSetProto(wb, regionStateKey(regionID), afterSnapshot(applying))
 	mustSetProto(wb, applyStateKey(regionID), &rspb.RaftApplyState{AppliedIndex: meta.GetIndex(), AppliedTerm: meta.GetTerm(),
 		StateMachine: applying.GetApplyingStateMachine()})
 	mustCommit(wb, pebble.Sync)
 	_ = fs.Remove(path)
+}
+
+// afterSnapshot is the region state once the snapshot recorded in applying
+// is in: Normal, or Merging when the snapshot came from a merge source.
+func afterSnapshot(applying *rspb.RegionLocalState) *rspb.RegionLocalState {
+	rs := &rspb.RegionLocalState{State: rspb.PeerState_Normal, Region: applying.GetRegion(), ConfState: applying.GetConfState()}
+	if ms := applying.GetMergeState(); ms != nil {
+		rs.State, rs.MergeState = rspb.PeerState_Merging, ms
+	}
+	return rs
 }
 
 func mustDeleteRange(wb *pebble.Batch, sp Span) {

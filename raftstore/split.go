@@ -49,26 +49,10 @@ func (s *Store) Split(ctx context.Context, regionID uint64, epoch *metapb.Region
 	if len(splits) == 0 {
 		return nil, fmt.Errorf("%w: no split keys", ErrBadSplit)
 	}
-	p := s.getPeer(regionID)
-	if p == nil {
-		return nil, region.RegionNotFound(regionID)
-	}
-	payload, err := proto.Marshal(&raftcmdpb.AdminRequest{Request: &raftcmdpb.AdminRequest_BatchSplit{
+	res, err := s.proposeAdmin(ctx, regionID, epoch, &raftcmdpb.AdminRequest{Request: &raftcmdpb.AdminRequest_BatchSplit{
 		BatchSplit: &raftcmdpb.BatchSplitRequest{Requests: splits}}})
 	if err != nil {
 		return nil, err
-	}
-	pr := newProposal(cmdAdmin, epoch, payload)
-	pr.split = splits
-	if !p.push(func(mb *mailbox) { mb.props = append(mb.props, pr) }) {
-		return nil, region.RegionNotFound(regionID)
-	}
-	res, err := pr.wait(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if e, ok := res.(error); ok {
-		return nil, e
 	}
 	return res.([]*metapb.Region), nil
 }

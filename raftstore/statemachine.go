@@ -32,6 +32,10 @@ type StateMachine interface {
 	// from the worker after the change is committed to pebble, or, for the
 	// regions loaded at start, from Start.
 	RegionChanged(regionID uint64, region *metapb.Region, state []byte)
+
+	// MergeState returns the state-machine state of a region that absorbed
+	// another in a merge, from the two regions' states. Deterministic.
+	MergeState(target, source []byte) []byte
 }
 
 // Command is a committed user command.

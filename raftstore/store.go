@@ -165,6 +165,9 @@ func (s *Store) load() error {
 		switch rs.GetState() {
 		case rspb.PeerState_Tombstone:
 			s.tombstones[id] = tombstone{peerID: rs.GetTombstonePeerId(), epoch: rs.GetRegion().GetRegionEpoch()}
+			if err := s.sweepRaftState(id); err != nil {
+				return err
+			}
 			continue
 		case rspb.PeerState_Applying:
 			s.log.Info("finishing interrupted snapshot", "region", id, "index", rs.GetApplyingSnapshot().GetIndex())
@@ -174,7 +177,7 @@ func (s *Store) load() error {
 			}
 			mustCommit(wb, pebble.Sync)
 			s.finishApplyingSnapshot(id, rs)
-			rs = &rspb.RegionLocalState{State: rspb.PeerState_Normal, Region: rs.GetRegion(), ConfState: rs.GetConfState()}
+			rs = afterSnapshot(rs)
 		}
 		self := region.FindPeer(rs.GetRegion(), s.cfg.StoreID)
 		if self == nil {
@@ -375,16 +378,27 @@ func (s *Store) indexRegion(p *peer) {
 }
 
 // canTakeRange reports whether region regionID may cover reg's range on this
-// store: no other initialized region overlaps it.
-func (s *Store) canTakeRange(regionID uint64, reg *metapb.Region) bool {
+// store: no other initialized region overlaps it, except merge sources
+// waiting for regionID that reg (newer) already absorbed; those are
+// returned.
+func (s *Store) canTakeRange(regionID uint64, reg *metapb.Region) (absorbed []*metapb.Region, ok bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for _, o := range s.ranges.Overlapping(reg.GetStartKey(), reg.GetEndKey()) {
-		if o.GetId() != regionID {
-			return false
+		if o.GetId() == regionID {
+			continue
 		}
+		var st *RegionStatus
+		if op := s.peers[o.GetId()]; op != nil {
+			st = op.status.Load()
+		}
+		if st == nil || st.Merge == nil || st.Merge.Target.GetId() != regionID ||
+			st.Region.GetRegionEpoch().GetVersion() >= reg.GetRegionEpoch().GetVersion() {
+			return nil, false
+		}
+		absorbed = append(absorbed, st.Region)
 	}
-	return true
+	return absorbed, true
 }
 
 // BootstrapRegion creates this store's replica of a new region whose log
@@ -561,7 +575,12 @@ func (s *Store) maybeCreatePeer(rm *rspb.RaftMessage) *peer {
 // deleted and a tombstone remembers it, so stale messages cannot revive it.
 // Runs on the worker. The replica stops serving (lease revoked, read guards
 // invalid, status uninitialized) before anything is deleted.
-func (p *peer) destroy(reason string) {
+func (p *peer) destroy(reason string) { p.destroyWith(reason, true) }
+
+// destroyWith ends the replica; with writeTombstone it also removes its data
+// and writes its tombstone (a merge wrote the source's already, and its
+// data stays with the target).
+func (p *peer) destroyWith(reason string, writeTombstone bool) {
 	if p.destroyed {
 		return
 	}
@@ -591,9 +610,11 @@ func (p *peer) destroy(reason string) {
 	p.dropClaimedSnap()
 	p.close()
 
-	wb := s.eng.DB.NewBatch()
-	p.writeTombstone(wb)
-	mustCommit(wb, pebble.Sync)
+	if writeTombstone {
+		wb := s.eng.DB.NewBatch()
+		p.writeTombstone(wb)
+		mustCommit(wb, pebble.Sync)
+	}
 
 	s.mu.Lock()
 	if s.peers[p.regionID] == p {
@@ -606,6 +627,28 @@ func (p *peer) destroy(reason string) {
 	s.cache.drop(p.regionID)
 	s.stats.PeersDestroyed.Add(1)
 	s.sm.RegionChanged(p.regionID, nil, nil)
+}
+
+// sweepRaftState removes raft state left under a tombstone: a merge
+// source's replica can still write some (a hard state from a message it
+// was handling) between the merge's batch and its own end.
+func (s *Store) sweepRaftState(regionID uint64) error {
+	sp := raftLocalSpan(regionID)
+	it, err := s.eng.DB.NewIter(&pebble.IterOptions{LowerBound: sp.Start, UpperBound: sp.End})
+	if err != nil {
+		return err
+	}
+	stray := it.First()
+	if err := it.Close(); err != nil {
+		return err
+	}
+	if !stray {
+		return nil
+	}
+	wb := s.eng.DB.NewBatch()
+	mustDeleteRange(wb, sp)
+	mustCommit(wb, pebble.NoSync)
+	return nil
 }
 
 // writeTombstone writes into wb the removal of everything the replica holds
@@ -723,4 +766,5 @@ type Stats struct {
 	SnapshotsReceived, SnapshotsApplied                            atomic.Uint64
 	Hibernations, Wakes, PeersCreated, PeersDestroyed, Truncations atomic.Uint64
 	Splits                                                         atomic.Uint64
+	MergesPrepared, MergesCommitted, MergesRolledBack              atomic.Uint64
 }

@@ -2094,6 +2094,225 @@ func (x *WatchResponse) GetResolvedRevision() int64 {
 	return 0
 }
 
+type MergeRegionRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Context        *Context               `protobuf:"bytes,1,opt,name=context,proto3" json:"context,omitempty"`
+	TargetRegionId uint64                 `protobuf:"varint,2,opt,name=target_region_id,json=targetRegionId,proto3" json:"target_region_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *MergeRegionRequest) Reset() {
+	*x = MergeRegionRequest{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeRegionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeRegionRequest) ProtoMessage() {}
+
+func (x *MergeRegionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeRegionRequest.ProtoReflect.Descriptor instead.
+func (*MergeRegionRequest) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *MergeRegionRequest) GetContext() *Context {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+func (x *MergeRegionRequest) GetTargetRegionId() uint64 {
+	if x != nil {
+		return x.TargetRegionId
+	}
+	return 0
+}
+
+type MergeRegionResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// The target after it absorbed the source.
+	Region        *metapb.Region `protobuf:"bytes,2,opt,name=region,proto3" json:"region,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MergeRegionResponse) Reset() {
+	*x = MergeRegionResponse{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeRegionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeRegionResponse) ProtoMessage() {}
+
+func (x *MergeRegionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeRegionResponse.ProtoReflect.Descriptor instead.
+func (*MergeRegionResponse) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *MergeRegionResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *MergeRegionResponse) GetRegion() *metapb.Region {
+	if x != nil {
+		return x.Region
+	}
+	return nil
+}
+
+type ReplicaStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RegionId      uint64                 `protobuf:"varint,1,opt,name=region_id,json=regionId,proto3" json:"region_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaStatusRequest) Reset() {
+	*x = ReplicaStatusRequest{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaStatusRequest) ProtoMessage() {}
+
+func (x *ReplicaStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaStatusRequest.ProtoReflect.Descriptor instead.
+func (*ReplicaStatusRequest) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ReplicaStatusRequest) GetRegionId() uint64 {
+	if x != nil {
+		return x.RegionId
+	}
+	return 0
+}
+
+type ReplicaStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when this store holds no initialized replica of the region.
+	Exists       bool           `protobuf:"varint,1,opt,name=exists,proto3" json:"exists,omitempty"`
+	Region       *metapb.Region `protobuf:"bytes,2,opt,name=region,proto3" json:"region,omitempty"`
+	AppliedIndex uint64         `protobuf:"varint,3,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// The replica applied a PrepareMerge and waits for its target.
+	Merging       bool `protobuf:"varint,4,opt,name=merging,proto3" json:"merging,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaStatusResponse) Reset() {
+	*x = ReplicaStatusResponse{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaStatusResponse) ProtoMessage() {}
+
+func (x *ReplicaStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaStatusResponse.ProtoReflect.Descriptor instead.
+func (*ReplicaStatusResponse) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ReplicaStatusResponse) GetExists() bool {
+	if x != nil {
+		return x.Exists
+	}
+	return false
+}
+
+func (x *ReplicaStatusResponse) GetRegion() *metapb.Region {
+	if x != nil {
+		return x.Region
+	}
+	return nil
+}
+
+func (x *ReplicaStatusResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *ReplicaStatusResponse) GetMerging() bool {
+	if x != nil {
+		return x.Merging
+	}
+	return false
+}
+
 type SplitRegionRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Context *Context               `protobuf:"bytes,1,opt,name=context,proto3" json:"context,omitempty"`
@@ -2106,7 +2325,7 @@ type SplitRegionRequest struct {
 
 func (x *SplitRegionRequest) Reset() {
 	*x = SplitRegionRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	mi := &file_kvpb_kvpb_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2118,7 +2337,7 @@ func (x *SplitRegionRequest) String() string {
 func (*SplitRegionRequest) ProtoMessage() {}
 
 func (x *SplitRegionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	mi := &file_kvpb_kvpb_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2131,7 +2350,7 @@ func (x *SplitRegionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRegionRequest.ProtoReflect.Descriptor instead.
 func (*SplitRegionRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{22}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SplitRegionRequest) GetContext() *Context {
@@ -2159,7 +2378,7 @@ type SplitRegionResponse struct {
 
 func (x *SplitRegionResponse) Reset() {
 	*x = SplitRegionResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	mi := &file_kvpb_kvpb_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2171,7 +2390,7 @@ func (x *SplitRegionResponse) String() string {
 func (*SplitRegionResponse) ProtoMessage() {}
 
 func (x *SplitRegionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	mi := &file_kvpb_kvpb_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2184,7 +2403,7 @@ func (x *SplitRegionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRegionResponse.ProtoReflect.Descriptor instead.
 func (*SplitRegionResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{23}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SplitRegionResponse) GetHeader() *ResponseHeader {
@@ -2219,7 +2438,7 @@ type WriteCommand struct {
 
 func (x *WriteCommand) Reset() {
 	*x = WriteCommand{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[24]
+	mi := &file_kvpb_kvpb_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2231,7 +2450,7 @@ func (x *WriteCommand) String() string {
 func (*WriteCommand) ProtoMessage() {}
 
 func (x *WriteCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[24]
+	mi := &file_kvpb_kvpb_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2244,7 +2463,7 @@ func (x *WriteCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteCommand.ProtoReflect.Descriptor instead.
 func (*WriteCommand) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{24}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WriteCommand) GetRevision() int64 {
@@ -2352,7 +2571,7 @@ type GCBatch struct {
 
 func (x *GCBatch) Reset() {
 	*x = GCBatch{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[25]
+	mi := &file_kvpb_kvpb_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2364,7 +2583,7 @@ func (x *GCBatch) String() string {
 func (*GCBatch) ProtoMessage() {}
 
 func (x *GCBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[25]
+	mi := &file_kvpb_kvpb_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2377,7 +2596,7 @@ func (x *GCBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCBatch.ProtoReflect.Descriptor instead.
 func (*GCBatch) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{25}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GCBatch) GetKeys() [][]byte {
@@ -2558,7 +2777,20 @@ const file_kvpb_kvpb_proto_rawDesc = "" +
 	"\x10compact_revision\x18\x05 \x01(\x03R\x0fcompactRevision\x12#\n" +
 	"\rcancel_reason\x18\x06 \x01(\tR\fcancelReason\x12#\n" +
 	"\x06events\x18\v \x03(\v2\v.kvpb.EventR\x06events\x12+\n" +
-	"\x11resolved_revision\x18\f \x01(\x03R\x10resolvedRevision\"\\\n" +
+	"\x11resolved_revision\x18\f \x01(\x03R\x10resolvedRevision\"g\n" +
+	"\x12MergeRegionRequest\x12'\n" +
+	"\acontext\x18\x01 \x01(\v2\r.kvpb.ContextR\acontext\x12(\n" +
+	"\x10target_region_id\x18\x02 \x01(\x04R\x0etargetRegionId\"k\n" +
+	"\x13MergeRegionResponse\x12,\n" +
+	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\x12&\n" +
+	"\x06region\x18\x02 \x01(\v2\x0e.metapb.RegionR\x06region\"3\n" +
+	"\x14ReplicaStatusRequest\x12\x1b\n" +
+	"\tregion_id\x18\x01 \x01(\x04R\bregionId\"\x96\x01\n" +
+	"\x15ReplicaStatusResponse\x12\x16\n" +
+	"\x06exists\x18\x01 \x01(\bR\x06exists\x12&\n" +
+	"\x06region\x18\x02 \x01(\v2\x0e.metapb.RegionR\x06region\x12#\n" +
+	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex\x12\x18\n" +
+	"\amerging\x18\x04 \x01(\bR\amerging\"\\\n" +
 	"\x12SplitRegionRequest\x12'\n" +
 	"\acontext\x18\x01 \x01(\v2\r.kvpb.ContextR\acontext\x12\x1d\n" +
 	"\n" +
@@ -2582,9 +2814,11 @@ const file_kvpb_kvpb_proto_rawDesc = "" +
 	"\vDeleteRange\x12\x18.kvpb.DeleteRangeRequest\x1a\x19.kvpb.DeleteRangeResponse\x12*\n" +
 	"\x03Txn\x12\x10.kvpb.TxnRequest\x1a\x11.kvpb.TxnResponse\x126\n" +
 	"\aCompact\x12\x14.kvpb.CompactRequest\x1a\x15.kvpb.CompactResponse\x124\n" +
-	"\x05Watch\x12\x12.kvpb.WatchRequest\x1a\x13.kvpb.WatchResponse(\x010\x012K\n" +
+	"\x05Watch\x12\x12.kvpb.WatchRequest\x1a\x13.kvpb.WatchResponse(\x010\x012\xd9\x01\n" +
 	"\x05Admin\x12B\n" +
-	"\vSplitRegion\x12\x18.kvpb.SplitRegionRequest\x1a\x19.kvpb.SplitRegionResponseB'Z%github.com/basaltdb/basalt/proto/kvpbb\x06proto3"
+	"\vSplitRegion\x12\x18.kvpb.SplitRegionRequest\x1a\x19.kvpb.SplitRegionResponse\x12B\n" +
+	"\vMergeRegion\x12\x18.kvpb.MergeRegionRequest\x1a\x19.kvpb.MergeRegionResponse\x12H\n" +
+	"\rReplicaStatus\x12\x1a.kvpb.ReplicaStatusRequest\x1a\x1b.kvpb.ReplicaStatusResponseB'Z%github.com/basaltdb/basalt/proto/kvpbb\x06proto3"
 
 var (
 	file_kvpb_kvpb_proto_rawDescOnce sync.Once
@@ -2599,7 +2833,7 @@ func file_kvpb_kvpb_proto_rawDescGZIP() []byte {
 }
 
 var file_kvpb_kvpb_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_kvpb_kvpb_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_kvpb_kvpb_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_kvpb_kvpb_proto_goTypes = []any{
 	(Event_EventType)(0),               // 0: kvpb.Event.EventType
 	(RangeRequest_SortOrder)(0),        // 1: kvpb.RangeRequest.SortOrder
@@ -2629,19 +2863,23 @@ var file_kvpb_kvpb_proto_goTypes = []any{
 	(*WatchProgressRequest)(nil),       // 25: kvpb.WatchProgressRequest
 	(*WatchRequest)(nil),               // 26: kvpb.WatchRequest
 	(*WatchResponse)(nil),              // 27: kvpb.WatchResponse
-	(*SplitRegionRequest)(nil),         // 28: kvpb.SplitRegionRequest
-	(*SplitRegionResponse)(nil),        // 29: kvpb.SplitRegionResponse
-	(*WriteCommand)(nil),               // 30: kvpb.WriteCommand
-	(*GCBatch)(nil),                    // 31: kvpb.GCBatch
-	(*metapb.RegionEpoch)(nil),         // 32: metapb.RegionEpoch
-	(*metapb.Peer)(nil),                // 33: metapb.Peer
-	(*errorpb.Error)(nil),              // 34: errorpb.Error
-	(*metapb.Region)(nil),              // 35: metapb.Region
+	(*MergeRegionRequest)(nil),         // 28: kvpb.MergeRegionRequest
+	(*MergeRegionResponse)(nil),        // 29: kvpb.MergeRegionResponse
+	(*ReplicaStatusRequest)(nil),       // 30: kvpb.ReplicaStatusRequest
+	(*ReplicaStatusResponse)(nil),      // 31: kvpb.ReplicaStatusResponse
+	(*SplitRegionRequest)(nil),         // 32: kvpb.SplitRegionRequest
+	(*SplitRegionResponse)(nil),        // 33: kvpb.SplitRegionResponse
+	(*WriteCommand)(nil),               // 34: kvpb.WriteCommand
+	(*GCBatch)(nil),                    // 35: kvpb.GCBatch
+	(*metapb.RegionEpoch)(nil),         // 36: metapb.RegionEpoch
+	(*metapb.Peer)(nil),                // 37: metapb.Peer
+	(*errorpb.Error)(nil),              // 38: errorpb.Error
+	(*metapb.Region)(nil),              // 39: metapb.Region
 }
 var file_kvpb_kvpb_proto_depIdxs = []int32{
-	32, // 0: kvpb.Context.region_epoch:type_name -> metapb.RegionEpoch
-	33, // 1: kvpb.Context.peer:type_name -> metapb.Peer
-	34, // 2: kvpb.ResponseHeader.region_error:type_name -> errorpb.Error
+	36, // 0: kvpb.Context.region_epoch:type_name -> metapb.RegionEpoch
+	37, // 1: kvpb.Context.peer:type_name -> metapb.Peer
+	38, // 2: kvpb.ResponseHeader.region_error:type_name -> errorpb.Error
 	0,  // 3: kvpb.Event.type:type_name -> kvpb.Event.EventType
 	8,  // 4: kvpb.Event.kv:type_name -> kvpb.KeyValue
 	8,  // 5: kvpb.Event.prev_kv:type_name -> kvpb.KeyValue
@@ -2680,32 +2918,40 @@ var file_kvpb_kvpb_proto_depIdxs = []int32{
 	25, // 38: kvpb.WatchRequest.progress_request:type_name -> kvpb.WatchProgressRequest
 	7,  // 39: kvpb.WatchResponse.header:type_name -> kvpb.ResponseHeader
 	9,  // 40: kvpb.WatchResponse.events:type_name -> kvpb.Event
-	6,  // 41: kvpb.SplitRegionRequest.context:type_name -> kvpb.Context
-	7,  // 42: kvpb.SplitRegionResponse.header:type_name -> kvpb.ResponseHeader
-	35, // 43: kvpb.SplitRegionResponse.regions:type_name -> metapb.Region
-	12, // 44: kvpb.WriteCommand.put:type_name -> kvpb.PutRequest
-	14, // 45: kvpb.WriteCommand.delete_range:type_name -> kvpb.DeleteRangeRequest
-	19, // 46: kvpb.WriteCommand.txn:type_name -> kvpb.TxnRequest
-	31, // 47: kvpb.WriteCommand.gc:type_name -> kvpb.GCBatch
-	10, // 48: kvpb.KV.Range:input_type -> kvpb.RangeRequest
-	12, // 49: kvpb.KV.Put:input_type -> kvpb.PutRequest
-	14, // 50: kvpb.KV.DeleteRange:input_type -> kvpb.DeleteRangeRequest
-	19, // 51: kvpb.KV.Txn:input_type -> kvpb.TxnRequest
-	21, // 52: kvpb.KV.Compact:input_type -> kvpb.CompactRequest
-	26, // 53: kvpb.KV.Watch:input_type -> kvpb.WatchRequest
-	28, // 54: kvpb.Admin.SplitRegion:input_type -> kvpb.SplitRegionRequest
-	11, // 55: kvpb.KV.Range:output_type -> kvpb.RangeResponse
-	13, // 56: kvpb.KV.Put:output_type -> kvpb.PutResponse
-	15, // 57: kvpb.KV.DeleteRange:output_type -> kvpb.DeleteRangeResponse
-	20, // 58: kvpb.KV.Txn:output_type -> kvpb.TxnResponse
-	22, // 59: kvpb.KV.Compact:output_type -> kvpb.CompactResponse
-	27, // 60: kvpb.KV.Watch:output_type -> kvpb.WatchResponse
-	29, // 61: kvpb.Admin.SplitRegion:output_type -> kvpb.SplitRegionResponse
-	55, // [55:62] is the sub-list for method output_type
-	48, // [48:55] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	6,  // 41: kvpb.MergeRegionRequest.context:type_name -> kvpb.Context
+	7,  // 42: kvpb.MergeRegionResponse.header:type_name -> kvpb.ResponseHeader
+	39, // 43: kvpb.MergeRegionResponse.region:type_name -> metapb.Region
+	39, // 44: kvpb.ReplicaStatusResponse.region:type_name -> metapb.Region
+	6,  // 45: kvpb.SplitRegionRequest.context:type_name -> kvpb.Context
+	7,  // 46: kvpb.SplitRegionResponse.header:type_name -> kvpb.ResponseHeader
+	39, // 47: kvpb.SplitRegionResponse.regions:type_name -> metapb.Region
+	12, // 48: kvpb.WriteCommand.put:type_name -> kvpb.PutRequest
+	14, // 49: kvpb.WriteCommand.delete_range:type_name -> kvpb.DeleteRangeRequest
+	19, // 50: kvpb.WriteCommand.txn:type_name -> kvpb.TxnRequest
+	35, // 51: kvpb.WriteCommand.gc:type_name -> kvpb.GCBatch
+	10, // 52: kvpb.KV.Range:input_type -> kvpb.RangeRequest
+	12, // 53: kvpb.KV.Put:input_type -> kvpb.PutRequest
+	14, // 54: kvpb.KV.DeleteRange:input_type -> kvpb.DeleteRangeRequest
+	19, // 55: kvpb.KV.Txn:input_type -> kvpb.TxnRequest
+	21, // 56: kvpb.KV.Compact:input_type -> kvpb.CompactRequest
+	26, // 57: kvpb.KV.Watch:input_type -> kvpb.WatchRequest
+	32, // 58: kvpb.Admin.SplitRegion:input_type -> kvpb.SplitRegionRequest
+	28, // 59: kvpb.Admin.MergeRegion:input_type -> kvpb.MergeRegionRequest
+	30, // 60: kvpb.Admin.ReplicaStatus:input_type -> kvpb.ReplicaStatusRequest
+	11, // 61: kvpb.KV.Range:output_type -> kvpb.RangeResponse
+	13, // 62: kvpb.KV.Put:output_type -> kvpb.PutResponse
+	15, // 63: kvpb.KV.DeleteRange:output_type -> kvpb.DeleteRangeResponse
+	20, // 64: kvpb.KV.Txn:output_type -> kvpb.TxnResponse
+	22, // 65: kvpb.KV.Compact:output_type -> kvpb.CompactResponse
+	27, // 66: kvpb.KV.Watch:output_type -> kvpb.WatchResponse
+	33, // 67: kvpb.Admin.SplitRegion:output_type -> kvpb.SplitRegionResponse
+	29, // 68: kvpb.Admin.MergeRegion:output_type -> kvpb.MergeRegionResponse
+	31, // 69: kvpb.Admin.ReplicaStatus:output_type -> kvpb.ReplicaStatusResponse
+	61, // [61:70] is the sub-list for method output_type
+	52, // [52:61] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_kvpb_kvpb_proto_init() }
@@ -2737,7 +2983,7 @@ func file_kvpb_kvpb_proto_init() {
 		(*WatchRequest_CancelRequest)(nil),
 		(*WatchRequest_ProgressRequest)(nil),
 	}
-	file_kvpb_kvpb_proto_msgTypes[24].OneofWrappers = []any{
+	file_kvpb_kvpb_proto_msgTypes[28].OneofWrappers = []any{
 		(*WriteCommand_Put)(nil),
 		(*WriteCommand_DeleteRange)(nil),
 		(*WriteCommand_Txn)(nil),
@@ -2750,7 +2996,7 @@ func file_kvpb_kvpb_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvpb_kvpb_proto_rawDesc), len(file_kvpb_kvpb_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   26,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -315,7 +315,9 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Admin_SplitRegion_FullMethodName = "/kvpb.Admin/SplitRegion"
+	Admin_SplitRegion_FullMethodName   = "/kvpb.Admin/SplitRegion"
+	Admin_MergeRegion_FullMethodName   = "/kvpb.Admin/MergeRegion"
+	Admin_ReplicaStatus_FullMethodName = "/kvpb.Admin/ReplicaStatus"
 )
 
 // AdminClient is the client API for Admin service.
@@ -327,6 +329,13 @@ type AdminClient interface {
 	// SplitRegion splits the region at the given keys (new IDs come from PD)
 	// and reports the result to PD.
 	SplitRegion(ctx context.Context, in *SplitRegionRequest, opts ...grpc.CallOption) (*SplitRegionResponse, error)
+	// MergeRegion merges the region (the source, which this store leads)
+	// into its adjacent target region, whose replicas must be on the same
+	// stores. Served by the source's leader.
+	MergeRegion(ctx context.Context, in *MergeRegionRequest, opts ...grpc.CallOption) (*MergeRegionResponse, error)
+	// ReplicaStatus reports this store's replica of a region, whatever its
+	// role (a merge checks every replica of its source with it).
+	ReplicaStatus(ctx context.Context, in *ReplicaStatusRequest, opts ...grpc.CallOption) (*ReplicaStatusResponse, error)
 }
 
 type adminClient struct {
@@ -347,6 +356,26 @@ func (c *adminClient) SplitRegion(ctx context.Context, in *SplitRegionRequest, o
 	return out, nil
 }
 
+func (c *adminClient) MergeRegion(ctx context.Context, in *MergeRegionRequest, opts ...grpc.CallOption) (*MergeRegionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MergeRegionResponse)
+	err := c.cc.Invoke(ctx, Admin_MergeRegion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ReplicaStatus(ctx context.Context, in *ReplicaStatusRequest, opts ...grpc.CallOption) (*ReplicaStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplicaStatusResponse)
+	err := c.cc.Invoke(ctx, Admin_ReplicaStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -356,6 +385,13 @@ type AdminServer interface {
 	// SplitRegion splits the region at the given keys (new IDs come from PD)
 	// and reports the result to PD.
 	SplitRegion(context.Context, *SplitRegionRequest) (*SplitRegionResponse, error)
+	// MergeRegion merges the region (the source, which this store leads)
+	// into its adjacent target region, whose replicas must be on the same
+	// stores. Served by the source's leader.
+	MergeRegion(context.Context, *MergeRegionRequest) (*MergeRegionResponse, error)
+	// ReplicaStatus reports this store's replica of a region, whatever its
+	// role (a merge checks every replica of its source with it).
+	ReplicaStatus(context.Context, *ReplicaStatusRequest) (*ReplicaStatusResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -368,6 +404,12 @@ type UnimplementedAdminServer struct{}
 
 func (UnimplementedAdminServer) SplitRegion(context.Context, *SplitRegionRequest) (*SplitRegionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SplitRegion not implemented")
+}
+func (UnimplementedAdminServer) MergeRegion(context.Context, *MergeRegionRequest) (*MergeRegionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MergeRegion not implemented")
+}
+func (UnimplementedAdminServer) ReplicaStatus(context.Context, *ReplicaStatusRequest) (*ReplicaStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReplicaStatus not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -408,6 +450,42 @@ func _Admin_SplitRegion_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_MergeRegion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MergeRegionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).MergeRegion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_MergeRegion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).MergeRegion(ctx, req.(*MergeRegionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ReplicaStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplicaStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ReplicaStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ReplicaStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ReplicaStatus(ctx, req.(*ReplicaStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -418,6 +496,14 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SplitRegion",
 			Handler:    _Admin_SplitRegion_Handler,
+		},
+		{
+			MethodName: "MergeRegion",
+			Handler:    _Admin_MergeRegion_Handler,
+		},
+		{
+			MethodName: "ReplicaStatus",
+			Handler:    _Admin_ReplicaStatus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -784,7 +784,10 @@ type SnapshotHeader struct {
 	SnapshotId uint64                 `protobuf:"varint,2,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
 	StoreId    uint64                 `protobuf:"varint,3,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
 	// The state machine's per-region state at the snapshot's index.
-	StateMachine  []byte `protobuf:"bytes,4,opt,name=state_machine,json=stateMachine,proto3" json:"state_machine,omitempty"`
+	StateMachine []byte `protobuf:"bytes,4,opt,name=state_machine,json=stateMachine,proto3" json:"state_machine,omitempty"`
+	// Set when the region is a merge source that applied PrepareMerge: the
+	// receiver is in Merging state too.
+	MergeState    *MergeState `protobuf:"bytes,5,opt,name=merge_state,json=mergeState,proto3" json:"merge_state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -847,6 +850,13 @@ func (x *SnapshotHeader) GetStateMachine() []byte {
 	return nil
 }
 
+func (x *SnapshotHeader) GetMergeState() *MergeState {
+	if x != nil {
+		return x.MergeState
+	}
+	return nil
+}
+
 var File_raftserverpb_raftserverpb_proto protoreflect.FileDescriptor
 
 const file_raftserverpb_raftserverpb_proto_rawDesc = "" +
@@ -899,13 +909,15 @@ const file_raftserverpb_raftserverpb_proto_rawDesc = "" +
 	"\rstate_machine\x18\x03 \x01(\fR\fstateMachine\">\n" +
 	"\x12RaftTruncatedState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
-	"\x04term\x18\x02 \x01(\x04R\x04term\"\x99\x01\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\"\xd4\x01\n" +
 	"\x0eSnapshotHeader\x12&\n" +
 	"\x06region\x18\x01 \x01(\v2\x0e.metapb.RegionR\x06region\x12\x1f\n" +
 	"\vsnapshot_id\x18\x02 \x01(\x04R\n" +
 	"snapshotId\x12\x19\n" +
 	"\bstore_id\x18\x03 \x01(\x04R\astoreId\x12#\n" +
-	"\rstate_machine\x18\x04 \x01(\fR\fstateMachine*C\n" +
+	"\rstate_machine\x18\x04 \x01(\fR\fstateMachine\x129\n" +
+	"\vmerge_state\x18\x05 \x01(\v2\x18.raftserverpb.MergeStateR\n" +
+	"mergeState*C\n" +
 	"\x10ExtraMessageType\x12\b\n" +
 	"\x04None\x10\x00\x12\r\n" +
 	"\tHibernate\x10\x01\x12\n" +
@@ -974,15 +986,16 @@ var file_raftserverpb_raftserverpb_proto_depIdxs = []int32{
 	8,  // 12: raftserverpb.RegionLocalState.merge_state:type_name -> raftserverpb.MergeState
 	18, // 13: raftserverpb.RegionLocalState.applying_snapshot:type_name -> raftpb.SnapshotMetadata
 	16, // 14: raftserverpb.SnapshotHeader.region:type_name -> metapb.Region
-	4,  // 15: raftserverpb.RaftTransport.Raft:input_type -> raftserverpb.RaftMessageBatch
-	5,  // 16: raftserverpb.RaftTransport.Snapshot:input_type -> raftserverpb.SnapshotChunk
-	6,  // 17: raftserverpb.RaftTransport.Raft:output_type -> raftserverpb.Done
-	6,  // 18: raftserverpb.RaftTransport.Snapshot:output_type -> raftserverpb.Done
-	17, // [17:19] is the sub-list for method output_type
-	15, // [15:17] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	8,  // 15: raftserverpb.SnapshotHeader.merge_state:type_name -> raftserverpb.MergeState
+	4,  // 16: raftserverpb.RaftTransport.Raft:input_type -> raftserverpb.RaftMessageBatch
+	5,  // 17: raftserverpb.RaftTransport.Snapshot:input_type -> raftserverpb.SnapshotChunk
+	6,  // 18: raftserverpb.RaftTransport.Raft:output_type -> raftserverpb.Done
+	6,  // 19: raftserverpb.RaftTransport.Snapshot:output_type -> raftserverpb.Done
+	18, // [18:20] is the sub-list for method output_type
+	16, // [16:18] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_raftserverpb_raftserverpb_proto_init() }

@@ -88,6 +88,14 @@ func (m *MVCC) RegionChanged(id uint64, desc *metapb.Region, state []byte) {
 	r.compactRev.Store(st.compactRev)
 }
 
+// MergeState implements raftstore.StateMachine: the merged region's
+// revision is past both regions' writes, and reads below either
+// compaction revision stay refused.
+func (m *MVCC) MergeState(target, source []byte) []byte {
+	t, s := decodeRegionState(target), decodeRegionState(source)
+	return regionState{lastRev: max(t.lastRev, s.lastRev), compactRev: max(t.compactRev, s.compactRev)}.encode()
+}
+
 // Region returns a region's MVCC view, or nil.
 func (m *MVCC) Region(id uint64) *Region {
 	m.mu.RLock()
