@@ -351,6 +351,73 @@ func (c *cluster) handleRegionHeartbeat(req *pdpb.RegionHeartbeatRequest) (*pdpb
 	return c.ops.onHeartbeat(ri), nil
 }
 
+// reportSplit records the regions a split made, before their leaders'
+// heartbeats arrive. A descriptor PD already has at the same or a newer
+// epoch is left as it is; the new regions' leaders are taken to be their
+// replicas on the reporting store (where the split ran and the new regions
+// campaign first) until a heartbeat says otherwise. Statistics wait for
+// the heartbeats: the merge checker ignores a region PD has not heard from.
+func (c *cluster) reportSplit(regions []*metapb.Region, storeID uint64) error {
+	for _, r := range regions {
+		if r.GetId() == 0 || r.GetRegionEpoch() == nil || len(r.GetPeers()) == 0 || !region.ValidRange(r.GetStartKey(), r.GetEndKey()) {
+			return fmt.Errorf("%w: a split report needs regions with an ID, an epoch, peers and a valid range", errInvalidArgument)
+		}
+	}
+	now := time.Now()
+	for _, r := range regions {
+		c.mu.Lock()
+		if !c.loaded {
+			c.mu.Unlock()
+			return errNotLeader
+		}
+		old := c.regions[r.GetId()]
+		if old != nil && !region.IsStale(old.meta.GetRegionEpoch(), r.GetRegionEpoch()) {
+			c.mu.Unlock()
+			continue
+		}
+		removed, err := c.tree.Update(r)
+		if err != nil {
+			c.mu.Unlock()
+			continue
+		}
+		var removedIDs []uint64
+		for _, o := range removed {
+			if o.GetId() != r.GetId() {
+				c.removeRegionLocked(o.GetId())
+				removedIDs = append(removedIDs, o.GetId())
+			}
+		}
+		c.dirty[r.GetId()] = r
+		delete(c.removed, r.GetId())
+		ri := &regionInfo{meta: r, versionChangedAt: now}
+		if old != nil {
+			// The parent keeps its statistics (they overstate it now, which
+			// only delays a merge) until its next heartbeat.
+			c.unindexLocked(old)
+			cp := *old
+			ri = &cp
+			ri.meta, ri.versionChangedAt = r, now
+			if l := old.leader; l != nil && region.FindPeerByID(r, l.GetId()) == nil {
+				ri.leader = nil
+			}
+		}
+		if ri.leader == nil {
+			ri.leader = region.FindPeer(r, storeID)
+		}
+		c.regions[r.GetId()] = ri
+		c.indexLocked(ri)
+		c.mu.Unlock()
+		c.s.watch.publish(&pdpb.WatchRegionsResponse{
+			Changed: []*pdpb.RegionInfo{{Region: r, Leader: ri.leader}},
+			Removed: removedIDs,
+		})
+		for _, id := range removedIDs {
+			c.ops.regionGone(id)
+		}
+	}
+	return nil
+}
+
 // persistLoop writes changed descriptors through Raft in batches.
 func (c *cluster) persistLoop(ctx context.Context) {
 	t := time.NewTicker(100 * time.Millisecond)

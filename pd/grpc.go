@@ -385,8 +385,11 @@ func (g *grpcService) ReportBatchSplit(ctx context.Context, req *pdpb.ReportBatc
 	if h := g.check(req.GetHeader()); h != nil {
 		return &pdpb.ReportBatchSplitResponse{Header: h}, nil
 	}
-	// The regions' leaders report them through heartbeats; the report only
-	// makes them visible sooner, so failures here are not errors.
+	// The regions' leaders report them through heartbeats too; the report
+	// makes them visible before the new regions have elected leaders.
+	if err := g.s.cluster.reportSplit(req.GetRegions(), req.GetStoreId()); err != nil {
+		return &pdpb.ReportBatchSplitResponse{Header: g.toHeader(err)}, nil
+	}
 	return &pdpb.ReportBatchSplitResponse{Header: g.header(nil)}, nil
 }
 

@@ -109,7 +109,7 @@ func (s *Server) splitRegion(ctx context.Context, id uint64, epoch *metapb.Regio
 	}
 	// PD learns the new layout at once, not at the next heartbeats: clients
 	// routing by it find the new regions.
-	if err := s.pd.ReportBatchSplit(ctx, regions); err != nil {
+	if err := s.pd.ReportBatchSplit(ctx, s.storeID, regions); err != nil {
 		s.log.Debug("report split to PD", "region", id, "err", err)
 	}
 	for _, r := range regions {

@@ -426,10 +426,10 @@ func (c *Client) AskBatchSplit(ctx context.Context, r *metapb.Region, count uint
 	return out, err
 }
 
-// ReportBatchSplit tells PD the regions a split produced.
-func (c *Client) ReportBatchSplit(ctx context.Context, regions []*metapb.Region) error {
+// ReportBatchSplit tells PD the regions a split on storeID produced.
+func (c *Client) ReportBatchSplit(ctx context.Context, storeID uint64, regions []*metapb.Region) error {
 	return c.call(ctx, func(ctx context.Context, pc pdpb.PDClient) (*pdpb.ResponseHeader, error) {
-		r, err := pc.ReportBatchSplit(ctx, &pdpb.ReportBatchSplitRequest{Header: c.header(), Regions: regions})
+		r, err := pc.ReportBatchSplit(ctx, &pdpb.ReportBatchSplitRequest{Header: c.header(), Regions: regions, StoreId: storeID})
 		return r.GetHeader(), err
 	})
 }

@@ -2724,9 +2724,12 @@ func (x *AskBatchSplitResponse) GetIds() []*SplitID {
 }
 
 type ReportBatchSplitRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	Regions       []*metapb.Region       `protobuf:"bytes,2,rep,name=regions,proto3" json:"regions,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Header  *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Regions []*metapb.Region       `protobuf:"bytes,2,rep,name=regions,proto3" json:"regions,omitempty"`
+	// The store whose leader ran the split: PD takes its replicas as the
+	// regions' leaders until their heartbeats say otherwise.
+	StoreId       uint64 `protobuf:"varint,3,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2773,6 +2776,13 @@ func (x *ReportBatchSplitRequest) GetRegions() []*metapb.Region {
 		return x.Regions
 	}
 	return nil
+}
+
+func (x *ReportBatchSplitRequest) GetStoreId() uint64 {
+	if x != nil {
+		return x.StoreId
+	}
+	return 0
 }
 
 type ReportBatchSplitResponse struct {
@@ -3616,10 +3626,11 @@ const file_pdpb_pdpb_proto_rawDesc = "" +
 	"splitCount\"f\n" +
 	"\x15AskBatchSplitResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.pdpb.ResponseHeaderR\x06header\x12\x1f\n" +
-	"\x03ids\x18\x02 \x03(\v2\r.pdpb.SplitIDR\x03ids\"p\n" +
+	"\x03ids\x18\x02 \x03(\v2\r.pdpb.SplitIDR\x03ids\"\x8b\x01\n" +
 	"\x17ReportBatchSplitRequest\x12+\n" +
 	"\x06header\x18\x01 \x01(\v2\x13.pdpb.RequestHeaderR\x06header\x12(\n" +
-	"\aregions\x18\x02 \x03(\v2\x0e.metapb.RegionR\aregions\"H\n" +
+	"\aregions\x18\x02 \x03(\v2\x0e.metapb.RegionR\aregions\x12\x19\n" +
+	"\bstore_id\x18\x03 \x01(\x04R\astoreId\"H\n" +
 	"\x18ReportBatchSplitResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.pdpb.ResponseHeaderR\x06header\"H\n" +
 	"\x19GetCompactRevisionRequest\x12+\n" +
