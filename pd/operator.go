@@ -363,6 +363,26 @@ func (oc *opController) has(regionID uint64) bool {
 	return oc.ops[regionID] != nil
 }
 
+// involved reports whether regionID has an operator or is the target of a
+// running merge. A region takes part in one merge at a time: two merges
+// into one target, or two regions merging into each other, make all but
+// one roll back.
+func (oc *opController) involved(regionID uint64) bool {
+	oc.mu.Lock()
+	defer oc.mu.Unlock()
+	if oc.ops[regionID] != nil {
+		return true
+	}
+	for _, op := range oc.ops {
+		for _, st := range op.steps {
+			if m, ok := st.(mergeRegion); ok && m.target.GetId() == regionID {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func (oc *opController) endLocked(op *operator, status string) {
 	delete(oc.ops, op.RegionID)
 	oc.byKind[op.Kind]--

@@ -71,7 +71,12 @@ func (c *cluster) scheduleLoop(ctx context.Context) {
 }
 
 func (c *cluster) underLimit(kind opKind, cfg ScheduleConfig) bool {
-	n := c.ops.count(kind)
+	return c.underLimitPlus(kind, cfg, 0)
+}
+
+// underLimitPlus is underLimit counting extra operators not registered yet.
+func (c *cluster) underLimitPlus(kind opKind, cfg ScheduleConfig, extra int) bool {
+	n := c.ops.count(kind) + extra
 	switch kind {
 	case opLeader:
 		return n < cfg.LeaderScheduleLimit
@@ -107,8 +112,12 @@ func (c *cluster) patrol(now time.Time) []*operator {
 
 	cfg := c.config()
 	var ops []*operator
+	// Regions an operator made in this pass touches: the operators are
+	// only registered after the pass.
+	taken := map[uint64]bool{}
+	merges := 0
 	for _, ri := range batch {
-		if ri == nil || ri.leader == nil || c.ops.has(ri.meta.GetId()) {
+		if ri == nil || ri.leader == nil || taken[ri.meta.GetId()] || c.ops.has(ri.meta.GetId()) {
 			continue
 		}
 		if op := c.checkReplicas(ri, now, cfg); op != nil {
@@ -121,8 +130,14 @@ func (c *cluster) patrol(now time.Time) []*operator {
 			ops = append(ops, op)
 			continue
 		}
-		if op := c.checkMerge(ri, now, cfg); op != nil && c.underLimit(opMerge, cfg) {
+		if c.ops.involved(ri.meta.GetId()) {
+			continue
+		}
+		if op := c.checkMerge(ri, now, cfg, taken); op != nil && c.underLimitPlus(opMerge, cfg, merges) {
 			ops = append(ops, op)
+			merges++
+			taken[ri.meta.GetId()] = true
+			taken[op.steps[0].(mergeRegion).target.GetId()] = true
 		}
 	}
 	return ops
@@ -263,7 +278,7 @@ func (c *cluster) checkSplit(ri *regionInfo, cfg ScheduleConfig) *operator {
 
 // checkMerge merges a small region into its right (or left) neighbour when
 // both are small, old enough, healthy, and have replicas on the same stores.
-func (c *cluster) checkMerge(ri *regionInfo, now time.Time, cfg ScheduleConfig) *operator {
+func (c *cluster) checkMerge(ri *regionInfo, now time.Time, cfg ScheduleConfig, taken map[uint64]bool) *operator {
 	small := func(x *regionInfo) bool {
 		return x != nil && x.leader != nil && !x.lastHeartbeat.IsZero() &&
 			x.approxSize < cfg.MaxMergeRegionSize && x.approxKeys < cfg.MaxMergeRegionKeys &&
@@ -280,14 +295,14 @@ func (c *cluster) checkMerge(ri *regionInfo, now time.Time, cfg ScheduleConfig) 
 			target = c.regions[n.GetId()]
 		}
 	}
-	if !small(target) || !sameStores(ri.meta, target.meta) {
+	if !small(target) || !sameStores(ri.meta, target.meta) || taken[target.meta.GetId()] {
 		target = nil
 		if p := c.tree.SearchPrev(ri.meta.GetStartKey()); p != nil {
 			target = c.regions[p.GetId()]
 		}
 	}
 	c.mu.RUnlock()
-	if !small(target) || !sameStores(ri.meta, target.meta) || c.ops.has(target.meta.GetId()) {
+	if !small(target) || !sameStores(ri.meta, target.meta) || taken[target.meta.GetId()] || c.ops.involved(target.meta.GetId()) {
 		return nil
 	}
 	return newOperator(ri.meta.GetId(), "merge small region", opMerge, mergeRegion{target: target.meta})
