@@ -4,6 +4,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -266,17 +267,59 @@ func (c *Client) Put(ctx context.Context, req *kvpb.PutRequest) (*kvpb.PutRespon
 	return out, err
 }
 
-// DeleteRange deletes a key or a range within one region.
+// DeleteRange deletes a key or a range. A range over several regions is
+// deleted region by region, in key order: each region's part is atomic
+// and has its own revision, but the whole is not (a reader can see some
+// regions' keys gone and others' not yet). The response sums the parts and
+// carries the highest revision. If it fails part-way, the regions before
+// the failure were deleted.
 func (c *Client) DeleteRange(ctx context.Context, req *kvpb.DeleteRangeRequest) (*kvpb.DeleteRangeResponse, error) {
-	var out *kvpb.DeleteRangeResponse
-	err := c.do(ctx, req.GetKey(), false, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
-		r := proto.Clone(req).(*kvpb.DeleteRangeRequest)
-		r.Context = rt.context()
-		resp, err := rt.kv.DeleteRange(ctx, r)
-		out = resp
-		return resp.GetHeader(), err
-	})
-	return out, err
+	end := req.GetRangeEnd()
+	if len(end) == 0 {
+		var out *kvpb.DeleteRangeResponse
+		err := c.do(ctx, req.GetKey(), false, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
+			r := proto.Clone(req).(*kvpb.DeleteRangeRequest)
+			r.Context = rt.context()
+			resp, err := rt.kv.DeleteRange(ctx, r)
+			out = resp
+			return resp.GetHeader(), err
+		})
+		return out, err
+	}
+	toEnd := len(end) == 1 && end[0] == 0 // etcd's "every key from Key on"
+	total := &kvpb.DeleteRangeResponse{}
+	cursor := req.GetKey()
+	for {
+		var part *kvpb.DeleteRangeResponse
+		var regionEnd []byte
+		err := c.do(ctx, cursor, false, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
+			r := proto.Clone(req).(*kvpb.DeleteRangeRequest)
+			r.Context = rt.context()
+			r.Key = cursor
+			regionEnd = rt.region.GetEndKey()
+			if len(regionEnd) > 0 && (toEnd || bytes.Compare(regionEnd, end) < 0) {
+				r.RangeEnd = regionEnd
+			}
+			resp, err := rt.kv.DeleteRange(ctx, r)
+			part = resp
+			return resp.GetHeader(), err
+		})
+		if err != nil {
+			if total.Header != nil {
+				return total, fmt.Errorf("client: delete range: deleted up to %q, then: %w", cursor, err)
+			}
+			return nil, err
+		}
+		if total.Header == nil || part.GetHeader().GetRevision() > total.Header.GetRevision() {
+			total.Header = part.GetHeader()
+		}
+		total.Deleted += part.GetDeleted()
+		total.PrevKvs = append(total.PrevKvs, part.GetPrevKvs()...)
+		if len(regionEnd) == 0 || (!toEnd && bytes.Compare(regionEnd, end) >= 0) {
+			return total, nil
+		}
+		cursor = regionEnd
+	}
 }
 
 // Range reads a key or a range within one region.
