@@ -3,6 +3,8 @@ package client
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"sort"
 
 	"github.com/basaltdb/basalt/proto/kvpb"
@@ -64,6 +66,38 @@ func (c *Client) SplitRegionInHalf(ctx context.Context, key []byte) ([]*metapb.R
 		c.learn(r, nil)
 	}
 	return made, err
+}
+
+// MergeRegions merges region sourceID into its neighbour targetID. Their
+// replicas must be voters on the same stores. It returns the target as it
+// is after absorbing the source.
+func (c *Client) MergeRegions(ctx context.Context, sourceID, targetID uint64) (*metapb.Region, error) {
+	if sourceID == 0 || targetID == 0 {
+		return nil, errors.New("client: merge needs a source and a target region ID")
+	}
+	src, err := c.pd.GetRegionByID(ctx, sourceID)
+	if err != nil {
+		return nil, err
+	}
+	if src.GetRegion() == nil {
+		return nil, fmt.Errorf("client: region %d does not exist (merged away, or never was)", sourceID)
+	}
+	c.learn(src.GetRegion(), src.GetLeader())
+	var merged *metapb.Region
+	err = c.do(ctx, src.GetRegion().GetStartKey(), false, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
+		if rt.region.GetId() != sourceID {
+			return nil, fmt.Errorf("client: region %d no longer holds key %q (region %d does): it was merged or split meanwhile",
+				sourceID, src.GetRegion().GetStartKey(), rt.region.GetId())
+		}
+		resp, err := rt.admin.MergeRegion(ctx, &kvpb.MergeRegionRequest{Context: rt.context(), TargetRegionId: targetID})
+		merged = resp.GetRegion()
+		return resp.GetHeader(), err
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.learn(merged, nil)
+	return merged, nil
 }
 
 func inRegion(r *metapb.Region, k []byte) bool {

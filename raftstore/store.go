@@ -674,6 +674,18 @@ func (s *Store) RegionStatus(regionID uint64) *RegionStatus {
 	return p.status.Load()
 }
 
+// TombstoneEpoch returns the epoch regionID had when its replica on this
+// store was removed or merged away, or nil when the store has no tombstone
+// for it.
+func (s *Store) TombstoneEpoch(regionID uint64) *metapb.RegionEpoch {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if t, ok := s.tombstones[regionID]; ok {
+		return t.epoch
+	}
+	return nil
+}
+
 // Regions returns the status of every replica on this store.
 func (s *Store) Regions() []*RegionStatus {
 	s.mu.RLock()

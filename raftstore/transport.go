@@ -115,6 +115,17 @@ func (t *GRPCTransport) conn(storeID uint64) *storeConn {
 	return c
 }
 
+// ClientConn returns the connection raft messages to storeID use, for
+// other services the store serves there (merges ask every replica's store
+// where it stands).
+func (t *GRPCTransport) ClientConn(storeID uint64) (*grpc.ClientConn, error) {
+	c := t.conn(storeID)
+	if c == nil {
+		return nil, errors.New("raftstore: transport closed")
+	}
+	return c.clientConn()
+}
+
 // Send implements Transport.
 func (t *GRPCTransport) Send(storeID uint64, msg *rspb.RaftMessage) {
 	c := t.conn(storeID)

@@ -35,3 +35,34 @@ func (a *adminService) SplitRegion(ctx context.Context, req *kvpb.SplitRegionReq
 	}
 	return nil, grpcError(err)
 }
+
+func (a *adminService) MergeRegion(ctx context.Context, req *kvpb.MergeRegionRequest) (*kvpb.MergeRegionResponse, error) {
+	c := req.GetContext()
+	if c.GetRegionId() == 0 || req.GetTargetRegionId() == 0 {
+		return nil, status.Error(codes.InvalidArgument, "merge: the request must name a source and a target region")
+	}
+	merged, err := a.s.mergeRegion(ctx, c.GetRegionId(), c.GetRegionEpoch(), req.GetTargetRegionId())
+	var re *region.Error
+	switch {
+	case err == nil:
+		return &kvpb.MergeRegionResponse{Header: &kvpb.ResponseHeader{}, Region: merged}, nil
+	case errors.As(err, &re):
+		return &kvpb.MergeRegionResponse{Header: &kvpb.ResponseHeader{RegionError: re.Proto()}}, nil
+	case errors.Is(err, ErrCannotMerge), errors.Is(err, raftstore.ErrBadMerge):
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, ErrMergeRolledBack):
+		return nil, status.Error(codes.Aborted, err.Error())
+	}
+	return nil, grpcError(err)
+}
+
+func (a *adminService) ReplicaStatus(_ context.Context, req *kvpb.ReplicaStatusRequest) (*kvpb.ReplicaStatusResponse, error) {
+	if req.GetRegionId() == 0 {
+		return nil, status.Error(codes.InvalidArgument, "replica status: the request names no region")
+	}
+	resp, err := a.s.localReplicaStatus(req.GetRegionId(), req.GetSync())
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	return resp, nil
+}

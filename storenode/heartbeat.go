@@ -227,9 +227,10 @@ func (h *heartbeater) execute(resp *pdpb.RegionHeartbeatResponse) {
 			return err
 		}
 	case resp.GetMerge() != nil:
-		if !h.warned["merge"] {
-			h.warned["merge"] = true
-			h.s.log.Warn("PD asked for a region merge, which this store does not run yet", "region", id)
+		target, epoch := resp.GetMerge().GetTarget().GetId(), resp.GetRegionEpoch()
+		run = func(ctx context.Context) error {
+			_, err := h.s.mergeRegion(ctx, id, epoch, target)
+			return err
 		}
 	}
 	if run == nil {

@@ -298,7 +298,9 @@ func (s *Server) resolveLoop() {
 		}
 		for _, id := range s.watches.watchedRegions() {
 			st := s.store.RegionStatus(id)
-			if st == nil || !st.IsLeader() {
+			// A merge source resolves nothing: it takes no reads until its
+			// merge ends, and then its watchers move to the target.
+			if st == nil || !st.IsLeader() || st.Merge != nil {
 				continue
 			}
 			mu.Lock()

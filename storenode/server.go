@@ -51,6 +51,9 @@ type Config struct {
 
 	// Split: when regions this store leads are split by size.
 	Split SplitConfig
+	// MergeResumeInterval: how often the store looks for merges it leads
+	// whose driver stopped (default 2 s).
+	MergeResumeInterval time.Duration
 
 	// GossipAddr binds the liveness gossip (default: Addr's host, any port).
 	GossipAddr string
@@ -70,6 +73,9 @@ func (c *Config) fillDefaults() {
 	}
 	if c.ResolveInterval == 0 {
 		c.ResolveInterval = 100 * time.Millisecond
+	}
+	if c.MergeResumeInterval == 0 {
+		c.MergeResumeInterval = 2 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -96,6 +102,7 @@ type Server struct {
 	watches *watchHub
 	hb      *heartbeater
 	gossip  *gossip
+	merges  merges
 
 	compactWake chan struct{}
 	gcMu        sync.Mutex
@@ -197,7 +204,7 @@ func (s *Server) start(ctx context.Context) error {
 	s.store.Start()
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); _ = s.grpc.Serve(s.lis) }()
-	for _, fn := range []func(){s.seq.run, s.hb.run, s.resolveLoop, s.compactionLoop, s.splitCheckLoop, s.gossip.joinLoop} {
+	for _, fn := range []func(){s.seq.run, s.hb.run, s.resolveLoop, s.compactionLoop, s.splitCheckLoop, s.mergeResumeLoop, s.gossip.joinLoop} {
 		s.wg.Add(1)
 		go func(fn func()) { defer s.wg.Done(); fn() }(fn)
 	}

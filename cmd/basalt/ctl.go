@@ -230,6 +230,34 @@ func ctlCmd() *cobra.Command {
 	}
 	split.Flags().StringVar(&splitHalf, "half", "", "halve the region holding this key at the middle of its data")
 	reg.AddCommand(split)
+	reg.AddCommand(&cobra.Command{
+		Use:   "merge SOURCE TARGET",
+		Short: "Merge region SOURCE into its neighbour TARGET (region IDs; their replicas must be on the same stores)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var ids [2]uint64
+			for i, a := range args {
+				if _, err := fmt.Sscan(a, &ids[i]); err != nil || ids[i] == 0 {
+					return fmt.Errorf("region ID %q is not a positive number", a)
+				}
+			}
+			c, ctx, cancel, err := connect()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			r, err := c.MergeRegions(ctx, ids[0], ids[1])
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return printJSON(cmd.OutOrStdout(), r)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "region %d [%q, %q) version %d\n", r.GetId(), r.GetStartKey(), r.GetEndKey(), r.GetRegionEpoch().GetVersion())
+			return nil
+		},
+	})
 
 	root.AddCommand(put, get, del, compact, member, store, reg)
 	return root

@@ -2200,8 +2200,10 @@ func (x *MergeRegionResponse) GetRegion() *metapb.Region {
 }
 
 type ReplicaStatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RegionId      uint64                 `protobuf:"varint,1,opt,name=region_id,json=regionId,proto3" json:"region_id,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	RegionId uint64                 `protobuf:"varint,1,opt,name=region_id,json=regionId,proto3" json:"region_id,omitempty"`
+	// Make everything the store applied durable before answering.
+	Sync          bool `protobuf:"varint,2,opt,name=sync,proto3" json:"sync,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2243,6 +2245,13 @@ func (x *ReplicaStatusRequest) GetRegionId() uint64 {
 	return 0
 }
 
+func (x *ReplicaStatusRequest) GetSync() bool {
+	if x != nil {
+		return x.Sync
+	}
+	return false
+}
+
 type ReplicaStatusResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// False when this store holds no initialized replica of the region.
@@ -2250,9 +2259,14 @@ type ReplicaStatusResponse struct {
 	Region       *metapb.Region `protobuf:"bytes,2,opt,name=region,proto3" json:"region,omitempty"`
 	AppliedIndex uint64         `protobuf:"varint,3,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	// The replica applied a PrepareMerge and waits for its target.
-	Merging       bool `protobuf:"varint,4,opt,name=merging,proto3" json:"merging,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Merging bool `protobuf:"varint,4,opt,name=merging,proto3" json:"merging,omitempty"`
+	// The index of that PrepareMerge.
+	MergeCommit uint64 `protobuf:"varint,5,opt,name=merge_commit,json=mergeCommit,proto3" json:"merge_commit,omitempty"`
+	// When there is no replica: the epoch the region had when this store's
+	// replica was removed or merged away, if it had one.
+	TombstoneEpoch *metapb.RegionEpoch `protobuf:"bytes,6,opt,name=tombstone_epoch,json=tombstoneEpoch,proto3" json:"tombstone_epoch,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ReplicaStatusResponse) Reset() {
@@ -2311,6 +2325,20 @@ func (x *ReplicaStatusResponse) GetMerging() bool {
 		return x.Merging
 	}
 	return false
+}
+
+func (x *ReplicaStatusResponse) GetMergeCommit() uint64 {
+	if x != nil {
+		return x.MergeCommit
+	}
+	return 0
+}
+
+func (x *ReplicaStatusResponse) GetTombstoneEpoch() *metapb.RegionEpoch {
+	if x != nil {
+		return x.TombstoneEpoch
+	}
+	return nil
 }
 
 type SplitRegionRequest struct {
@@ -2783,14 +2811,17 @@ const file_kvpb_kvpb_proto_rawDesc = "" +
 	"\x10target_region_id\x18\x02 \x01(\x04R\x0etargetRegionId\"k\n" +
 	"\x13MergeRegionResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\x12&\n" +
-	"\x06region\x18\x02 \x01(\v2\x0e.metapb.RegionR\x06region\"3\n" +
+	"\x06region\x18\x02 \x01(\v2\x0e.metapb.RegionR\x06region\"G\n" +
 	"\x14ReplicaStatusRequest\x12\x1b\n" +
-	"\tregion_id\x18\x01 \x01(\x04R\bregionId\"\x96\x01\n" +
+	"\tregion_id\x18\x01 \x01(\x04R\bregionId\x12\x12\n" +
+	"\x04sync\x18\x02 \x01(\bR\x04sync\"\xf7\x01\n" +
 	"\x15ReplicaStatusResponse\x12\x16\n" +
 	"\x06exists\x18\x01 \x01(\bR\x06exists\x12&\n" +
 	"\x06region\x18\x02 \x01(\v2\x0e.metapb.RegionR\x06region\x12#\n" +
 	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex\x12\x18\n" +
-	"\amerging\x18\x04 \x01(\bR\amerging\"\\\n" +
+	"\amerging\x18\x04 \x01(\bR\amerging\x12!\n" +
+	"\fmerge_commit\x18\x05 \x01(\x04R\vmergeCommit\x12<\n" +
+	"\x0ftombstone_epoch\x18\x06 \x01(\v2\x13.metapb.RegionEpochR\x0etombstoneEpoch\"\\\n" +
 	"\x12SplitRegionRequest\x12'\n" +
 	"\acontext\x18\x01 \x01(\v2\r.kvpb.ContextR\acontext\x12\x1d\n" +
 	"\n" +
@@ -2922,36 +2953,37 @@ var file_kvpb_kvpb_proto_depIdxs = []int32{
 	7,  // 42: kvpb.MergeRegionResponse.header:type_name -> kvpb.ResponseHeader
 	39, // 43: kvpb.MergeRegionResponse.region:type_name -> metapb.Region
 	39, // 44: kvpb.ReplicaStatusResponse.region:type_name -> metapb.Region
-	6,  // 45: kvpb.SplitRegionRequest.context:type_name -> kvpb.Context
-	7,  // 46: kvpb.SplitRegionResponse.header:type_name -> kvpb.ResponseHeader
-	39, // 47: kvpb.SplitRegionResponse.regions:type_name -> metapb.Region
-	12, // 48: kvpb.WriteCommand.put:type_name -> kvpb.PutRequest
-	14, // 49: kvpb.WriteCommand.delete_range:type_name -> kvpb.DeleteRangeRequest
-	19, // 50: kvpb.WriteCommand.txn:type_name -> kvpb.TxnRequest
-	35, // 51: kvpb.WriteCommand.gc:type_name -> kvpb.GCBatch
-	10, // 52: kvpb.KV.Range:input_type -> kvpb.RangeRequest
-	12, // 53: kvpb.KV.Put:input_type -> kvpb.PutRequest
-	14, // 54: kvpb.KV.DeleteRange:input_type -> kvpb.DeleteRangeRequest
-	19, // 55: kvpb.KV.Txn:input_type -> kvpb.TxnRequest
-	21, // 56: kvpb.KV.Compact:input_type -> kvpb.CompactRequest
-	26, // 57: kvpb.KV.Watch:input_type -> kvpb.WatchRequest
-	32, // 58: kvpb.Admin.SplitRegion:input_type -> kvpb.SplitRegionRequest
-	28, // 59: kvpb.Admin.MergeRegion:input_type -> kvpb.MergeRegionRequest
-	30, // 60: kvpb.Admin.ReplicaStatus:input_type -> kvpb.ReplicaStatusRequest
-	11, // 61: kvpb.KV.Range:output_type -> kvpb.RangeResponse
-	13, // 62: kvpb.KV.Put:output_type -> kvpb.PutResponse
-	15, // 63: kvpb.KV.DeleteRange:output_type -> kvpb.DeleteRangeResponse
-	20, // 64: kvpb.KV.Txn:output_type -> kvpb.TxnResponse
-	22, // 65: kvpb.KV.Compact:output_type -> kvpb.CompactResponse
-	27, // 66: kvpb.KV.Watch:output_type -> kvpb.WatchResponse
-	33, // 67: kvpb.Admin.SplitRegion:output_type -> kvpb.SplitRegionResponse
-	29, // 68: kvpb.Admin.MergeRegion:output_type -> kvpb.MergeRegionResponse
-	31, // 69: kvpb.Admin.ReplicaStatus:output_type -> kvpb.ReplicaStatusResponse
-	61, // [61:70] is the sub-list for method output_type
-	52, // [52:61] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	36, // 45: kvpb.ReplicaStatusResponse.tombstone_epoch:type_name -> metapb.RegionEpoch
+	6,  // 46: kvpb.SplitRegionRequest.context:type_name -> kvpb.Context
+	7,  // 47: kvpb.SplitRegionResponse.header:type_name -> kvpb.ResponseHeader
+	39, // 48: kvpb.SplitRegionResponse.regions:type_name -> metapb.Region
+	12, // 49: kvpb.WriteCommand.put:type_name -> kvpb.PutRequest
+	14, // 50: kvpb.WriteCommand.delete_range:type_name -> kvpb.DeleteRangeRequest
+	19, // 51: kvpb.WriteCommand.txn:type_name -> kvpb.TxnRequest
+	35, // 52: kvpb.WriteCommand.gc:type_name -> kvpb.GCBatch
+	10, // 53: kvpb.KV.Range:input_type -> kvpb.RangeRequest
+	12, // 54: kvpb.KV.Put:input_type -> kvpb.PutRequest
+	14, // 55: kvpb.KV.DeleteRange:input_type -> kvpb.DeleteRangeRequest
+	19, // 56: kvpb.KV.Txn:input_type -> kvpb.TxnRequest
+	21, // 57: kvpb.KV.Compact:input_type -> kvpb.CompactRequest
+	26, // 58: kvpb.KV.Watch:input_type -> kvpb.WatchRequest
+	32, // 59: kvpb.Admin.SplitRegion:input_type -> kvpb.SplitRegionRequest
+	28, // 60: kvpb.Admin.MergeRegion:input_type -> kvpb.MergeRegionRequest
+	30, // 61: kvpb.Admin.ReplicaStatus:input_type -> kvpb.ReplicaStatusRequest
+	11, // 62: kvpb.KV.Range:output_type -> kvpb.RangeResponse
+	13, // 63: kvpb.KV.Put:output_type -> kvpb.PutResponse
+	15, // 64: kvpb.KV.DeleteRange:output_type -> kvpb.DeleteRangeResponse
+	20, // 65: kvpb.KV.Txn:output_type -> kvpb.TxnResponse
+	22, // 66: kvpb.KV.Compact:output_type -> kvpb.CompactResponse
+	27, // 67: kvpb.KV.Watch:output_type -> kvpb.WatchResponse
+	33, // 68: kvpb.Admin.SplitRegion:output_type -> kvpb.SplitRegionResponse
+	29, // 69: kvpb.Admin.MergeRegion:output_type -> kvpb.MergeRegionResponse
+	31, // 70: kvpb.Admin.ReplicaStatus:output_type -> kvpb.ReplicaStatusResponse
+	62, // [62:71] is the sub-list for method output_type
+	53, // [53:62] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_kvpb_kvpb_proto_init() }
