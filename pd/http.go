@@ -335,7 +335,17 @@ func (s *Server) buildAdminOperator(req addOperatorRequest) (*operator, error) {
 		if string(meta.GetEndKey()) != string(t.meta.GetStartKey()) && string(t.meta.GetEndKey()) != string(meta.GetStartKey()) {
 			return nil, fmt.Errorf("regions %d and %d are not adjacent", regionID, req.TargetRegionID)
 		}
-		return newOperator(regionID, "admin merge", opAdmin, mergeRegion{target: t.meta}), nil
+		s.cluster.mu.RLock()
+		moves, ok := s.cluster.alignmentLocked(ri, t.meta, time.Now())
+		s.cluster.mu.RUnlock()
+		if !ok {
+			return nil, fmt.Errorf("regions %d and %d cannot be put on the same stores (learners, a joint configuration, different replica counts, or a target store that is not up)", regionID, req.TargetRegionID)
+		}
+		steps, err := s.cluster.moveSteps(ri, moves)
+		if err != nil {
+			return nil, err
+		}
+		return newOperator(regionID, "admin merge", opAdmin, append(steps, mergeRegion{target: t.meta})...), nil
 	}
 	return nil, fmt.Errorf("unknown operator %q (transfer-leader, add-peer, remove-peer, split-region, merge-region)", req.Name)
 }

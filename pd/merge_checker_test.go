@@ -2,6 +2,7 @@ package pd
 
 import (
 	"fmt"
+	"github.com/basaltdb/basalt/region"
 	"testing"
 	"time"
 
@@ -62,7 +63,7 @@ func TestMergeCheckerPairsEachRegionOnce(t *testing.T) {
 		}
 		in := map[uint64]string{}
 		for _, op := range running {
-			m, ok := op.steps[0].(mergeRegion)
+			m, ok := op.steps[len(op.steps)-1].(mergeRegion)
 			if !ok {
 				t.Fatalf("unexpected operator %v", op.Desc)
 			}
@@ -77,5 +78,88 @@ func TestMergeCheckerPairsEachRegionOnce(t *testing.T) {
 			}
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Two small neighbours on different stores: the merge checker first moves
+// the source's odd replica onto the target's store (learner, joint swap,
+// removal), then merges.
+func TestMergeCheckerAlignsReplicas(t *testing.T) {
+	sc := fastSchedule()
+	sc.Schedulers = []string{}
+	sc.SplitMergeInterval = Duration{time.Millisecond}
+	p := newTestPDWithSchedule(t, 1, sc)
+	cl := p.client()
+	st, first := bootstrapCluster(t, cl)
+	ctx := t.Context()
+	stores := []uint64{st.GetId()}
+	for i := 0; i < 3; i++ {
+		id, err := cl.AllocID(ctx, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cl.PutStore(ctx, &metapb.Store{Id: id, Address: fmt.Sprintf("127.0.0.1:%d", 2000+i)}); err != nil {
+			t.Fatal(err)
+		}
+		stores = append(stores, id)
+	}
+	for _, id := range stores {
+		if err := cl.StoreHeartbeat(ctx, &pdpb.StoreStats{StoreId: id, Capacity: 1 << 40, Available: 1 << 39}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	peers := func(base uint64, ss ...uint64) []*metapb.Peer {
+		var out []*metapb.Peer
+		for i, s := range ss {
+			out = append(out, &metapb.Peer{Id: base + uint64(i), StoreId: s})
+		}
+		return out
+	}
+	left := &metapb.Region{Id: first.GetId(), EndKey: []byte("m"), RegionEpoch: &metapb.RegionEpoch{ConfVer: 5, Version: 2},
+		Peers: peers(5000, stores[0], stores[1], stores[2])}
+	right := &metapb.Region{Id: 900, StartKey: []byte("m"), RegionEpoch: &metapb.RegionEpoch{ConfVer: 5, Version: 2},
+		Peers: peers(6000, stores[0], stores[1], stores[3])}
+	h := newHeartbeater(t, p.server(p.leader()).ClientAddr())
+	for _, r := range []*metapb.Region{left, right} {
+		if err := h.stream.Send(&pdpb.RegionHeartbeatRequest{Region: r, Leader: r.Peers[0], ApproximateSize: 1, ApproximateKeys: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv := p.server(p.leader())
+	var op operator
+	waitFor(t, "a merge operator", 10*time.Second, func() bool {
+		running, _ := srv.cluster.ops.list()
+		for _, o := range running {
+			if o.Kind == opMerge {
+				op = o
+				return true
+			}
+		}
+		return false
+	})
+	// left's replica on stores[2] moves to stores[3] (or right's on
+	// stores[3] to stores[2]), then the merge.
+	if len(op.steps) != 4 {
+		t.Fatalf("operator %v: want learner, joint swap, removal, merge", op.Steps)
+	}
+	add, ok := op.steps[0].(addLearner)
+	if !ok {
+		t.Fatalf("first step %v", op.Steps[0])
+	}
+	src, tgt := left, right
+	if op.RegionID == right.GetId() {
+		src, tgt = right, left
+	}
+	if region.FindPeer(tgt, add.peer.GetStoreId()) == nil || region.FindPeer(src, add.peer.GetStoreId()) != nil {
+		t.Fatalf("the learner goes to store %d; the target's stores are %v", add.peer.GetStoreId(), tgt.GetPeers())
+	}
+	if _, ok := op.steps[1].(jointSwap); !ok {
+		t.Fatalf("second step %v", op.Steps[1])
+	}
+	if _, ok := op.steps[2].(removePeer); !ok {
+		t.Fatalf("third step %v", op.Steps[2])
+	}
+	if m, ok := op.steps[3].(mergeRegion); !ok || m.target.GetId() != tgt.GetId() {
+		t.Fatalf("last step %v", op.Steps[3])
 	}
 }

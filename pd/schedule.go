@@ -137,7 +137,7 @@ func (c *cluster) patrol(now time.Time) []*operator {
 			ops = append(ops, op)
 			merges++
 			taken[ri.meta.GetId()] = true
-			taken[op.steps[0].(mergeRegion).target.GetId()] = true
+			taken[op.steps[len(op.steps)-1].(mergeRegion).target.GetId()] = true
 		}
 	}
 	return ops
@@ -289,35 +289,106 @@ func (c *cluster) checkMerge(ri *regionInfo, now time.Time, cfg ScheduleConfig, 
 		return nil
 	}
 	c.mu.RLock()
-	var target *regionInfo
+	// Candidates: the right neighbour, then the left; one already on the
+	// same stores first, since it needs no replica moves.
+	var candidates []*regionInfo
 	if end := ri.meta.GetEndKey(); len(end) > 0 {
 		if n := c.tree.Search(end); n != nil {
-			target = c.regions[n.GetId()]
+			candidates = append(candidates, c.regions[n.GetId()])
 		}
 	}
-	if !small(target) || !sameStores(ri.meta, target.meta) || taken[target.meta.GetId()] {
-		target = nil
-		if p := c.tree.SearchPrev(ri.meta.GetStartKey()); p != nil {
-			target = c.regions[p.GetId()]
+	if p := c.tree.SearchPrev(ri.meta.GetStartKey()); p != nil {
+		candidates = append(candidates, c.regions[p.GetId()])
+	}
+	var target *regionInfo
+	var moves []storeMove
+	for _, x := range candidates {
+		if !small(x) || taken[x.meta.GetId()] || c.ops.involved(x.meta.GetId()) {
+			continue
+		}
+		m, ok := c.alignmentLocked(ri, x.meta, now)
+		if ok && (target == nil || len(m) < len(moves)) {
+			target, moves = x, m
 		}
 	}
 	c.mu.RUnlock()
-	if !small(target) || !sameStores(ri.meta, target.meta) || taken[target.meta.GetId()] || c.ops.involved(target.meta.GetId()) {
+	if target == nil {
 		return nil
 	}
-	return newOperator(ri.meta.GetId(), "merge small region", opMerge, mergeRegion{target: target.meta})
+	steps, err := c.moveSteps(ri, moves)
+	if err != nil {
+		return nil
+	}
+	desc := "merge small region"
+	if len(moves) > 0 {
+		desc = "align and merge small region"
+	}
+	return newOperator(ri.meta.GetId(), desc, opMerge, append(steps, mergeRegion{target: target.meta})...)
 }
 
-func sameStores(a, b *metapb.Region) bool {
-	if len(a.GetPeers()) != len(b.GetPeers()) {
-		return false
+// storeMove moves a replica of a region from one store to another.
+type storeMove struct {
+	old      *metapb.Peer
+	dstStore uint64
+}
+
+// alignmentLocked lists the moves that put the source's voters on the
+// target's stores, so the two can merge; ok is false when they cannot be
+// aligned (learners or joint configurations, different replica counts, a
+// target store that is not up).
+func (c *cluster) alignmentLocked(source *regionInfo, target *metapb.Region, now time.Time) ([]storeMove, bool) {
+	if len(source.meta.GetPeers()) != len(target.GetPeers()) {
+		return nil, false
 	}
-	for _, p := range a.GetPeers() {
-		if region.FindPeer(b, p.GetStoreId()) == nil {
-			return false
+	var extra []*metapb.Peer
+	for _, r := range []*metapb.Region{source.meta, target} {
+		for _, p := range r.GetPeers() {
+			if p.GetRole() != metapb.PeerRole_Voter {
+				return nil, false
+			}
 		}
 	}
-	return true
+	for _, p := range source.meta.GetPeers() {
+		if region.FindPeer(target, p.GetStoreId()) == nil {
+			extra = append(extra, p)
+		}
+	}
+	var moves []storeMove
+	for _, p := range target.GetPeers() {
+		if region.FindPeer(source.meta, p.GetStoreId()) != nil {
+			continue
+		}
+		if !c.healthyLocked(p.GetStoreId(), now) {
+			return nil, false
+		}
+		moves = append(moves, storeMove{old: extra[len(moves)], dstStore: p.GetStoreId()})
+	}
+	return moves, true
+}
+
+// moveSteps builds the steps that carry out moves on region ri, one after
+// the other: a learner on the new store, promoted in a joint swap with the
+// old voter, which is then removed; a leader is first replaced as leader by
+// the promoted replica, since it cannot demote itself.
+func (c *cluster) moveSteps(ri *regionInfo, moves []storeMove) ([]opStep, error) {
+	var steps []opStep
+	for _, m := range moves {
+		np, err := c.newPeer(m.dstStore)
+		if err != nil {
+			return nil, err
+		}
+		steps = append(steps, movePeerSteps(np, m.old, ri.leader.GetId() == m.old.GetId())...)
+	}
+	return steps, nil
+}
+
+func movePeerSteps(learner, old *metapb.Peer, oldLeads bool) []opStep {
+	voter := &metapb.Peer{Id: learner.GetId(), StoreId: learner.GetStoreId()}
+	if oldLeads {
+		return []opStep{addLearner{peer: learner}, promoteLearner{peer: voter}, transferLeader{toStore: learner.GetStoreId()}, removePeer{peer: old}}
+	}
+	demote := &metapb.Peer{Id: old.GetId(), StoreId: old.GetStoreId(), Role: metapb.PeerRole_Learner}
+	return []opStep{addLearner{peer: learner}, jointSwap{promote: voter, demote: old}, removePeer{peer: demote}}
 }
 
 type storeScore struct {
@@ -345,7 +416,9 @@ func (c *cluster) upStoresLocked(now time.Time, score func(*storeInfo) float64) 
 // movable: a region whose replicas are all healthy and caught up, with no
 // operator.
 func (c *cluster) movableLocked(ri *regionInfo, cfg ScheduleConfig, now time.Time) bool {
-	if ri.leader == nil || len(ri.downPeers) > 0 || len(ri.pendingPeers) > 0 || c.ops.has(ri.meta.GetId()) {
+	// involved, not has: a merge's target must keep its stores and
+	// leader while the merge runs.
+	if ri.leader == nil || len(ri.downPeers) > 0 || len(ri.pendingPeers) > 0 || c.ops.involved(ri.meta.GetId()) {
 		return false
 	}
 	voters := 0
@@ -488,16 +561,7 @@ func (balanceRegion) schedule(c *cluster, now time.Time) []*operator {
 		if err != nil {
 			break
 		}
-		voter := &metapb.Peer{Id: np.GetId(), StoreId: m.dst}
-		var steps []opStep
-		if m.leader {
-			// The leader cannot demote itself: hand leadership to the new
-			// replica once it votes, then remove the old one.
-			steps = []opStep{addLearner{peer: np}, promoteLearner{peer: voter}, transferLeader{toStore: m.dst}, removePeer{peer: m.old}}
-		} else {
-			demote := &metapb.Peer{Id: m.old.GetId(), StoreId: m.old.GetStoreId(), Role: metapb.PeerRole_Learner}
-			steps = []opStep{addLearner{peer: np}, jointSwap{promote: voter, demote: m.old}, removePeer{peer: demote}}
-		}
+		steps := movePeerSteps(np, m.old, m.leader)
 		ops = append(ops, newOperator(m.ri.meta.GetId(), "balance region", opRegion, steps...))
 	}
 	return ops
@@ -571,7 +635,7 @@ func (e evictLeader) schedule(c *cluster, now time.Time) []*operator {
 		if len(ops) >= budget {
 			break
 		}
-		if c.ops.has(ri.meta.GetId()) {
+		if c.ops.involved(ri.meta.GetId()) {
 			continue
 		}
 		var best uint64

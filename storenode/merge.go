@@ -171,8 +171,9 @@ func mergePairError(source, target *metapb.Region) error {
 		return fmt.Errorf("%w: regions %d [%q, %q) and %d [%q, %q) are not adjacent", ErrCannotMerge,
 			source.GetId(), source.GetStartKey(), source.GetEndKey(), target.GetId(), target.GetStartKey(), target.GetEndKey())
 	case !sameVoterStores(source, target):
-		return fmt.Errorf("%w: regions %d and %d do not have voters on the same stores (%v and %v); move the replicas first",
-			ErrCannotMerge, source.GetId(), target.GetId(), peerStores(source), peerStores(target))
+		return fmt.Errorf("%w: regions %d and %d do not have voters on the same stores (%v and %v); have PD align and merge them "+
+			`with POST /pd/api/v1/operators {"name": "merge-region", "source_region_id": %d, "target_region_id": %d}`,
+			ErrCannotMerge, source.GetId(), target.GetId(), peerStores(source), peerStores(target), source.GetId(), target.GetId())
 	}
 	return nil
 }

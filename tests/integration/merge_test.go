@@ -10,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/basaltdb/basalt/client/pdclient"
 	"github.com/basaltdb/basalt/proto/kvpb"
+	"github.com/basaltdb/basalt/proto/metapb"
+	"github.com/basaltdb/basalt/region"
 	"github.com/basaltdb/basalt/tests/procs"
 )
 
@@ -265,5 +268,99 @@ func setPDConfig(t *testing.T, c *procs.Cluster, body string) {
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("set PD config: %s: %s", resp.Status, b)
+	}
+}
+
+// Four stores, two small neighbours whose replicas differ by one store:
+// PD's merge checker moves the odd replica, then merges, and the data of
+// both is there afterwards.
+func TestMergeAlignsReplicasFirst(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 4})
+	cl := c.Client(t)
+	pd := waitReplicated(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	// Keep the layout still while it is arranged.
+	setPDConfig(t, c, `{"schedulers": []}`)
+	regions, err := cl.SplitRegions(ctx, [][]byte{[]byte("m")})
+	if err != nil || len(regions) != 2 {
+		t.Fatalf("split: %v %v", regions, err)
+	}
+	left, right := regions[0], regions[1]
+	put(t, cl, "a", "left")
+	put(t, cl, "x", "right")
+	stores, err := pd.GetAllStores(ctx, true)
+	if err != nil || len(stores) != 4 {
+		t.Fatalf("stores: %v %v", stores, err)
+	}
+	var spare uint64
+	for _, s := range stores {
+		if region.FindPeer(right, s.GetId()) == nil {
+			spare = s.GetId()
+		}
+	}
+	// Add a replica of right on the spare store; PD's replica checker then
+	// removes one of the others (max-replicas is 3), so the two regions no
+	// longer share their stores.
+	postOperator(t, c, fmt.Sprintf(`{"name": "add-peer", "region_id": %d, "store_id": %d}`, right.GetId(), spare))
+	waitRegion(t, ctx, pd, right.GetId(), func(r *metapb.Region) bool {
+		p := region.FindPeer(r, spare)
+		return p != nil && p.GetRole() == metapb.PeerRole_Voter && len(r.GetPeers()) == 3
+	})
+	setPDConfig(t, c, `{"max-merge-region-size": 1048576, "max-merge-region-keys": 1000, "split-merge-interval": "1s"}`)
+	for {
+		rs, err := pd.ScanRegions(ctx, nil, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rs) == 1 {
+			t.Logf("merged into region %d on stores %v", rs[0].GetRegion().GetId(), rs[0].GetRegion().GetPeers())
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the misaligned regions %d and %d were not merged: %v", left.GetId(), right.GetId(), rs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + c.PDs[0].Addr + "/pd/api/v1/operators")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(ops), "align and merge") {
+		t.Fatalf("the merge did not go through alignment: %s", ops)
+	}
+	for k, v := range map[string]string{"a": "left", "x": "right"} {
+		if got, ok := get(t, cl, k); !ok || got != v {
+			t.Fatalf("%s after the merge: %q %v", k, got, ok)
+		}
+	}
+}
+
+func postOperator(t *testing.T, c *procs.Cluster, body string) {
+	t.Helper()
+	resp, err := http.Post("http://"+c.PDs[0].Addr+"/pd/api/v1/operators", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("add operator %s: %s: %s", body, resp.Status, b)
+	}
+}
+
+func waitRegion(t *testing.T, ctx context.Context, pd *pdclient.Client, id uint64, cond func(*metapb.Region) bool) {
+	t.Helper()
+	for {
+		r, err := pd.GetRegionByID(ctx, id)
+		if err == nil && r.GetRegion() != nil && cond(r.GetRegion()) {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("region %d: %v %v", id, r.GetRegion(), err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
