@@ -24,9 +24,13 @@ type peer struct {
 	// schedState is guarded by scheduler.mu.
 	schedState uint8
 
-	// mu guards mb. Lock order: Store.mu before peer.mu.
+	// mu guards mb and earlyVotes. Lock order: Store.mu before peer.mu.
 	mu sync.Mutex
 	mb mailbox
+	// earlyVotes: the last vote requests this replica received while
+	// uninitialized. A split that initializes it hands them to the
+	// initialized replica (see createSplitPeer).
+	earlyVotes []*rspb.RaftMessage
 
 	// ---- worker-owned ----
 	rn      *raft.RawNode

@@ -313,6 +313,7 @@ func (p *peer) stepMessage(rm *rspb.RaftMessage) {
 		// never needed to elect a leader (the initialized replicas of a
 		// new region suffice), and not voting means it never has a vote a
 		// split or snapshot initializing it could lose.
+		p.keepEarlyVote(rm)
 		return
 	}
 	if t := m.GetType(); (t == pb.MsgVote || t == pb.MsgPreVote) && monoNow() < p.store.voteFence {
@@ -332,6 +333,25 @@ func (p *peer) stepMessage(rm *rspb.RaftMessage) {
 	if err := p.rn.Step(m); err != nil {
 		p.store.log.Debug("step", "region", p.regionID, "type", m.GetType(), "err", err)
 	}
+}
+
+// maxEarlyVotes bounds the vote requests an uninitialized replica keeps.
+const maxEarlyVotes = 4
+
+// keepEarlyVote keeps a vote request that reached this replica before it
+// was initialized. The usual sender is the first leader of a region a split
+// just made, campaigning on the store that ran the split before this store
+// applied it: replayed to the replica the split creates here, the request
+// elects that leader at once instead of after an election timeout. (A
+// delayed delivery, which raft tolerates like any other.)
+func (p *peer) keepEarlyVote(rm *rspb.RaftMessage) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.earlyVotes) == maxEarlyVotes {
+		copy(p.earlyVotes, p.earlyVotes[1:])
+		p.earlyVotes = p.earlyVotes[:maxEarlyVotes-1]
+	}
+	p.earlyVotes = append(p.earlyVotes, rm)
 }
 
 // isStaleSender: the sender is not in our region and its descriptor is older

@@ -179,6 +179,7 @@ func (p *peer) createSplitChildren() {
 func (s *Store) createSplitPeer(nr *metapb.Region, self *metapb.Peer, smState []byte, campaign bool) error {
 	rs := &rspb.RegionLocalState{State: rspb.PeerState_Normal, Region: nr, ConfState: confStateOf(nr)}
 	var termFloor uint64
+	var replay []*rspb.RaftMessage
 	s.mu.Lock()
 	if old := s.peers[nr.GetId()]; old != nil {
 		if old.peerID != self.GetId() || old.isInitializedFromStatus() {
@@ -193,6 +194,15 @@ func (s *Store) createSplitPeer(nr *metapb.Region, self *metapb.Peer, smState []
 		termFloor = old.status.Load().Term
 		delete(s.peers, nr.GetId())
 		old.mu.Lock()
+		// Vote requests it got, or has not handled yet, go to the new
+		// replica (keepEarlyVote).
+		replay = append(replay, old.earlyVotes...)
+		for _, rm := range old.mb.msgs {
+			if t := rm.GetMessage().GetType(); t == pb.MsgVote || t == pb.MsgPreVote {
+				replay = append(replay, rm)
+			}
+		}
+		old.earlyVotes = nil
 		old.mb = mailbox{destroyed: true}
 		old.mu.Unlock()
 		old.pushOp(func(o *peer) {
@@ -220,6 +230,9 @@ func (s *Store) createSplitPeer(nr *metapb.Region, self *metapb.Peer, smState []
 	s.sm.RegionChanged(nr.GetId(), nr, smState)
 	if campaign {
 		p.pushOp(func(p *peer) { _ = p.rn.Campaign() })
+	}
+	if len(replay) > 0 {
+		p.push(func(mb *mailbox) { mb.msgs = append(mb.msgs, replay...) })
 	}
 	s.sched.enqueue(p)
 	return nil

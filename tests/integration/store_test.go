@@ -57,7 +57,7 @@ func get(t *testing.T, cl *client.Client, k string) (string, bool) {
 
 // fullyReplicated waits until PD shows the first region with three voters
 // and a leader.
-func waitReplicated(t *testing.T, c *procs.Cluster) *pdclient.Client {
+func waitReplicated(t testing.TB, c *procs.Cluster) *pdclient.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
