@@ -340,15 +340,23 @@ func TestMergeAlignsReplicasFirst(t *testing.T) {
 
 func postOperator(t *testing.T, c *procs.Cluster, body string) {
 	t.Helper()
+	if err := tryOperator(c, body); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tryOperator asks PD to run an operator.
+func tryOperator(c *procs.Cluster, body string) error {
 	resp, err := http.Post("http://"+c.PDs[0].Addr+"/pd/api/v1/operators", "application/json", strings.NewReader(body))
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("add operator %s: %s: %s", body, resp.Status, b)
+		return fmt.Errorf("add operator %s: %s: %s", body, resp.Status, b)
 	}
+	return nil
 }
 
 func waitRegion(t *testing.T, ctx context.Context, pd *pdclient.Client, id uint64, cond func(*metapb.Region) bool) {
