@@ -52,30 +52,38 @@ type PreparedMerge struct {
 	Commit uint64
 }
 
-// checkMergePair: source and target are adjacent and their replicas are
-// voters on the same stores, neither in a joint configuration.
-func checkMergePair(source, target *metapb.Region) error {
-	adjacent := (len(source.GetEndKey()) > 0 && bytes.Equal(source.GetEndKey(), target.GetStartKey())) ||
-		(len(target.GetEndKey()) > 0 && bytes.Equal(target.GetEndKey(), source.GetStartKey()))
-	if !adjacent {
-		return fmt.Errorf("%w: regions %d and %d are not adjacent", ErrBadMerge, source.GetId(), target.GetId())
-	}
+// ErrMergeNotAligned is the ErrBadMerge of two regions whose voters are
+// not on the same stores (PD moves replicas to fix it).
+var ErrMergeNotAligned = fmt.Errorf("%w: the regions' voters are not on the same stores", ErrBadMerge)
+
+// CheckMergePair: source and target are distinct and adjacent, and their
+// replicas are voters on the same stores, neither in a joint
+// configuration.
+func CheckMergePair(source, target *metapb.Region) error {
 	if source.GetId() == target.GetId() {
 		return fmt.Errorf("%w: a region cannot merge into itself", ErrBadMerge)
 	}
+	adjacent := (len(source.GetEndKey()) > 0 && bytes.Equal(source.GetEndKey(), target.GetStartKey())) ||
+		(len(target.GetEndKey()) > 0 && bytes.Equal(target.GetEndKey(), source.GetStartKey()))
+	if !adjacent {
+		return fmt.Errorf("%w: regions %d [%q, %q) and %d [%q, %q) are not adjacent", ErrBadMerge,
+			source.GetId(), source.GetStartKey(), source.GetEndKey(), target.GetId(), target.GetStartKey(), target.GetEndKey())
+	}
 	if len(source.GetPeers()) != len(target.GetPeers()) {
-		return fmt.Errorf("%w: regions %d and %d have replicas on different stores", ErrBadMerge, source.GetId(), target.GetId())
+		return fmt.Errorf("%w (regions %d and %d have %d and %d replicas)", ErrMergeNotAligned,
+			source.GetId(), target.GetId(), len(source.GetPeers()), len(target.GetPeers()))
 	}
 	for _, r := range []*metapb.Region{source, target} {
 		for _, m := range r.GetPeers() {
 			if m.GetRole() != metapb.PeerRole_Voter {
-				return fmt.Errorf("%w: region %d has a %v replica; merges need voters only", ErrBadMerge, r.GetId(), m.GetRole())
+				return fmt.Errorf("%w (region %d has a %v replica; merges need voters only)", ErrMergeNotAligned, r.GetId(), m.GetRole())
 			}
 		}
 	}
 	for _, m := range source.GetPeers() {
 		if region.FindPeer(target, m.GetStoreId()) == nil {
-			return fmt.Errorf("%w: regions %d and %d have replicas on different stores", ErrBadMerge, source.GetId(), target.GetId())
+			return fmt.Errorf("%w (region %d has a replica on store %d, region %d does not)", ErrMergeNotAligned,
+				source.GetId(), m.GetStoreId(), target.GetId())
 		}
 	}
 	return nil
@@ -159,7 +167,7 @@ func (p *peer) checkPrepareMerge(req *raftcmdpb.PrepareMergeRequest) error {
 	if p.isMerging() {
 		return fmt.Errorf("%w: region %d is already being merged", ErrBadMerge, p.regionID)
 	}
-	return checkMergePair(p.region, req.GetTarget())
+	return CheckMergePair(p.region, req.GetTarget())
 }
 
 func (p *peer) checkCommitMerge(req *raftcmdpb.CommitMergeRequest) error {
@@ -169,7 +177,7 @@ func (p *peer) checkCommitMerge(req *raftcmdpb.CommitMergeRequest) error {
 	if req.GetCommit() == 0 {
 		return fmt.Errorf("%w: no commit index", ErrBadMerge)
 	}
-	return checkMergePair(req.GetSource(), p.region)
+	return CheckMergePair(req.GetSource(), p.region)
 }
 
 func (p *peer) checkRollbackMerge(req *raftcmdpb.RollbackMergeRequest) error {

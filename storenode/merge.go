@@ -1,7 +1,6 @@
 package storenode
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -162,39 +161,16 @@ func (s *Server) driveMerge(ctx context.Context, sourceID uint64, epoch *metapb.
 // mergePairError checks what a merge needs of its two regions, with an
 // error a person can act on.
 func mergePairError(source, target *metapb.Region) error {
-	adjacent := (len(source.GetEndKey()) > 0 && bytes.Equal(source.GetEndKey(), target.GetStartKey())) ||
-		(len(target.GetEndKey()) > 0 && bytes.Equal(target.GetEndKey(), source.GetStartKey()))
+	err := raftstore.CheckMergePair(source, target)
 	switch {
-	case source.GetId() == target.GetId():
-		return fmt.Errorf("%w: a region cannot merge into itself", ErrCannotMerge)
-	case !adjacent:
-		return fmt.Errorf("%w: regions %d [%q, %q) and %d [%q, %q) are not adjacent", ErrCannotMerge,
-			source.GetId(), source.GetStartKey(), source.GetEndKey(), target.GetId(), target.GetStartKey(), target.GetEndKey())
-	case !sameVoterStores(source, target):
-		return fmt.Errorf("%w: regions %d and %d do not have voters on the same stores (%v and %v); have PD align and merge them "+
+	case errors.Is(err, raftstore.ErrMergeNotAligned):
+		return fmt.Errorf("%w: %v: regions %d and %d are on stores %v and %v; have PD align and merge them "+
 			`with POST /pd/api/v1/operators {"name": "merge-region", "source_region_id": %d, "target_region_id": %d}`,
-			ErrCannotMerge, source.GetId(), target.GetId(), peerStores(source), peerStores(target), source.GetId(), target.GetId())
+			ErrCannotMerge, err, source.GetId(), target.GetId(), peerStores(source), peerStores(target), source.GetId(), target.GetId())
+	case err != nil:
+		return fmt.Errorf("%w: %v", ErrCannotMerge, err)
 	}
 	return nil
-}
-
-func sameVoterStores(a, b *metapb.Region) bool {
-	if len(a.GetPeers()) != len(b.GetPeers()) {
-		return false
-	}
-	for _, r := range []*metapb.Region{a, b} {
-		for _, m := range r.GetPeers() {
-			if m.GetRole() != metapb.PeerRole_Voter {
-				return false
-			}
-		}
-	}
-	for _, m := range a.GetPeers() {
-		if region.FindPeer(b, m.GetStoreId()) == nil {
-			return false
-		}
-	}
-	return true
 }
 
 func peerStores(r *metapb.Region) []uint64 {
