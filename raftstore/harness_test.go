@@ -445,6 +445,23 @@ func (c *testCluster) put(regionID uint64, key, value string) {
 	}
 }
 
+// readIndex runs a linearizable read barrier on ts, retrying while the
+// region is between leaders (an election a slow race build can cause).
+// Any other error fails the test.
+func (c *testCluster) readIndex(ts *testStore, regionID uint64) *ReadGuard {
+	c.t.Helper()
+	var guard *ReadGuard
+	waitFor(c.t, fmt.Sprintf("a read barrier of region %d on store %d", regionID, ts.id), 20*time.Second, func() bool {
+		var err error
+		guard, err = ts.st.ReadIndex(context.Background(), regionID, ts.st.RegionStatus(regionID).Region.GetRegionEpoch())
+		if err != nil && !errors.Is(err, region.ErrNotLeader) {
+			c.t.Fatalf("read on store %d: %v", ts.id, err)
+		}
+		return err == nil
+	})
+	return guard
+}
+
 // describe prints every running store's view of regionID, for failures.
 func (c *testCluster) describe(regionID uint64) string {
 	c.mu.Lock()

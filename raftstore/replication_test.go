@@ -373,10 +373,7 @@ func TestLinearizableReads(t *testing.T) {
 		c.put(1, "k", v)
 		for _, id := range c.ids {
 			ts := c.store(id)
-			guard, err := ts.st.ReadIndex(ctx, 1, ts.st.RegionStatus(1).Region.GetRegionEpoch())
-			if err != nil {
-				t.Fatalf("read on store %d: %v", id, err)
-			}
+			guard := c.readIndex(ts, 1)
 			if got, _ := ts.localGet("k"); got != v {
 				t.Fatalf("store %d read %q after %q was acknowledged", id, got, v)
 			}
@@ -385,9 +382,15 @@ func TestLinearizableReads(t *testing.T) {
 			}
 		}
 	}
-	if l.st.Stats().LeaseReads.Load() == 0 {
-		t.Fatal("the leader never served a read from its lease")
+	var leaseReads uint64
+	for _, id := range c.ids {
+		leaseReads += c.store(id).st.Stats().LeaseReads.Load()
 	}
+	if leaseReads == 0 {
+		t.Fatal("no leader ever served a read from its lease")
+	}
+	// Leadership may have moved (a slow race build can miss a heartbeat).
+	l = c.leader(1)
 	// A stale epoch is refused.
 	if _, err := l.st.ReadIndex(ctx, 1, &metapb.RegionEpoch{Version: 0, ConfVer: 1}); !errors.Is(err, region.ErrEpochNotMatch) {
 		t.Fatalf("stale epoch read: %v", err)
