@@ -244,7 +244,10 @@ type opController struct {
 	ops      map[uint64]*operator
 	byKind   map[opKind]int
 	incoming map[uint64]int // store → running operators adding a replica to it
-	pending  map[uint64]storeInfluence
+	// mergeTargets: region → running merges into it (kept with ops so
+	// involved, asked for every region the schedulers look at, is a lookup).
+	mergeTargets map[uint64]int
+	pending      map[uint64]storeInfluence
 	history  []*operator
 }
 
@@ -260,7 +263,18 @@ func (oc *opController) resetLocked() {
 	oc.ops = make(map[uint64]*operator)
 	oc.byKind = make(map[opKind]int)
 	oc.incoming = make(map[uint64]int)
+	oc.mergeTargets = make(map[uint64]int)
 	oc.pending = make(map[uint64]storeInfluence)
+}
+
+// mergeTarget returns the region op merges its region into, or 0.
+func mergeTarget(op *operator) uint64 {
+	for _, st := range op.steps {
+		if m, ok := st.(mergeRegion); ok {
+			return m.target.GetId()
+		}
+	}
+	return 0
 }
 
 func (oc *opController) addInfluenceLocked(op *operator, sign int) {
@@ -337,6 +351,9 @@ func (oc *opController) add(op *operator) error {
 	}
 	oc.ops[op.RegionID] = op
 	oc.byKind[op.Kind]++
+	if t := mergeTarget(op); t != 0 {
+		oc.mergeTargets[t]++
+	}
 	oc.addInfluenceLocked(op, 1)
 	for _, s := range oc.receivers(op) {
 		oc.incoming[s]++
@@ -370,22 +387,17 @@ func (oc *opController) has(regionID uint64) bool {
 func (oc *opController) involved(regionID uint64) bool {
 	oc.mu.Lock()
 	defer oc.mu.Unlock()
-	if oc.ops[regionID] != nil {
-		return true
-	}
-	for _, op := range oc.ops {
-		for _, st := range op.steps {
-			if m, ok := st.(mergeRegion); ok && m.target.GetId() == regionID {
-				return true
-			}
-		}
-	}
-	return false
+	return oc.ops[regionID] != nil || oc.mergeTargets[regionID] > 0
 }
 
 func (oc *opController) endLocked(op *operator, status string) {
 	delete(oc.ops, op.RegionID)
 	oc.byKind[op.Kind]--
+	if t := mergeTarget(op); t != 0 {
+		if oc.mergeTargets[t]--; oc.mergeTargets[t] == 0 {
+			delete(oc.mergeTargets, t)
+		}
+	}
 	oc.addInfluenceLocked(op, -1)
 	for _, s := range oc.receivers(op) {
 		oc.incoming[s]--

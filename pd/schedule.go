@@ -137,7 +137,7 @@ func (c *cluster) patrol(now time.Time) []*operator {
 			ops = append(ops, op)
 			merges++
 			taken[ri.meta.GetId()] = true
-			taken[op.steps[len(op.steps)-1].(mergeRegion).target.GetId()] = true
+			taken[mergeTarget(op)] = true
 		}
 	}
 	return ops
