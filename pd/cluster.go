@@ -307,19 +307,11 @@ func (c *cluster) handleRegionHeartbeat(req *pdpb.RegionHeartbeatRequest) (*pdpb
 	leaderChanged := ri == nil || ri.leader.GetId() != req.GetLeader().GetId()
 	var removedIDs []uint64
 	if descChanged {
-		removed, err := c.tree.Update(r)
-		if err != nil {
+		var err error
+		if removedIDs, err = c.installLocked(r); err != nil {
 			c.mu.Unlock()
 			return nil, errStaleRegion
 		}
-		for _, o := range removed {
-			if o.GetId() != r.GetId() {
-				c.removeRegionLocked(o.GetId())
-				removedIDs = append(removedIDs, o.GetId())
-			}
-		}
-		c.dirty[r.GetId()] = r
-		delete(c.removed, r.GetId())
 	}
 	old := ri
 	ri = &regionInfo{
@@ -340,15 +332,41 @@ func (c *cluster) handleRegionHeartbeat(req *pdpb.RegionHeartbeatRequest) (*pdpb
 	c.mu.Unlock()
 
 	if descChanged || leaderChanged {
-		c.s.watch.publish(&pdpb.WatchRegionsResponse{
-			Changed: []*pdpb.RegionInfo{{Region: r, Leader: req.GetLeader()}},
-			Removed: removedIDs,
-		})
+		c.published(r, req.GetLeader(), removedIDs)
 	}
+	return c.ops.onHeartbeat(ri), nil
+}
+
+// installLocked puts a newer descriptor in the tree, drops the regions it
+// now overlaps, and queues it for persistence. It returns the dropped
+// regions' IDs.
+func (c *cluster) installLocked(r *metapb.Region) ([]uint64, error) {
+	removed, err := c.tree.Update(r)
+	if err != nil {
+		return nil, err
+	}
+	var removedIDs []uint64
+	for _, o := range removed {
+		if o.GetId() != r.GetId() {
+			c.removeRegionLocked(o.GetId())
+			removedIDs = append(removedIDs, o.GetId())
+		}
+	}
+	c.dirty[r.GetId()] = r
+	delete(c.removed, r.GetId())
+	return removedIDs, nil
+}
+
+// published tells routing subscribers about a changed region and ends the
+// operators of the regions it replaced. Called without c.mu.
+func (c *cluster) published(r *metapb.Region, leader *metapb.Peer, removedIDs []uint64) {
+	c.s.watch.publish(&pdpb.WatchRegionsResponse{
+		Changed: []*pdpb.RegionInfo{{Region: r, Leader: leader}},
+		Removed: removedIDs,
+	})
 	for _, id := range removedIDs {
 		c.ops.regionGone(id)
 	}
-	return c.ops.onHeartbeat(ri), nil
 }
 
 // reportSplit records the regions a split made, before their leaders'
@@ -375,20 +393,11 @@ func (c *cluster) reportSplit(regions []*metapb.Region, storeID uint64) error {
 			c.mu.Unlock()
 			continue
 		}
-		removed, err := c.tree.Update(r)
+		removedIDs, err := c.installLocked(r)
 		if err != nil {
 			c.mu.Unlock()
 			continue
 		}
-		var removedIDs []uint64
-		for _, o := range removed {
-			if o.GetId() != r.GetId() {
-				c.removeRegionLocked(o.GetId())
-				removedIDs = append(removedIDs, o.GetId())
-			}
-		}
-		c.dirty[r.GetId()] = r
-		delete(c.removed, r.GetId())
 		ri := &regionInfo{meta: r, versionChangedAt: now}
 		if old != nil {
 			// The parent keeps its statistics (they overstate it now, which
@@ -407,13 +416,7 @@ func (c *cluster) reportSplit(regions []*metapb.Region, storeID uint64) error {
 		c.regions[r.GetId()] = ri
 		c.indexLocked(ri)
 		c.mu.Unlock()
-		c.s.watch.publish(&pdpb.WatchRegionsResponse{
-			Changed: []*pdpb.RegionInfo{{Region: r, Leader: ri.leader}},
-			Removed: removedIDs,
-		})
-		for _, id := range removedIDs {
-			c.ops.regionGone(id)
-		}
+		c.published(r, ri.leader, removedIDs)
 	}
 	return nil
 }

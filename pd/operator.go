@@ -248,7 +248,7 @@ type opController struct {
 	// involved, asked for every region the schedulers look at, is a lookup).
 	mergeTargets map[uint64]int
 	pending      map[uint64]storeInfluence
-	history  []*operator
+	history      []*operator
 }
 
 const opHistory = 256
