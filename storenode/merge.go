@@ -322,9 +322,10 @@ func (s *Server) replicaStatus(ctx context.Context, storeID, regionID uint64, sy
 
 func (s *Server) localReplicaStatus(regionID uint64, sync bool) (*kvpb.ReplicaStatusResponse, error) {
 	// Status first, sync second: what the status shows applied is then
-	// durable when the answer leaves.
+	// durable when the answer leaves. Only a replica in Merging is worth a
+	// sync: the driver polls the others until they get there.
 	st := s.store.RegionStatus(regionID)
-	if sync {
+	if sync && st != nil && st.Merge != nil {
 		if err := s.store.SyncApplied(); err != nil {
 			return nil, err
 		}
