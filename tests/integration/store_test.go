@@ -243,7 +243,18 @@ func TestRegionErrorsForRawCallers(t *testing.T) {
 		if p == l {
 			continue
 		}
-		fr, err := kvOn(p).Put(ctx, &kvpb.PutRequest{Key: []byte("x"), Value: []byte("1"), Context: &kvpb.Context{RegionId: reg.GetId(), RegionEpoch: reg.GetRegionEpoch()}})
+		// PD counts a voter once the membership change applied; the replica
+		// on the follower's store may still wait for its snapshot.
+		fkv := kvOn(p)
+		var fr *kvpb.PutResponse
+		for {
+			fr, err = fkv.Put(ctx, &kvpb.PutRequest{Key: []byte("x"), Value: []byte("1"), Context: &kvpb.Context{RegionId: reg.GetId(), RegionEpoch: reg.GetRegionEpoch()}})
+			re := fr.GetHeader().GetRegionError()
+			if err != nil || (re.GetRegionNotFound() == nil && re.GetRegionNotInitialized() == nil) || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 		var nl *errorpb.NotLeader
 		if fr != nil {
 			nl = fr.GetHeader().GetRegionError().GetNotLeader()
