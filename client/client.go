@@ -322,34 +322,38 @@ func (c *Client) DeleteRange(ctx context.Context, req *kvpb.DeleteRangeRequest) 
 	}
 }
 
-// Range reads a key or a range within one region.
-func (c *Client) Range(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.RangeResponse, error) {
-	var out *kvpb.RangeResponse
-	err := c.do(ctx, req.GetKey(), true, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
-		r := proto.Clone(req).(*kvpb.RangeRequest)
-		r.Context = rt.context()
-		resp, err := rt.kv.Range(ctx, r)
-		out = resp
-		return resp.GetHeader(), err
-	})
-	return out, err
-}
-
-// Txn runs a single-region transaction.
+// Txn runs a single-region transaction. One whose keys lie in more than
+// one region fails with an *ErrTxnSpansRegions before anything is sent,
+// so nothing is applied.
 func (c *Client) Txn(ctx context.Context, req *kvpb.TxnRequest) (*kvpb.TxnResponse, error) {
-	key := txnKey(req)
-	if key == nil {
+	spans := txnSpans(req, nil)
+	if len(spans) == 0 {
 		return nil, errors.New("client: a transaction needs at least one key")
 	}
-	var out *kvpb.TxnResponse
-	err := c.do(ctx, key, false, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
-		r := proto.Clone(req).(*kvpb.TxnRequest)
-		r.Context = rt.context()
-		resp, err := rt.kv.Txn(ctx, r)
-		out = resp
-		return resp.GetHeader(), err
-	})
-	return out, err
+	for refreshed := false; ; refreshed = true {
+		var out *kvpb.TxnResponse
+		err := c.do(ctx, spans[0].lo, false, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
+			if err := checkTxnSpans(rt.region, spans); err != nil {
+				if refreshed {
+					return nil, err
+				}
+				// The cache may be behind a merge that made the keys one
+				// region's: ask PD once before failing.
+				return nil, errRouteChanged
+			}
+			r := proto.Clone(req).(*kvpb.TxnRequest)
+			r.Context = rt.context()
+			resp, err := rt.kv.Txn(ctx, r)
+			out = resp
+			return resp.GetHeader(), err
+		})
+		if !errors.Is(err, errRouteChanged) {
+			return out, err
+		}
+		if err := c.refresh(ctx, spans[0].lo); err != nil {
+			return nil, err
+		}
+	}
 }
 
 // Compact compacts the cluster at rev.
@@ -362,25 +366,3 @@ func (c *Client) Compact(ctx context.Context, rev int64, physical bool) error {
 	return err
 }
 
-func txnKey(t *kvpb.TxnRequest) []byte {
-	if len(t.GetCompare()) > 0 {
-		return t.GetCompare()[0].GetKey()
-	}
-	for _, b := range [][]*kvpb.RequestOp{t.GetSuccess(), t.GetFailure()} {
-		for _, op := range b {
-			switch x := op.GetRequest().(type) {
-			case *kvpb.RequestOp_RequestRange:
-				return x.RequestRange.GetKey()
-			case *kvpb.RequestOp_RequestPut:
-				return x.RequestPut.GetKey()
-			case *kvpb.RequestOp_RequestDeleteRange:
-				return x.RequestDeleteRange.GetKey()
-			case *kvpb.RequestOp_RequestTxn:
-				if k := txnKey(x.RequestTxn); k != nil {
-					return k
-				}
-			}
-		}
-	}
-	return nil
-}

@@ -108,11 +108,26 @@ func (s *Server) serveRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 		}
 		return s.mvcc.Range(r, req, readable)
 	}
+	readable := max(r.Revision(), s.watches.resolved(r.ID))
+	if req.GetRevision() > readable {
+		// A read at a revision this region has not reached: typically a
+		// timestamp the client drew for a range over several regions. A
+		// resolved revision T drawn now is above it (PD's timestamps only
+		// grow and T is drawn after the client's), and once it is
+		// established no write at or below the requested revision can
+		// still apply here. A revision above T is in the future.
+		t, err := s.resolve(ctx, r.ID, c.GetRegionEpoch())
+		if err != nil {
+			return nil, err
+		}
+		s.watches.progress(r.ID, t)
+		readable = max(readable, t)
+	}
 	guard, err := s.store.ReadIndex(ctx, r.ID, c.GetRegionEpoch())
 	if err != nil {
 		return nil, err
 	}
-	resp, err := s.mvcc.Range(r, req, max(r.Revision(), s.watches.resolved(r.ID)))
+	resp, err := s.mvcc.Range(r, req, readable)
 	if err != nil {
 		return nil, err
 	}

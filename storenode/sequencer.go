@@ -324,7 +324,7 @@ func (s *Server) resolveLoop() {
 					<-sem
 					wg.Done()
 				}()
-				if rev, err := s.resolve(id, st.Region.GetRegionEpoch()); err == nil {
+				if rev, err := s.resolve(s.ctx, id, st.Region.GetRegionEpoch()); err == nil {
 					s.watches.progress(id, rev)
 				}
 			}()
@@ -339,8 +339,8 @@ const resolveConcurrency = 64
 // T ordered after every queued write, then every write below T finished,
 // then a ReadIndex round (everything committed, earlier leaders' entries
 // included, is applied).
-func (s *Server) resolve(regionID uint64, epoch *metapb.RegionEpoch) (int64, error) {
-	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+func (s *Server) resolve(ctx context.Context, regionID uint64, epoch *metapb.RegionEpoch) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	t, err := s.seq.marker(ctx, regionID)
 	if err != nil {

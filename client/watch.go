@@ -1,0 +1,494 @@
+package client
+
+import (
+	"bytes"
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/basaltdb/basalt/proto/kvpb"
+	"github.com/basaltdb/basalt/region"
+)
+
+// One watch over a range that spans any number of regions.
+//
+// Every region of the range is watched by its leader from a start
+// revision, with progress notifications on. The client keeps, for each
+// piece of the range (a segment), a frontier: the revision up to which it
+// has received every event of that piece. A region's events arrive in
+// revision order and its progress notifications carry its resolved
+// revision, so each response from a region raises the frontier of the
+// segments it watches. An event is released only once every segment's
+// frontier reached its revision; the released stream is therefore ordered,
+// and each revision (a write is single-region, so one region sends all of
+// a revision's events in one response) arrives whole.
+//
+// When a region's watch ends (split, merge, leader change, store restart,
+// a slow consumer), its segments are watched again from their own
+// frontiers: an event at or below the frontier of its key's segment was
+// received already and is dropped, so nothing is lost or repeated.
+
+// WatchOptions adjust a watch.
+type WatchOptions struct {
+	// CreatedNotify: the first response has Created set, once every region
+	// of the range is watched.
+	CreatedNotify bool
+	// ProgressInterval: with progress_notify, the longest quiet time before
+	// a progress notification. Default 1 s (etcd's server uses 10 min).
+	ProgressInterval time.Duration
+}
+
+// ErrCompacted ends a watch whose start revision was compacted away; the
+// response carries the compaction revision.
+var ErrCompacted = errors.New("client: required revision has been compacted")
+
+// WatchResponse is one batch of a watch: whole revisions in order, or a
+// progress notification, or the end.
+type WatchResponse struct {
+	// Header.Revision: the highest revision in Events, or for a progress
+	// notification the revision every event at or below which was sent.
+	Header          *kvpb.ResponseHeader
+	Events          []*kvpb.Event
+	Created         bool
+	Canceled        bool
+	CompactRevision int64
+	// Err says why the watch was canceled.
+	Err error
+}
+
+// IsProgressNotify: a bookmark, no events.
+func (r *WatchResponse) IsProgressNotify() bool {
+	return len(r.Events) == 0 && !r.Canceled && !r.Created && r.Header.GetRevision() != 0
+}
+
+// Watch is a running watch. Its channel closes when the watch ends: the
+// context is done, Close is called, or a canceled response was sent.
+type Watch struct {
+	C        <-chan *WatchResponse
+	progress chan struct{}
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+// RequestProgress asks for a progress notification at the current
+// frontier, as etcd's RequestProgress does.
+func (w *Watch) RequestProgress() {
+	select {
+	case w.progress <- struct{}{}:
+	default:
+	}
+}
+
+// Close ends the watch and waits until everything it started stopped.
+func (w *Watch) Close() {
+	w.cancel()
+	<-w.done
+}
+
+// Watch watches a key, range or prefix (req's key, range_end, start
+// revision, filters, prev_kv and progress_notify, as etcd's). Without a
+// start revision it starts after a fresh timestamp: it sees every write
+// that begins after the call.
+func (c *Client) Watch(ctx context.Context, req *kvpb.WatchCreateRequest, opts WatchOptions) *Watch {
+	if opts.ProgressInterval == 0 {
+		opts.ProgressInterval = time.Second
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	out := make(chan *WatchResponse, 16)
+	w := &Watch{C: out, progress: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
+	m := &mergedWatch{c: c, req: req, opts: opts, out: out, msgs: make(chan subMsg, 64), buffered: map[int64][]*kvpb.Event{}}
+	go func() {
+		defer close(w.done)
+		defer close(out)
+		m.run(ctx, w.progress)
+		cancel()
+		m.wg.Wait()
+	}()
+	return w
+}
+
+// watchSegment is a piece of the watched range: [lo, hi), hi nil for +∞.
+type watchSegment struct {
+	lo, hi []byte
+	// frontier: every event of the piece at or below it was received.
+	frontier int64
+	sub      *subWatch // nil: waiting to be watched again
+}
+
+// subWatch is one region's part of the watch.
+type subWatch struct {
+	lo, hi  []byte
+	cancel  context.CancelFunc
+	created bool
+}
+
+type subMsg struct {
+	sub  *subWatch
+	rt   route
+	resp *kvpb.WatchResponse
+	err  error // the stream failed (resp nil)
+}
+
+type mergedWatch struct {
+	c    *Client
+	req  *kvpb.WatchCreateRequest
+	opts WatchOptions
+	out  chan<- *WatchResponse
+	msgs chan subMsg
+	wg   sync.WaitGroup
+
+	segs     []*watchSegment // sorted, covering the range
+	buffered map[int64][]*kvpb.Event
+	revs     revHeap
+	// sent: the highest revision delivered (events or progress); nothing
+	// at or below it is sent again.
+	sent     int64
+	lastSend time.Time
+	// announced: the created response went out (or is not wanted).
+	announced bool
+	failures  int
+	retry     <-chan time.Time
+}
+
+func (m *mergedWatch) run(ctx context.Context, progress <-chan struct{}) {
+	start := m.req.GetStartRevision() - 1
+	if m.req.GetStartRevision() <= 0 {
+		ts, err := m.c.pd.GetTS(ctx)
+		if err != nil {
+			m.end(ctx, &WatchResponse{Canceled: true, Err: err})
+			return
+		}
+		start = int64(ts)
+	}
+	m.sent = start
+	lo := append([]byte{}, m.req.GetKey()...)
+	m.segs = []*watchSegment{{lo: lo, hi: exclusiveEnd(lo, m.req.GetRangeEnd()), frontier: start}}
+	m.announced = !m.opts.CreatedNotify
+	m.subscribe(ctx)
+	tick := time.NewTicker(m.opts.ProgressInterval / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case msg := <-m.msgs:
+			if !m.handle(ctx, msg) {
+				return
+			}
+		case <-m.retry:
+			m.retry = nil
+			m.subscribe(ctx)
+		case <-progress:
+			if !m.progressNotify(ctx, true) {
+				return
+			}
+		case <-tick.C:
+			if m.req.GetProgressNotify() && time.Since(m.lastSend) >= m.opts.ProgressInterval {
+				if !m.progressNotify(ctx, false) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// send delivers a response; false when the watch is over.
+func (m *mergedWatch) send(ctx context.Context, r *WatchResponse) bool {
+	select {
+	case m.out <- r:
+		m.lastSend = time.Now()
+		return !r.Canceled
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (m *mergedWatch) end(ctx context.Context, r *WatchResponse) { m.send(ctx, r) }
+
+// handle applies one message from a region's watch; false ends the watch.
+func (m *mergedWatch) handle(ctx context.Context, msg subMsg) bool {
+	s := msg.sub
+	if !m.owns(s) {
+		return true // a watch already ended and replaced
+	}
+	if msg.err != nil {
+		// The store is unreachable or the stream broke: the region's next
+		// peer will name (or become) the leader.
+		m.c.nextPeer(msg.rt)
+		m.drop(s)
+		return true
+	}
+	resp := msg.resp
+	switch {
+	case resp.GetCanceled() && resp.GetCompactRevision() > 0:
+		m.end(ctx, &WatchResponse{Header: &kvpb.ResponseHeader{Revision: m.sent}, Canceled: true,
+			CompactRevision: resp.GetCompactRevision(), Err: ErrCompacted})
+		return false
+	case resp.GetCanceled() && resp.GetHeader().GetRegionError() != nil:
+		m.c.onRegionError(msg.rt, resp.GetHeader().GetRegionError())
+		m.drop(s)
+		return true
+	case resp.GetCanceled() && resp.GetCreated() && !s.created:
+		// Refused at creation for something other than routing: the request
+		// itself is bad.
+		m.end(ctx, &WatchResponse{Canceled: true, Err: fmt.Errorf("client: watch refused: %s", resp.GetCancelReason())})
+		return false
+	case resp.GetCanceled():
+		// Region changed, this watcher fell behind, or the store is
+		// stopping: watch the segments again from their frontiers.
+		m.drop(s)
+		return true
+	case resp.GetCreated():
+		s.created = true
+		m.failures = 0
+		return m.announce(ctx)
+	}
+	top := resp.GetHeader().GetRevision()
+	for _, e := range resp.GetEvents() {
+		rev := e.GetKv().GetModRevision()
+		top = max(top, rev)
+		if seg := m.segmentOf(e.GetKv().GetKey()); seg == nil || seg.sub != s || rev <= seg.frontier {
+			continue
+		}
+		if _, ok := m.buffered[rev]; !ok {
+			heap.Push(&m.revs, rev)
+		}
+		m.buffered[rev] = append(m.buffered[rev], e)
+	}
+	top = max(top, resp.GetResolvedRevision())
+	m.raise(s, top)
+	return m.release(ctx)
+}
+
+func (m *mergedWatch) owns(s *subWatch) bool {
+	for _, seg := range m.segs {
+		if seg.sub == s {
+			return true
+		}
+	}
+	return false
+}
+
+// drop ends a region's watch; its segments are watched again after a
+// backoff.
+func (m *mergedWatch) drop(s *subWatch) {
+	s.cancel()
+	for _, seg := range m.segs {
+		if seg.sub == s {
+			seg.sub = nil
+		}
+	}
+	m.failures++
+	if m.retry == nil {
+		d := min(5*time.Millisecond<<min(m.failures, 7), 500*time.Millisecond)
+		m.retry = time.After(d)
+	}
+}
+
+// raise records that s delivered everything up to rev.
+func (m *mergedWatch) raise(s *subWatch, rev int64) {
+	for _, seg := range m.segs {
+		if seg.sub == s && seg.frontier < rev {
+			seg.frontier = rev
+		}
+	}
+	// Neighbours watched by the same region at the same frontier are one
+	// segment again.
+	out := m.segs[:1]
+	for _, seg := range m.segs[1:] {
+		prev := out[len(out)-1]
+		if prev.sub == seg.sub && prev.sub != nil && prev.frontier == seg.frontier {
+			prev.hi = seg.hi
+			continue
+		}
+		out = append(out, seg)
+	}
+	m.segs = out
+}
+
+func (m *mergedWatch) frontier() int64 {
+	f := m.segs[0].frontier
+	for _, seg := range m.segs[1:] {
+		f = min(f, seg.frontier)
+	}
+	return f
+}
+
+// release delivers every buffered revision at or below the frontier.
+func (m *mergedWatch) release(ctx context.Context) bool {
+	f := m.frontier()
+	var evs []*kvpb.Event
+	var top int64
+	for len(m.revs) > 0 && m.revs[0] <= f {
+		rev := heap.Pop(&m.revs).(int64)
+		evs = append(evs, m.buffered[rev]...)
+		delete(m.buffered, rev)
+		top = rev
+	}
+	if len(evs) == 0 {
+		return true
+	}
+	if top <= m.sent {
+		panic(fmt.Sprintf("client: watch would deliver revision %d after %d", top, m.sent))
+	}
+	m.sent = top
+	return m.send(ctx, &WatchResponse{Header: &kvpb.ResponseHeader{Revision: top}, Events: evs})
+}
+
+// progressNotify sends a bookmark at the frontier when it moved past what
+// was sent; one asked for is sent even when it did not.
+func (m *mergedWatch) progressNotify(ctx context.Context, requested bool) bool {
+	f := m.frontier()
+	if f <= m.sent && !requested {
+		return true
+	}
+	m.sent = max(m.sent, f)
+	return m.send(ctx, &WatchResponse{Header: &kvpb.ResponseHeader{Revision: m.sent}})
+}
+
+// announce sends the created response once every region is watched.
+func (m *mergedWatch) announce(ctx context.Context) bool {
+	if m.announced {
+		return true
+	}
+	for _, seg := range m.segs {
+		if seg.sub == nil || !seg.sub.created {
+			return true
+		}
+	}
+	m.announced = true
+	return m.send(ctx, &WatchResponse{Header: &kvpb.ResponseHeader{Revision: m.sent}, Created: true})
+}
+
+func (m *mergedWatch) segmentOf(key []byte) *watchSegment {
+	i := sort.Search(len(m.segs), func(i int) bool { return bytes.Compare(m.segs[i].lo, key) > 0 }) - 1
+	if i < 0 || !keyBefore(key, m.segs[i].hi) {
+		return nil
+	}
+	return m.segs[i]
+}
+
+// subscribe watches every segment that has no region watch, one watch per
+// region, each from the lowest frontier among its segments.
+func (m *mergedWatch) subscribe(ctx context.Context) {
+	for i := 0; i < len(m.segs); {
+		if m.segs[i].sub != nil {
+			i++
+			continue
+		}
+		j := i
+		for j < len(m.segs) && m.segs[j].sub == nil {
+			j++
+		}
+		lo, hi := m.segs[i].lo, m.segs[j-1].hi
+		regions, err := m.c.regionsCovering(ctx, lo, hi)
+		if err != nil {
+			m.failures++
+			if m.retry == nil {
+				m.retry = time.After(min(5*time.Millisecond<<min(m.failures, 7), 500*time.Millisecond))
+			}
+			return
+		}
+		for _, r := range regions {
+			plo, phi := clamp(lo, hi, r)
+			m.splitAt(plo)
+			if phi != nil {
+				m.splitAt(phi)
+			}
+			sctx, cancel := context.WithCancel(ctx)
+			s := &subWatch{lo: plo, hi: phi, cancel: cancel}
+			start := int64(-1)
+			for _, seg := range m.segs {
+				if bytes.Compare(seg.lo, plo) >= 0 && keyBefore(seg.lo, phi) {
+					seg.sub = s
+					if start < 0 || seg.frontier < start {
+						start = seg.frontier
+					}
+				}
+			}
+			m.wg.Add(1)
+			go m.runSub(sctx, s, start+1)
+		}
+		i = 0 // segments were split; start over (the ones just watched are skipped)
+	}
+}
+
+// splitAt makes key a segment boundary.
+func (m *mergedWatch) splitAt(key []byte) {
+	seg := m.segmentOf(key)
+	if seg == nil || bytes.Equal(seg.lo, key) {
+		return
+	}
+	right := &watchSegment{lo: append([]byte(nil), key...), hi: seg.hi, frontier: seg.frontier, sub: seg.sub}
+	seg.hi = right.lo
+	i := sort.Search(len(m.segs), func(i int) bool { return bytes.Compare(m.segs[i].lo, key) > 0 })
+	m.segs = append(m.segs, nil)
+	copy(m.segs[i+1:], m.segs[i:])
+	m.segs[i] = right
+}
+
+// runSub watches [s.lo, s.hi) at the leader of the region holding it and
+// forwards what it hears until the stream ends.
+func (m *mergedWatch) runSub(ctx context.Context, s *subWatch, start int64) {
+	defer m.wg.Done()
+	report := func(msg subMsg) {
+		msg.sub = s
+		select {
+		case m.msgs <- msg:
+		case <-ctx.Done():
+		}
+	}
+	rt, err := m.c.locate(ctx, s.lo)
+	if err != nil {
+		report(subMsg{rt: rt, err: err})
+		return
+	}
+	if !regionHolds(rt.region, s.lo, s.hi) {
+		// The cache changed since the plan: let the plan run again.
+		report(subMsg{rt: rt, resp: &kvpb.WatchResponse{Canceled: true, Header: &kvpb.ResponseHeader{
+			RegionError: region.EpochNotMatch(rt.region).Proto()}}})
+		return
+	}
+	stream, err := rt.kv.Watch(ctx)
+	if err != nil {
+		report(subMsg{rt: rt, err: err})
+		return
+	}
+	create := &kvpb.WatchCreateRequest{Key: s.lo, RangeEnd: etcdEnd(s.hi), StartRevision: start, ProgressNotify: true,
+		Filters: m.req.GetFilters(), PrevKv: m.req.GetPrevKv(), Context: rt.context()}
+	if err := stream.Send(&kvpb.WatchRequest{RequestUnion: &kvpb.WatchRequest_CreateRequest{CreateRequest: create}}); err != nil {
+		report(subMsg{rt: rt, err: err})
+		return
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if ctx.Err() == nil {
+				report(subMsg{rt: rt, err: err})
+			}
+			return
+		}
+		report(subMsg{rt: rt, resp: resp})
+		if resp.GetCanceled() {
+			return
+		}
+	}
+}
+
+// revHeap is a min-heap of buffered revisions.
+type revHeap []int64
+
+func (h revHeap) Len() int           { return len(h) }
+func (h revHeap) Less(i, j int) bool { return h[i] < h[j] }
+func (h revHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *revHeap) Push(x any)        { *h = append(*h, x.(int64)) }
+func (h *revHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}

@@ -1,0 +1,252 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/basaltdb/basalt/client"
+	"github.com/basaltdb/basalt/proto/kvpb"
+	"github.com/basaltdb/basalt/tests/procs"
+	"github.com/basaltdb/basalt/tests/watchcheck"
+)
+
+// splitPrefix makes n regions of prefix: it splits at prefix+"b",
+// prefix+"d", ... and returns the keys used.
+func splitPrefix(t *testing.T, cl *client.Client, prefix string, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var keys [][]byte
+	for i := 1; i < n; i++ {
+		keys = append(keys, []byte(fmt.Sprintf("%s%c", prefix, 'a'+rune(i*26/n))))
+	}
+	if _, err := cl.SplitRegions(ctx, keys); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeLog records every write the test's writers issued.
+type writeLog struct {
+	mu     sync.Mutex
+	writes []watchcheck.Write
+}
+
+func (l *writeLog) add(w watchcheck.Write) {
+	l.mu.Lock()
+	l.writes = append(l.writes, w)
+	l.mu.Unlock()
+}
+
+func (l *writeLog) all() []watchcheck.Write {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]watchcheck.Write(nil), l.writes...)
+}
+
+// runPrefixWriters puts (and sometimes deletes) random keys of prefix until
+// stop, logging each write with its revision when acknowledged.
+func runPrefixWriters(ctx context.Context, cl *client.Client, prefix string, writers int, log *writeLog, stop <-chan struct{}) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				key := fmt.Sprintf("%s%c%d", prefix, 'a'+rune(r.IntN(26)), r.IntN(10))
+				if r.IntN(10) == 0 {
+					resp, err := cl.DeleteRange(ctx, &kvpb.DeleteRangeRequest{Key: []byte(key)})
+					if err == nil && resp.GetDeleted() == 0 {
+						continue // deleted nothing: no event
+					}
+					log.add(watchcheck.Write{Key: key, Delete: true, Rev: resp.GetHeader().GetRevision()})
+					continue
+				}
+				val := fmt.Sprintf("w%d-%d", w, i)
+				resp, err := cl.Put(ctx, &kvpb.PutRequest{Key: []byte(key), Value: []byte(val)})
+				log.add(watchcheck.Write{Key: key, Value: val, Rev: resp.GetHeader().GetRevision()})
+				_ = err // a failed put may or may not have applied: Rev stays 0
+			}
+		}()
+	}
+	return &wg
+}
+
+// modelAt is what [prefix...] holds at rev by the write log, and the keys
+// whose state at rev is unknown (a write that may have applied).
+func modelAt(writes []watchcheck.Write, rev int64) (map[string]watchcheck.Write, map[string]bool) {
+	state := map[string]watchcheck.Write{}
+	unsure := map[string]bool{}
+	sorted := append([]watchcheck.Write(nil), writes...)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Rev < sorted[j].Rev })
+	for _, w := range sorted {
+		switch {
+		case w.Rev == 0:
+			unsure[w.Key] = true
+		case w.Rev <= rev && w.Delete:
+			delete(state, w.Key)
+		case w.Rev <= rev:
+			state[w.Key] = w
+		}
+	}
+	return state, unsure
+}
+
+// A range over a dozen regions, read while writes go on in every region,
+// is exactly the snapshot of the acknowledged writes at its revision;
+// limits, counts, descending order and streaming agree with it.
+func TestRangeAcrossRegionsIsASnapshot(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	waitReplicated(t, c)
+	splitPrefix(t, cl, "r/", 12)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	log := &writeLog{}
+	stop := make(chan struct{})
+	wg := runPrefixWriters(ctx, cl, "r/", 4, log, stop)
+
+	type read struct {
+		rev   int64
+		kvs   []*kvpb.KeyValue
+		count int64
+		more  bool
+		limit int64
+		desc  bool
+	}
+	var reads []read
+	deadline := time.Now().Add(8 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		req := &kvpb.RangeRequest{Key: []byte("r/"), RangeEnd: []byte("r0")}
+		switch i % 3 {
+		case 1:
+			req.Limit = 7
+		case 2:
+			req.Limit, req.SortOrder = 5, kvpb.RangeRequest_DESCEND
+		}
+		resp, err := cl.Range(ctx, req)
+		if err != nil {
+			t.Fatalf("range: %v", err)
+		}
+		reads = append(reads, read{resp.GetHeader().GetRevision(), resp.GetKvs(), resp.GetCount(), resp.GetMore(), req.Limit, req.SortOrder == kvpb.RangeRequest_DESCEND})
+		// The same revision again, streamed three keys at a time.
+		var streamed []*kvpb.KeyValue
+		rev, err := cl.Scan(ctx, &kvpb.RangeRequest{Key: []byte("r/"), RangeEnd: []byte("r0"), Revision: resp.GetHeader().GetRevision()}, 3,
+			func(kvs []*kvpb.KeyValue) error {
+				if len(kvs) > 3 {
+					return fmt.Errorf("a page of %d keys, asked for 3", len(kvs))
+				}
+				streamed = append(streamed, kvs...)
+				return nil
+			})
+		if err != nil {
+			t.Fatalf("scan: %v", err)
+		}
+		reads = append(reads, read{rev: rev, kvs: streamed, count: -1})
+	}
+	close(stop)
+	wg.Wait()
+	writes := log.all()
+	checked := 0
+	for _, r := range reads {
+		state, unsure := modelAt(writes, r.rev)
+		var want []watchcheck.Write
+		for _, w := range state {
+			want = append(want, w)
+		}
+		sort.Slice(want, func(i, j int) bool { return want[i].Key < want[j].Key })
+		if r.desc {
+			for i, j := 0, len(want)-1; i < j; i, j = i+1, j-1 {
+				want[i], want[j] = want[j], want[i]
+			}
+		}
+		if len(unsure) > 0 {
+			t.Logf("%d keys had a write of unknown outcome; they are skipped", len(unsure))
+		}
+		total := int64(len(want))
+		if r.limit > 0 && int64(len(want)) > r.limit {
+			want = want[:r.limit]
+		}
+		got := r.kvs
+		gi := 0
+		for _, w := range want {
+			if unsure[w.Key] {
+				continue
+			}
+			for gi < len(got) && unsure[string(got[gi].GetKey())] {
+				gi++
+			}
+			if gi >= len(got) || string(got[gi].GetKey()) != w.Key || string(got[gi].GetValue()) != w.Value || got[gi].GetModRevision() != w.Rev {
+				t.Fatalf("range at %d (limit %d, desc %v): want %s=%q@%d at position %d, got %v", r.rev, r.limit, r.desc, w.Key, w.Value, w.Rev, gi, got[min(gi, len(got)-1):])
+			}
+			gi++
+		}
+		if len(unsure) == 0 {
+			if len(got) != len(want) {
+				t.Fatalf("range at %d (limit %d): %d keys, want %d", r.rev, r.limit, len(got), len(want))
+			}
+			if r.count >= 0 && (r.count != total || r.more != (int64(len(want)) < total)) {
+				t.Fatalf("range at %d (limit %d): count %d more %v, want %d keys in all", r.rev, r.limit, r.count, r.more, total)
+			}
+		}
+		checked++
+	}
+	t.Logf("%d reads over 12 regions checked against %d writes", checked, len(writes))
+	if checked < 10 {
+		t.Fatalf("only %d reads checked", checked)
+	}
+	// count_only sums the regions.
+	resp, err := cl.Range(ctx, &kvpb.RangeRequest{Key: []byte("r/"), RangeEnd: []byte("r0"), CountOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, unsure := modelAt(writes, resp.GetHeader().GetRevision())
+	if len(unsure) == 0 && resp.GetCount() != int64(len(state)) {
+		t.Fatalf("count_only: %d, want %d", resp.GetCount(), len(state))
+	}
+}
+
+// A transaction over two regions fails at once, naming the boundary, and
+// applies nothing.
+func TestTxnAcrossRegionsFailsFast(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	waitReplicated(t, c)
+	splitPrefix(t, cl, "t/", 2) // boundary t/n
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	putOp := func(k string) *kvpb.RequestOp {
+		return &kvpb.RequestOp{Request: &kvpb.RequestOp_RequestPut{RequestPut: &kvpb.PutRequest{Key: []byte(k), Value: []byte("v")}}}
+	}
+	start := time.Now()
+	_, err := cl.Txn(ctx, &kvpb.TxnRequest{Success: []*kvpb.RequestOp{putOp("t/a"), putOp("t/z")}})
+	var span *client.ErrTxnSpansRegions
+	if !errors.As(err, &span) {
+		t.Fatalf("want ErrTxnSpansRegions, got %v", err)
+	}
+	if string(span.Boundary) != "t/n" || string(span.Key) != "t/z" {
+		t.Fatalf("error names key %q and boundary %q: %v", span.Key, span.Boundary, err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the refusal took %v", d)
+	}
+	if _, ok := get(t, cl, "t/a"); ok {
+		t.Fatal("t/a was written by a refused transaction")
+	}
+	// Within one region it commits.
+	resp, err := cl.Txn(ctx, &kvpb.TxnRequest{Success: []*kvpb.RequestOp{putOp("t/a"), putOp("t/b")}})
+	if err != nil || !resp.GetSucceeded() {
+		t.Fatalf("single-region txn: %v %v", resp, err)
+	}
+}
