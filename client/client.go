@@ -365,4 +365,3 @@ func (c *Client) Compact(ctx context.Context, rev int64, physical bool) error {
 	_, err = rt.kv.Compact(ctx, &kvpb.CompactRequest{Revision: rev, Physical: physical})
 	return err
 }
-
