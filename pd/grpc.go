@@ -114,6 +114,8 @@ func (g *grpcService) Tso(stream pdpb.PD_TsoServer) error {
 			resp.Header = g.toHeader(err)
 		} else {
 			resp.Header, resp.Count, resp.Timestamp = g.header(nil), req.GetCount(), ts
+			g.s.tso.requests.Add(1)
+			g.s.tso.timestamps.Add(int64(req.GetCount()))
 		}
 		if err := stream.Send(resp); err != nil {
 			return err

@@ -32,11 +32,13 @@ import (
 //	DELETE /pd/api/v1/schedulers/{name}
 //	GET    /pd/api/v1/config                   the scheduling configuration
 //	POST   /pd/api/v1/config                   change fields of it (JSON object)
+//	GET    /pd/api/v1/tso/stats                TSO requests and timestamps this member served
 //
 // Followers redirect (307) leader-only calls to the leader.
 func (s *Server) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /pd/api/v1/health", s.httpHealth)
+	mux.HandleFunc("GET /pd/api/v1/tso/stats", s.httpTSOStats)
 	mux.HandleFunc("GET /pd/api/v1/members", s.httpMembers)
 	mux.HandleFunc("GET /pd/api/v1/stores", s.leaderOnly(s.httpStores))
 	mux.HandleFunc("POST /pd/api/v1/store/{id}/state", s.leaderOnly(s.httpStoreState))
@@ -431,4 +433,15 @@ func (s *Server) httpSetConfig(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, s.cluster.config())
+}
+
+// tsoStatsJSON: what this member's TSO served since it started. Requests
+// over timestamps shows how well callers batch.
+type tsoStatsJSON struct {
+	Requests   int64 `json:"requests"`
+	Timestamps int64 `json:"timestamps"`
+}
+
+func (s *Server) httpTSOStats(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, tsoStatsJSON{Requests: s.tso.requests.Load(), Timestamps: s.tso.timestamps.Load()})
 }

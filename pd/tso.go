@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/credentials"
@@ -45,6 +46,10 @@ var (
 //     from it can follow (in real time) a larger one from the successor.
 type tsoAllocator struct {
 	s *Server
+
+	// What this member served since it started: requests (each a batch)
+	// and the timestamps in them.
+	requests, timestamps atomic.Int64
 
 	mu       sync.Mutex
 	ready    bool
