@@ -40,6 +40,9 @@ type Client struct {
 	leaders map[uint64]*metapb.Peer
 	stores  map[uint64]string
 	conns   map[string]*grpc.ClientConn
+
+	stop context.CancelFunc
+	bg   sync.WaitGroup
 }
 
 // New connects to a Basalt cluster through its PD endpoints.
@@ -51,8 +54,16 @@ func New(ctx context.Context, pdEndpoints []string, opts Options) (*Client, erro
 	if err != nil {
 		return nil, err
 	}
-	return &Client{opts: opts, pd: pd, regions: region.NewRegionTree(), leaders: map[uint64]*metapb.Peer{},
-		stores: map[uint64]string{}, conns: map[string]*grpc.ClientConn{}}, nil
+	c := &Client{opts: opts, pd: pd, regions: region.NewRegionTree(), leaders: map[uint64]*metapb.Peer{},
+		stores: map[uint64]string{}, conns: map[string]*grpc.ClientConn{}}
+	bg, stop := context.WithCancel(context.Background())
+	c.stop = stop
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		c.followRouting(bg)
+	}()
+	return c, nil
 }
 
 // PD returns the client's PD client.
@@ -60,6 +71,8 @@ func (c *Client) PD() *pdclient.Client { return c.pd }
 
 // Close closes every connection.
 func (c *Client) Close() {
+	c.stop()
+	c.bg.Wait()
 	c.mu.Lock()
 	for _, cc := range c.conns {
 		_ = cc.Close()

@@ -478,3 +478,36 @@ func (c *Client) LeaderGone() {
 	c.leader = ""
 	c.mu.Unlock()
 }
+
+// WatchRegions subscribes to routing changes at the PD leader: fn gets
+// each batch of changed and removed regions. Once registered, ready is
+// called; the caller rescans whatever it may have missed before it. It
+// returns when the stream ends (the leader moved, the subscriber fell
+// behind, or ctx is done); the caller subscribes again.
+func (c *Client) WatchRegions(ctx context.Context, ready func(), fn func(changed []*pdpb.RegionInfo, removed []uint64)) error {
+	pc, addr, err := c.leaderClient(ctx)
+	if err != nil {
+		return err
+	}
+	s, err := pc.WatchRegions(ctx, &pdpb.WatchRegionsRequest{Header: c.header()})
+	if err != nil {
+		c.leaderGone(addr, "")
+		return err
+	}
+	for first := true; ; first = false {
+		resp, err := s.Recv()
+		if err != nil {
+			c.leaderGone(addr, "")
+			return err
+		}
+		if e := resp.GetHeader().GetError(); e != nil {
+			c.leaderGone(addr, e.GetLeaderAddr())
+			return &Error{Type: e.GetType(), Message: e.GetMessage()}
+		}
+		if first {
+			ready()
+			continue
+		}
+		fn(resp.GetChanged(), resp.GetRemoved())
+	}
+}

@@ -250,3 +250,31 @@ func TestTxnAcrossRegionsFailsFast(t *testing.T) {
 		t.Fatalf("single-region txn: %v %v", resp, err)
 	}
 }
+
+// A client's region cache follows PD's routing subscription: a split made
+// by another client reaches it without it sending anything.
+func TestRegionCacheFollowsPD(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	waitReplicated(t, c)
+	other := c.Client(t)
+	put(t, cl, "s/z", "v") // caches the region holding s/z
+	if r, ok := cl.CachedRegion([]byte("s/z")); !ok || len(r.GetStartKey()) != 0 {
+		t.Fatalf("cached before the split: %v %v", r, ok)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := other.SplitRegions(ctx, [][]byte{[]byte("s/m")}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if r, ok := cl.CachedRegion([]byte("s/z")); ok && string(r.GetStartKey()) == "s/m" {
+			return
+		}
+		if ctx.Err() != nil {
+			r, _ := cl.CachedRegion([]byte("s/z"))
+			t.Fatalf("the cache still holds %v for s/z", r)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -183,5 +184,55 @@ func TestWatchAcrossRegionsUnderSplitMergeAndLeaderMoves(t *testing.T) {
 	}
 	if events < 100 {
 		t.Errorf("only %d events", events)
+	}
+}
+
+// A watch over several regions from a compacted revision ends at once with
+// the compaction revision, as etcd's does.
+func TestWatchAcrossRegionsFromCompactedRevision(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	waitReplicated(t, c)
+	splitPrefix(t, cl, "c/", 3)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var first, last int64
+	for i := 0; i < 30; i++ {
+		resp, err := cl.Put(ctx, &kvpb.PutRequest{Key: []byte(fmt.Sprintf("c/%c", 'a'+rune(i%26))), Value: []byte("v")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first == 0 {
+			first = resp.GetHeader().GetRevision()
+		}
+		last = resp.GetHeader().GetRevision()
+	}
+	if err := cl.Compact(ctx, last, false); err != nil {
+		t.Fatal(err)
+	}
+	// Regions learn the compaction revision in the background: poll.
+	for {
+		w := cl.Watch(ctx, &kvpb.WatchCreateRequest{Key: []byte("c/"), RangeEnd: []byte("c0"), StartRevision: first}, client.WatchOptions{})
+		var end *client.WatchResponse
+		for r := range w.C {
+			if r.Canceled {
+				end = r
+				break
+			}
+			if len(r.Events) > 0 {
+				break // not compacted yet everywhere: events replayed
+			}
+		}
+		w.Close()
+		if end != nil {
+			if !errors.Is(end.Err, client.ErrCompacted) || end.CompactRevision < first || end.CompactRevision > last {
+				t.Fatalf("canceled with %v, compact revision %d (compacted at %d)", end.Err, end.CompactRevision, last)
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the watch never reported the compaction")
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
