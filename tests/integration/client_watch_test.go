@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -234,5 +235,46 @@ func TestWatchAcrossRegionsFromCompactedRevision(t *testing.T) {
 			t.Fatal("the watch never reported the compaction")
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A watch over several regions keeps every guarantee while a store is
+// killed (its led regions elect new leaders elsewhere) and comes back.
+func TestWatchAcrossRegionsSurvivesStoreKill(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	waitReplicated(t, c)
+	splitPrefix(t, cl, "k/", 6)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	watch := startWatch(t, cl, &kvpb.WatchCreateRequest{Key: []byte("k/"), RangeEnd: []byte("k0"), PrevKv: true, ProgressNotify: true})
+	log := &writeLog{}
+	stop := make(chan struct{})
+	writers := runPrefixWriters(ctx, cl, "k/", 4, log, stop)
+	time.Sleep(3 * time.Second)
+	victim := c.Stores[0]
+	c.Signal(victim, syscall.SIGKILL)
+	time.Sleep(5 * time.Second)
+	c.Restart(victim)
+	time.Sleep(4 * time.Second)
+	close(stop)
+	writers.Wait()
+	writes := log.all()
+	var top int64
+	acked := 0
+	for _, w := range writes {
+		top = max(top, w.Rev)
+		if w.Rev != 0 {
+			acked++
+		}
+	}
+	watch.waitPast(t, top)
+	resps := watch.responses()
+	for _, err := range watchcheck.Check(watchcheck.NewHistory(writes), watch.created+1, top, true, resps) {
+		t.Error(err)
+	}
+	t.Logf("%d writes (%d acknowledged), %d responses", len(writes), acked, len(resps))
+	if acked < 100 {
+		t.Errorf("only %d writes acknowledged", acked)
 	}
 }
