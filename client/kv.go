@@ -145,7 +145,7 @@ func cmpOf(key string, t kvpb.Compare_CompareTarget) Cmp {
 func (c Cmp) WithRange(end string) Cmp { c.pb.RangeEnd = []byte(end); return c }
 
 // WithPrefix makes a comparison hold for every key with the prefix.
-func (c Cmp) WithPrefix() Cmp { c.pb.RangeEnd = prefixEnd(c.pb.GetKey()); return c }
+func (c Cmp) WithPrefix() Cmp { c.pb.RangeEnd = PrefixEnd(c.pb.GetKey()); return c }
 
 // Compare completes a comparison with an operator ("=", "!=", "<", ">")
 // and a value: a string for Value, an integer for the others. A wrong
@@ -203,3 +203,8 @@ func toInt64(v any) (int64, bool) {
 	}
 	return 0, false
 }
+
+// CompareProto and OpProto expose what a Cmp or an Op sends, for callers
+// that build kvpb requests (the command line, the etcd front end).
+func CompareProto(c Cmp) *kvpb.Compare { return c.pb }
+func OpProto(o Op) *kvpb.RequestOp     { return o.req }

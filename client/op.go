@@ -43,16 +43,16 @@ func newOp(key string, opts []OpOption) *op {
 	}
 	switch {
 	case o.prefix:
-		o.end = prefixEnd(o.key)
+		o.end = PrefixEnd(o.key)
 	case o.fromKey:
 		o.end = []byte{0}
 	}
 	return o
 }
 
-// prefixEnd is the range end covering every key with prefix p, as etcd's
+// PrefixEnd is the range end covering every key with prefix p, as etcd's
 // GetPrefixRangeEnd ("\x00", every key, for an empty or all-0xff prefix).
-func prefixEnd(p []byte) []byte {
+func PrefixEnd(p []byte) []byte {
 	end := append([]byte(nil), p...)
 	for i := len(end) - 1; i >= 0; i-- {
 		if end[i] < 0xff {

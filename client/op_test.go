@@ -9,8 +9,8 @@ import (
 
 func TestPrefixEnd(t *testing.T) {
 	for in, want := range map[string]string{"a": "b", "a\xff": "b", "ab": "ac", "": "\x00", "\xff\xff": "\x00"} {
-		if got := string(prefixEnd([]byte(in))); got != want {
-			t.Errorf("prefixEnd(%q) = %q, want %q", in, got, want)
+		if got := string(PrefixEnd([]byte(in))); got != want {
+			t.Errorf("PrefixEnd(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -19,28 +19,14 @@ import (
 // ctl is the command-line client, with etcdctl's habits: errors are one
 // line on stderr and a non-zero exit.
 func ctlCmd() *cobra.Command {
-	var pdAddr, output string
-	var timeout time.Duration
+	env := &ctlEnv{}
 	root := &cobra.Command{Use: "ctl", Short: "Talk to a Basalt cluster"}
 	pf := root.PersistentFlags()
-	pf.StringVar(&pdAddr, "pd", "127.0.0.1:2379", "PD client addresses, comma separated")
-	pf.StringVarP(&output, "write-out", "w", "simple", "output: simple or json")
-	pf.DurationVar(&timeout, "timeout", 10*time.Second, "how long one command may take")
-
-	connect := func() (*client.Client, context.Context, context.CancelFunc, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		c, err := client.New(ctx, strings.Split(pdAddr, ","), client.Options{})
-		if err != nil {
-			cancel()
-			return nil, nil, nil, err
-		}
-		return c, ctx, cancel, nil
-	}
-	printJSON := func(w io.Writer, v any) error {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
-	}
+	pf.StringVar(&env.pdAddr, "pd", "127.0.0.1:2379", "PD client addresses, comma separated")
+	pf.StringVarP(&env.output, "write-out", "w", "simple", "output: simple or json")
+	pf.DurationVar(&env.timeout, "timeout", 10*time.Second, "how long one command may take (a watch: to connect)")
+	connect := env.connect
+	pdAddr := func() string { return env.pdAddr }
 
 	var prevKV bool
 	var lease int64
@@ -57,7 +43,7 @@ func ctlCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
+			if env.output == "json" {
 				return printJSON(cmd.OutOrStdout(), resp)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "OK")
@@ -85,7 +71,7 @@ func ctlCmd() *cobra.Command {
 			req := &kvpb.RangeRequest{Key: []byte(args[0]), Revision: rev, Limit: limit, KeysOnly: keysOnly, CountOnly: countOnly}
 			switch {
 			case prefix:
-				req.RangeEnd = prefixEnd([]byte(args[0]))
+				req.RangeEnd = client.PrefixEnd([]byte(args[0]))
 			case rangeEnd != "":
 				req.RangeEnd = []byte(rangeEnd)
 			}
@@ -93,7 +79,7 @@ func ctlCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
+			if env.output == "json" {
 				return printJSON(cmd.OutOrStdout(), resp)
 			}
 			if countOnly {
@@ -129,13 +115,13 @@ func ctlCmd() *cobra.Command {
 			defer c.Close()
 			req := &kvpb.DeleteRangeRequest{Key: []byte(args[0]), PrevKv: delPrev}
 			if delPrefix {
-				req.RangeEnd = prefixEnd([]byte(args[0]))
+				req.RangeEnd = client.PrefixEnd([]byte(args[0]))
 			}
 			resp, err := c.DeleteRange(ctx, req)
 			if err != nil {
 				return err
 			}
-			if output == "json" {
+			if env.output == "json" {
 				return printJSON(cmd.OutOrStdout(), resp)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), resp.GetDeleted())
@@ -173,7 +159,7 @@ func ctlCmd() *cobra.Command {
 			Use: "list", Short: "List " + strings.TrimPrefix(path, "/pd/api/v1/"),
 			RunE: func(cmd *cobra.Command, _ []string) error {
 				var v any
-				if err := getJSON("http://"+strings.Split(pdAddr, ",")[0]+path, &v); err != nil {
+				if err := getJSON("http://"+strings.Split(pdAddr(), ",")[0]+path, &v); err != nil {
 					return err
 				}
 				return printJSON(cmd.OutOrStdout(), v)
@@ -219,7 +205,7 @@ func ctlCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
+			if env.output == "json" {
 				return printJSON(cmd.OutOrStdout(), regions)
 			}
 			for _, r := range regions {
@@ -251,7 +237,7 @@ func ctlCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
+			if env.output == "json" {
 				return printJSON(cmd.OutOrStdout(), r)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "region %d [%q, %q) version %d\n", r.GetId(), r.GetStartKey(), r.GetEndKey(), r.GetRegionEpoch().GetVersion())
@@ -259,19 +245,31 @@ func ctlCmd() *cobra.Command {
 		},
 	})
 
-	root.AddCommand(put, get, del, compact, member, store, reg)
+	root.AddCommand(put, get, del, compact, ctlWatchCmd(env), ctlTxnCmd(env), member, store, reg)
 	return root
 }
 
-func prefixEnd(k []byte) []byte {
-	e := append([]byte(nil), k...)
-	for i := len(e) - 1; i >= 0; i-- {
-		if e[i] < 0xff {
-			e[i]++
-			return e[:i+1]
-		}
+// ctlEnv is what every ctl command shares: the global flags.
+type ctlEnv struct {
+	pdAddr, output string
+	timeout        time.Duration
+}
+
+// connect opens a client; the context bounds the command by --timeout.
+func (e *ctlEnv) connect() (*client.Client, context.Context, context.CancelFunc, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+	c, err := client.New(ctx, strings.Split(e.pdAddr, ","), client.Options{})
+	if err != nil {
+		cancel()
+		return nil, nil, nil, err
 	}
-	return []byte{0}
+	return c, ctx, cancel, nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 var _ = errors.New
