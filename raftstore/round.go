@@ -158,6 +158,16 @@ func (w *worker) round() {
 			p.absorbMerged()
 			p.publishStatus()
 		}
+		// Any other descriptor or state change applied this round (a
+		// membership change, PrepareMerge, RollbackMerge) is published
+		// before its proposer hears back too: the merge driver judges a
+		// merge by the published status right after PrepareMerge returns,
+		// and read a source not yet Merging as one rolled back.
+		if p.regionChanged {
+			p.regionChanged = false
+			s.sm.RegionChanged(p.regionID, p.region, p.storage.smState)
+			p.publishStatus()
+		}
 	}
 	for _, r := range results {
 		r.pr.finish(r.result, r.err)
