@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 
 	"google.golang.org/protobuf/proto"
 
@@ -73,7 +72,7 @@ func (c *Client) Range(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.Range
 	}
 	out.Count = w.count
 	if !byKey {
-		sortKVs(out.Kvs, req.GetSortTarget(), req.GetSortOrder() == kvpb.RangeRequest_DESCEND)
+		kvpb.SortKeyValues(out.Kvs, req.GetSortTarget(), req.GetSortOrder() == kvpb.RangeRequest_DESCEND)
 	}
 	if l := req.GetLimit(); l > 0 && int64(len(out.Kvs)) > l {
 		out.Kvs = out.Kvs[:l]
@@ -389,38 +388,4 @@ func minEnd(a, b []byte) []byte {
 		return a
 	}
 	return b
-}
-
-// sortKVs sorts by a target other than the key, stably (key order breaks
-// ties, as the keys arrive in key order).
-func sortKVs(kvs []*kvpb.KeyValue, target kvpb.RangeRequest_SortTarget, desc bool) {
-	less := func(a, b *kvpb.KeyValue) int {
-		switch target {
-		case kvpb.RangeRequest_VERSION:
-			return cmpInt(a.GetVersion(), b.GetVersion())
-		case kvpb.RangeRequest_CREATE:
-			return cmpInt(a.GetCreateRevision(), b.GetCreateRevision())
-		case kvpb.RangeRequest_MOD:
-			return cmpInt(a.GetModRevision(), b.GetModRevision())
-		case kvpb.RangeRequest_VALUE:
-			return bytes.Compare(a.GetValue(), b.GetValue())
-		}
-		return bytes.Compare(a.GetKey(), b.GetKey())
-	}
-	sort.SliceStable(kvs, func(i, j int) bool {
-		if desc {
-			return less(kvs[j], kvs[i]) < 0
-		}
-		return less(kvs[i], kvs[j]) < 0
-	})
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

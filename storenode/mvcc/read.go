@@ -1,8 +1,6 @@
 package mvcc
 
 import (
-	"bytes"
-	"sort"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -102,7 +100,7 @@ func rangeAt(rd pebble.Reader, req *kvpb.RangeRequest, rev int64) (*kvpb.RangeRe
 	}
 	resp.Count = count
 	if sortOrder != kvpb.RangeRequest_NONE {
-		sortKVs(resp.Kvs, req.GetSortTarget(), sortOrder == kvpb.RangeRequest_DESCEND)
+		kvpb.SortKeyValues(resp.Kvs, req.GetSortTarget(), sortOrder == kvpb.RangeRequest_DESCEND)
 	}
 	if l := req.GetLimit(); l > 0 && int64(len(resp.Kvs)) > l {
 		resp.Kvs = resp.Kvs[:l]
@@ -123,41 +121,6 @@ func keep(req *kvpb.RangeRequest, kv *kvpb.KeyValue) bool {
 		return false
 	}
 	return true
-}
-
-// sortKVs sorts by target; ties keep key order, so results are the same on
-// every replica.
-func sortKVs(kvs []*kvpb.KeyValue, target kvpb.RangeRequest_SortTarget, desc bool) {
-	cmp := func(a, b *kvpb.KeyValue) int {
-		switch target {
-		case kvpb.RangeRequest_VERSION:
-			return cmpInt(a.GetVersion(), b.GetVersion())
-		case kvpb.RangeRequest_CREATE:
-			return cmpInt(a.GetCreateRevision(), b.GetCreateRevision())
-		case kvpb.RangeRequest_MOD:
-			return cmpInt(a.GetModRevision(), b.GetModRevision())
-		case kvpb.RangeRequest_VALUE:
-			return bytes.Compare(a.GetValue(), b.GetValue())
-		}
-		return bytes.Compare(a.GetKey(), b.GetKey())
-	}
-	sort.SliceStable(kvs, func(i, j int) bool {
-		c := cmp(kvs[i], kvs[j])
-		if desc {
-			return c > 0
-		}
-		return c < 0
-	})
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // ReadTxn evaluates a transaction that writes nothing as a read: its
