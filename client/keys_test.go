@@ -61,16 +61,7 @@ func TestTxnSpansChecksEveryKey(t *testing.T) {
 	}
 }
 
-func TestExclusiveEnd(t *testing.T) {
-	if got := exclusiveEnd([]byte("k"), nil); string(got) != "k\x00" {
-		t.Errorf("single key: %q", got)
-	}
-	if got := exclusiveEnd([]byte("k"), []byte{0}); got != nil {
-		t.Errorf("to the end: %q", got)
-	}
-	if got := etcdEnd(nil); string(got) != "\x00" {
-		t.Errorf("etcdEnd(+inf) = %q", got)
-	}
+func TestKeyBefore(t *testing.T) {
 	if !keyBefore([]byte("z"), nil) || keyBefore([]byte("z"), []byte("z")) {
 		t.Error("keyBefore")
 	}

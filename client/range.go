@@ -10,6 +10,7 @@ import (
 
 	"github.com/basaltdb/basalt/proto/kvpb"
 	"github.com/basaltdb/basalt/proto/metapb"
+	"github.com/basaltdb/basalt/region"
 )
 
 // A range that lies in one region is one request at that region's latest
@@ -132,7 +133,7 @@ func (c *Client) snapshotRevision(ctx context.Context, rev int64) (int64, error)
 // rangeOneRegion serves a range that one region holds; errRouteChanged
 // when it spans regions (as far as the cache knows).
 func (c *Client) rangeOneRegion(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.RangeResponse, error) {
-	lo, hi := req.GetKey(), exclusiveEnd(req.GetKey(), req.GetRangeEnd())
+	lo, hi := req.GetKey(), region.ExclusiveEnd(req.GetKey(), req.GetRangeEnd())
 	var out *kvpb.RangeResponse
 	err := c.do(ctx, req.GetKey(), true, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
 		if !regionHolds(rt.region, lo, hi) {
@@ -166,7 +167,7 @@ type rangeWalk struct {
 // return (0: no limit, -1: none, only counts); got receives them in order.
 func (w *rangeWalk) run(ctx context.Context, want func() int64, got func([]*kvpb.KeyValue) error) error {
 	lo := append([]byte{}, w.tmpl.GetKey()...)
-	hi := exclusiveEnd(lo, w.tmpl.GetRangeEnd())
+	hi := region.ExclusiveEnd(lo, w.tmpl.GetRangeEnd())
 	w.countedTo, w.countedFrom = lo, hi
 replan:
 	for keyBefore(lo, hi) {
@@ -229,7 +230,7 @@ replan:
 // counts whatever of the part is not counted yet.
 func (w *rangeWalk) readPart(ctx context.Context, plo, phi []byte, n int64, first bool) (*kvpb.RangeResponse, error) {
 	r := proto.Clone(w.tmpl).(*kvpb.RangeRequest)
-	r.Key, r.RangeEnd, r.Revision = plo, etcdEnd(phi), w.rev
+	r.Key, r.RangeEnd, r.Revision = plo, region.EtcdRangeEnd(phi), w.rev
 	r.SortTarget, r.SortOrder = kvpb.RangeRequest_KEY, kvpb.RangeRequest_ASCEND
 	if w.desc {
 		r.SortOrder = kvpb.RangeRequest_DESCEND
@@ -260,7 +261,7 @@ func (w *rangeWalk) readPart(ctx context.Context, plo, phi []byte, n int64, firs
 		w.count += resp.GetCount()
 	case keyBefore(clo, chi):
 		cr := proto.Clone(w.tmpl).(*kvpb.RangeRequest)
-		cr.Key, cr.RangeEnd, cr.Revision, cr.CountOnly, cr.Limit = clo, etcdEnd(chi), w.rev, true, 0
+		cr.Key, cr.RangeEnd, cr.Revision, cr.CountOnly, cr.Limit = clo, region.EtcdRangeEnd(chi), w.rev, true, 0
 		cnt, err := w.c.readRegion(ctx, cr, clo, chi)
 		if err != nil {
 			return nil, err
@@ -300,7 +301,7 @@ func (c *Client) regionsCovering(ctx context.Context, lo, hi []byte) ([]*metapb.
 			if err != nil {
 				return nil, err
 			}
-			if len(infos) == 0 || !regionHolds(infos[0].GetRegion(), cursor, cursor) {
+			if len(infos) == 0 || !region.ContainsKey(infos[0].GetRegion(), cursor) {
 				return nil, fmt.Errorf("client: no region holds key %q yet", cursor)
 			}
 			for _, info := range infos {
@@ -320,21 +321,6 @@ func (c *Client) regionsCovering(ctx context.Context, lo, hi []byte) ([]*metapb.
 // regionScanBatch is how many regions one PD scan asks for.
 const regionScanBatch = 64
 
-// regionHolds: [lo, hi) lies in r (hi nil: +∞; hi == lo: just lo).
-func regionHolds(r *metapb.Region, lo, hi []byte) bool {
-	if bytes.Compare(lo, r.GetStartKey()) < 0 {
-		return false
-	}
-	end := r.GetEndKey()
-	if len(end) == 0 {
-		return true
-	}
-	if bytes.Compare(lo, end) >= 0 {
-		return false
-	}
-	return hi != nil && bytes.Compare(hi, end) <= 0
-}
-
 // clamp is the part of [lo, hi) in r.
 func clamp(lo, hi []byte, r *metapb.Region) ([]byte, []byte) {
 	if bytes.Compare(r.GetStartKey(), lo) > 0 {
@@ -346,28 +332,9 @@ func clamp(lo, hi []byte, r *metapb.Region) ([]byte, []byte) {
 	return lo, hi
 }
 
-// exclusiveEnd turns etcd's range_end into an exclusive end, nil for +∞
-// ("\x00": every key from key on; empty: key alone).
-func exclusiveEnd(key, end []byte) []byte {
-	switch {
-	case len(end) == 0:
-		return append(append([]byte(nil), key...), 0)
-	case len(end) == 1 && end[0] == 0:
-		return nil
-	}
-	return end
-}
-
-// etcdEnd turns an exclusive end back into etcd's range_end.
-func etcdEnd(end []byte) []byte {
-	if end == nil {
-		return []byte{0}
-	}
-	return end
-}
-
 // cmpEnd compares two exclusive ends, nil being +∞ (a key compares as the
-// end just before it).
+// end just before it). Unlike region.CompareEnd, an empty non-nil end is
+// the smallest end, not +∞: a descending walk ends at the empty key.
 func cmpEnd(a, b []byte) int {
 	switch {
 	case a == nil && b == nil:
@@ -388,4 +355,9 @@ func minEnd(a, b []byte) []byte {
 		return a
 	}
 	return b
+}
+
+// regionHolds: [lo, hi) (hi nil: +∞) lies in r.
+func regionHolds(r *metapb.Region, lo, hi []byte) bool {
+	return region.ContainsRange(r.GetStartKey(), r.GetEndKey(), lo, hi)
 }

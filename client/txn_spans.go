@@ -7,6 +7,7 @@ import (
 
 	"github.com/basaltdb/basalt/proto/kvpb"
 	"github.com/basaltdb/basalt/proto/metapb"
+	"github.com/basaltdb/basalt/region"
 )
 
 // ErrTxnSpansRegions: a transaction names keys in more than one region.
@@ -30,7 +31,7 @@ type keySpan struct{ lo, hi []byte }
 func txnSpans(t *kvpb.TxnRequest, out []keySpan) []keySpan {
 	add := func(key, end []byte) {
 		lo := append([]byte{}, key...)
-		out = append(out, keySpan{lo, exclusiveEnd(lo, end)})
+		out = append(out, keySpan{lo, region.ExclusiveEnd(lo, end)})
 	}
 	for _, cmp := range t.GetCompare() {
 		add(cmp.GetKey(), cmp.GetRangeEnd())

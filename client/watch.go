@@ -166,7 +166,7 @@ func (m *mergedWatch) run(ctx context.Context, progress <-chan struct{}) {
 	}
 	m.sent = start
 	lo := append([]byte{}, m.req.GetKey()...)
-	m.segs = []*watchSegment{{lo: lo, hi: exclusiveEnd(lo, m.req.GetRangeEnd()), frontier: start}}
+	m.segs = []*watchSegment{{lo: lo, hi: region.ExclusiveEnd(lo, m.req.GetRangeEnd()), frontier: start}}
 	m.announced = !m.opts.CreatedNotify
 	m.subscribe(ctx)
 	tick := time.NewTicker(m.opts.ProgressInterval / 2)
@@ -458,7 +458,7 @@ func (m *mergedWatch) runSub(ctx context.Context, s *subWatch, start int64) {
 		report(subMsg{rt: rt, err: err})
 		return
 	}
-	create := &kvpb.WatchCreateRequest{Key: s.lo, RangeEnd: etcdEnd(s.hi), StartRevision: start, ProgressNotify: true,
+	create := &kvpb.WatchCreateRequest{Key: s.lo, RangeEnd: region.EtcdRangeEnd(s.hi), StartRevision: start, ProgressNotify: true,
 		Filters: m.req.GetFilters(), PrevKv: m.req.GetPrevKv(), Context: rt.context()}
 	if err := stream.Send(&kvpb.WatchRequest{RequestUnion: &kvpb.WatchRequest_CreateRequest{CreateRequest: create}}); err != nil {
 		report(subMsg{rt: rt, err: err})

@@ -27,6 +27,28 @@ func CompareEnd(a, b []byte) int {
 	return bytes.Compare(a, b)
 }
 
+// ExclusiveEnd turns etcd's range_end for key into an exclusive end, nil
+// when unbounded: an empty range_end means key alone, "\x00" every key
+// from key on.
+func ExclusiveEnd(key, rangeEnd []byte) []byte {
+	switch {
+	case len(rangeEnd) == 0:
+		return append(append([]byte(nil), key...), 0)
+	case len(rangeEnd) == 1 && rangeEnd[0] == 0:
+		return nil
+	}
+	return rangeEnd
+}
+
+// EtcdRangeEnd turns an exclusive end (nil: unbounded) back into etcd's
+// range_end.
+func EtcdRangeEnd(end []byte) []byte {
+	if end == nil {
+		return []byte{0}
+	}
+	return end
+}
+
 // Overlaps reports whether [s1, e1) and [s2, e2) share a key.
 func Overlaps(s1, e1, s2, e2 []byte) bool {
 	return (len(e2) == 0 || bytes.Compare(s1, e2) < 0) && (len(e1) == 0 || bytes.Compare(s2, e1) < 0)

@@ -35,6 +35,18 @@ func TestRangeHelpers(t *testing.T) {
 	if CompareEnd(nil, b("z")) != 1 || CompareEnd(b("a"), nil) != -1 || CompareEnd(nil, nil) != 0 {
 		t.Error("CompareEnd does not treat empty as +infinity")
 	}
+	if got := ExclusiveEnd(b("k"), nil); string(got) != "k\x00" {
+		t.Errorf("ExclusiveEnd of a single key: %q", got)
+	}
+	if got := ExclusiveEnd(b("k"), []byte{0}); got != nil {
+		t.Errorf("ExclusiveEnd to the end of the key space: %q", got)
+	}
+	if got := EtcdRangeEnd(ExclusiveEnd(b("k"), b("m"))); string(got) != "m" {
+		t.Errorf("EtcdRangeEnd round trip: %q", got)
+	}
+	if got := EtcdRangeEnd(nil); string(got) != "\x00" {
+		t.Errorf("EtcdRangeEnd(unbounded) = %q", got)
+	}
 }
 
 func TestEpochCheckTable(t *testing.T) {

@@ -459,7 +459,7 @@ func (k *kvService) createWatch(ws *watchStream, c *kvpb.WatchCreateRequest, inU
 	if err != nil {
 		return failWith(err)
 	}
-	end := exclusiveEnd(c.GetKey(), c.GetRangeEnd())
+	end := region.ExclusiveEnd(c.GetKey(), c.GetRangeEnd())
 	start := c.GetStartRevision()
 	w := &watcher{id: id, stream: ws, regionID: r.ID, key: c.GetKey(), end: end, prevKV: c.GetPrevKv(),
 		progress: c.GetProgressNotify(), start: start, catchingUp: true}
@@ -566,7 +566,7 @@ func (k *kvService) replay(w *watcher, r *mvcc.Region, from, to int64) bool {
 		return ok
 	}
 	okAll := true
-	err := k.s.mvcc.History(r, w.key, rawRangeEnd(w.key, w.end), from, to, func(e *kvpb.Event) bool {
+	err := k.s.mvcc.History(r, w.key, region.EtcdRangeEnd(w.end), from, to, func(e *kvpb.Event) bool {
 		evs := w.filter([]*kvpb.Event{e})
 		if len(evs) == 0 {
 			return true
@@ -599,28 +599,8 @@ func (k *kvService) replay(w *watcher, r *mvcc.Region, from, to int64) bool {
 	return true
 }
 
-// exclusiveEnd turns etcd's range_end into an exclusive end (nil:
-// unbounded).
-func exclusiveEnd(key, end []byte) []byte {
-	switch {
-	case len(end) == 0:
-		return append(append([]byte(nil), key...), 0)
-	case len(end) == 1 && end[0] == 0:
-		return nil
-	}
-	return end
-}
-
-// rawRangeEnd turns an exclusive end back into etcd's range_end.
-func rawRangeEnd(key, end []byte) []byte {
-	if end == nil {
-		return []byte{0}
-	}
-	return end
-}
-
 func mvccInRegion(start, end, key, rangeEnd []byte) bool {
-	e := exclusiveEnd(key, rangeEnd)
+	e := region.ExclusiveEnd(key, rangeEnd)
 	if !region.Contains(start, end, key) {
 		return false
 	}

@@ -1,7 +1,6 @@
 package mvcc
 
 import (
-
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/basaltdb/basalt/proto/kvpb"
