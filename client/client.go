@@ -254,10 +254,15 @@ func (c *Client) do(ctx context.Context, key []byte, read bool, call func(contex
 	}
 }
 
-func backoff(ctx context.Context, attempt int) error {
+// backoffDelay is the wait before retry number attempt: doubling from
+// 5 ms to 500 ms, with jitter over its upper half.
+func backoffDelay(attempt int) time.Duration {
 	d := min(5*time.Millisecond<<min(attempt, 7), 500*time.Millisecond)
-	d = d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
-	t := time.NewTimer(d)
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+}
+
+func backoff(ctx context.Context, attempt int) error {
+	t := time.NewTimer(backoffDelay(attempt))
 	defer t.Stop()
 	select {
 	case <-ctx.Done():

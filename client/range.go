@@ -133,19 +133,8 @@ func (c *Client) snapshotRevision(ctx context.Context, rev int64) (int64, error)
 // rangeOneRegion serves a range that one region holds; errRouteChanged
 // when it spans regions (as far as the cache knows).
 func (c *Client) rangeOneRegion(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.RangeResponse, error) {
-	lo, hi := req.GetKey(), region.ExclusiveEnd(req.GetKey(), req.GetRangeEnd())
-	var out *kvpb.RangeResponse
-	err := c.do(ctx, req.GetKey(), true, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
-		if !regionHolds(rt.region, lo, hi) {
-			return nil, errRouteChanged
-		}
-		r := proto.Clone(req).(*kvpb.RangeRequest)
-		r.Context = rt.context()
-		resp, err := rt.kv.Range(ctx, r)
-		out = resp
-		return resp.GetHeader(), err
-	})
-	return out, err
+	lo := req.GetKey()
+	return c.readRegion(ctx, proto.Clone(req).(*kvpb.RangeRequest), lo, region.ExclusiveEnd(lo, req.GetRangeEnd()))
 }
 
 // rangeWalk reads [lo, hi) at rev part by part: a part is the piece of

@@ -159,7 +159,7 @@ func (m *mergedWatch) run(ctx context.Context, progress <-chan struct{}) {
 	if m.req.GetStartRevision() <= 0 {
 		ts, err := m.c.pd.GetTS(ctx)
 		if err != nil {
-			m.end(ctx, &WatchResponse{Canceled: true, Err: err})
+			m.send(ctx, &WatchResponse{Canceled: true, Err: err})
 			return
 		}
 		start = int64(ts)
@@ -207,8 +207,6 @@ func (m *mergedWatch) send(ctx context.Context, r *WatchResponse) bool {
 	}
 }
 
-func (m *mergedWatch) end(ctx context.Context, r *WatchResponse) { m.send(ctx, r) }
-
 // handle applies one message from a region's watch; false ends the watch.
 func (m *mergedWatch) handle(ctx context.Context, msg subMsg) bool {
 	s := msg.sub
@@ -225,7 +223,7 @@ func (m *mergedWatch) handle(ctx context.Context, msg subMsg) bool {
 	resp := msg.resp
 	switch {
 	case resp.GetCanceled() && resp.GetCompactRevision() > 0:
-		m.end(ctx, &WatchResponse{Header: &kvpb.ResponseHeader{Revision: m.sent}, Canceled: true,
+		m.send(ctx, &WatchResponse{Header: &kvpb.ResponseHeader{Revision: m.sent}, Canceled: true,
 			CompactRevision: resp.GetCompactRevision(), Err: ErrCompacted})
 		return false
 	case resp.GetCanceled() && resp.GetHeader().GetRegionError() != nil:
@@ -235,7 +233,7 @@ func (m *mergedWatch) handle(ctx context.Context, msg subMsg) bool {
 	case resp.GetCanceled() && resp.GetCreated() && !s.created:
 		// Refused at creation for something other than routing: the request
 		// itself is bad.
-		m.end(ctx, &WatchResponse{Canceled: true, Err: fmt.Errorf("client: watch refused: %s", resp.GetCancelReason())})
+		m.send(ctx, &WatchResponse{Canceled: true, Err: fmt.Errorf("client: watch refused: %s", resp.GetCancelReason())})
 		return false
 	case resp.GetCanceled():
 		// Region changed, this watcher fell behind, or the store is
@@ -282,10 +280,15 @@ func (m *mergedWatch) drop(s *subWatch) {
 			seg.sub = nil
 		}
 	}
+	m.retryLater()
+}
+
+// retryLater schedules watching the unwatched segments again, backing off
+// while failures repeat.
+func (m *mergedWatch) retryLater() {
 	m.failures++
 	if m.retry == nil {
-		d := min(5*time.Millisecond<<min(m.failures, 7), 500*time.Millisecond)
-		m.retry = time.After(d)
+		m.retry = time.After(backoffDelay(m.failures))
 	}
 }
 
@@ -387,10 +390,7 @@ func (m *mergedWatch) subscribe(ctx context.Context) {
 		lo, hi := m.segs[i].lo, m.segs[j-1].hi
 		regions, err := m.c.regionsCovering(ctx, lo, hi)
 		if err != nil {
-			m.failures++
-			if m.retry == nil {
-				m.retry = time.After(min(5*time.Millisecond<<min(m.failures, 7), 500*time.Millisecond))
-			}
+			m.retryLater()
 			return
 		}
 		for _, r := range regions {

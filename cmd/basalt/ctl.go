@@ -26,7 +26,6 @@ func ctlCmd() *cobra.Command {
 	pf.StringVarP(&env.output, "write-out", "w", "simple", "output: simple or json")
 	pf.DurationVar(&env.timeout, "timeout", 10*time.Second, "how long one command may take (a watch: to connect)")
 	connect := env.connect
-	pdAddr := func() string { return env.pdAddr }
 
 	var prevKV bool
 	var lease int64
@@ -159,7 +158,7 @@ func ctlCmd() *cobra.Command {
 			Use: "list", Short: "List " + strings.TrimPrefix(path, "/pd/api/v1/"),
 			RunE: func(cmd *cobra.Command, _ []string) error {
 				var v any
-				if err := getJSON("http://"+strings.Split(pdAddr(), ",")[0]+path, &v); err != nil {
+				if err := getJSON("http://"+strings.Split(env.pdAddr, ",")[0]+path, &v); err != nil {
 					return err
 				}
 				return printJSON(cmd.OutOrStdout(), v)
@@ -272,4 +271,3 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-var _ = errors.New
