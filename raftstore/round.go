@@ -406,8 +406,15 @@ func (p *peer) onSoftState(ss *raft.SoftState) {
 	if wasLeader && !p.isLeader() {
 		p.revokeLease()
 	}
-	if wasLeader != p.isLeader() && p.store.onRoleChange != nil {
-		p.store.onRoleChange(p.regionID, p.isLeader(), p.rn.BasicStatus().GetTerm())
+	if wasLeader != p.isLeader() {
+		// Published before the callback, so whoever acts on the published
+		// status after the callback ran sees the new role: a watcher
+		// registered on a store that just lost leadership is either
+		// canceled by the callback or refused by its re-check.
+		p.publishStatus()
+		if p.store.onRoleChange != nil {
+			p.store.onRoleChange(p.regionID, p.isLeader(), p.rn.BasicStatus().GetTerm())
+		}
 	}
 	if leaderChanged {
 		p.retryReads(true)

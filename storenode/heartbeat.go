@@ -37,9 +37,10 @@ func (h *heartbeater) mark(regionID uint64) {
 }
 
 func (h *heartbeater) roleChanged(regionID uint64, isLeader bool, _ uint64) {
-	h.s.watches.roleChanged(regionID, isLeader)
 	if isLeader {
 		h.mark(regionID)
+	} else {
+		h.s.watches.regionChanged(regionID)
 	}
 }
 

@@ -23,10 +23,7 @@ func (h regionHook) RegionChanged(id uint64, desc *metapb.Region, state []byte) 
 	}
 	h.MVCC.RegionChanged(id, desc, state)
 	h.s.hb.regionChanged(id)
-	switch {
-	case desc == nil:
-		h.s.watches.regionGone(id)
-	case old == nil || old.GetRegionEpoch().GetVersion() != desc.GetRegionEpoch().GetVersion():
+	if desc == nil || old == nil || old.GetRegionEpoch().GetVersion() != desc.GetRegionEpoch().GetVersion() {
 		h.s.watches.regionChanged(id)
 	}
 }

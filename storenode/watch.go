@@ -33,21 +33,15 @@ const (
 var errDuplicateWatchID = errors.New("mvcc: duplicate watch ID provided on the WatchStream")
 
 type watchHub struct {
-	s        *Server
-	mu       sync.Mutex
-	byRegion map[uint64]map[*watcher]struct{}
-	// leading: the regions this store leads, as raft's role changes say.
-	// A watcher is registered only while its region is in it, under mu, so
-	// a lost leadership either cancels it or refuses it: the published
-	// RegionStatus trails a role change by up to a round and cannot
-	// decide this.
-	leading     map[uint64]bool
+	s           *Server
+	mu          sync.Mutex
+	byRegion    map[uint64]map[*watcher]struct{}
 	resolvedMu  sync.Mutex
 	resolvedRev map[uint64]int64
 }
 
 func newWatchHub(s *Server) *watchHub {
-	return &watchHub{s: s, byRegion: map[uint64]map[*watcher]struct{}{}, leading: map[uint64]bool{}, resolvedRev: map[uint64]int64{}}
+	return &watchHub{s: s, byRegion: map[uint64]map[*watcher]struct{}{}, resolvedRev: map[uint64]int64{}}
 }
 
 type watcher struct {
@@ -111,13 +105,8 @@ func (ws *watchStream) send(r *kvpb.WatchResponse) bool {
 	}
 }
 
-// add registers w; false when this store no longer leads its region.
-func (h *watchHub) add(w *watcher) bool {
+func (h *watchHub) add(w *watcher) {
 	h.mu.Lock()
-	if !h.leading[w.regionID] {
-		h.mu.Unlock()
-		return false
-	}
 	m := h.byRegion[w.regionID]
 	if m == nil {
 		m = map[*watcher]struct{}{}
@@ -125,31 +114,6 @@ func (h *watchHub) add(w *watcher) bool {
 	}
 	m[w] = struct{}{}
 	h.mu.Unlock()
-	return true
-}
-
-// roleChanged records a leadership change (called from the raft worker
-// before the change is published) and ends the watchers of a region this
-// store stopped leading.
-func (h *watchHub) roleChanged(regionID uint64, isLeader bool) {
-	h.mu.Lock()
-	if isLeader {
-		h.leading[regionID] = true
-	} else {
-		delete(h.leading, regionID)
-	}
-	h.mu.Unlock()
-	if !isLeader {
-		h.regionChanged(regionID)
-	}
-}
-
-// regionGone forgets a replica this store no longer holds.
-func (h *watchHub) regionGone(regionID uint64) {
-	h.mu.Lock()
-	delete(h.leading, regionID)
-	h.mu.Unlock()
-	h.regionChanged(regionID)
 }
 
 func (h *watchHub) remove(w *watcher) {
@@ -471,13 +435,11 @@ func (k *kvService) createWatch(ws *watchStream, c *kvpb.WatchCreateRequest, inU
 			w.noDelete = true
 		}
 	}
-	if !h.add(w) {
-		return failWith(region.NotLeader(r.ID, nil))
-	}
-	// A split or merge between the check above and add notified the
-	// region's watchers before this one was among them: check again now
-	// that it would be told (MVCC's descriptor changes before the
-	// watchers are told).
+	h.add(w)
+	// A leader change, split or merge between the check above and add
+	// notified the region's watchers before this one was among them: check
+	// again now that it would be told. raftstore publishes the new status
+	// (and MVCC's descriptor changes) before the watchers are told.
 	if err := k.canWatch(r, c); err != nil {
 		h.remove(w)
 		return failWith(err)
