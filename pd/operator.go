@@ -329,7 +329,13 @@ func (oc *opController) receivers(op *operator) []uint64 {
 // add starts op unless the region is busy or a receiving store is at its
 // limit. The first step goes to the leader at once.
 func (oc *opController) add(op *operator) error {
-	storeLimit := oc.c.config().StoreLimit
+	// What add needs of the cluster is read before oc.mu: the lock order
+	// is cluster.mu before opController.mu, and a reader waiting here
+	// behind a writer of cluster.mu while holding oc.mu would deadlock
+	// with a checker holding cluster.mu.RLock and asking oc.involved.
+	cfg := oc.c.config()
+	leader := oc.c.leaderStoreOf(op.RegionID)
+	storeLimit := cfg.StoreLimit
 	oc.mu.Lock()
 	if oc.ops[op.RegionID] != nil {
 		oc.mu.Unlock()
@@ -342,12 +348,12 @@ func (oc *opController) add(op *operator) error {
 		}
 	}
 	if op.influence == nil {
-		op.influence = stepInfluence(op.steps, oc.c.leaderStoreOf(op.RegionID))
+		op.influence = stepInfluence(op.steps, leader)
 	}
 	oc.nextID++
 	op.ID = oc.nextID
 	if op.timeout == 0 {
-		op.timeout = oc.c.config().OperatorTimeout.Duration
+		op.timeout = cfg.OperatorTimeout.Duration
 	}
 	oc.ops[op.RegionID] = op
 	oc.byKind[op.Kind]++
