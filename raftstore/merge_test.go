@@ -113,8 +113,9 @@ func TestMerge(t *testing.T) {
 	c.put(1, "y", "3")
 	c.waitReplicated("y", "3", 1, 2, 3)
 	// The target's state machine state counts both regions' writes.
-	if n := stateCount(c.leader(1).smState(t, 1)); n < 2 {
-		t.Fatalf("merged state machine state counts %d writes", n)
+	// a and y on the target, x on the source.
+	if n := stateCount(c.leader(1).smState(t, 1)); n != 3 {
+		t.Fatalf("merged state machine state counts %d writes, want 3", n)
 	}
 	// A restart keeps the merge: the source stays a tombstone.
 	fs := c.stopStore(3)

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/basaltdb/basalt/proto/kvpb"
+	"github.com/basaltdb/basalt/raftstore"
 	"github.com/basaltdb/basalt/region"
 	"github.com/basaltdb/basalt/storenode/mvcc"
 )
@@ -109,6 +110,7 @@ func (s *Server) serveRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 		return s.mvcc.Range(r, req, readable)
 	}
 	readable := max(r.Revision(), s.watches.resolved(r.ID))
+	var guard *raftstore.ReadGuard
 	if req.GetRevision() > readable {
 		// A read at a revision this region has not reached: typically a
 		// timestamp the client drew for a range over several regions. A
@@ -116,15 +118,13 @@ func (s *Server) serveRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 		// grow and T is drawn after the client's), and once it is
 		// established no write at or below the requested revision can
 		// still apply here. A revision above T is in the future.
-		t, err := s.resolve(ctx, r.ID, c.GetRegionEpoch())
-		if err != nil {
+		var t int64
+		if t, guard, err = s.resolve(ctx, r.ID, c.GetRegionEpoch()); err != nil {
 			return nil, err
 		}
 		s.watches.progress(r.ID, t)
 		readable = max(readable, t)
-	}
-	guard, err := s.store.ReadIndex(ctx, r.ID, c.GetRegionEpoch())
-	if err != nil {
+	} else if guard, err = s.store.ReadIndex(ctx, r.ID, c.GetRegionEpoch()); err != nil {
 		return nil, err
 	}
 	resp, err := s.mvcc.Range(r, req, readable)

@@ -324,7 +324,7 @@ func (s *Server) resolveLoop() {
 					<-sem
 					wg.Done()
 				}()
-				if rev, err := s.resolve(s.ctx, id, st.Region.GetRegionEpoch()); err == nil {
+				if rev, _, err := s.resolve(s.ctx, id, st.Region.GetRegionEpoch()); err == nil {
 					s.watches.progress(id, rev)
 				}
 			}()
@@ -339,18 +339,22 @@ const resolveConcurrency = 64
 // T ordered after every queued write, then every write below T finished,
 // then a ReadIndex round (everything committed, earlier leaders' entries
 // included, is applied).
-func (s *Server) resolve(ctx context.Context, regionID uint64, epoch *metapb.RegionEpoch) (int64, error) {
+//
+// The ReadIndex round's guard is returned: a read served right after the
+// resolve uses it instead of a second round.
+func (s *Server) resolve(ctx context.Context, regionID uint64, epoch *metapb.RegionEpoch) (int64, *raftstore.ReadGuard, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	t, err := s.seq.marker(ctx, regionID)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if err := s.seq.waitBelow(ctx, regionID, t); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	if _, err := s.store.ReadIndex(ctx, regionID, epoch); err != nil {
-		return 0, err
+	guard, err := s.store.ReadIndex(ctx, regionID, epoch)
+	if err != nil {
+		return 0, nil, err
 	}
-	return t, nil
+	return t, guard, nil
 }

@@ -438,8 +438,10 @@ func (k *kvService) createWatch(ws *watchStream, c *kvpb.WatchCreateRequest, inU
 	h.add(w)
 	// A leader change, split or merge between the check above and add
 	// notified the region's watchers before this one was among them: check
-	// again now that it would be told. raftstore publishes the new status
-	// (and MVCC's descriptor changes) before the watchers are told.
+	// again now that it would be told. A role change is published in the
+	// region's status before the watchers are told; a split or merge shows
+	// first in MVCC's descriptor (the status follows), which is why
+	// canWatch checks the epoch against both.
 	if err := k.canWatch(r, c); err != nil {
 		h.remove(w)
 		return failWith(err)

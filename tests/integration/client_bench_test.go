@@ -40,13 +40,7 @@ func BenchmarkTSOPerWrite(b *testing.B) {
 		cl := c.Client(b)
 		waitReplicated(b, c)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		var keys [][]byte
-		for i := 1; i < 16; i++ {
-			keys = append(keys, []byte(fmt.Sprintf("k%04d", i*1000/16)))
-		}
-		if _, err := cl.SplitRegions(ctx, keys); err != nil {
-			b.Fatal(err)
-		}
+		splitNumbered(b, cl, 16, 1000)
 		before := tsoRequests(b, c)
 		b.StartTimer()
 		var puts atomic.Int64
@@ -73,6 +67,9 @@ func BenchmarkTSOPerWrite(b *testing.B) {
 		close(stop)
 		wg.Wait()
 		b.StopTimer()
+		if puts.Load() == 0 {
+			b.Fatal("no put was acknowledged")
+		}
 		reqs := tsoRequests(b, c) - before
 		b.ReportMetric(float64(puts.Load())/10, "puts/s")
 		b.ReportMetric(float64(reqs)/float64(puts.Load()), "tso-requests/put")
@@ -94,15 +91,7 @@ func BenchmarkWatchLatency(b *testing.B) {
 				cl := c.Client(b)
 				waitReplicated(b, c)
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-				if regions > 1 {
-					var keys [][]byte
-					for i := 1; i < regions; i++ {
-						keys = append(keys, []byte(fmt.Sprintf("l/%c", 'a'+rune(i*26/regions))))
-					}
-					if _, err := cl.SplitRegions(ctx, keys); err != nil {
-						b.Fatal(err)
-					}
-				}
+				splitPrefix(b, cl, "l/", regions)
 				p50, p99 := watchLatency(b, ctx, cl, 1000)
 				b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
 				b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
@@ -155,6 +144,11 @@ func watchLatency(b *testing.B, ctx context.Context, cl *client.Client, n int) (
 		b.Fatal("not every event was delivered")
 	}
 	b.StopTimer()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(delivered) != n {
+		b.Fatalf("the watch ended after delivering %d of %d events", len(delivered), n)
+	}
 	var lat []time.Duration
 	for k, t := range acked {
 		lat = append(lat, max(delivered[k].Sub(t), 0))

@@ -17,17 +17,30 @@ import (
 )
 
 // splitPrefix makes n regions of prefix: it splits at prefix+"b",
-// prefix+"d", ... and returns the keys used.
-func splitPrefix(t *testing.T, cl *client.Client, prefix string, n int) {
-	t.Helper()
+// prefix+"d", ... (n-1 keys spread over the letters).
+func splitPrefix(tb testing.TB, cl *client.Client, prefix string, n int) {
+	tb.Helper()
+	splitAt(tb, cl, n, func(i int) string { return fmt.Sprintf("%s%c", prefix, 'a'+rune(i*26/n)) })
+}
+
+// splitNumbered makes n regions of the keys k0000..k<space>: it splits
+// at n-1 evenly spaced ones.
+func splitNumbered(tb testing.TB, cl *client.Client, n, space int) {
+	tb.Helper()
+	splitAt(tb, cl, n, func(i int) string { return fmt.Sprintf("k%04d", i*space/n) })
+}
+
+// splitAt splits at key(1) ... key(n-1).
+func splitAt(tb testing.TB, cl *client.Client, n int, key func(i int) string) {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var keys [][]byte
 	for i := 1; i < n; i++ {
-		keys = append(keys, []byte(fmt.Sprintf("%s%c", prefix, 'a'+rune(i*26/n))))
+		keys = append(keys, []byte(key(i)))
 	}
 	if _, err := cl.SplitRegions(ctx, keys); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 }
 
@@ -61,6 +74,8 @@ func runPrefixWriters(ctx context.Context, cl *client.Client, prefix string, wri
 			for i := 0; ; i++ {
 				select {
 				case <-stop:
+					return
+				case <-ctx.Done():
 					return
 				default:
 				}
@@ -158,7 +173,7 @@ func TestRangeAcrossRegionsIsASnapshot(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	writes := log.all()
-	checked := 0
+	checked, compared := 0, 0
 	for _, r := range reads {
 		state, unsure := modelAt(writes, r.rev)
 		var want []watchcheck.Write
@@ -191,6 +206,7 @@ func TestRangeAcrossRegionsIsASnapshot(t *testing.T) {
 				t.Fatalf("range at %d (limit %d, desc %v): want %s=%q@%d at position %d, got %v", r.rev, r.limit, r.desc, w.Key, w.Value, w.Rev, gi, got[min(gi, len(got)-1):])
 			}
 			gi++
+			compared++
 		}
 		if len(unsure) == 0 {
 			if len(got) != len(want) {
@@ -202,9 +218,9 @@ func TestRangeAcrossRegionsIsASnapshot(t *testing.T) {
 		}
 		checked++
 	}
-	t.Logf("%d reads over 12 regions checked against %d writes", checked, len(writes))
-	if checked < 10 {
-		t.Fatalf("only %d reads checked", checked)
+	t.Logf("%d reads over 12 regions checked against %d writes (%d keys compared)", checked, len(writes), compared)
+	if checked < 10 || compared < 1000 {
+		t.Fatalf("only %d reads and %d keys checked", checked, compared)
 	}
 	// count_only sums the regions.
 	resp, err := cl.Range(ctx, &kvpb.RangeRequest{Key: []byte("r/"), RangeEnd: []byte("r0"), CountOnly: true})

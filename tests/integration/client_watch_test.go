@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/basaltdb/basalt/client"
-	"github.com/basaltdb/basalt/client/pdclient"
 	"github.com/basaltdb/basalt/proto/kvpb"
 	"github.com/basaltdb/basalt/tests/procs"
 	"github.com/basaltdb/basalt/tests/watchcheck"
@@ -26,6 +25,18 @@ type recordedWatch struct {
 	top     int64 // highest revision heard (events or progress)
 	ended   *client.WatchResponse
 	done    chan struct{}
+}
+
+// prefixChaos splits, merges and moves the leaders of prefix's regions.
+func prefixChaos(prefix string) chaos {
+	return chaos{
+		start: []byte(prefix),
+		end:   client.PrefixEnd([]byte(prefix)),
+		splitKey: func(r *rand.Rand) []byte {
+			return []byte(fmt.Sprintf("%s%c%d", prefix, 'a'+rune(r.IntN(26)), r.IntN(10)))
+		},
+		minPause: 100 * time.Millisecond,
+	}
 }
 
 func startWatch(t *testing.T, cl *client.Client, req *kvpb.WatchCreateRequest) *recordedWatch {
@@ -85,47 +96,6 @@ func (rw *recordedWatch) responses() []watchcheck.Response {
 	return append([]watchcheck.Response(nil), rw.resps...)
 }
 
-// prefixChaos splits, merges and moves the leaders of prefix's regions at
-// random until stop, and counts what it did.
-func prefixChaos(ctx context.Context, t *testing.T, c *procs.Cluster, cl *client.Client, pd *pdclient.Client, prefix string, stop <-chan struct{}) map[string]int {
-	done := map[string]int{}
-	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
-	end := append([]byte(prefix[:len(prefix)-1]), prefix[len(prefix)-1]+1)
-	for {
-		select {
-		case <-stop:
-			return done
-		case <-time.After(time.Duration(100+r.IntN(200)) * time.Millisecond):
-		}
-		rs, err := pd.ScanRegions(ctx, []byte(prefix), end, 0)
-		if err != nil || len(rs) < 2 {
-			continue
-		}
-		stores, err := pd.GetAllStores(ctx, true)
-		if err != nil {
-			continue
-		}
-		switch r.IntN(3) {
-		case 0:
-			k := []byte(fmt.Sprintf("%s%c%d", prefix, 'a'+rune(r.IntN(26)), r.IntN(10)))
-			if _, err := cl.SplitRegions(ctx, [][]byte{k}); err == nil {
-				done["split"]++
-			}
-		case 1:
-			i := r.IntN(len(rs) - 1)
-			if _, err := cl.MergeRegions(ctx, rs[i+1].GetRegion().GetId(), rs[i].GetRegion().GetId()); err == nil {
-				done["merge"]++
-			}
-		case 2:
-			pick := rs[r.IntN(len(rs))].GetRegion().GetId()
-			to := stores[r.IntN(len(stores))].GetId()
-			if err := tryOperator(c, fmt.Sprintf(`{"name": "transfer-leader", "region_id": %d, "to_store_id": %d}`, pick, to)); err == nil {
-				done["transfer-leader"]++
-			}
-		}
-	}
-}
-
 // One watch on a prefix over a dozen regions, while those regions split,
 // merge and change leaders under writes: it delivers every acknowledged
 // write once, in revision order, whole revisions per response, never
@@ -147,7 +117,7 @@ func TestWatchAcrossRegionsUnderSplitMergeAndLeaderMoves(t *testing.T) {
 	chaosDone := make(chan struct{})
 	go func() {
 		defer close(chaosDone)
-		chaos = prefixChaos(ctx, t, c, cl, pd, "w/", stop)
+		chaos = prefixChaos("w/").run(ctx, c, cl, pd, rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7)), stop)
 	}()
 	time.Sleep(6 * time.Second)
 	// Resume a second watch from a revision in the middle.
@@ -252,6 +222,10 @@ func TestWatchAcrossRegionsSurvivesStoreKill(t *testing.T) {
 	stop := make(chan struct{})
 	writers := runPrefixWriters(ctx, cl, "k/", 4, log, stop)
 	time.Sleep(3 * time.Second)
+	var atKill int64
+	for _, w := range log.all() {
+		atKill = max(atKill, w.Rev)
+	}
 	victim := c.Stores[0]
 	c.Signal(victim, syscall.SIGKILL)
 	time.Sleep(5 * time.Second)
@@ -261,11 +235,14 @@ func TestWatchAcrossRegionsSurvivesStoreKill(t *testing.T) {
 	writers.Wait()
 	writes := log.all()
 	var top int64
-	acked := 0
+	acked, afterKill := 0, 0
 	for _, w := range writes {
 		top = max(top, w.Rev)
 		if w.Rev != 0 {
 			acked++
+		}
+		if w.Rev > atKill {
+			afterKill++
 		}
 	}
 	watch.waitPast(t, top)
@@ -273,8 +250,8 @@ func TestWatchAcrossRegionsSurvivesStoreKill(t *testing.T) {
 	for _, err := range watchcheck.Check(watchcheck.NewHistory(writes), watch.created+1, top, true, resps) {
 		t.Error(err)
 	}
-	t.Logf("%d writes (%d acknowledged), %d responses", len(writes), acked, len(resps))
-	if acked < 100 {
-		t.Errorf("only %d writes acknowledged", acked)
+	t.Logf("%d writes (%d acknowledged, %d after the kill), %d responses", len(writes), acked, afterKill, len(resps))
+	if afterKill < 100 {
+		t.Errorf("only %d writes acknowledged after the kill", afterKill)
 	}
 }

@@ -89,6 +89,7 @@ func TestManualMergeUnderWrites(t *testing.T) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+		t.Fatalf("fewer than %d writes were acknowledged before the deadline", n)
 	}
 	waitCount(200)
 	merged, err := cl.MergeRegions(ctx, right.GetId(), left.GetId())

@@ -71,7 +71,10 @@ func TestNemesisSplitMergeMove(t *testing.T) {
 	var nemesisOps map[string]int
 	go func() {
 		defer wg.Done()
-		nemesisOps = runNemesis(ctx, c, cl, pd, rand.New(rand.NewPCG(seed, 99)), stop)
+		nemesisOps = chaos{
+			splitKey:     func(r *rand.Rand) []byte { return []byte(fmt.Sprintf("%c-w%d", 'a'+rune(r.IntN(26)), r.IntN(6))) },
+			moveReplicas: true,
+		}.run(ctx, c, cl, pd, rand.New(rand.NewPCG(seed, 99)), stop)
 	}()
 	time.Sleep(20 * time.Second)
 	close(stop)
@@ -185,15 +188,31 @@ func runWriter(ctx context.Context, cl *client.Client, w, nkeys int, r *rand.Ran
 
 // runNemesis splits, merges, moves replicas and transfers leaders at
 // random until stop, and counts what it did.
-func runNemesis(ctx context.Context, c *procs.Cluster, cl *client.Client, pd *pdclient.Client, r *rand.Rand, stop <-chan struct{}) map[string]int {
+// chaos says what a chaos loop does to which regions.
+type chaos struct {
+	start, end []byte                  // the regions overlapping [start, end)
+	splitKey   func(*rand.Rand) []byte // where to split
+	minPause   time.Duration           // plus up to 200 ms between steps
+	// moveReplicas adds a replica on a random store (PD's replica checker
+	// then removes one of the others).
+	moveReplicas bool
+}
+
+// run splits, merges neighbours, transfers leaders and maybe moves
+// replicas at random until stop, and counts what succeeded.
+func (ch chaos) run(ctx context.Context, c *procs.Cluster, cl *client.Client, pd *pdclient.Client, r *rand.Rand, stop <-chan struct{}) map[string]int {
 	done := map[string]int{}
+	kinds := 3
+	if ch.moveReplicas {
+		kinds = 4
+	}
 	for {
 		select {
 		case <-stop:
 			return done
-		case <-time.After(time.Duration(r.IntN(200)) * time.Millisecond):
+		case <-time.After(ch.minPause + time.Duration(r.IntN(200))*time.Millisecond):
 		}
-		rs, err := pd.ScanRegions(ctx, nil, nil, 0)
+		rs, err := pd.ScanRegions(ctx, ch.start, ch.end, 0)
 		if err != nil || len(rs) == 0 {
 			continue
 		}
@@ -201,12 +220,10 @@ func runNemesis(ctx context.Context, c *procs.Cluster, cl *client.Client, pd *pd
 		if err != nil {
 			continue
 		}
-		pick := rs[r.IntN(len(rs))]
-		id := pick.GetRegion().GetId()
-		switch r.IntN(4) {
+		id := rs[r.IntN(len(rs))].GetRegion().GetId()
+		switch r.IntN(kinds) {
 		case 0:
-			k := []byte(fmt.Sprintf("%c-w%d", 'a'+rune(r.IntN(26)), r.IntN(6)))
-			if _, err := cl.SplitRegions(ctx, [][]byte{k}); err == nil {
+			if _, err := cl.SplitRegions(ctx, [][]byte{ch.splitKey(r)}); err == nil {
 				done["split"]++
 			}
 		case 1:
@@ -225,7 +242,7 @@ func runNemesis(ctx context.Context, c *procs.Cluster, cl *client.Client, pd *pd
 		case 3:
 			to := stores[r.IntN(len(stores))].GetId()
 			if err := tryOperator(c, fmt.Sprintf(`{"name": "add-peer", "region_id": %d, "store_id": %d}`, id, to)); err == nil {
-				done["move-replica"]++ // the replica checker removes one of the others
+				done["move-replica"]++
 			}
 		}
 	}

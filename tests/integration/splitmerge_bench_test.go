@@ -50,13 +50,7 @@ func BenchmarkWritesDuringSplitMerge(b *testing.B) {
 		cl := c.Client(b)
 		waitReplicated(b, c)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		var keys [][]byte
-		for i := 1; i < 64; i++ {
-			keys = append(keys, []byte(fmt.Sprintf("k%04d", i*10000/64)))
-		}
-		if _, err := cl.SplitRegions(ctx, keys); err != nil {
-			b.Fatal(err)
-		}
+		splitNumbered(b, cl, 64, 10000)
 		b.StartTimer()
 		const phase = 10 * time.Second
 		quiet1 := writeFor(b, ctx, cl, phase, nil)

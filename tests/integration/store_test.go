@@ -151,6 +151,7 @@ func TestKill9WhileWriting(t *testing.T) {
 	var mu sync.Mutex
 	acked := map[string]bool{}
 	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
 	for w := 0; w < 8; w++ {
 		wg.Add(1)
 		go func(w int) {

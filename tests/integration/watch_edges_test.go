@@ -137,5 +137,8 @@ func TestWatchAndCompactionEdges(t *testing.T) {
 				}
 			}
 		}
+		if progress == 0 {
+			t.Fatalf("no progress notification in %d responses under load", responses)
+		}
 	})
 }

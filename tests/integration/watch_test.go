@@ -39,7 +39,11 @@ func openWatch(t *testing.T, addr string) *watchConn {
 			if err != nil {
 				return
 			}
-			w.resps <- r
+			select {
+			case w.resps <- r:
+			case <-ctx.Done():
+				return
+			}
 		}
 	}()
 	return w
