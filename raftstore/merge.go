@@ -188,7 +188,7 @@ func (p *peer) checkRollbackMerge(req *raftcmdpb.RollbackMergeRequest) error {
 	return nil
 }
 
-// setMergeState installs a descriptor with the peer state that goes with
+// setRegionState installs a descriptor with the peer state that goes with
 // it and writes the region state into ab.
 func (p *peer) setRegionState(ab *ApplyBatch, reg *metapb.Region, state rspb.PeerState, ms *rspb.MergeState) {
 	p.peerState = state

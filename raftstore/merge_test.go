@@ -265,7 +265,7 @@ func TestMergedTargetSnapshotAbsorbsWaitingSource(t *testing.T) {
 		c.put(1, fmt.Sprintf("k%03d", i), "v")
 	}
 	c.net.heal()
-	c.everyStoreAgrees([]*metapb.Region{c.leader(1).st.RegionStatus(1).Region}, c.ids...)
+	c.everyStoreAgrees([]*metapb.Region{merged}, c.ids...)
 	waitFor(t, "the lagging store to drop the source", 10*time.Second, func() bool {
 		return c.store(lagger).st.RegionStatus(2) == nil
 	})
@@ -275,7 +275,6 @@ func TestMergedTargetSnapshotAbsorbsWaitingSource(t *testing.T) {
 	if v, _ := c.store(lagger).localGet("x"); v != "source data" {
 		t.Fatalf("the source's data on the lagging store: %q", v)
 	}
-	_ = merged
 	// After a restart the source stays gone.
 	fs := c.stopStore(lagger)
 	c.restartStore(lagger, fs)

@@ -142,32 +142,27 @@ func (w *worker) round() {
 		t.p.storage.truncated(t.index, t.term)
 		s.stats.Truncations.Add(1)
 	}
-	// The regions a split made exist, and the parent's narrowed range is
-	// published, before the split's proposer hears back: a request it then
-	// sends to a new region finds it on this store.
+	// Every descriptor or state change applied this round (a split, a
+	// merge, a membership change, PrepareMerge, RollbackMerge) reaches the
+	// state machine and the published status before its proposer hears
+	// back: a request it then sends to a region a split made finds it on
+	// this store, and the merge driver, which judges a merge by the status
+	// right after PrepareMerge returns, never reads a source not yet
+	// Merging as one rolled back. (A snapshot applied this round sets
+	// regionChanged too.)
 	for _, p := range w.peers {
+		if !p.regionChanged {
+			continue
+		}
+		p.regionChanged = false
+		s.sm.RegionChanged(p.regionID, p.region, p.storage.smState)
 		if len(p.splitChildren) > 0 {
-			p.regionChanged = false
-			s.sm.RegionChanged(p.regionID, p.region, p.storage.smState)
 			p.createSplitChildren()
-			p.publishStatus()
 		}
 		if len(p.mergedSources) > 0 {
-			p.regionChanged = false
-			s.sm.RegionChanged(p.regionID, p.region, p.storage.smState)
 			p.absorbMerged()
-			p.publishStatus()
 		}
-		// Any other descriptor or state change applied this round (a
-		// membership change, PrepareMerge, RollbackMerge) is published
-		// before its proposer hears back too: the merge driver judges a
-		// merge by the published status right after PrepareMerge returns,
-		// and read a source not yet Merging as one rolled back.
-		if p.regionChanged {
-			p.regionChanged = false
-			s.sm.RegionChanged(p.regionID, p.region, p.storage.smState)
-			p.publishStatus()
-		}
+		p.publishStatus()
 	}
 	for _, r := range results {
 		r.pr.finish(r.result, r.err)
@@ -188,10 +183,6 @@ func (w *worker) round() {
 		p.appliedIdx.Store(p.storage.appliedIndex)
 		p.failStaleProposals()
 		p.serveApplied()
-		if p.regionChanged {
-			p.regionChanged = false
-			s.sm.RegionChanged(p.regionID, p.region, p.storage.smState)
-		}
 		if p.destroyAfterApply {
 			p.destroy("removed from the region")
 		}
