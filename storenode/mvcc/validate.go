@@ -28,16 +28,10 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
-// rangeEnd turns etcd's range_end into an exclusive end for a range request
-// on key: empty means the single key, "\x00" means every key >= key.
+// rangeEnd is region.ExclusiveEnd with unboundedness spelled out.
 func rangeEnd(key, end []byte) (exclusiveEnd []byte, unbounded bool) {
-	switch {
-	case len(end) == 0:
-		return append(append([]byte(nil), key...), 0), false
-	case len(end) == 1 && end[0] == 0:
-		return nil, true
-	}
-	return end, false
+	e := region.ExclusiveEnd(key, end)
+	return e, e == nil
 }
 
 func (l Limits) checkKey(key []byte) error {
