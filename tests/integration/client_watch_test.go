@@ -163,7 +163,7 @@ func TestWatchAcrossRegionsUnderSplitMergeAndLeaderMoves(t *testing.T) {
 func TestWatchAcrossRegionsFromCompactedRevision(t *testing.T) {
 	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
 	cl := c.Client(t)
-	waitReplicated(t, c)
+	pd := waitReplicated(t, c)
 	splitPrefix(t, cl, "c/", 3)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -202,6 +202,10 @@ func TestWatchAcrossRegionsFromCompactedRevision(t *testing.T) {
 			return
 		}
 		if ctx.Err() != nil {
+			// Seen once in a full run: no response at all for a minute.
+			dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer dcancel()
+			describeRegions(t, dctx, c, pd, []byte("c/"), []byte("c0"))
 			t.Fatal("the watch never reported the compaction")
 		}
 		time.Sleep(100 * time.Millisecond)
