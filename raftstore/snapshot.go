@@ -546,6 +546,9 @@ func (s *Store) finishApplyingSnapshot(regionID uint64, applying *rspb.RegionLoc
 		StateMachine: applying.GetApplyingStateMachine()})
 	mustCommit(wb, pebble.Sync)
 	_ = fs.Remove(path)
+	if n, ok := s.sm.(DataReplacedNotifier); ok {
+		n.DataReplaced(applying.GetRegion())
+	}
 }
 
 // afterSnapshot is the region state once the snapshot recorded in applying

@@ -38,6 +38,15 @@ type StateMachine interface {
 	MergeState(target, source []byte) []byte
 }
 
+// DataReplacedNotifier is implemented by a state machine that keeps
+// in-memory indexes over its data: DataReplaced is called after a snapshot
+// replaced the data of region's range with data that never went through
+// Apply on this store (on the worker, or from NewStore for a snapshot a
+// crash interrupted).
+type DataReplacedNotifier interface {
+	DataReplaced(region *metapb.Region)
+}
+
 // Command is a committed user command.
 type Command struct {
 	RegionID uint64

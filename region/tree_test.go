@@ -174,3 +174,30 @@ func TestRegionTreeMatchesModel(t *testing.T) {
 		}
 	}
 }
+
+func TestClipUserRange(t *testing.T) {
+	for _, c := range []struct {
+		key, end string
+		k, e     string
+		ok       bool
+	}{
+		{"a", "", "a", "", true},
+		{"a", "b", "a", "b", true},
+		{"\x00L", "", "", "", false},
+		{"\x00", "\x00", "\x01", "\x00", true},
+		{"\x00a", "\x00b", "", "", false},
+		{"\x00a", "\x01", "", "", false},
+		{"\x00a", "\x01a", "\x01", "\x01a", true},
+	} {
+		k, e, ok := ClipUserRange([]byte(c.key), []byte(c.end))
+		if ok != c.ok || string(k) != c.k || string(e) != c.e {
+			t.Errorf("ClipUserRange(%q, %q) = %q, %q, %v; want %q, %q, %v", c.key, c.end, k, e, ok, c.k, c.e, c.ok)
+		}
+	}
+	if !IsSystemKey(LeaseKey(7)) || IsSystemKey([]byte("\x01")) {
+		t.Fatal("lease keys must be system keys, 0x01 must not")
+	}
+	if string(LeaseKey(1)) == string(LeaseKey(2)) {
+		t.Fatal("lease keys collide")
+	}
+}

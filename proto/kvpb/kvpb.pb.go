@@ -2094,6 +2094,1000 @@ func (x *WatchResponse) GetResolvedRevision() int64 {
 	return 0
 }
 
+type KeySpan struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Start []byte                 `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	// Empty: unbounded.
+	End           []byte `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeySpan) Reset() {
+	*x = KeySpan{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeySpan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeySpan) ProtoMessage() {}
+
+func (x *KeySpan) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeySpan.ProtoReflect.Descriptor instead.
+func (*KeySpan) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *KeySpan) GetStart() []byte {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *KeySpan) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+// LeaseRecord is the replicated state of one lease: the value of its key
+// in the system range.
+type LeaseRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Granted TTL, seconds.
+	Ttl int64 `protobuf:"varint,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Set once a revoke (or expiry) started: no key may attach any more.
+	Revoking bool `protobuf:"varint,3,opt,name=revoking,proto3" json:"revoking,omitempty"`
+	// The data key spans that registered the lease (merged): a revoke visits
+	// every region overlapping them.
+	Spans         []*KeySpan `protobuf:"bytes,4,rep,name=spans,proto3" json:"spans,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRecord) Reset() {
+	*x = LeaseRecord{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRecord) ProtoMessage() {}
+
+func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
+func (*LeaseRecord) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *LeaseRecord) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseRecord) GetTtl() int64 {
+	if x != nil {
+		return x.Ttl
+	}
+	return 0
+}
+
+func (x *LeaseRecord) GetRevoking() bool {
+	if x != nil {
+		return x.Revoking
+	}
+	return false
+}
+
+func (x *LeaseRecord) GetSpans() []*KeySpan {
+	if x != nil {
+		return x.Spans
+	}
+	return nil
+}
+
+type LeaseGrantRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Ttl           int64                  `protobuf:"varint,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Context       *Context               `protobuf:"bytes,100,opt,name=context,proto3" json:"context,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseGrantRequest) Reset() {
+	*x = LeaseGrantRequest{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseGrantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseGrantRequest) ProtoMessage() {}
+
+func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseGrantRequest.ProtoReflect.Descriptor instead.
+func (*LeaseGrantRequest) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *LeaseGrantRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseGrantRequest) GetTtl() int64 {
+	if x != nil {
+		return x.Ttl
+	}
+	return 0
+}
+
+func (x *LeaseGrantRequest) GetContext() *Context {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+type LeaseGrantResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Id            int64                  `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	Ttl           int64                  `protobuf:"varint,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseGrantResponse) Reset() {
+	*x = LeaseGrantResponse{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseGrantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseGrantResponse) ProtoMessage() {}
+
+func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseGrantResponse.ProtoReflect.Descriptor instead.
+func (*LeaseGrantResponse) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *LeaseGrantResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *LeaseGrantResponse) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseGrantResponse) GetTtl() int64 {
+	if x != nil {
+		return x.Ttl
+	}
+	return 0
+}
+
+type LeaseRevokeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Context       *Context               `protobuf:"bytes,100,opt,name=context,proto3" json:"context,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRevokeRequest) Reset() {
+	*x = LeaseRevokeRequest{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRevokeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRevokeRequest) ProtoMessage() {}
+
+func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRevokeRequest.ProtoReflect.Descriptor instead.
+func (*LeaseRevokeRequest) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *LeaseRevokeRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseRevokeRequest) GetContext() *Context {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+type LeaseRevokeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRevokeResponse) Reset() {
+	*x = LeaseRevokeResponse{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRevokeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRevokeResponse) ProtoMessage() {}
+
+func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRevokeResponse.ProtoReflect.Descriptor instead.
+func (*LeaseRevokeResponse) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *LeaseRevokeResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+type LeaseKeepAliveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ids           []int64                `protobuf:"varint,1,rep,packed,name=ids,proto3" json:"ids,omitempty"`
+	Context       *Context               `protobuf:"bytes,100,opt,name=context,proto3" json:"context,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseKeepAliveRequest) Reset() {
+	*x = LeaseKeepAliveRequest{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseKeepAliveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseKeepAliveRequest) ProtoMessage() {}
+
+func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseKeepAliveRequest.ProtoReflect.Descriptor instead.
+func (*LeaseKeepAliveRequest) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *LeaseKeepAliveRequest) GetIds() []int64 {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+func (x *LeaseKeepAliveRequest) GetContext() *Context {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+type LeaseKeepAliveResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// In the order of the request; 0 for a lease that does not exist.
+	Ttls          []int64 `protobuf:"varint,2,rep,packed,name=ttls,proto3" json:"ttls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseKeepAliveResponse) Reset() {
+	*x = LeaseKeepAliveResponse{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseKeepAliveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseKeepAliveResponse) ProtoMessage() {}
+
+func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseKeepAliveResponse.ProtoReflect.Descriptor instead.
+func (*LeaseKeepAliveResponse) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *LeaseKeepAliveResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *LeaseKeepAliveResponse) GetTtls() []int64 {
+	if x != nil {
+		return x.Ttls
+	}
+	return nil
+}
+
+type LeaseTimeToLiveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Context       *Context               `protobuf:"bytes,100,opt,name=context,proto3" json:"context,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseTimeToLiveRequest) Reset() {
+	*x = LeaseTimeToLiveRequest{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseTimeToLiveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseTimeToLiveRequest) ProtoMessage() {}
+
+func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseTimeToLiveRequest.ProtoReflect.Descriptor instead.
+func (*LeaseTimeToLiveRequest) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *LeaseTimeToLiveRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseTimeToLiveRequest) GetContext() *Context {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+type LeaseTimeToLiveResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Id     int64                  `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	// Remaining seconds; -1 when the lease does not exist (etcd).
+	Ttl           int64      `protobuf:"varint,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	GrantedTtl    int64      `protobuf:"varint,4,opt,name=granted_ttl,json=grantedTtl,proto3" json:"granted_ttl,omitempty"`
+	Spans         []*KeySpan `protobuf:"bytes,5,rep,name=spans,proto3" json:"spans,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseTimeToLiveResponse) Reset() {
+	*x = LeaseTimeToLiveResponse{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseTimeToLiveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseTimeToLiveResponse) ProtoMessage() {}
+
+func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseTimeToLiveResponse.ProtoReflect.Descriptor instead.
+func (*LeaseTimeToLiveResponse) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *LeaseTimeToLiveResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *LeaseTimeToLiveResponse) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseTimeToLiveResponse) GetTtl() int64 {
+	if x != nil {
+		return x.Ttl
+	}
+	return 0
+}
+
+func (x *LeaseTimeToLiveResponse) GetGrantedTtl() int64 {
+	if x != nil {
+		return x.GrantedTtl
+	}
+	return 0
+}
+
+func (x *LeaseTimeToLiveResponse) GetSpans() []*KeySpan {
+	if x != nil {
+		return x.Spans
+	}
+	return nil
+}
+
+type LeaseListRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Context       *Context               `protobuf:"bytes,100,opt,name=context,proto3" json:"context,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseListRequest) Reset() {
+	*x = LeaseListRequest{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseListRequest) ProtoMessage() {}
+
+func (x *LeaseListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseListRequest.ProtoReflect.Descriptor instead.
+func (*LeaseListRequest) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *LeaseListRequest) GetContext() *Context {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+type LeaseListResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Ids           []int64                `protobuf:"varint,2,rep,packed,name=ids,proto3" json:"ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseListResponse) Reset() {
+	*x = LeaseListResponse{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseListResponse) ProtoMessage() {}
+
+func (x *LeaseListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseListResponse.ProtoReflect.Descriptor instead.
+func (*LeaseListResponse) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *LeaseListResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *LeaseListResponse) GetIds() []int64 {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+type LeaseAttachRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Span          *KeySpan               `protobuf:"bytes,2,opt,name=span,proto3" json:"span,omitempty"`
+	Context       *Context               `protobuf:"bytes,100,opt,name=context,proto3" json:"context,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseAttachRequest) Reset() {
+	*x = LeaseAttachRequest{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseAttachRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseAttachRequest) ProtoMessage() {}
+
+func (x *LeaseAttachRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseAttachRequest.ProtoReflect.Descriptor instead.
+func (*LeaseAttachRequest) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *LeaseAttachRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseAttachRequest) GetSpan() *KeySpan {
+	if x != nil {
+		return x.Span
+	}
+	return nil
+}
+
+func (x *LeaseAttachRequest) GetContext() *Context {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+type LeaseAttachResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// A put attaching the lease is accepted at revisions up to this one.
+	ValidUntil    int64 `protobuf:"varint,2,opt,name=valid_until,json=validUntil,proto3" json:"valid_until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseAttachResponse) Reset() {
+	*x = LeaseAttachResponse{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseAttachResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseAttachResponse) ProtoMessage() {}
+
+func (x *LeaseAttachResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseAttachResponse.ProtoReflect.Descriptor instead.
+func (*LeaseAttachResponse) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *LeaseAttachResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *LeaseAttachResponse) GetValidUntil() int64 {
+	if x != nil {
+		return x.ValidUntil
+	}
+	return 0
+}
+
+type LeaseRevokeKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Context       *Context               `protobuf:"bytes,100,opt,name=context,proto3" json:"context,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRevokeKeysRequest) Reset() {
+	*x = LeaseRevokeKeysRequest{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRevokeKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRevokeKeysRequest) ProtoMessage() {}
+
+func (x *LeaseRevokeKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRevokeKeysRequest.ProtoReflect.Descriptor instead.
+func (*LeaseRevokeKeysRequest) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *LeaseRevokeKeysRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseRevokeKeysRequest) GetContext() *Context {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+type LeaseRevokeKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Deleted       int64                  `protobuf:"varint,2,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRevokeKeysResponse) Reset() {
+	*x = LeaseRevokeKeysResponse{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRevokeKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRevokeKeysResponse) ProtoMessage() {}
+
+func (x *LeaseRevokeKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRevokeKeysResponse.ProtoReflect.Descriptor instead.
+func (*LeaseRevokeKeysResponse) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *LeaseRevokeKeysResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *LeaseRevokeKeysResponse) GetDeleted() int64 {
+	if x != nil {
+		return x.Deleted
+	}
+	return 0
+}
+
+type LeaseKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Context       *Context               `protobuf:"bytes,100,opt,name=context,proto3" json:"context,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseKeysRequest) Reset() {
+	*x = LeaseKeysRequest{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseKeysRequest) ProtoMessage() {}
+
+func (x *LeaseKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseKeysRequest.ProtoReflect.Descriptor instead.
+func (*LeaseKeysRequest) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *LeaseKeysRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseKeysRequest) GetContext() *Context {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+type LeaseKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Keys          [][]byte               `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseKeysResponse) Reset() {
+	*x = LeaseKeysResponse{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseKeysResponse) ProtoMessage() {}
+
+func (x *LeaseKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseKeysResponse.ProtoReflect.Descriptor instead.
+func (*LeaseKeysResponse) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *LeaseKeysResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *LeaseKeysResponse) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
 type MergeRegionRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Context        *Context               `protobuf:"bytes,1,opt,name=context,proto3" json:"context,omitempty"`
@@ -2104,7 +3098,7 @@ type MergeRegionRequest struct {
 
 func (x *MergeRegionRequest) Reset() {
 	*x = MergeRegionRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	mi := &file_kvpb_kvpb_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2116,7 +3110,7 @@ func (x *MergeRegionRequest) String() string {
 func (*MergeRegionRequest) ProtoMessage() {}
 
 func (x *MergeRegionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	mi := &file_kvpb_kvpb_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2129,7 +3123,7 @@ func (x *MergeRegionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRegionRequest.ProtoReflect.Descriptor instead.
 func (*MergeRegionRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{22}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *MergeRegionRequest) GetContext() *Context {
@@ -2157,7 +3151,7 @@ type MergeRegionResponse struct {
 
 func (x *MergeRegionResponse) Reset() {
 	*x = MergeRegionResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	mi := &file_kvpb_kvpb_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2169,7 +3163,7 @@ func (x *MergeRegionResponse) String() string {
 func (*MergeRegionResponse) ProtoMessage() {}
 
 func (x *MergeRegionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	mi := &file_kvpb_kvpb_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2182,7 +3176,7 @@ func (x *MergeRegionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRegionResponse.ProtoReflect.Descriptor instead.
 func (*MergeRegionResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{23}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *MergeRegionResponse) GetHeader() *ResponseHeader {
@@ -2210,7 +3204,7 @@ type ReplicaStatusRequest struct {
 
 func (x *ReplicaStatusRequest) Reset() {
 	*x = ReplicaStatusRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[24]
+	mi := &file_kvpb_kvpb_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2222,7 +3216,7 @@ func (x *ReplicaStatusRequest) String() string {
 func (*ReplicaStatusRequest) ProtoMessage() {}
 
 func (x *ReplicaStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[24]
+	mi := &file_kvpb_kvpb_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2235,7 +3229,7 @@ func (x *ReplicaStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaStatusRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{24}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ReplicaStatusRequest) GetRegionId() uint64 {
@@ -2271,7 +3265,7 @@ type ReplicaStatusResponse struct {
 
 func (x *ReplicaStatusResponse) Reset() {
 	*x = ReplicaStatusResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[25]
+	mi := &file_kvpb_kvpb_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2283,7 +3277,7 @@ func (x *ReplicaStatusResponse) String() string {
 func (*ReplicaStatusResponse) ProtoMessage() {}
 
 func (x *ReplicaStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[25]
+	mi := &file_kvpb_kvpb_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2296,7 +3290,7 @@ func (x *ReplicaStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaStatusResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{25}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ReplicaStatusResponse) GetExists() bool {
@@ -2353,7 +3347,7 @@ type SplitRegionRequest struct {
 
 func (x *SplitRegionRequest) Reset() {
 	*x = SplitRegionRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[26]
+	mi := &file_kvpb_kvpb_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2365,7 +3359,7 @@ func (x *SplitRegionRequest) String() string {
 func (*SplitRegionRequest) ProtoMessage() {}
 
 func (x *SplitRegionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[26]
+	mi := &file_kvpb_kvpb_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2378,7 +3372,7 @@ func (x *SplitRegionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRegionRequest.ProtoReflect.Descriptor instead.
 func (*SplitRegionRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{26}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SplitRegionRequest) GetContext() *Context {
@@ -2406,7 +3400,7 @@ type SplitRegionResponse struct {
 
 func (x *SplitRegionResponse) Reset() {
 	*x = SplitRegionResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[27]
+	mi := &file_kvpb_kvpb_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2418,7 +3412,7 @@ func (x *SplitRegionResponse) String() string {
 func (*SplitRegionResponse) ProtoMessage() {}
 
 func (x *SplitRegionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[27]
+	mi := &file_kvpb_kvpb_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2431,7 +3425,7 @@ func (x *SplitRegionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRegionResponse.ProtoReflect.Descriptor instead.
 func (*SplitRegionResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{27}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SplitRegionResponse) GetHeader() *ResponseHeader {
@@ -2459,14 +3453,23 @@ type WriteCommand struct {
 	//	*WriteCommand_Txn
 	//	*WriteCommand_Compact
 	//	*WriteCommand_Gc
-	Op            isWriteCommand_Op `protobuf_oneof:"op"`
+	//	*WriteCommand_LeaseGrant
+	//	*WriteCommand_LeaseAttach
+	//	*WriteCommand_LeaseRevoking
+	//	*WriteCommand_LeaseDelete
+	//	*WriteCommand_LeaseRevokeKeys
+	Op isWriteCommand_Op `protobuf_oneof:"op"`
+	// For every lease a put in this write attaches: the lease owner's word
+	// that the lease exists, valid up to a revision. A put whose lease has
+	// no check, or one that expired before the write's revision, is refused.
+	LeaseChecks   []*LeaseCheck `protobuf:"bytes,12,rep,name=lease_checks,json=leaseChecks,proto3" json:"lease_checks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WriteCommand) Reset() {
 	*x = WriteCommand{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[28]
+	mi := &file_kvpb_kvpb_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2478,7 +3481,7 @@ func (x *WriteCommand) String() string {
 func (*WriteCommand) ProtoMessage() {}
 
 func (x *WriteCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[28]
+	mi := &file_kvpb_kvpb_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2491,7 +3494,7 @@ func (x *WriteCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteCommand.ProtoReflect.Descriptor instead.
 func (*WriteCommand) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{28}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *WriteCommand) GetRevision() int64 {
@@ -2553,6 +3556,58 @@ func (x *WriteCommand) GetGc() *GCBatch {
 	return nil
 }
 
+func (x *WriteCommand) GetLeaseGrant() *LeaseGrantRequest {
+	if x != nil {
+		if x, ok := x.Op.(*WriteCommand_LeaseGrant); ok {
+			return x.LeaseGrant
+		}
+	}
+	return nil
+}
+
+func (x *WriteCommand) GetLeaseAttach() *LeaseAttachRequest {
+	if x != nil {
+		if x, ok := x.Op.(*WriteCommand_LeaseAttach); ok {
+			return x.LeaseAttach
+		}
+	}
+	return nil
+}
+
+func (x *WriteCommand) GetLeaseRevoking() int64 {
+	if x != nil {
+		if x, ok := x.Op.(*WriteCommand_LeaseRevoking); ok {
+			return x.LeaseRevoking
+		}
+	}
+	return 0
+}
+
+func (x *WriteCommand) GetLeaseDelete() int64 {
+	if x != nil {
+		if x, ok := x.Op.(*WriteCommand_LeaseDelete); ok {
+			return x.LeaseDelete
+		}
+	}
+	return 0
+}
+
+func (x *WriteCommand) GetLeaseRevokeKeys() int64 {
+	if x != nil {
+		if x, ok := x.Op.(*WriteCommand_LeaseRevokeKeys); ok {
+			return x.LeaseRevokeKeys
+		}
+	}
+	return 0
+}
+
+func (x *WriteCommand) GetLeaseChecks() []*LeaseCheck {
+	if x != nil {
+		return x.LeaseChecks
+	}
+	return nil
+}
+
 type isWriteCommand_Op interface {
 	isWriteCommand_Op()
 }
@@ -2579,6 +3634,30 @@ type WriteCommand_Gc struct {
 	Gc *GCBatch `protobuf:"bytes,6,opt,name=gc,proto3,oneof"`
 }
 
+type WriteCommand_LeaseGrant struct {
+	// Lease records (in the system range; docs/leases.md).
+	LeaseGrant *LeaseGrantRequest `protobuf:"bytes,7,opt,name=lease_grant,json=leaseGrant,proto3,oneof"`
+}
+
+type WriteCommand_LeaseAttach struct {
+	LeaseAttach *LeaseAttachRequest `protobuf:"bytes,8,opt,name=lease_attach,json=leaseAttach,proto3,oneof"`
+}
+
+type WriteCommand_LeaseRevoking struct {
+	// Mark the lease revoking (no key may attach any more).
+	LeaseRevoking int64 `protobuf:"varint,9,opt,name=lease_revoking,json=leaseRevoking,proto3,oneof"`
+}
+
+type WriteCommand_LeaseDelete struct {
+	// Remove the lease's record (its keys are gone).
+	LeaseDelete int64 `protobuf:"varint,10,opt,name=lease_delete,json=leaseDelete,proto3,oneof"`
+}
+
+type WriteCommand_LeaseRevokeKeys struct {
+	// Delete the keys of this region attached to the lease.
+	LeaseRevokeKeys int64 `protobuf:"varint,11,opt,name=lease_revoke_keys,json=leaseRevokeKeys,proto3,oneof"`
+}
+
 func (*WriteCommand_Put) isWriteCommand_Op() {}
 
 func (*WriteCommand_DeleteRange) isWriteCommand_Op() {}
@@ -2588,6 +3667,68 @@ func (*WriteCommand_Txn) isWriteCommand_Op() {}
 func (*WriteCommand_Compact) isWriteCommand_Op() {}
 
 func (*WriteCommand_Gc) isWriteCommand_Op() {}
+
+func (*WriteCommand_LeaseGrant) isWriteCommand_Op() {}
+
+func (*WriteCommand_LeaseAttach) isWriteCommand_Op() {}
+
+func (*WriteCommand_LeaseRevoking) isWriteCommand_Op() {}
+
+func (*WriteCommand_LeaseDelete) isWriteCommand_Op() {}
+
+func (*WriteCommand_LeaseRevokeKeys) isWriteCommand_Op() {}
+
+type LeaseCheck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	ValidUntil    int64                  `protobuf:"varint,2,opt,name=valid_until,json=validUntil,proto3" json:"valid_until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseCheck) Reset() {
+	*x = LeaseCheck{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseCheck) ProtoMessage() {}
+
+func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseCheck.ProtoReflect.Descriptor instead.
+func (*LeaseCheck) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *LeaseCheck) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseCheck) GetValidUntil() int64 {
+	if x != nil {
+		return x.ValidUntil
+	}
+	return 0
+}
 
 type GCBatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2599,7 +3740,7 @@ type GCBatch struct {
 
 func (x *GCBatch) Reset() {
 	*x = GCBatch{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[29]
+	mi := &file_kvpb_kvpb_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2611,7 +3752,7 @@ func (x *GCBatch) String() string {
 func (*GCBatch) ProtoMessage() {}
 
 func (x *GCBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[29]
+	mi := &file_kvpb_kvpb_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2624,7 +3765,7 @@ func (x *GCBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCBatch.ProtoReflect.Descriptor instead.
 func (*GCBatch) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{29}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GCBatch) GetKeys() [][]byte {
@@ -2805,7 +3946,69 @@ const file_kvpb_kvpb_proto_rawDesc = "" +
 	"\x10compact_revision\x18\x05 \x01(\x03R\x0fcompactRevision\x12#\n" +
 	"\rcancel_reason\x18\x06 \x01(\tR\fcancelReason\x12#\n" +
 	"\x06events\x18\v \x03(\v2\v.kvpb.EventR\x06events\x12+\n" +
-	"\x11resolved_revision\x18\f \x01(\x03R\x10resolvedRevision\"g\n" +
+	"\x11resolved_revision\x18\f \x01(\x03R\x10resolvedRevision\"1\n" +
+	"\aKeySpan\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\fR\x05start\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\fR\x03end\"p\n" +
+	"\vLeaseRecord\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
+	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\x12\x1a\n" +
+	"\brevoking\x18\x03 \x01(\bR\brevoking\x12#\n" +
+	"\x05spans\x18\x04 \x03(\v2\r.kvpb.KeySpanR\x05spans\"^\n" +
+	"\x11LeaseGrantRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
+	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\x12'\n" +
+	"\acontext\x18d \x01(\v2\r.kvpb.ContextR\acontext\"d\n" +
+	"\x12LeaseGrantResponse\x12,\n" +
+	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x03R\x02id\x12\x10\n" +
+	"\x03ttl\x18\x03 \x01(\x03R\x03ttl\"M\n" +
+	"\x12LeaseRevokeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12'\n" +
+	"\acontext\x18d \x01(\v2\r.kvpb.ContextR\acontext\"C\n" +
+	"\x13LeaseRevokeResponse\x12,\n" +
+	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\"R\n" +
+	"\x15LeaseKeepAliveRequest\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\x03R\x03ids\x12'\n" +
+	"\acontext\x18d \x01(\v2\r.kvpb.ContextR\acontext\"Z\n" +
+	"\x16LeaseKeepAliveResponse\x12,\n" +
+	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\x12\x12\n" +
+	"\x04ttls\x18\x02 \x03(\x03R\x04ttls\"Q\n" +
+	"\x16LeaseTimeToLiveRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12'\n" +
+	"\acontext\x18d \x01(\v2\r.kvpb.ContextR\acontext\"\xaf\x01\n" +
+	"\x17LeaseTimeToLiveResponse\x12,\n" +
+	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x03R\x02id\x12\x10\n" +
+	"\x03ttl\x18\x03 \x01(\x03R\x03ttl\x12\x1f\n" +
+	"\vgranted_ttl\x18\x04 \x01(\x03R\n" +
+	"grantedTtl\x12#\n" +
+	"\x05spans\x18\x05 \x03(\v2\r.kvpb.KeySpanR\x05spans\";\n" +
+	"\x10LeaseListRequest\x12'\n" +
+	"\acontext\x18d \x01(\v2\r.kvpb.ContextR\acontext\"S\n" +
+	"\x11LeaseListResponse\x12,\n" +
+	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\x12\x10\n" +
+	"\x03ids\x18\x02 \x03(\x03R\x03ids\"p\n" +
+	"\x12LeaseAttachRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12!\n" +
+	"\x04span\x18\x02 \x01(\v2\r.kvpb.KeySpanR\x04span\x12'\n" +
+	"\acontext\x18d \x01(\v2\r.kvpb.ContextR\acontext\"d\n" +
+	"\x13LeaseAttachResponse\x12,\n" +
+	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\x12\x1f\n" +
+	"\vvalid_until\x18\x02 \x01(\x03R\n" +
+	"validUntil\"Q\n" +
+	"\x16LeaseRevokeKeysRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12'\n" +
+	"\acontext\x18d \x01(\v2\r.kvpb.ContextR\acontext\"a\n" +
+	"\x17LeaseRevokeKeysResponse\x12,\n" +
+	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\x12\x18\n" +
+	"\adeleted\x18\x02 \x01(\x03R\adeleted\"K\n" +
+	"\x10LeaseKeysRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12'\n" +
+	"\acontext\x18d \x01(\v2\r.kvpb.ContextR\acontext\"U\n" +
+	"\x11LeaseKeysResponse\x12,\n" +
+	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\x12\x12\n" +
+	"\x04keys\x18\x02 \x03(\fR\x04keys\"g\n" +
 	"\x12MergeRegionRequest\x12'\n" +
 	"\acontext\x18\x01 \x01(\v2\r.kvpb.ContextR\acontext\x12(\n" +
 	"\x10target_region_id\x18\x02 \x01(\x04R\x0etargetRegionId\"k\n" +
@@ -2828,24 +4031,46 @@ const file_kvpb_kvpb_proto_rawDesc = "" +
 	"split_keys\x18\x02 \x03(\fR\tsplitKeys\"m\n" +
 	"\x13SplitRegionResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\x12(\n" +
-	"\aregions\x18\x02 \x03(\v2\x0e.metapb.RegionR\aregions\"\xf8\x01\n" +
+	"\aregions\x18\x02 \x03(\v2\x0e.metapb.RegionR\aregions\"\xa4\x04\n" +
 	"\fWriteCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12$\n" +
 	"\x03put\x18\x02 \x01(\v2\x10.kvpb.PutRequestH\x00R\x03put\x12=\n" +
 	"\fdelete_range\x18\x03 \x01(\v2\x18.kvpb.DeleteRangeRequestH\x00R\vdeleteRange\x12$\n" +
 	"\x03txn\x18\x04 \x01(\v2\x10.kvpb.TxnRequestH\x00R\x03txn\x12\x1a\n" +
 	"\acompact\x18\x05 \x01(\x03H\x00R\acompact\x12\x1f\n" +
-	"\x02gc\x18\x06 \x01(\v2\r.kvpb.GCBatchH\x00R\x02gcB\x04\n" +
-	"\x02op\"\x1d\n" +
+	"\x02gc\x18\x06 \x01(\v2\r.kvpb.GCBatchH\x00R\x02gc\x12:\n" +
+	"\vlease_grant\x18\a \x01(\v2\x17.kvpb.LeaseGrantRequestH\x00R\n" +
+	"leaseGrant\x12=\n" +
+	"\flease_attach\x18\b \x01(\v2\x18.kvpb.LeaseAttachRequestH\x00R\vleaseAttach\x12'\n" +
+	"\x0elease_revoking\x18\t \x01(\x03H\x00R\rleaseRevoking\x12#\n" +
+	"\flease_delete\x18\n" +
+	" \x01(\x03H\x00R\vleaseDelete\x12,\n" +
+	"\x11lease_revoke_keys\x18\v \x01(\x03H\x00R\x0fleaseRevokeKeys\x123\n" +
+	"\flease_checks\x18\f \x03(\v2\x10.kvpb.LeaseCheckR\vleaseChecksB\x04\n" +
+	"\x02op\"=\n" +
+	"\n" +
+	"LeaseCheck\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x1f\n" +
+	"\vvalid_until\x18\x02 \x01(\x03R\n" +
+	"validUntil\"\x1d\n" +
 	"\aGCBatch\x12\x12\n" +
-	"\x04keys\x18\x01 \x03(\fR\x04keys2\xc0\x02\n" +
+	"\x04keys\x18\x01 \x03(\fR\x04keys2\xf2\x06\n" +
 	"\x02KV\x120\n" +
 	"\x05Range\x12\x12.kvpb.RangeRequest\x1a\x13.kvpb.RangeResponse\x12*\n" +
 	"\x03Put\x12\x10.kvpb.PutRequest\x1a\x11.kvpb.PutResponse\x12B\n" +
 	"\vDeleteRange\x12\x18.kvpb.DeleteRangeRequest\x1a\x19.kvpb.DeleteRangeResponse\x12*\n" +
 	"\x03Txn\x12\x10.kvpb.TxnRequest\x1a\x11.kvpb.TxnResponse\x126\n" +
 	"\aCompact\x12\x14.kvpb.CompactRequest\x1a\x15.kvpb.CompactResponse\x124\n" +
-	"\x05Watch\x12\x12.kvpb.WatchRequest\x1a\x13.kvpb.WatchResponse(\x010\x012\xd9\x01\n" +
+	"\x05Watch\x12\x12.kvpb.WatchRequest\x1a\x13.kvpb.WatchResponse(\x010\x01\x12?\n" +
+	"\n" +
+	"LeaseGrant\x12\x17.kvpb.LeaseGrantRequest\x1a\x18.kvpb.LeaseGrantResponse\x12B\n" +
+	"\vLeaseRevoke\x12\x18.kvpb.LeaseRevokeRequest\x1a\x19.kvpb.LeaseRevokeResponse\x12K\n" +
+	"\x0eLeaseKeepAlive\x12\x1b.kvpb.LeaseKeepAliveRequest\x1a\x1c.kvpb.LeaseKeepAliveResponse\x12N\n" +
+	"\x0fLeaseTimeToLive\x12\x1c.kvpb.LeaseTimeToLiveRequest\x1a\x1d.kvpb.LeaseTimeToLiveResponse\x12<\n" +
+	"\tLeaseList\x12\x16.kvpb.LeaseListRequest\x1a\x17.kvpb.LeaseListResponse\x12B\n" +
+	"\vLeaseAttach\x12\x18.kvpb.LeaseAttachRequest\x1a\x19.kvpb.LeaseAttachResponse\x12N\n" +
+	"\x0fLeaseRevokeKeys\x12\x1c.kvpb.LeaseRevokeKeysRequest\x1a\x1d.kvpb.LeaseRevokeKeysResponse\x12<\n" +
+	"\tLeaseKeys\x12\x16.kvpb.LeaseKeysRequest\x1a\x17.kvpb.LeaseKeysResponse2\xd9\x01\n" +
 	"\x05Admin\x12B\n" +
 	"\vSplitRegion\x12\x18.kvpb.SplitRegionRequest\x1a\x19.kvpb.SplitRegionResponse\x12B\n" +
 	"\vMergeRegion\x12\x18.kvpb.MergeRegionRequest\x1a\x19.kvpb.MergeRegionResponse\x12H\n" +
@@ -2864,7 +4089,7 @@ func file_kvpb_kvpb_proto_rawDescGZIP() []byte {
 }
 
 var file_kvpb_kvpb_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_kvpb_kvpb_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_kvpb_kvpb_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_kvpb_kvpb_proto_goTypes = []any{
 	(Event_EventType)(0),               // 0: kvpb.Event.EventType
 	(RangeRequest_SortOrder)(0),        // 1: kvpb.RangeRequest.SortOrder
@@ -2894,23 +4119,42 @@ var file_kvpb_kvpb_proto_goTypes = []any{
 	(*WatchProgressRequest)(nil),       // 25: kvpb.WatchProgressRequest
 	(*WatchRequest)(nil),               // 26: kvpb.WatchRequest
 	(*WatchResponse)(nil),              // 27: kvpb.WatchResponse
-	(*MergeRegionRequest)(nil),         // 28: kvpb.MergeRegionRequest
-	(*MergeRegionResponse)(nil),        // 29: kvpb.MergeRegionResponse
-	(*ReplicaStatusRequest)(nil),       // 30: kvpb.ReplicaStatusRequest
-	(*ReplicaStatusResponse)(nil),      // 31: kvpb.ReplicaStatusResponse
-	(*SplitRegionRequest)(nil),         // 32: kvpb.SplitRegionRequest
-	(*SplitRegionResponse)(nil),        // 33: kvpb.SplitRegionResponse
-	(*WriteCommand)(nil),               // 34: kvpb.WriteCommand
-	(*GCBatch)(nil),                    // 35: kvpb.GCBatch
-	(*metapb.RegionEpoch)(nil),         // 36: metapb.RegionEpoch
-	(*metapb.Peer)(nil),                // 37: metapb.Peer
-	(*errorpb.Error)(nil),              // 38: errorpb.Error
-	(*metapb.Region)(nil),              // 39: metapb.Region
+	(*KeySpan)(nil),                    // 28: kvpb.KeySpan
+	(*LeaseRecord)(nil),                // 29: kvpb.LeaseRecord
+	(*LeaseGrantRequest)(nil),          // 30: kvpb.LeaseGrantRequest
+	(*LeaseGrantResponse)(nil),         // 31: kvpb.LeaseGrantResponse
+	(*LeaseRevokeRequest)(nil),         // 32: kvpb.LeaseRevokeRequest
+	(*LeaseRevokeResponse)(nil),        // 33: kvpb.LeaseRevokeResponse
+	(*LeaseKeepAliveRequest)(nil),      // 34: kvpb.LeaseKeepAliveRequest
+	(*LeaseKeepAliveResponse)(nil),     // 35: kvpb.LeaseKeepAliveResponse
+	(*LeaseTimeToLiveRequest)(nil),     // 36: kvpb.LeaseTimeToLiveRequest
+	(*LeaseTimeToLiveResponse)(nil),    // 37: kvpb.LeaseTimeToLiveResponse
+	(*LeaseListRequest)(nil),           // 38: kvpb.LeaseListRequest
+	(*LeaseListResponse)(nil),          // 39: kvpb.LeaseListResponse
+	(*LeaseAttachRequest)(nil),         // 40: kvpb.LeaseAttachRequest
+	(*LeaseAttachResponse)(nil),        // 41: kvpb.LeaseAttachResponse
+	(*LeaseRevokeKeysRequest)(nil),     // 42: kvpb.LeaseRevokeKeysRequest
+	(*LeaseRevokeKeysResponse)(nil),    // 43: kvpb.LeaseRevokeKeysResponse
+	(*LeaseKeysRequest)(nil),           // 44: kvpb.LeaseKeysRequest
+	(*LeaseKeysResponse)(nil),          // 45: kvpb.LeaseKeysResponse
+	(*MergeRegionRequest)(nil),         // 46: kvpb.MergeRegionRequest
+	(*MergeRegionResponse)(nil),        // 47: kvpb.MergeRegionResponse
+	(*ReplicaStatusRequest)(nil),       // 48: kvpb.ReplicaStatusRequest
+	(*ReplicaStatusResponse)(nil),      // 49: kvpb.ReplicaStatusResponse
+	(*SplitRegionRequest)(nil),         // 50: kvpb.SplitRegionRequest
+	(*SplitRegionResponse)(nil),        // 51: kvpb.SplitRegionResponse
+	(*WriteCommand)(nil),               // 52: kvpb.WriteCommand
+	(*LeaseCheck)(nil),                 // 53: kvpb.LeaseCheck
+	(*GCBatch)(nil),                    // 54: kvpb.GCBatch
+	(*metapb.RegionEpoch)(nil),         // 55: metapb.RegionEpoch
+	(*metapb.Peer)(nil),                // 56: metapb.Peer
+	(*errorpb.Error)(nil),              // 57: errorpb.Error
+	(*metapb.Region)(nil),              // 58: metapb.Region
 }
 var file_kvpb_kvpb_proto_depIdxs = []int32{
-	36, // 0: kvpb.Context.region_epoch:type_name -> metapb.RegionEpoch
-	37, // 1: kvpb.Context.peer:type_name -> metapb.Peer
-	38, // 2: kvpb.ResponseHeader.region_error:type_name -> errorpb.Error
+	55, // 0: kvpb.Context.region_epoch:type_name -> metapb.RegionEpoch
+	56, // 1: kvpb.Context.peer:type_name -> metapb.Peer
+	57, // 2: kvpb.ResponseHeader.region_error:type_name -> errorpb.Error
 	0,  // 3: kvpb.Event.type:type_name -> kvpb.Event.EventType
 	8,  // 4: kvpb.Event.kv:type_name -> kvpb.KeyValue
 	8,  // 5: kvpb.Event.prev_kv:type_name -> kvpb.KeyValue
@@ -2949,41 +4193,79 @@ var file_kvpb_kvpb_proto_depIdxs = []int32{
 	25, // 38: kvpb.WatchRequest.progress_request:type_name -> kvpb.WatchProgressRequest
 	7,  // 39: kvpb.WatchResponse.header:type_name -> kvpb.ResponseHeader
 	9,  // 40: kvpb.WatchResponse.events:type_name -> kvpb.Event
-	6,  // 41: kvpb.MergeRegionRequest.context:type_name -> kvpb.Context
-	7,  // 42: kvpb.MergeRegionResponse.header:type_name -> kvpb.ResponseHeader
-	39, // 43: kvpb.MergeRegionResponse.region:type_name -> metapb.Region
-	39, // 44: kvpb.ReplicaStatusResponse.region:type_name -> metapb.Region
-	36, // 45: kvpb.ReplicaStatusResponse.tombstone_epoch:type_name -> metapb.RegionEpoch
-	6,  // 46: kvpb.SplitRegionRequest.context:type_name -> kvpb.Context
-	7,  // 47: kvpb.SplitRegionResponse.header:type_name -> kvpb.ResponseHeader
-	39, // 48: kvpb.SplitRegionResponse.regions:type_name -> metapb.Region
-	12, // 49: kvpb.WriteCommand.put:type_name -> kvpb.PutRequest
-	14, // 50: kvpb.WriteCommand.delete_range:type_name -> kvpb.DeleteRangeRequest
-	19, // 51: kvpb.WriteCommand.txn:type_name -> kvpb.TxnRequest
-	35, // 52: kvpb.WriteCommand.gc:type_name -> kvpb.GCBatch
-	10, // 53: kvpb.KV.Range:input_type -> kvpb.RangeRequest
-	12, // 54: kvpb.KV.Put:input_type -> kvpb.PutRequest
-	14, // 55: kvpb.KV.DeleteRange:input_type -> kvpb.DeleteRangeRequest
-	19, // 56: kvpb.KV.Txn:input_type -> kvpb.TxnRequest
-	21, // 57: kvpb.KV.Compact:input_type -> kvpb.CompactRequest
-	26, // 58: kvpb.KV.Watch:input_type -> kvpb.WatchRequest
-	32, // 59: kvpb.Admin.SplitRegion:input_type -> kvpb.SplitRegionRequest
-	28, // 60: kvpb.Admin.MergeRegion:input_type -> kvpb.MergeRegionRequest
-	30, // 61: kvpb.Admin.ReplicaStatus:input_type -> kvpb.ReplicaStatusRequest
-	11, // 62: kvpb.KV.Range:output_type -> kvpb.RangeResponse
-	13, // 63: kvpb.KV.Put:output_type -> kvpb.PutResponse
-	15, // 64: kvpb.KV.DeleteRange:output_type -> kvpb.DeleteRangeResponse
-	20, // 65: kvpb.KV.Txn:output_type -> kvpb.TxnResponse
-	22, // 66: kvpb.KV.Compact:output_type -> kvpb.CompactResponse
-	27, // 67: kvpb.KV.Watch:output_type -> kvpb.WatchResponse
-	33, // 68: kvpb.Admin.SplitRegion:output_type -> kvpb.SplitRegionResponse
-	29, // 69: kvpb.Admin.MergeRegion:output_type -> kvpb.MergeRegionResponse
-	31, // 70: kvpb.Admin.ReplicaStatus:output_type -> kvpb.ReplicaStatusResponse
-	62, // [62:71] is the sub-list for method output_type
-	53, // [53:62] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	28, // 41: kvpb.LeaseRecord.spans:type_name -> kvpb.KeySpan
+	6,  // 42: kvpb.LeaseGrantRequest.context:type_name -> kvpb.Context
+	7,  // 43: kvpb.LeaseGrantResponse.header:type_name -> kvpb.ResponseHeader
+	6,  // 44: kvpb.LeaseRevokeRequest.context:type_name -> kvpb.Context
+	7,  // 45: kvpb.LeaseRevokeResponse.header:type_name -> kvpb.ResponseHeader
+	6,  // 46: kvpb.LeaseKeepAliveRequest.context:type_name -> kvpb.Context
+	7,  // 47: kvpb.LeaseKeepAliveResponse.header:type_name -> kvpb.ResponseHeader
+	6,  // 48: kvpb.LeaseTimeToLiveRequest.context:type_name -> kvpb.Context
+	7,  // 49: kvpb.LeaseTimeToLiveResponse.header:type_name -> kvpb.ResponseHeader
+	28, // 50: kvpb.LeaseTimeToLiveResponse.spans:type_name -> kvpb.KeySpan
+	6,  // 51: kvpb.LeaseListRequest.context:type_name -> kvpb.Context
+	7,  // 52: kvpb.LeaseListResponse.header:type_name -> kvpb.ResponseHeader
+	28, // 53: kvpb.LeaseAttachRequest.span:type_name -> kvpb.KeySpan
+	6,  // 54: kvpb.LeaseAttachRequest.context:type_name -> kvpb.Context
+	7,  // 55: kvpb.LeaseAttachResponse.header:type_name -> kvpb.ResponseHeader
+	6,  // 56: kvpb.LeaseRevokeKeysRequest.context:type_name -> kvpb.Context
+	7,  // 57: kvpb.LeaseRevokeKeysResponse.header:type_name -> kvpb.ResponseHeader
+	6,  // 58: kvpb.LeaseKeysRequest.context:type_name -> kvpb.Context
+	7,  // 59: kvpb.LeaseKeysResponse.header:type_name -> kvpb.ResponseHeader
+	6,  // 60: kvpb.MergeRegionRequest.context:type_name -> kvpb.Context
+	7,  // 61: kvpb.MergeRegionResponse.header:type_name -> kvpb.ResponseHeader
+	58, // 62: kvpb.MergeRegionResponse.region:type_name -> metapb.Region
+	58, // 63: kvpb.ReplicaStatusResponse.region:type_name -> metapb.Region
+	55, // 64: kvpb.ReplicaStatusResponse.tombstone_epoch:type_name -> metapb.RegionEpoch
+	6,  // 65: kvpb.SplitRegionRequest.context:type_name -> kvpb.Context
+	7,  // 66: kvpb.SplitRegionResponse.header:type_name -> kvpb.ResponseHeader
+	58, // 67: kvpb.SplitRegionResponse.regions:type_name -> metapb.Region
+	12, // 68: kvpb.WriteCommand.put:type_name -> kvpb.PutRequest
+	14, // 69: kvpb.WriteCommand.delete_range:type_name -> kvpb.DeleteRangeRequest
+	19, // 70: kvpb.WriteCommand.txn:type_name -> kvpb.TxnRequest
+	54, // 71: kvpb.WriteCommand.gc:type_name -> kvpb.GCBatch
+	30, // 72: kvpb.WriteCommand.lease_grant:type_name -> kvpb.LeaseGrantRequest
+	40, // 73: kvpb.WriteCommand.lease_attach:type_name -> kvpb.LeaseAttachRequest
+	53, // 74: kvpb.WriteCommand.lease_checks:type_name -> kvpb.LeaseCheck
+	10, // 75: kvpb.KV.Range:input_type -> kvpb.RangeRequest
+	12, // 76: kvpb.KV.Put:input_type -> kvpb.PutRequest
+	14, // 77: kvpb.KV.DeleteRange:input_type -> kvpb.DeleteRangeRequest
+	19, // 78: kvpb.KV.Txn:input_type -> kvpb.TxnRequest
+	21, // 79: kvpb.KV.Compact:input_type -> kvpb.CompactRequest
+	26, // 80: kvpb.KV.Watch:input_type -> kvpb.WatchRequest
+	30, // 81: kvpb.KV.LeaseGrant:input_type -> kvpb.LeaseGrantRequest
+	32, // 82: kvpb.KV.LeaseRevoke:input_type -> kvpb.LeaseRevokeRequest
+	34, // 83: kvpb.KV.LeaseKeepAlive:input_type -> kvpb.LeaseKeepAliveRequest
+	36, // 84: kvpb.KV.LeaseTimeToLive:input_type -> kvpb.LeaseTimeToLiveRequest
+	38, // 85: kvpb.KV.LeaseList:input_type -> kvpb.LeaseListRequest
+	40, // 86: kvpb.KV.LeaseAttach:input_type -> kvpb.LeaseAttachRequest
+	42, // 87: kvpb.KV.LeaseRevokeKeys:input_type -> kvpb.LeaseRevokeKeysRequest
+	44, // 88: kvpb.KV.LeaseKeys:input_type -> kvpb.LeaseKeysRequest
+	50, // 89: kvpb.Admin.SplitRegion:input_type -> kvpb.SplitRegionRequest
+	46, // 90: kvpb.Admin.MergeRegion:input_type -> kvpb.MergeRegionRequest
+	48, // 91: kvpb.Admin.ReplicaStatus:input_type -> kvpb.ReplicaStatusRequest
+	11, // 92: kvpb.KV.Range:output_type -> kvpb.RangeResponse
+	13, // 93: kvpb.KV.Put:output_type -> kvpb.PutResponse
+	15, // 94: kvpb.KV.DeleteRange:output_type -> kvpb.DeleteRangeResponse
+	20, // 95: kvpb.KV.Txn:output_type -> kvpb.TxnResponse
+	22, // 96: kvpb.KV.Compact:output_type -> kvpb.CompactResponse
+	27, // 97: kvpb.KV.Watch:output_type -> kvpb.WatchResponse
+	31, // 98: kvpb.KV.LeaseGrant:output_type -> kvpb.LeaseGrantResponse
+	33, // 99: kvpb.KV.LeaseRevoke:output_type -> kvpb.LeaseRevokeResponse
+	35, // 100: kvpb.KV.LeaseKeepAlive:output_type -> kvpb.LeaseKeepAliveResponse
+	37, // 101: kvpb.KV.LeaseTimeToLive:output_type -> kvpb.LeaseTimeToLiveResponse
+	39, // 102: kvpb.KV.LeaseList:output_type -> kvpb.LeaseListResponse
+	41, // 103: kvpb.KV.LeaseAttach:output_type -> kvpb.LeaseAttachResponse
+	43, // 104: kvpb.KV.LeaseRevokeKeys:output_type -> kvpb.LeaseRevokeKeysResponse
+	45, // 105: kvpb.KV.LeaseKeys:output_type -> kvpb.LeaseKeysResponse
+	51, // 106: kvpb.Admin.SplitRegion:output_type -> kvpb.SplitRegionResponse
+	47, // 107: kvpb.Admin.MergeRegion:output_type -> kvpb.MergeRegionResponse
+	49, // 108: kvpb.Admin.ReplicaStatus:output_type -> kvpb.ReplicaStatusResponse
+	92, // [92:109] is the sub-list for method output_type
+	75, // [75:92] is the sub-list for method input_type
+	75, // [75:75] is the sub-list for extension type_name
+	75, // [75:75] is the sub-list for extension extendee
+	0,  // [0:75] is the sub-list for field type_name
 }
 
 func init() { file_kvpb_kvpb_proto_init() }
@@ -3015,12 +4297,17 @@ func file_kvpb_kvpb_proto_init() {
 		(*WatchRequest_CancelRequest)(nil),
 		(*WatchRequest_ProgressRequest)(nil),
 	}
-	file_kvpb_kvpb_proto_msgTypes[28].OneofWrappers = []any{
+	file_kvpb_kvpb_proto_msgTypes[46].OneofWrappers = []any{
 		(*WriteCommand_Put)(nil),
 		(*WriteCommand_DeleteRange)(nil),
 		(*WriteCommand_Txn)(nil),
 		(*WriteCommand_Compact)(nil),
 		(*WriteCommand_Gc)(nil),
+		(*WriteCommand_LeaseGrant)(nil),
+		(*WriteCommand_LeaseAttach)(nil),
+		(*WriteCommand_LeaseRevoking)(nil),
+		(*WriteCommand_LeaseDelete)(nil),
+		(*WriteCommand_LeaseRevokeKeys)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3028,7 +4315,7 @@ func file_kvpb_kvpb_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvpb_kvpb_proto_rawDesc), len(file_kvpb_kvpb_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   30,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

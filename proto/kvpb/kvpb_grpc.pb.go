@@ -24,12 +24,20 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	KV_Range_FullMethodName       = "/kvpb.KV/Range"
-	KV_Put_FullMethodName         = "/kvpb.KV/Put"
-	KV_DeleteRange_FullMethodName = "/kvpb.KV/DeleteRange"
-	KV_Txn_FullMethodName         = "/kvpb.KV/Txn"
-	KV_Compact_FullMethodName     = "/kvpb.KV/Compact"
-	KV_Watch_FullMethodName       = "/kvpb.KV/Watch"
+	KV_Range_FullMethodName           = "/kvpb.KV/Range"
+	KV_Put_FullMethodName             = "/kvpb.KV/Put"
+	KV_DeleteRange_FullMethodName     = "/kvpb.KV/DeleteRange"
+	KV_Txn_FullMethodName             = "/kvpb.KV/Txn"
+	KV_Compact_FullMethodName         = "/kvpb.KV/Compact"
+	KV_Watch_FullMethodName           = "/kvpb.KV/Watch"
+	KV_LeaseGrant_FullMethodName      = "/kvpb.KV/LeaseGrant"
+	KV_LeaseRevoke_FullMethodName     = "/kvpb.KV/LeaseRevoke"
+	KV_LeaseKeepAlive_FullMethodName  = "/kvpb.KV/LeaseKeepAlive"
+	KV_LeaseTimeToLive_FullMethodName = "/kvpb.KV/LeaseTimeToLive"
+	KV_LeaseList_FullMethodName       = "/kvpb.KV/LeaseList"
+	KV_LeaseAttach_FullMethodName     = "/kvpb.KV/LeaseAttach"
+	KV_LeaseRevokeKeys_FullMethodName = "/kvpb.KV/LeaseRevokeKeys"
+	KV_LeaseKeys_FullMethodName       = "/kvpb.KV/LeaseKeys"
 )
 
 // KVClient is the client API for KV service.
@@ -44,6 +52,25 @@ type KVClient interface {
 	// region then garbage-collects older versions in the background.
 	Compact(ctx context.Context, in *CompactRequest, opts ...grpc.CallOption) (*CompactResponse, error)
 	Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchRequest, WatchResponse], error)
+	// ---- leases (docs/leases.md) ----
+	// Served by the leader of the region holding the lease's record
+	// (LeaseKey(id) in the reserved system range).
+	LeaseGrant(ctx context.Context, in *LeaseGrantRequest, opts ...grpc.CallOption) (*LeaseGrantResponse, error)
+	LeaseRevoke(ctx context.Context, in *LeaseRevokeRequest, opts ...grpc.CallOption) (*LeaseRevokeResponse, error)
+	// LeaseKeepAlive renews every listed lease this region owns.
+	LeaseKeepAlive(ctx context.Context, in *LeaseKeepAliveRequest, opts ...grpc.CallOption) (*LeaseKeepAliveResponse, error)
+	LeaseTimeToLive(ctx context.Context, in *LeaseTimeToLiveRequest, opts ...grpc.CallOption) (*LeaseTimeToLiveResponse, error)
+	// LeaseList lists the leases whose records this region holds.
+	LeaseList(ctx context.Context, in *LeaseListRequest, opts ...grpc.CallOption) (*LeaseListResponse, error)
+	// LeaseAttach registers a data region's key span with a lease before a
+	// put attaches the lease to a key in it, and returns how long (up to
+	// which revision) such puts may carry the check. Store to store.
+	LeaseAttach(ctx context.Context, in *LeaseAttachRequest, opts ...grpc.CallOption) (*LeaseAttachResponse, error)
+	// LeaseRevokeKeys deletes, in one revision, every key of this (data)
+	// region attached to the lease. Store to store, during a revoke.
+	LeaseRevokeKeys(ctx context.Context, in *LeaseRevokeKeysRequest, opts ...grpc.CallOption) (*LeaseRevokeKeysResponse, error)
+	// LeaseKeys lists the keys of this (data) region attached to the lease.
+	LeaseKeys(ctx context.Context, in *LeaseKeysRequest, opts ...grpc.CallOption) (*LeaseKeysResponse, error)
 }
 
 type kVClient struct {
@@ -117,6 +144,86 @@ func (c *kVClient) Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.Bid
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type KV_WatchClient = grpc.BidiStreamingClient[WatchRequest, WatchResponse]
 
+func (c *kVClient) LeaseGrant(ctx context.Context, in *LeaseGrantRequest, opts ...grpc.CallOption) (*LeaseGrantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseGrantResponse)
+	err := c.cc.Invoke(ctx, KV_LeaseGrant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) LeaseRevoke(ctx context.Context, in *LeaseRevokeRequest, opts ...grpc.CallOption) (*LeaseRevokeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseRevokeResponse)
+	err := c.cc.Invoke(ctx, KV_LeaseRevoke_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) LeaseKeepAlive(ctx context.Context, in *LeaseKeepAliveRequest, opts ...grpc.CallOption) (*LeaseKeepAliveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseKeepAliveResponse)
+	err := c.cc.Invoke(ctx, KV_LeaseKeepAlive_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) LeaseTimeToLive(ctx context.Context, in *LeaseTimeToLiveRequest, opts ...grpc.CallOption) (*LeaseTimeToLiveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseTimeToLiveResponse)
+	err := c.cc.Invoke(ctx, KV_LeaseTimeToLive_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) LeaseList(ctx context.Context, in *LeaseListRequest, opts ...grpc.CallOption) (*LeaseListResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseListResponse)
+	err := c.cc.Invoke(ctx, KV_LeaseList_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) LeaseAttach(ctx context.Context, in *LeaseAttachRequest, opts ...grpc.CallOption) (*LeaseAttachResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseAttachResponse)
+	err := c.cc.Invoke(ctx, KV_LeaseAttach_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) LeaseRevokeKeys(ctx context.Context, in *LeaseRevokeKeysRequest, opts ...grpc.CallOption) (*LeaseRevokeKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseRevokeKeysResponse)
+	err := c.cc.Invoke(ctx, KV_LeaseRevokeKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) LeaseKeys(ctx context.Context, in *LeaseKeysRequest, opts ...grpc.CallOption) (*LeaseKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseKeysResponse)
+	err := c.cc.Invoke(ctx, KV_LeaseKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KVServer is the server API for KV service.
 // All implementations must embed UnimplementedKVServer
 // for forward compatibility.
@@ -129,6 +236,25 @@ type KVServer interface {
 	// region then garbage-collects older versions in the background.
 	Compact(context.Context, *CompactRequest) (*CompactResponse, error)
 	Watch(grpc.BidiStreamingServer[WatchRequest, WatchResponse]) error
+	// ---- leases (docs/leases.md) ----
+	// Served by the leader of the region holding the lease's record
+	// (LeaseKey(id) in the reserved system range).
+	LeaseGrant(context.Context, *LeaseGrantRequest) (*LeaseGrantResponse, error)
+	LeaseRevoke(context.Context, *LeaseRevokeRequest) (*LeaseRevokeResponse, error)
+	// LeaseKeepAlive renews every listed lease this region owns.
+	LeaseKeepAlive(context.Context, *LeaseKeepAliveRequest) (*LeaseKeepAliveResponse, error)
+	LeaseTimeToLive(context.Context, *LeaseTimeToLiveRequest) (*LeaseTimeToLiveResponse, error)
+	// LeaseList lists the leases whose records this region holds.
+	LeaseList(context.Context, *LeaseListRequest) (*LeaseListResponse, error)
+	// LeaseAttach registers a data region's key span with a lease before a
+	// put attaches the lease to a key in it, and returns how long (up to
+	// which revision) such puts may carry the check. Store to store.
+	LeaseAttach(context.Context, *LeaseAttachRequest) (*LeaseAttachResponse, error)
+	// LeaseRevokeKeys deletes, in one revision, every key of this (data)
+	// region attached to the lease. Store to store, during a revoke.
+	LeaseRevokeKeys(context.Context, *LeaseRevokeKeysRequest) (*LeaseRevokeKeysResponse, error)
+	// LeaseKeys lists the keys of this (data) region attached to the lease.
+	LeaseKeys(context.Context, *LeaseKeysRequest) (*LeaseKeysResponse, error)
 	mustEmbedUnimplementedKVServer()
 }
 
@@ -156,6 +282,30 @@ func (UnimplementedKVServer) Compact(context.Context, *CompactRequest) (*Compact
 }
 func (UnimplementedKVServer) Watch(grpc.BidiStreamingServer[WatchRequest, WatchResponse]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedKVServer) LeaseGrant(context.Context, *LeaseGrantRequest) (*LeaseGrantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LeaseGrant not implemented")
+}
+func (UnimplementedKVServer) LeaseRevoke(context.Context, *LeaseRevokeRequest) (*LeaseRevokeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LeaseRevoke not implemented")
+}
+func (UnimplementedKVServer) LeaseKeepAlive(context.Context, *LeaseKeepAliveRequest) (*LeaseKeepAliveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LeaseKeepAlive not implemented")
+}
+func (UnimplementedKVServer) LeaseTimeToLive(context.Context, *LeaseTimeToLiveRequest) (*LeaseTimeToLiveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LeaseTimeToLive not implemented")
+}
+func (UnimplementedKVServer) LeaseList(context.Context, *LeaseListRequest) (*LeaseListResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LeaseList not implemented")
+}
+func (UnimplementedKVServer) LeaseAttach(context.Context, *LeaseAttachRequest) (*LeaseAttachResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LeaseAttach not implemented")
+}
+func (UnimplementedKVServer) LeaseRevokeKeys(context.Context, *LeaseRevokeKeysRequest) (*LeaseRevokeKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LeaseRevokeKeys not implemented")
+}
+func (UnimplementedKVServer) LeaseKeys(context.Context, *LeaseKeysRequest) (*LeaseKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LeaseKeys not implemented")
 }
 func (UnimplementedKVServer) mustEmbedUnimplementedKVServer() {}
 func (UnimplementedKVServer) testEmbeddedByValue()            {}
@@ -275,6 +425,150 @@ func _KV_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type KV_WatchServer = grpc.BidiStreamingServer[WatchRequest, WatchResponse]
 
+func _KV_LeaseGrant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseGrantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).LeaseGrant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_LeaseGrant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).LeaseGrant(ctx, req.(*LeaseGrantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_LeaseRevoke_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseRevokeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).LeaseRevoke(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_LeaseRevoke_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).LeaseRevoke(ctx, req.(*LeaseRevokeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_LeaseKeepAlive_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseKeepAliveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).LeaseKeepAlive(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_LeaseKeepAlive_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).LeaseKeepAlive(ctx, req.(*LeaseKeepAliveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_LeaseTimeToLive_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseTimeToLiveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).LeaseTimeToLive(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_LeaseTimeToLive_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).LeaseTimeToLive(ctx, req.(*LeaseTimeToLiveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_LeaseList_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseListRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).LeaseList(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_LeaseList_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).LeaseList(ctx, req.(*LeaseListRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_LeaseAttach_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseAttachRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).LeaseAttach(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_LeaseAttach_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).LeaseAttach(ctx, req.(*LeaseAttachRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_LeaseRevokeKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseRevokeKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).LeaseRevokeKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_LeaseRevokeKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).LeaseRevokeKeys(ctx, req.(*LeaseRevokeKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_LeaseKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).LeaseKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_LeaseKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).LeaseKeys(ctx, req.(*LeaseKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KV_ServiceDesc is the grpc.ServiceDesc for KV service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -301,6 +595,38 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Compact",
 			Handler:    _KV_Compact_Handler,
+		},
+		{
+			MethodName: "LeaseGrant",
+			Handler:    _KV_LeaseGrant_Handler,
+		},
+		{
+			MethodName: "LeaseRevoke",
+			Handler:    _KV_LeaseRevoke_Handler,
+		},
+		{
+			MethodName: "LeaseKeepAlive",
+			Handler:    _KV_LeaseKeepAlive_Handler,
+		},
+		{
+			MethodName: "LeaseTimeToLive",
+			Handler:    _KV_LeaseTimeToLive_Handler,
+		},
+		{
+			MethodName: "LeaseList",
+			Handler:    _KV_LeaseList_Handler,
+		},
+		{
+			MethodName: "LeaseAttach",
+			Handler:    _KV_LeaseAttach_Handler,
+		},
+		{
+			MethodName: "LeaseRevokeKeys",
+			Handler:    _KV_LeaseRevokeKeys_Handler,
+		},
+		{
+			MethodName: "LeaseKeys",
+			Handler:    _KV_LeaseKeys_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -42,7 +42,11 @@ func benchRegion(b *testing.B) *testRegion {
 		if err != nil {
 			b.Fatal(err)
 		}
-		tr := &testRegion{t: b, db: db, m: New(db, Limits{}),
+		m, err := New(db, Limits{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		tr := &testRegion{t: b, db: db, m: m,
 			desc: &metapb.Region{Id: 1, RegionEpoch: &metapb.RegionEpoch{ConfVer: 1, Version: 1}}}
 		tr.m.RegionChanged(1, tr.desc, nil)
 		value := make([]byte, 256)

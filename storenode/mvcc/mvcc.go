@@ -28,8 +28,8 @@ type MVCC struct {
 	// OnEvents, if set, receives each applied write's events, after they
 	// are committed to pebble, in revision order per region.
 	OnEvents func(r *Region, rev int64, events []*kvpb.Event)
-	// LeaseExists, if set, is asked whether a lease a Put attaches exists.
-	LeaseExists func(lease int64) bool
+
+	leaseIdx leaseIndex
 }
 
 // Region is the MVCC view of one region on this store.
@@ -55,9 +55,14 @@ func (r *Region) Revision() int64 { return r.lastRev.Load() }
 // CompactRevision returns the region's compaction revision.
 func (r *Region) CompactRevision() int64 { return r.compactRev.Load() }
 
-// New returns the MVCC state machine over db.
-func New(db *pebble.DB, limits Limits) *MVCC {
-	return &MVCC{db: db, limits: limits.withDefaults(), regions: make(map[uint64]*Region)}
+// New returns the MVCC state machine over db. It reads the latest version
+// of every key once, to index the keys attached to leases.
+func New(db *pebble.DB, limits Limits) (*MVCC, error) {
+	m := &MVCC{db: db, limits: limits.withDefaults(), regions: make(map[uint64]*Region)}
+	if err := m.indexLeases(nil, nil); err != nil {
+		return nil, fmt.Errorf("mvcc: index leased keys: %w", err)
+	}
+	return m, nil
 }
 
 // Limits returns the request limits in force.
@@ -170,6 +175,12 @@ func (m *MVCC) Apply(ab *raftstore.ApplyBatch, c raftstore.Command) any {
 		return &WriteResult{Err: ErrRevisionOrder}
 	}
 	w := &writer{m: m, r: ab, b: ab.Batch, region: c.Region, rev: rev, readRev: math.MaxInt64, prevRev: st.lastRev, compactRev: st.compactRev}
+	for _, lc := range wc.GetLeaseChecks() {
+		if w.leaseChecks == nil {
+			w.leaseChecks = map[int64]int64{}
+		}
+		w.leaseChecks[lc.GetId()] = lc.GetValidUntil()
+	}
 	var resp proto.Message
 	var err error
 	switch op := wc.GetOp().(type) {
@@ -179,6 +190,16 @@ func (m *MVCC) Apply(ab *raftstore.ApplyBatch, c raftstore.Command) any {
 		resp, err = w.deleteRange(op.DeleteRange)
 	case *kvpb.WriteCommand_Txn:
 		resp, err = w.txn(op.Txn)
+	case *kvpb.WriteCommand_LeaseGrant:
+		resp, err = w.leaseGrant(op.LeaseGrant)
+	case *kvpb.WriteCommand_LeaseAttach:
+		resp, err = w.leaseAttach(op.LeaseAttach)
+	case *kvpb.WriteCommand_LeaseRevoking:
+		resp, err = w.leaseRevoking(op.LeaseRevoking)
+	case *kvpb.WriteCommand_LeaseDelete:
+		resp, err = w.leaseDelete(op.LeaseDelete)
+	case *kvpb.WriteCommand_LeaseRevokeKeys:
+		resp, err = w.leaseRevokeKeys(op.LeaseRevokeKeys)
 	default:
 		panic(fmt.Sprintf("mvcc: region %d entry %d: unknown write %T", c.RegionID, c.Index, op))
 	}
@@ -310,8 +331,10 @@ type writer struct {
 	// prevRev is the region's revision before this write; compactRev its
 	// compaction revision.
 	prevRev, compactRev int64
-	events              []*kvpb.Event
-	written             int64 // bytes of the versions written
+	// leaseChecks: lease → the revision its owner's check is valid to.
+	leaseChecks map[int64]int64
+	events      []*kvpb.Event
+	written     int64 // bytes of the versions written
 }
 
 func (w *writer) put(p *kvpb.PutRequest) (*kvpb.PutResponse, error) {
@@ -333,10 +356,7 @@ func (w *writer) checkPut(p *kvpb.PutRequest) error {
 			return ErrKeyNotFound
 		}
 	}
-	if l := p.GetLease(); l != 0 && !p.GetIgnoreLease() && w.m.LeaseExists != nil && !w.m.LeaseExists(l) {
-		return ErrLeaseNotFound
-	}
-	return nil
+	return w.checkLease(p)
 }
 
 func (w *writer) doPut(p *kvpb.PutRequest) (*kvpb.PutResponse, error) {
@@ -359,6 +379,12 @@ func (w *writer) doPut(p *kvpb.PutRequest) (*kvpb.PutResponse, error) {
 		return nil, err
 	}
 	w.written += int64(len(vk) + len(vv))
+	if found && prev.lease != 0 && prev.lease != rec.lease {
+		w.m.leaseIdx.remove(prev.lease, p.GetKey())
+	}
+	if rec.lease != 0 {
+		w.m.leaseIdx.add(rec.lease, p.GetKey())
+	}
 	ev := &kvpb.Event{Type: kvpb.Event_PUT, Kv: toKV(p.GetKey(), rec, w.rev)}
 	resp := &kvpb.PutResponse{Header: &kvpb.ResponseHeader{Revision: w.rev}}
 	if found {
@@ -398,18 +424,29 @@ func (w *writer) doDeleteRange(d *kvpb.DeleteRangeRequest) (*kvpb.DeleteRangeRes
 	}
 	resp := &kvpb.DeleteRangeResponse{Header: &kvpb.ResponseHeader{Revision: w.rev}, Deleted: int64(len(victims))}
 	for _, v := range victims {
-		vk, vv := versionKey(v.key, w.rev), appendRecord(nil, record{tombstone: true})
-		if err := w.b.Set(vk, vv, nil); err != nil {
+		if err := w.tombstone(v.key, v.rec, v.rev); err != nil {
 			return nil, err
 		}
-		w.written += int64(len(vk) + len(vv))
-		prev := toKV(v.key, v.rec, v.rev)
-		w.events = append(w.events, &kvpb.Event{Type: kvpb.Event_DELETE, Kv: &kvpb.KeyValue{Key: v.key, ModRevision: w.rev}, PrevKv: prev})
 		if d.GetPrevKv() {
-			resp.PrevKvs = append(resp.PrevKvs, prev)
+			resp.PrevKvs = append(resp.PrevKvs, w.events[len(w.events)-1].PrevKv)
 		}
 	}
 	return resp, nil
+}
+
+// tombstone deletes key, whose latest version is prev (at prevRev), at the
+// write's revision.
+func (w *writer) tombstone(key []byte, prev record, prevRev int64) error {
+	vk, vv := versionKey(key, w.rev), appendRecord(nil, record{tombstone: true})
+	if err := w.b.Set(vk, vv, nil); err != nil {
+		return err
+	}
+	w.written += int64(len(vk) + len(vv))
+	if prev.lease != 0 {
+		w.m.leaseIdx.remove(prev.lease, key)
+	}
+	w.events = append(w.events, &kvpb.Event{Type: kvpb.Event_DELETE, Kv: &kvpb.KeyValue{Key: key, ModRevision: w.rev}, PrevKv: toKV(key, prev, prevRev)})
+	return nil
 }
 
 // txn evaluates every compare (nested ones too) against the state before

@@ -2,6 +2,7 @@ package mvcc
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"testing"
@@ -35,7 +36,11 @@ func newTestRegion(t testing.TB, start, end string) *testRegion {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	tr := &testRegion{t: t, db: db, m: New(db, Limits{}),
+	m, err := New(db, Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &testRegion{t: t, db: db, m: m,
 		desc: &metapb.Region{Id: 1, StartKey: []byte(start), EndKey: []byte(end), RegionEpoch: &metapb.RegionEpoch{ConfVer: 1, Version: 1}}}
 	tr.m.RegionChanged(1, tr.desc, nil)
 	tr.m.OnEvents = func(_ *Region, _ int64, evs []*kvpb.Event) { tr.events = append(tr.events, evs...) }
@@ -49,6 +54,13 @@ func newTestRegion(t testing.TB, start, end string) *testRegion {
 func (tr *testRegion) apply(wc *kvpb.WriteCommand) *WriteResult {
 	if wc.Revision == 0 {
 		wc.Revision = tr.region().Revision() + 1
+	}
+	if wc.LeaseChecks == nil {
+		// As the store does: every lease a put attaches is checked with its
+		// owner first (here: every lease exists, for ever).
+		for _, l := range AttachedLeases(wc) {
+			wc.LeaseChecks = append(wc.LeaseChecks, &kvpb.LeaseCheck{Id: l, ValidUntil: math.MaxInt64})
+		}
 	}
 	data, err := proto.Marshal(wc)
 	if err != nil {
