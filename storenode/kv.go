@@ -34,6 +34,14 @@ func grpcError(err error) error {
 		return status.Error(codes.OutOfRange, err.Error())
 	case errors.Is(err, mvcc.ErrLeaseNotFound):
 		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, mvcc.ErrLeaseExist):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, mvcc.ErrLeaseTTLTooLarge):
+		return status.Error(codes.OutOfRange, err.Error())
+	case errors.Is(err, mvcc.ErrReservedKey), errors.Is(err, errBadLeaseID):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, mvcc.ErrLeaseCheckStale), errors.Is(err, errNotLeaseOwner):
+		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, mvcc.ErrKeyNotFound), errors.Is(err, mvcc.ErrEmptyKey), errors.Is(err, mvcc.ErrKeyTooLarge),
 		errors.Is(err, mvcc.ErrTooLarge), errors.Is(err, mvcc.ErrTooManyOps), errors.Is(err, mvcc.ErrDuplicateKey),
 		errors.Is(err, mvcc.ErrBadRange), errors.Is(err, mvcc.ErrValueProvided), errors.Is(err, mvcc.ErrLeaseProvided):
@@ -77,6 +85,10 @@ func (k *kvService) region(c *kvpb.Context) (*mvcc.Region, error) {
 func (k *kvService) Range(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.RangeResponse, error) {
 	if err := k.s.mvcc.Limits().ValidateRange(req); err != nil {
 		return nil, grpcError(err)
+	}
+	req = proto.Clone(req).(*kvpb.RangeRequest)
+	if !clipRange(req) {
+		return k.emptyRange(req)
 	}
 	resp, err := k.s.serveRange(ctx, req)
 	if err != nil {
@@ -137,15 +149,22 @@ func (s *Server) serveRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 	return resp, nil
 }
 
-func (k *kvService) write(ctx context.Context, c *kvpb.Context, cmd *kvpb.WriteCommand) (*mvcc.WriteResult, *kvpb.ResponseHeader, error) {
-	if _, err := k.region(c); err != nil {
+// emptyRange answers a read that lies wholly in the system range: no user
+// key is there. The region must still be the one asked for.
+func (k *kvService) emptyRange(req *kvpb.RangeRequest) (*kvpb.RangeResponse, error) {
+	r, err := k.region(req.GetContext())
+	if err != nil {
 		h, gerr := regionHeader(err)
-		return nil, h, gerr
+		if gerr != nil {
+			return nil, gerr
+		}
+		return &kvpb.RangeResponse{Header: h}, nil
 	}
-	res, err := k.s.seq.submit(ctx, c.GetRegionId(), c.GetRegionEpoch(), cmd)
-	if err == nil {
-		err = res.Err
-	}
+	return &kvpb.RangeResponse{Header: &kvpb.ResponseHeader{Revision: r.Revision()}}, nil
+}
+
+func (k *kvService) write(ctx context.Context, c *kvpb.Context, cmd *kvpb.WriteCommand) (*mvcc.WriteResult, *kvpb.ResponseHeader, error) {
+	res, err := k.s.submitWrite(ctx, c, cmd)
 	if err != nil {
 		h, gerr := regionHeader(err)
 		return nil, h, gerr
@@ -153,9 +172,48 @@ func (k *kvService) write(ctx context.Context, c *kvpb.Context, cmd *kvpb.WriteC
 	return res, nil, nil
 }
 
+// submitWrite proposes a user write, with the checks of the leases its
+// puts attach (lease.go); a write whose checks ran out before its revision
+// is sent again with fresh ones.
+func (s *Server) submitWrite(ctx context.Context, c *kvpb.Context, cmd *kvpb.WriteCommand) (*mvcc.WriteResult, error) {
+	r, err := (&kvService{s: s}).region(c)
+	if err != nil {
+		return nil, err
+	}
+	leases := mvcc.AttachedLeases(cmd)
+	for attempt := 0; ; attempt++ {
+		if len(leases) > 0 {
+			// The range registered with the leases must be the range the
+			// write applies under: apply checks the epoch's version, and a
+			// range changes only with it.
+			desc := r.Desc()
+			if c.GetRegionEpoch().GetVersion() != desc.GetRegionEpoch().GetVersion() {
+				return nil, region.EpochNotMatch(desc)
+			}
+			if cmd.LeaseChecks, err = s.leaseChecks.forWrite(ctx, desc, leases, attempt > 0); err != nil {
+				return nil, err
+			}
+		}
+		res, err := s.seq.submit(ctx, c.GetRegionId(), c.GetRegionEpoch(), cmd)
+		if err == nil {
+			err = res.Err
+		}
+		if errors.Is(err, mvcc.ErrLeaseCheckStale) && attempt < 2 {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return res, nil
+	}
+}
+
 func (k *kvService) Put(ctx context.Context, req *kvpb.PutRequest) (*kvpb.PutResponse, error) {
 	if err := k.s.mvcc.Limits().ValidatePut(req); err != nil {
 		return nil, grpcError(err)
+	}
+	if region.IsSystemKey(req.GetKey()) {
+		return nil, grpcError(mvcc.ErrReservedKey)
 	}
 	c := req.GetContext()
 	p := proto.Clone(req).(*kvpb.PutRequest)
@@ -174,6 +232,18 @@ func (k *kvService) DeleteRange(ctx context.Context, req *kvpb.DeleteRangeReques
 	c := req.GetContext()
 	d := proto.Clone(req).(*kvpb.DeleteRangeRequest)
 	d.Context = nil
+	if !clipDelete(d) {
+		if len(req.GetRangeEnd()) == 0 {
+			return nil, grpcError(mvcc.ErrReservedKey)
+		}
+		// A range wholly inside the system range holds no user key.
+		r, err := k.region(c)
+		if err != nil {
+			h, gerr := regionHeader(err)
+			return &kvpb.DeleteRangeResponse{Header: h}, gerr
+		}
+		return &kvpb.DeleteRangeResponse{Header: &kvpb.ResponseHeader{Revision: r.Revision()}}, nil
+	}
 	res, h, err := k.write(ctx, c, &kvpb.WriteCommand{Op: &kvpb.WriteCommand_DeleteRange{DeleteRange: d}})
 	if err != nil || h != nil {
 		return &kvpb.DeleteRangeResponse{Header: h}, err
@@ -188,6 +258,9 @@ func (k *kvService) Txn(ctx context.Context, req *kvpb.TxnRequest) (*kvpb.TxnRes
 	c := req.GetContext()
 	t := proto.Clone(req).(*kvpb.TxnRequest)
 	t.Context = nil
+	if err := clipTxn(t); err != nil {
+		return nil, grpcError(err)
+	}
 	if !hasWrites(t) {
 		// A read-only transaction needs no revision and no log entry.
 		return k.readTxn(ctx, c, t)

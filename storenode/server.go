@@ -16,6 +16,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"google.golang.org/grpc"
 
+	"github.com/basaltdb/basalt/client"
 	"github.com/basaltdb/basalt/client/pdclient"
 	"github.com/basaltdb/basalt/proto/kvpb"
 	"github.com/basaltdb/basalt/proto/metapb"
@@ -100,6 +101,11 @@ type Server struct {
 
 	seq     *sequencer
 	watches *watchHub
+	// router reaches other regions' leaders (lease owners, data regions
+	// during a revoke).
+	router      *client.Client
+	leases      *leaseOwner
+	leaseChecks *leaseChecks
 	hb      *heartbeater
 	gossip  *gossip
 	merges  merges
@@ -153,7 +159,14 @@ func (s *Server) start(ctx context.Context) error {
 		return err
 	}
 	s.log = s.log.With("store", s.storeID)
-	s.mvcc = mvcc.New(s.eng.DB, s.cfg.Limits)
+	if s.mvcc, err = mvcc.New(s.eng.DB, s.cfg.Limits); err != nil {
+		return err
+	}
+	if s.router, err = client.New(ctx, s.cfg.PD, client.Options{}); err != nil {
+		return err
+	}
+	s.leases = newLeaseOwner(s)
+	s.leaseChecks = newLeaseChecks(s)
 	s.watches = newWatchHub(s)
 	s.mvcc.OnEvents = s.watches.publish
 	s.trans = raftstore.NewGRPCTransport(raftstore.GRPCTransportOptions{
@@ -204,7 +217,7 @@ func (s *Server) start(ctx context.Context) error {
 	s.store.Start()
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); _ = s.grpc.Serve(s.lis) }()
-	for _, fn := range []func(){s.seq.run, s.hb.run, s.resolveLoop, s.compactionLoop, s.splitCheckLoop, s.mergeResumeLoop, s.gossip.joinLoop} {
+	for _, fn := range []func(){s.seq.run, s.hb.run, s.resolveLoop, s.compactionLoop, s.splitCheckLoop, s.mergeResumeLoop, s.gossip.joinLoop, s.leases.run} {
 		s.wg.Add(1)
 		go func(fn func()) { defer s.wg.Done(); fn() }(fn)
 	}
@@ -379,6 +392,9 @@ func (s *Server) Close() {
 	}
 	if s.trans != nil {
 		s.trans.Close()
+	}
+	if s.router != nil {
+		s.router.Close()
 	}
 	if s.pd != nil {
 		s.pd.Close()

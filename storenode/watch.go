@@ -213,8 +213,8 @@ func (h *watchHub) publish(r *mvcc.Region, rev int64, events []*kvpb.Event) {
 func (w *watcher) filter(events []*kvpb.Event) []*kvpb.Event {
 	var out []*kvpb.Event
 	for _, e := range events {
-		if !region.Contains(w.key, w.end, e.GetKv().GetKey()) {
-			continue
+		if !region.Contains(w.key, w.end, e.GetKv().GetKey()) || region.IsSystemKey(e.GetKv().GetKey()) {
+			continue // system keys (lease records) are never shown to users
 		}
 		if (e.GetType() == kvpb.Event_PUT && w.noPut) || (e.GetType() == kvpb.Event_DELETE && w.noDelete) {
 			continue

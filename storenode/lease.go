@@ -1,0 +1,613 @@
+package storenode
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/basaltdb/basalt/proto/kvpb"
+	"github.com/basaltdb/basalt/proto/metapb"
+	"github.com/basaltdb/basalt/region"
+	"github.com/basaltdb/basalt/storenode/mvcc"
+)
+
+// Leases, owner side (docs/leases.md). A lease's record lives in the
+// region holding region.LeaseKey(id); that region's leader runs the lease's
+// clock in memory, as etcd's leader does: keep-alives are not replicated,
+// and a new leader gives every lease a full TTL again.
+//
+// The attach protocol keeps revokes complete. A data region's leader asks
+// the owner to register its key span with the lease (LeaseAttach) before
+// proposing a put that attaches it; the owner answers with a revision V
+// and apply accepts the put only at a revision ≤ V. A revoke first marks
+// the lease revoking (in memory, so no new V is handed out, then in the
+// record), waits until PD's clock passed every V handed out, and only then
+// deletes the keys in every region overlapping a registered span. Those
+// deletes get revisions above every V, and a region applies its writes in
+// revision order, so every put that carried a check is applied before the
+// delete (and deleted by it) or refused.
+
+const (
+	// tsoLogicalBits is PD's split of a timestamp (pd.LogicalBits).
+	tsoLogicalBits = 18
+	// leaseCheckWindow is how long, in timestamp units, an attach check
+	// stays valid: 3 s.
+	leaseCheckWindow = int64(3000) << tsoLogicalBits
+	// leaseCheckMargin: a data leader asks again when less than this is
+	// left of a check (1 s).
+	leaseCheckMargin = int64(1000) << tsoLogicalBits
+	// minLeaseTTL is the smallest TTL granted (etcd: 1.5 election
+	// timeouts, rounded up).
+	minLeaseTTL = 2
+	// leaseTick is how often expired leases are looked for.
+	leaseTick = 50 * time.Millisecond
+	// maxRevokes bounds the revokes one store runs at once.
+	maxRevokes = 64
+)
+
+// leaseOwner runs the clocks of the leases held by regions this store
+// leads.
+//
+// Lock order: leaseOwner.mu is a leaf; nothing is called under it.
+type leaseOwner struct {
+	s *Server
+
+	mu      sync.Mutex
+	regions map[uint64]*ownedRegion
+	leases  map[int64]*ownedLease
+	expiry  expiryHeap
+	revokes chan struct{} // semaphore of running revokes
+}
+
+// ownedRegion is a led region whose leases are loaded (or loading) for
+// one term and one range.
+type ownedRegion struct {
+	id      uint64
+	term    uint64
+	version uint64
+	loaded  chan struct{}
+	err     error
+}
+
+type ownedLease struct {
+	id, ttl  int64
+	regionID uint64
+	expiry   time.Time
+	// revoking is set before the revoking mark is proposed: no check is
+	// handed out after it.
+	revoking bool
+	// revokeRunning: a revoke goroutine owns the lease.
+	revokeRunning bool
+	// maxValidUntil is the highest check handed out for the lease.
+	maxValidUntil int64
+	spans         []*kvpb.KeySpan
+}
+
+func newLeaseOwner(s *Server) *leaseOwner {
+	return &leaseOwner{s: s, regions: map[uint64]*ownedRegion{}, leases: map[int64]*ownedLease{}, revokes: make(chan struct{}, maxRevokes)}
+}
+
+var errNotLeaseOwner = errors.New("storenode: region not loaded for leases")
+
+// owned returns the region's lease state, loading it first when this store
+// has just become its leader (or its range changed).
+func (o *leaseOwner) owned(ctx context.Context, regionID uint64, epoch *metapb.RegionEpoch) (*ownedRegion, error) {
+	st := o.s.store.RegionStatus(regionID)
+	if st == nil {
+		return nil, region.RegionNotFound(regionID)
+	}
+	if !st.IsLeader() {
+		return nil, region.NotLeader(regionID, st.Leader)
+	}
+	if epoch != nil && !region.CheckEpoch(region.CmdRead, epoch, st.Region.GetRegionEpoch()) {
+		return nil, region.EpochNotMatch(st.Region)
+	}
+	o.mu.Lock()
+	or := o.regions[regionID]
+	if or == nil || or.term != st.Term || or.version != st.Region.GetRegionEpoch().GetVersion() {
+		if or != nil {
+			o.dropRegionLocked(regionID)
+		}
+		or = &ownedRegion{id: regionID, term: st.Term, version: st.Region.GetRegionEpoch().GetVersion(), loaded: make(chan struct{})}
+		o.regions[regionID] = or
+		go o.load(or, st.Region.GetRegionEpoch())
+	}
+	o.mu.Unlock()
+	select {
+	case <-or.loaded:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if or.err != nil {
+		return nil, or.err
+	}
+	return or, nil
+}
+
+// load reads the region's lease records once every earlier leader's
+// writes are applied, and starts each lease's clock with a full TTL.
+func (o *leaseOwner) load(or *ownedRegion, epoch *metapb.RegionEpoch) {
+	defer close(or.loaded)
+	ctx, cancel := context.WithTimeout(o.s.ctx, 10*time.Second)
+	defer cancel()
+	guard, err := o.s.store.ReadIndex(ctx, or.id, epoch)
+	if err != nil {
+		or.err = err
+		o.forget(or)
+		return
+	}
+	// Checks handed out by an earlier leader were drawn before this term
+	// began, so before now: a revoke here waits until PD's clock passes
+	// now + the window.
+	ts, err := o.s.pd.GetTS(ctx)
+	if err != nil {
+		or.err = err
+		o.forget(or)
+		return
+	}
+	r := o.s.mvcc.Region(or.id)
+	if r == nil {
+		or.err = region.RegionNotFound(or.id)
+		o.forget(or)
+		return
+	}
+	recs, err := o.s.mvcc.LeaseRecords(r)
+	if err == nil {
+		err = guard.Check()
+	}
+	if err != nil {
+		or.err = err
+		o.forget(or)
+		return
+	}
+	now := time.Now()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.regions[or.id] != or {
+		or.err = errNotLeaseOwner
+		return
+	}
+	for _, rec := range recs {
+		l := &ownedLease{id: rec.GetId(), ttl: rec.GetTtl(), regionID: or.id, expiry: now.Add(time.Duration(rec.GetTtl()) * time.Second),
+			revoking: rec.GetRevoking(), maxValidUntil: int64(ts) + leaseCheckWindow, spans: rec.GetSpans()}
+		if rec.GetRevoking() {
+			l.expiry = now // finish the revoke an earlier leader started
+		}
+		o.leases[l.id] = l
+		heap.Push(&o.expiry, expiryItem{at: l.expiry, id: l.id})
+	}
+}
+
+func (o *leaseOwner) forget(or *ownedRegion) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.regions[or.id] == or {
+		o.dropRegionLocked(or.id)
+	}
+}
+
+// dropRegionLocked forgets a region's lease state (leadership or range
+// changed): its clocks stop here and start again wherever it is led.
+func (o *leaseOwner) dropRegionLocked(regionID uint64) {
+	delete(o.regions, regionID)
+	for id, l := range o.leases {
+		if l.regionID == regionID {
+			delete(o.leases, id)
+		}
+	}
+}
+
+// lease returns a loaded lease of the region, or nil.
+func (o *leaseOwner) leaseLocked(or *ownedRegion, id int64) *ownedLease {
+	if l := o.leases[id]; l != nil && l.regionID == or.id {
+		return l
+	}
+	return nil
+}
+
+func normalizeTTL(ttl int64) (int64, error) {
+	if ttl > mvcc.MaxLeaseTTL {
+		return 0, mvcc.ErrLeaseTTLTooLarge
+	}
+	return max(ttl, minLeaseTTL), nil
+}
+
+// grant creates a lease in the region holding its record.
+func (o *leaseOwner) grant(ctx context.Context, c *kvpb.Context, id, ttl int64) (*kvpb.LeaseGrantResponse, error) {
+	ttl, err := normalizeTTL(ttl)
+	if err != nil {
+		return nil, err
+	}
+	if id <= 0 {
+		return nil, errBadLeaseID
+	}
+	or, err := o.owned(ctx, c.GetRegionId(), c.GetRegionEpoch())
+	if err != nil {
+		return nil, err
+	}
+	res, err := o.s.seq.submit(ctx, c.GetRegionId(), c.GetRegionEpoch(), &kvpb.WriteCommand{Op: &kvpb.WriteCommand_LeaseGrant{
+		LeaseGrant: &kvpb.LeaseGrantRequest{Id: id, Ttl: ttl}}})
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		return nil, err
+	}
+	o.mu.Lock()
+	if o.regions[or.id] == or {
+		l := &ownedLease{id: id, ttl: ttl, regionID: or.id, expiry: time.Now().Add(time.Duration(ttl) * time.Second)}
+		o.leases[id] = l
+		heap.Push(&o.expiry, expiryItem{at: l.expiry, id: id})
+	}
+	o.mu.Unlock()
+	return res.Response.(*kvpb.LeaseGrantResponse), nil
+}
+
+var errBadLeaseID = errors.New("basalt: lease ID must be positive")
+
+// keepAlive renews the region's listed leases; 0 for one it does not have.
+func (o *leaseOwner) keepAlive(ctx context.Context, c *kvpb.Context, ids []int64) ([]int64, error) {
+	or, err := o.owned(ctx, c.GetRegionId(), c.GetRegionEpoch())
+	if err != nil {
+		return nil, err
+	}
+	// A deposed leader must not renew: the new one would let the lease
+	// expire while its holder believes it renewed.
+	guard, err := o.s.store.ReadIndex(ctx, or.id, c.GetRegionEpoch())
+	if err != nil {
+		return nil, err
+	}
+	if err := guard.Check(); err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	out := make([]int64, len(ids))
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for i, id := range ids {
+		l := o.leaseLocked(or, id)
+		if l == nil || l.revoking {
+			continue
+		}
+		l.expiry = now.Add(time.Duration(l.ttl) * time.Second)
+		heap.Push(&o.expiry, expiryItem{at: l.expiry, id: id})
+		out[i] = l.ttl
+	}
+	return out, nil
+}
+
+// timeToLive describes a lease (ttl -1: none).
+func (o *leaseOwner) timeToLive(ctx context.Context, c *kvpb.Context, id int64) (*kvpb.LeaseTimeToLiveResponse, error) {
+	or, err := o.owned(ctx, c.GetRegionId(), c.GetRegionEpoch())
+	if err != nil {
+		return nil, err
+	}
+	guard, err := o.s.store.ReadIndex(ctx, or.id, c.GetRegionEpoch())
+	if err != nil {
+		return nil, err
+	}
+	r := o.s.mvcc.Region(or.id)
+	if r == nil {
+		return nil, region.RegionNotFound(or.id)
+	}
+	rec, err := o.s.mvcc.LeaseRecord(r, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := guard.Check(); err != nil {
+		return nil, err
+	}
+	resp := &kvpb.LeaseTimeToLiveResponse{Header: &kvpb.ResponseHeader{Revision: r.Revision()}, Id: id, Ttl: -1}
+	if rec == nil || rec.GetRevoking() {
+		return resp, nil
+	}
+	resp.GrantedTtl, resp.Spans = rec.GetTtl(), rec.GetSpans()
+	o.mu.Lock()
+	if l := o.leaseLocked(or, id); l != nil {
+		resp.Ttl = max(0, int64(time.Until(l.expiry).Round(time.Second)/time.Second))
+	}
+	o.mu.Unlock()
+	return resp, nil
+}
+
+// list returns the leases the region holds.
+func (o *leaseOwner) list(ctx context.Context, c *kvpb.Context) ([]int64, error) {
+	or, err := o.owned(ctx, c.GetRegionId(), c.GetRegionEpoch())
+	if err != nil {
+		return nil, err
+	}
+	guard, err := o.s.store.ReadIndex(ctx, or.id, c.GetRegionEpoch())
+	if err != nil {
+		return nil, err
+	}
+	r := o.s.mvcc.Region(or.id)
+	if r == nil {
+		return nil, region.RegionNotFound(or.id)
+	}
+	recs, err := o.s.mvcc.LeaseRecords(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := guard.Check(); err != nil {
+		return nil, err
+	}
+	ids := make([]int64, 0, len(recs))
+	for _, rec := range recs {
+		if !rec.GetRevoking() {
+			ids = append(ids, rec.GetId())
+		}
+	}
+	return ids, nil
+}
+
+// attach registers span with the lease and returns the revision up to
+// which puts in span may attach it.
+func (o *leaseOwner) attach(ctx context.Context, c *kvpb.Context, id int64, span *kvpb.KeySpan) (int64, error) {
+	or, err := o.owned(ctx, c.GetRegionId(), c.GetRegionEpoch())
+	if err != nil {
+		return 0, err
+	}
+	ts, err := o.s.pd.GetTS(ctx)
+	if err != nil {
+		return 0, err
+	}
+	until := int64(ts) + leaseCheckWindow
+	o.mu.Lock()
+	l := o.leaseLocked(or, id)
+	if l == nil || l.revoking {
+		o.mu.Unlock()
+		return 0, mvcc.ErrLeaseNotFound
+	}
+	_, uncovered := mvcc.AddSpan(l.spans, span)
+	if !uncovered {
+		// Recorded before leadership is confirmed: a revoke that starts
+		// meanwhile waits for it.
+		l.maxValidUntil = max(l.maxValidUntil, until)
+		o.mu.Unlock()
+		guard, err := o.s.store.ReadIndex(ctx, or.id, c.GetRegionEpoch())
+		if err == nil {
+			err = guard.Check()
+		}
+		if err != nil {
+			return 0, err
+		}
+		return until, nil
+	}
+	o.mu.Unlock()
+	res, err := o.s.seq.submit(ctx, or.id, c.GetRegionEpoch(), &kvpb.WriteCommand{Op: &kvpb.WriteCommand_LeaseAttach{
+		LeaseAttach: &kvpb.LeaseAttachRequest{Id: id, Span: span}}})
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		return 0, err
+	}
+	rec := res.Response.(*kvpb.LeaseRecord)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if l = o.leaseLocked(or, id); l == nil || l.revoking {
+		// A revoke began while the span was registered; it may already
+		// have read the checks handed out.
+		return 0, mvcc.ErrLeaseNotFound
+	}
+	l.spans = rec.GetSpans()
+	l.maxValidUntil = max(l.maxValidUntil, until)
+	return until, nil
+}
+
+// revoke deletes every key attached to the lease, then its record. It is
+// safe to run again after a failure at any step.
+func (o *leaseOwner) revoke(ctx context.Context, c *kvpb.Context, id int64) error {
+	or, err := o.owned(ctx, c.GetRegionId(), c.GetRegionEpoch())
+	if err != nil {
+		return err
+	}
+	return o.revokeOwned(ctx, or, c.GetRegionEpoch(), id)
+}
+
+func (o *leaseOwner) revokeOwned(ctx context.Context, or *ownedRegion, epoch *metapb.RegionEpoch, id int64) error {
+	o.mu.Lock()
+	if l := o.leaseLocked(or, id); l != nil {
+		l.revoking = true
+	}
+	o.mu.Unlock()
+	res, err := o.s.seq.submit(ctx, or.id, epoch, &kvpb.WriteCommand{Op: &kvpb.WriteCommand_LeaseRevoking{LeaseRevoking: id}})
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		return err
+	}
+	rec := res.Response.(*kvpb.LeaseRecord)
+	o.mu.Lock()
+	until := int64(0)
+	if l := o.leaseLocked(or, id); l != nil {
+		until = l.maxValidUntil
+	} else if o.regions[or.id] != or {
+		o.mu.Unlock()
+		return errNotLeaseOwner // a new leader finishes the revoke
+	}
+	o.mu.Unlock()
+	if err := o.waitPast(ctx, until); err != nil {
+		return err
+	}
+	for _, sp := range rec.GetSpans() {
+		if _, err := o.s.router.LeaseRevokeKeys(ctx, id, sp); err != nil {
+			return err
+		}
+	}
+	res, err = o.s.seq.submit(ctx, or.id, epoch, &kvpb.WriteCommand{Op: &kvpb.WriteCommand_LeaseDelete{LeaseDelete: id}})
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		return err
+	}
+	o.mu.Lock()
+	if l := o.leaseLocked(or, id); l != nil {
+		delete(o.leases, id)
+	}
+	o.mu.Unlock()
+	return nil
+}
+
+// waitPast returns once PD's clock is above ts.
+func (o *leaseOwner) waitPast(ctx context.Context, ts int64) error {
+	for {
+		now, err := o.s.pd.GetTS(ctx)
+		if err != nil {
+			return err
+		}
+		if int64(now) > ts {
+			return nil
+		}
+		ms := (ts-int64(now))>>tsoLogicalBits + 1
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(ms) * time.Millisecond):
+		}
+	}
+}
+
+// run expires leases: one loop for every lease this store owns, woken by
+// the earliest expiry, not a timer per lease or region.
+func (o *leaseOwner) run() {
+	t := time.NewTicker(leaseTick)
+	defer t.Stop()
+	for tick := 1; ; tick++ {
+		select {
+		case <-o.s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		o.loadLedRegions()
+		o.expire(time.Now())
+		if tick%100 == 0 {
+			o.s.leaseChecks.prune()
+		}
+	}
+}
+
+// loadLedRegions starts the clocks of lease regions this store now leads
+// (keep-alives may never arrive for a lease whose holder died), and drops
+// the regions it no longer leads.
+func (o *leaseOwner) loadLedRegions() {
+	for _, st := range o.s.store.Regions() {
+		if st == nil || !st.Initialized || !overlapsLeaseSpan(st.Region) {
+			continue
+		}
+		o.mu.Lock()
+		or := o.regions[st.Region.GetId()]
+		current := or != nil && or.term == st.Term && or.version == st.Region.GetRegionEpoch().GetVersion()
+		if or != nil && (!current || !st.IsLeader()) {
+			o.dropRegionLocked(or.id)
+		}
+		o.mu.Unlock()
+		if st.IsLeader() && !current {
+			go func() {
+				ctx, cancel := context.WithTimeout(o.s.ctx, 10*time.Second)
+				defer cancel()
+				_, _ = o.owned(ctx, st.Region.GetId(), st.Region.GetRegionEpoch())
+			}()
+		}
+	}
+	o.mu.Lock()
+	for id := range o.regions {
+		if st := o.s.store.RegionStatus(id); st == nil || !st.IsLeader() {
+			o.dropRegionLocked(id)
+		}
+	}
+	o.mu.Unlock()
+}
+
+func overlapsLeaseSpan(r *metapb.Region) bool {
+	return region.CompareEnd(region.LeasePrefix, r.GetEndKey()) < 0 && string(r.GetStartKey()) < string(region.LeaseSpanEnd)
+}
+
+// expire starts a revoke for every lease whose time ran out.
+func (o *leaseOwner) expire(now time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for o.expiry.Len() > 0 && !o.expiry[0].at.After(now) {
+		it := heap.Pop(&o.expiry).(expiryItem)
+		l := o.leases[it.id]
+		if l == nil || l.revokeRunning || l.expiry.After(now) {
+			continue // gone, already being revoked, or renewed since
+		}
+		or := o.regions[l.regionID]
+		if or == nil {
+			continue
+		}
+		select {
+		case o.revokes <- struct{}{}:
+		default:
+			// Too many revokes running: look again next tick.
+			heap.Push(&o.expiry, expiryItem{at: now.Add(leaseTick), id: l.id})
+			l.expiry = now
+			return
+		}
+		l.revokeRunning = true
+		go o.expireOne(or, l.id)
+	}
+}
+
+func (o *leaseOwner) expireOne(or *ownedRegion, id int64) {
+	defer func() { <-o.revokes }()
+	ctx, cancel := context.WithTimeout(o.s.ctx, 30*time.Second)
+	defer cancel()
+	st := o.s.store.RegionStatus(or.id)
+	var err error
+	if st == nil || st.Term != or.term || st.Region.GetRegionEpoch().GetVersion() != or.version {
+		err = errNotLeaseOwner
+	} else {
+		err = o.revokeOwned(ctx, or, st.Region.GetRegionEpoch(), id)
+	}
+	if err == nil || errors.Is(err, mvcc.ErrLeaseNotFound) {
+		o.mu.Lock()
+		if l := o.leaseLocked(or, id); l != nil {
+			delete(o.leases, id)
+		}
+		o.mu.Unlock()
+		return
+	}
+	if o.s.ctx.Err() == nil {
+		o.s.log.Debug("lease revoke failed; retrying", "lease", id, "err", err)
+	}
+	o.mu.Lock()
+	if l := o.leaseLocked(or, id); l != nil {
+		l.revokeRunning = false
+		l.expiry = time.Now().Add(500 * time.Millisecond)
+		heap.Push(&o.expiry, expiryItem{at: l.expiry, id: id})
+	}
+	o.mu.Unlock()
+}
+
+// ownedCount is how many leases this store runs clocks for (tests).
+func (o *leaseOwner) ownedCount() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.leases)
+}
+
+type expiryItem struct {
+	at time.Time
+	id int64
+}
+
+// expiryHeap orders expiries; an entry whose lease was renewed or deleted
+// since is skipped when popped (a renewal pushes a new entry).
+type expiryHeap []expiryItem
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(expiryItem)) }
+func (h *expiryHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return it
+}
