@@ -106,9 +106,9 @@ type Server struct {
 	router      *client.Client
 	leases      *leaseOwner
 	leaseChecks *leaseChecks
-	hb      *heartbeater
-	gossip  *gossip
-	merges  merges
+	hb          *heartbeater
+	gossip      *gossip
+	merges      merges
 
 	compactWake chan struct{}
 	gcMu        sync.Mutex
