@@ -4,10 +4,14 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/basaltdb/basalt/client"
+	"github.com/basaltdb/basalt/region"
 	"github.com/basaltdb/basalt/tests/procs"
 )
 
@@ -176,5 +180,145 @@ func TestLeaseKeepAliveThenRevoke(t *testing.T) {
 	}
 	if _, err := kv.Put(ctx, "\x00Lx", "v"); err == nil {
 		t.Fatal("a put into the system range succeeded")
+	}
+}
+
+// Writers keep attaching a lease to keys in four regions while it is
+// revoked: once the revoke returns and the writers stop, no key carries
+// it, whichever of their puts were acknowledged.
+func TestLeaseRevokeRacesAttachingPuts(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	waitReplicated(t, c)
+	splitPrefix(t, cl, "v/", 4)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	kv := cl.KV()
+	for round := 0; round < 4; round++ {
+		g, err := cl.LeaseGrant(ctx, 30, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var acked, refused, attempts atomic.Int64
+		var wg sync.WaitGroup
+		stop := make(chan struct{})
+		for w := 0; w < 8; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					key := fmt.Sprintf("v/%c%d-%d", 'a'+rune((w*7+i)%26), w, i%50)
+					_, err := kv.Put(ctx, key, "v", client.WithLease(g.GetId()))
+					attempts.Add(1)
+					switch {
+					case err == nil:
+						acked.Add(1)
+					case client.IsLeaseNotFound(err):
+						refused.Add(1)
+					}
+				}
+			}(w)
+		}
+		// Let the writers attach in every region, then revoke under them.
+		for acked.Load() < 200 && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if err := cl.LeaseRevoke(ctx, g.GetId()); err != nil {
+			t.Fatal(err)
+		}
+		// Puts keep coming after the revoke returned: all must be refused.
+		for after := attempts.Load(); attempts.Load() < after+100 && ctx.Err() == nil; {
+			time.Sleep(5 * time.Millisecond)
+		}
+		close(stop)
+		wg.Wait()
+		if left := leasedKeys(t, ctx, kv, "v/", g.GetId()); len(left) != 0 {
+			t.Fatalf("round %d: %d keys survived the revoke of lease %d (acked %d): %v", round, len(left), g.GetId(), acked.Load(), left)
+		}
+		t.Logf("round %d: %d puts acknowledged, %d refused", round, acked.Load(), refused.Load())
+	}
+}
+
+// Killing the leader of the region holding a lease's record neither
+// expires the kept-alive lease nor stops its clock: once the keep-alives
+// stop, the new leader expires it and its keys go.
+func TestLeaseSurvivesOwnerLeaderKill(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	pd := waitReplicated(t, c)
+	splitPrefix(t, cl, "o/", 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	kv := cl.KV()
+	g, err := cl.LeaseGrant(ctx, 3, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"o/a", "o/x"} {
+		if _, err := kv.Put(ctx, k, "v", client.WithLease(g.GetId())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kaCtx, kaStop := context.WithCancel(ctx)
+	defer kaStop()
+	ka, err := cl.LeaseKeepAlive(kaCtx, g.GetId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := leaderStoreOf(t, c, pd, region.LeaseKey(g.GetId()))
+	c.Signal(owner, syscall.SIGKILL)
+	// Renewals through the new leader for three TTLs.
+	for renewals := 0; renewals < 9; {
+		select {
+		case _, ok := <-ka:
+			if !ok {
+				t.Fatal("keep-alive stopped: the lease was lost with its leader")
+			}
+			renewals++
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		}
+	}
+	if left := leasedKeys(t, ctx, kv, "o/", g.GetId()); len(left) != 2 {
+		t.Fatalf("keys of the kept-alive lease after the kill: %v", left)
+	}
+	c.Restart(owner)
+	kaStop()
+	waitNoLeasedKeys(t, ctx, kv, "o/", g.GetId())
+}
+
+// A region split between a key's attach and the revoke: the revoke still
+// finds the keys that moved to the new region.
+func TestLeaseRevokeAfterDataRegionSplit(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	waitReplicated(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	kv := cl.KV()
+	g, err := cl.LeaseGrant(ctx, 60, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 26; i++ {
+		if _, err := kv.Put(ctx, fmt.Sprintf("s/%c", 'a'+i), "v", client.WithLease(g.GetId())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	splitAt(t, cl, 3, func(i int) string { return fmt.Sprintf("s/%c", 'a'+i*9) })
+	ttl, err := cl.LeaseTimeToLive(ctx, g.GetId(), true)
+	if err != nil || len(ttl.Keys) != 26 {
+		t.Fatalf("keys after the split: %d %v", len(ttl.Keys), err)
+	}
+	if err := cl.LeaseRevoke(ctx, g.GetId()); err != nil {
+		t.Fatal(err)
+	}
+	if left := leasedKeys(t, ctx, kv, "s/", g.GetId()); len(left) != 0 {
+		t.Fatalf("keys after the revoke: %v", left)
 	}
 }

@@ -87,9 +87,15 @@ func waitReplicated(t testing.TB, c *procs.Cluster) *pdclient.Client {
 
 func leaderStore(t *testing.T, c *procs.Cluster, pd *pdclient.Client) *procs.Proc {
 	t.Helper()
+	return leaderStoreOf(t, c, pd, []byte("a"))
+}
+
+// leaderStoreOf returns the store PD names as the leader of key's region.
+func leaderStoreOf(t *testing.T, c *procs.Cluster, pd *pdclient.Client, key []byte) *procs.Proc {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	r, err := pd.GetRegion(ctx, []byte("a"))
+	r, err := pd.GetRegion(ctx, key)
 	if err != nil {
 		t.Fatal(err)
 	}
