@@ -28,10 +28,17 @@ func ctlCmd() *cobra.Command {
 	connect := env.connect
 
 	var prevKV bool
-	var lease int64
+	var leaseHex string
 	put := &cobra.Command{
 		Use: "put KEY VALUE", Short: "Write a key", Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var lease int64
+			if leaseHex != "" && leaseHex != "0" {
+				var err error
+				if lease, err = parseLeaseID(leaseHex); err != nil {
+					return err
+				}
+			}
 			c, ctx, cancel, err := connect()
 			if err != nil {
 				return err
@@ -53,7 +60,7 @@ func ctlCmd() *cobra.Command {
 		},
 	}
 	put.Flags().BoolVar(&prevKV, "prev-kv", false, "print the previous value")
-	put.Flags().Int64Var(&lease, "lease", 0, "attach the key to this lease (hex or decimal ID)")
+	put.Flags().StringVar(&leaseHex, "lease", "", "attach the key to this lease (hexadecimal ID, as etcdctl)")
 
 	var prefix, keysOnly, countOnly bool
 	var rangeEnd string
@@ -244,7 +251,7 @@ func ctlCmd() *cobra.Command {
 		},
 	})
 
-	root.AddCommand(put, get, del, compact, ctlWatchCmd(env), ctlTxnCmd(env), member, store, reg)
+	root.AddCommand(put, get, del, compact, ctlWatchCmd(env), ctlTxnCmd(env), ctlLeaseCmd(env), member, store, reg)
 	return root
 }
 

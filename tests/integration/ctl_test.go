@@ -85,3 +85,43 @@ func TestCtlWatch(t *testing.T) {
 		t.Fatalf("ctl watch did not exit cleanly on SIGINT: %v", err)
 	}
 }
+
+// `basalt ctl lease` speaks etcdctl's lease dialect: hexadecimal IDs,
+// `put --lease`, timetolive with keys, list, revoke, and one-line errors.
+func TestCtlLease(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	c.Client(t)
+	waitReplicated(t, c)
+	ctl := func(args ...string) (string, error) {
+		out, err := exec.Command(procs.Binary(t), append([]string{"ctl", "--pd", c.PDEndpoints()}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := ctl("lease", "grant", "60", "--id", "2a")
+	if err != nil || out != "lease 000000000000002a granted with TTL(60s)\n" {
+		t.Fatalf("grant: %v: %q", err, out)
+	}
+	if out, err := ctl("put", "lk", "v", "--lease", "2a"); err != nil || out != "OK\n" {
+		t.Fatalf("put --lease: %v: %q", err, out)
+	}
+	if out, err := ctl("lease", "timetolive", "2a", "--keys"); err != nil || !strings.Contains(out, "granted with TTL(60s)") || !strings.Contains(out, "attached keys([lk])") {
+		t.Fatalf("timetolive: %v: %q", err, out)
+	}
+	if out, err := ctl("lease", "keep-alive", "--once", "2a"); err != nil || out != "lease 000000000000002a keepalived with TTL(60)\n" {
+		t.Fatalf("keep-alive --once: %v: %q", err, out)
+	}
+	if out, err := ctl("lease", "list"); err != nil || out != "found 1 leases\n000000000000002a\n" {
+		t.Fatalf("list: %v: %q", err, out)
+	}
+	if out, err := ctl("lease", "revoke", "2a"); err != nil || out != "lease 000000000000002a revoked\n" {
+		t.Fatalf("revoke: %v: %q", err, out)
+	}
+	if out, err := ctl("get", "lk"); err != nil || out != "" {
+		t.Fatalf("the revoked lease's key: %v: %q", err, out)
+	}
+	if out, err := ctl("put", "lk", "v", "--lease", "2a"); err == nil || !strings.Contains(out, "requested lease not found") {
+		t.Fatalf("put with a revoked lease: %v: %q", err, out)
+	}
+	if out, err := ctl("lease", "revoke", "zz"); err == nil || !strings.Contains(out, "bad lease ID") {
+		t.Fatalf("bad ID: %v: %q", err, out)
+	}
+}

@@ -1,0 +1,185 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// parseLeaseID reads a lease ID as etcdctl writes it: hexadecimal.
+func parseLeaseID(s string) (int64, error) {
+	id, err := strconv.ParseInt(s, 16, 64)
+	if err != nil || id <= 0 {
+		return 0, fmt.Errorf("bad lease ID %q: want a positive hexadecimal number", s)
+	}
+	return id, nil
+}
+
+// ctlLeaseCmd is etcdctl's `lease` with its output: IDs in hexadecimal.
+func ctlLeaseCmd(env *ctlEnv) *cobra.Command {
+	lease := &cobra.Command{Use: "lease", Short: "Grant, revoke, keep alive and inspect leases"}
+	var grantID string
+	grant := &cobra.Command{
+		Use: "grant TTL", Short: "Create a lease of TTL seconds", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ttl, err := strconv.ParseInt(args[0], 10, 64)
+			if err != nil || ttl <= 0 {
+				return fmt.Errorf("bad TTL %q: want a positive number of seconds", args[0])
+			}
+			var id int64
+			if grantID != "" {
+				if id, err = parseLeaseID(grantID); err != nil {
+					return err
+				}
+			}
+			c, ctx, cancel, err := env.connect()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			resp, err := c.LeaseGrant(ctx, ttl, id)
+			if err != nil {
+				return err
+			}
+			if env.output == "json" {
+				return printJSON(cmd.OutOrStdout(), resp)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "lease %016x granted with TTL(%ds)\n", resp.GetId(), resp.GetTtl())
+			return nil
+		},
+	}
+	grant.Flags().StringVar(&grantID, "id", "", "the lease's ID (hexadecimal); default: a random free one")
+
+	revoke := &cobra.Command{
+		Use: "revoke ID", Short: "Revoke a lease and delete every key attached to it", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseLeaseID(args[0])
+			if err != nil {
+				return err
+			}
+			c, ctx, cancel, err := env.connect()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			if err := c.LeaseRevoke(ctx, id); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "lease %016x revoked\n", id)
+			return nil
+		},
+	}
+
+	var once bool
+	keepAlive := &cobra.Command{
+		Use: "keep-alive ID", Short: "Keep a lease alive until interrupted (or once)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseLeaseID(args[0])
+			if err != nil {
+				return err
+			}
+			c, ctx, cancel, err := env.connect()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if once {
+				defer cancel()
+				ttl, err := c.LeaseKeepAliveOnce(ctx, id)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "lease %016x keepalived with TTL(%d)\n", id, ttl)
+				return nil
+			}
+			cancel()
+			sig, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			ch, err := c.LeaseKeepAlive(sig, id)
+			if err != nil {
+				return err
+			}
+			for ttl := range ch {
+				fmt.Fprintf(cmd.OutOrStdout(), "lease %016x keepalived with TTL(%d)\n", id, ttl)
+			}
+			if sig.Err() == nil {
+				return fmt.Errorf("lease %016x expired or revoked", id)
+			}
+			return nil
+		},
+	}
+	keepAlive.Flags().BoolVar(&once, "once", false, "renew once and exit")
+
+	var withKeys bool
+	ttl := &cobra.Command{
+		Use: "timetolive ID", Short: "Show a lease's remaining TTL (and its keys)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseLeaseID(args[0])
+			if err != nil {
+				return err
+			}
+			c, ctx, cancel, err := env.connect()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			r, err := c.LeaseTimeToLive(ctx, id, withKeys)
+			if err != nil {
+				return err
+			}
+			if env.output == "json" {
+				return printJSON(cmd.OutOrStdout(), r)
+			}
+			out := cmd.OutOrStdout()
+			if r.TTL < 0 {
+				fmt.Fprintf(out, "lease %016x already expired\n", id)
+				return nil
+			}
+			if !withKeys {
+				fmt.Fprintf(out, "lease %016x granted with TTL(%ds), remaining(%ds)\n", id, r.GrantedTTL, r.TTL)
+				return nil
+			}
+			keys := make([]string, len(r.Keys))
+			for i, k := range r.Keys {
+				keys[i] = string(k)
+			}
+			fmt.Fprintf(out, "lease %016x granted with TTL(%ds), remaining(%ds), attached keys(%v)\n", id, r.GrantedTTL, r.TTL, keys)
+			return nil
+		},
+	}
+	ttl.Flags().BoolVar(&withKeys, "keys", false, "list the keys attached to the lease")
+
+	list := &cobra.Command{
+		Use: "list", Short: "List every lease", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, ctx, cancel, err := env.connect()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			ids, err := c.Leases(ctx)
+			if err != nil {
+				return err
+			}
+			if env.output == "json" {
+				return printJSON(cmd.OutOrStdout(), ids)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "found %d leases\n", len(ids))
+			for _, id := range ids {
+				fmt.Fprintf(cmd.OutOrStdout(), "%016x\n", id)
+			}
+			return nil
+		},
+	}
+	lease.AddCommand(grant, revoke, keepAlive, ttl, list)
+	return lease
+}
