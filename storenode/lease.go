@@ -59,6 +59,22 @@ type leaseOwner struct {
 	leases  map[int64]*ownedLease
 	expiry  expiryHeap
 	revokes chan struct{} // semaphore of running revokes
+
+	// wg tracks the loads and revokes running in the background; the
+	// store waits for them before closing pebble.
+	wg sync.WaitGroup
+}
+
+// goBackground runs fn unless the store is stopping.
+func (o *leaseOwner) goBackground(fn func()) {
+	if o.s.ctx.Err() != nil {
+		return
+	}
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		fn()
+	}()
 }
 
 // ownedRegion is a led region whose leases are loaded (or loading) for
@@ -112,7 +128,13 @@ func (o *leaseOwner) owned(ctx context.Context, regionID uint64, epoch *metapb.R
 		}
 		or = &ownedRegion{id: regionID, term: st.Term, version: st.Region.GetRegionEpoch().GetVersion(), loaded: make(chan struct{})}
 		o.regions[regionID] = or
-		go o.load(or, st.Region.GetRegionEpoch())
+		epoch := st.Region.GetRegionEpoch()
+		if o.s.ctx.Err() != nil {
+			or.err = errStopping
+			close(or.loaded)
+		} else {
+			o.goBackground(func() { o.load(or, epoch) })
+		}
 	}
 	o.mu.Unlock()
 	select {
@@ -507,11 +529,11 @@ func (o *leaseOwner) loadLedRegions() {
 		}
 		o.mu.Unlock()
 		if st.IsLeader() && !current {
-			go func() {
+			o.goBackground(func() {
 				ctx, cancel := context.WithTimeout(o.s.ctx, 10*time.Second)
 				defer cancel()
 				_, _ = o.owned(ctx, st.Region.GetId(), st.Region.GetRegionEpoch())
-			}()
+			})
 		}
 	}
 	o.mu.Lock()
@@ -550,7 +572,8 @@ func (o *leaseOwner) expire(now time.Time) {
 			return
 		}
 		l.revokeRunning = true
-		go o.expireOne(or, l.id)
+		id := l.id
+		o.goBackground(func() { o.expireOne(or, id) })
 	}
 }
 

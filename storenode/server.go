@@ -384,6 +384,9 @@ func (s *Server) Close() {
 		s.store.Stop()
 	}
 	s.wg.Wait()
+	if s.leases != nil {
+		s.leases.wg.Wait()
+	}
 	if s.gossip != nil {
 		s.gossip.stop()
 	}
