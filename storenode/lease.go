@@ -33,18 +33,21 @@ const (
 	// tsoLogicalBits is PD's split of a timestamp (pd.LogicalBits).
 	tsoLogicalBits = 18
 	// leaseCheckWindow is how long, in timestamp units, an attach check
-	// stays valid: 3 s.
-	leaseCheckWindow = int64(3000) << tsoLogicalBits
+	// stays valid: 1 s. It bounds how long a revoke waits for puts still
+	// on their way to the log, so it is also the longest an expiry can be
+	// delayed by a put just before it; a put slower than this from check
+	// to revision is refused and retried with a fresh check.
+	leaseCheckWindow = int64(1000) << tsoLogicalBits
 	// leaseCheckMargin: a data leader asks again when less than this is
-	// left of a check (1 s).
-	leaseCheckMargin = int64(1000) << tsoLogicalBits
+	// left of a check (300 ms).
+	leaseCheckMargin = int64(300) << tsoLogicalBits
 	// minLeaseTTL is the smallest TTL granted (etcd: 1.5 election
 	// timeouts, rounded up).
 	minLeaseTTL = 2
 	// leaseTick is how often expired leases are looked for.
 	leaseTick = 50 * time.Millisecond
 	// maxRevokes bounds the revokes one store runs at once.
-	maxRevokes = 64
+	maxRevokes = 256
 )
 
 // leaseOwner runs the clocks of the leases held by regions this store
@@ -99,6 +102,9 @@ type ownedLease struct {
 	// maxValidUntil is the highest check handed out for the lease.
 	maxValidUntil int64
 	spans         []*kvpb.KeySpan
+	// heapIdx is the lease's place in leaseOwner.expiry, -1 when out of it
+	// (being revoked).
+	heapIdx int
 }
 
 func newLeaseOwner(s *Server) *leaseOwner {
@@ -192,13 +198,17 @@ func (o *leaseOwner) load(or *ownedRegion, epoch *metapb.RegionEpoch) {
 		return
 	}
 	for _, rec := range recs {
-		l := &ownedLease{id: rec.GetId(), ttl: rec.GetTtl(), regionID: or.id, expiry: now.Add(time.Duration(rec.GetTtl()) * time.Second),
-			revoking: rec.GetRevoking(), maxValidUntil: int64(ts) + leaseCheckWindow, spans: rec.GetSpans()}
+		l := &ownedLease{id: rec.GetId(), ttl: rec.GetTtl(), regionID: or.id,
+			revoking: rec.GetRevoking(), maxValidUntil: int64(ts) + leaseCheckWindow, spans: rec.GetSpans(), heapIdx: -1}
+		at := now.Add(time.Duration(rec.GetTtl()) * time.Second)
 		if rec.GetRevoking() {
-			l.expiry = now // finish the revoke an earlier leader started
+			at = now // finish the revoke an earlier leader started
+		}
+		if old := o.leases[l.id]; old != nil {
+			o.removeLocked(old)
 		}
 		o.leases[l.id] = l
-		heap.Push(&o.expiry, expiryItem{at: l.expiry, id: l.id})
+		o.setExpiryLocked(l, at)
 	}
 }
 
@@ -214,10 +224,30 @@ func (o *leaseOwner) forget(or *ownedRegion) {
 // changed): its clocks stop here and start again wherever it is led.
 func (o *leaseOwner) dropRegionLocked(regionID uint64) {
 	delete(o.regions, regionID)
-	for id, l := range o.leases {
+	for _, l := range o.leases {
 		if l.regionID == regionID {
-			delete(o.leases, id)
+			o.removeLocked(l)
 		}
+	}
+}
+
+// setExpiryLocked (re)starts a lease's clock.
+func (o *leaseOwner) setExpiryLocked(l *ownedLease, at time.Time) {
+	l.expiry = at
+	if l.heapIdx >= 0 {
+		heap.Fix(&o.expiry, l.heapIdx)
+	} else {
+		heap.Push(&o.expiry, l)
+	}
+}
+
+// removeLocked forgets a lease.
+func (o *leaseOwner) removeLocked(l *ownedLease) {
+	if o.leases[l.id] == l {
+		delete(o.leases, l.id)
+	}
+	if l.heapIdx >= 0 {
+		heap.Remove(&o.expiry, l.heapIdx)
 	}
 }
 
@@ -259,9 +289,12 @@ func (o *leaseOwner) grant(ctx context.Context, c *kvpb.Context, id, ttl int64) 
 	}
 	o.mu.Lock()
 	if o.regions[or.id] == or {
-		l := &ownedLease{id: id, ttl: ttl, regionID: or.id, expiry: time.Now().Add(time.Duration(ttl) * time.Second)}
+		l := &ownedLease{id: id, ttl: ttl, regionID: or.id, heapIdx: -1}
+		if old := o.leases[id]; old != nil {
+			o.removeLocked(old)
+		}
 		o.leases[id] = l
-		heap.Push(&o.expiry, expiryItem{at: l.expiry, id: id})
+		o.setExpiryLocked(l, time.Now().Add(time.Duration(ttl)*time.Second))
 	}
 	o.mu.Unlock()
 	return res.Response.(*kvpb.LeaseGrantResponse), nil
@@ -290,11 +323,10 @@ func (o *leaseOwner) keepAlive(ctx context.Context, c *kvpb.Context, ids []int64
 	defer o.mu.Unlock()
 	for i, id := range ids {
 		l := o.leaseLocked(or, id)
-		if l == nil || l.revoking {
-			continue
+		if l == nil || l.revoking || l.heapIdx < 0 {
+			continue // gone, or expired and being revoked
 		}
-		l.expiry = now.Add(time.Duration(l.ttl) * time.Second)
-		heap.Push(&o.expiry, expiryItem{at: l.expiry, id: id})
+		o.setExpiryLocked(l, now.Add(time.Duration(l.ttl)*time.Second))
 		out[i] = l.ttl
 	}
 	return out, nil
@@ -469,7 +501,7 @@ func (o *leaseOwner) revokeOwned(ctx context.Context, or *ownedRegion, epoch *me
 	}
 	o.mu.Lock()
 	if l := o.leaseLocked(or, id); l != nil {
-		delete(o.leases, id)
+		o.removeLocked(l)
 	}
 	o.mu.Unlock()
 	return nil
@@ -553,24 +585,19 @@ func overlapsLeaseSpan(r *metapb.Region) bool {
 func (o *leaseOwner) expire(now time.Time) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	for o.expiry.Len() > 0 && !o.expiry[0].at.After(now) {
-		it := heap.Pop(&o.expiry).(expiryItem)
-		l := o.leases[it.id]
-		if l == nil || l.revokeRunning || l.expiry.After(now) {
-			continue // gone, already being revoked, or renewed since
-		}
+	for o.expiry.Len() > 0 && !o.expiry[0].expiry.After(now) {
+		l := o.expiry[0]
 		or := o.regions[l.regionID]
 		if or == nil {
+			o.removeLocked(l) // unreachable: leases go with their region
 			continue
 		}
 		select {
 		case o.revokes <- struct{}{}:
 		default:
-			// Too many revokes running: look again next tick.
-			heap.Push(&o.expiry, expiryItem{at: now.Add(leaseTick), id: l.id})
-			l.expiry = now
-			return
+			return // too many revokes running: the rest wait a tick
 		}
+		heap.Pop(&o.expiry) // out of the heap while its revoke runs
 		l.revokeRunning = true
 		id := l.id
 		o.goBackground(func() { o.expireOne(or, id) })
@@ -588,49 +615,44 @@ func (o *leaseOwner) expireOne(or *ownedRegion, id int64) {
 	} else {
 		err = o.revokeOwned(ctx, or, st.Region.GetRegionEpoch(), id)
 	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	l := o.leaseLocked(or, id)
+	if l == nil {
+		return
+	}
 	if err == nil || errors.Is(err, mvcc.ErrLeaseNotFound) {
-		o.mu.Lock()
-		if l := o.leaseLocked(or, id); l != nil {
-			delete(o.leases, id)
-		}
-		o.mu.Unlock()
+		o.removeLocked(l)
 		return
 	}
 	if o.s.ctx.Err() == nil {
 		o.s.log.Debug("lease revoke failed; retrying", "lease", id, "err", err)
 	}
-	o.mu.Lock()
-	if l := o.leaseLocked(or, id); l != nil {
-		l.revokeRunning = false
-		l.expiry = time.Now().Add(500 * time.Millisecond)
-		heap.Push(&o.expiry, expiryItem{at: l.expiry, id: id})
-	}
-	o.mu.Unlock()
+	l.revokeRunning = false
+	o.setExpiryLocked(l, time.Now().Add(500*time.Millisecond))
 }
 
-// ownedCount is how many leases this store runs clocks for (tests).
-func (o *leaseOwner) ownedCount() int {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return len(o.leases)
-}
-
-type expiryItem struct {
-	at time.Time
-	id int64
-}
-
-// expiryHeap orders expiries; an entry whose lease was renewed or deleted
-// since is skipped when popped (a renewal pushes a new entry).
-type expiryHeap []expiryItem
+// expiryHeap orders the owned leases by expiry (container/heap), each
+// lease knowing its index so a renewal is one heap.Fix: renewals of a
+// million leases never grow it.
+type expiryHeap []*ownedLease
 
 func (h expiryHeap) Len() int           { return len(h) }
-func (h expiryHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(expiryItem)) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].expiry.Before(h[j].expiry) }
+func (h expiryHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx, h[j].heapIdx = i, j
+}
+func (h *expiryHeap) Push(x any) {
+	l := x.(*ownedLease)
+	l.heapIdx = len(*h)
+	*h = append(*h, l)
+}
 func (h *expiryHeap) Pop() any {
 	old := *h
-	it := old[len(old)-1]
+	l := old[len(old)-1]
+	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
-	return it
+	l.heapIdx = -1
+	return l
 }

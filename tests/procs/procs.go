@@ -91,6 +91,14 @@ type Proc struct {
 	done chan struct{}
 }
 
+// PID returns the process's ID while it runs, or 0.
+func (p *Proc) PID() int {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
 // Cluster is PD members and stores, as processes.
 type Cluster struct {
 	t      testing.TB
