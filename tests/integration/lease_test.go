@@ -322,3 +322,67 @@ func TestLeaseRevokeAfterDataRegionSplit(t *testing.T) {
 		t.Fatalf("keys after the revoke: %v", left)
 	}
 }
+
+// The regions holding lease records split (and their leaders move with
+// the new regions) while 200 leases are kept alive: none is lost, and once
+// the keep-alives stop every lease's key goes, whichever region's leader
+// now runs its clock.
+func TestLeaseRegionSplitsUnderKeepAlive(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	waitReplicated(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	kv := cl.KV()
+	ids := make([]int64, 200)
+	for i := range ids {
+		g, err := cl.LeaseGrant(ctx, 3, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = g.GetId()
+		if _, err := kv.Put(ctx, fmt.Sprintf("q/%03d", i), "v", client.WithLease(ids[i])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keepAll := func() {
+		ttls, err := cl.LeaseKeepAliveMany(ctx, ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, ttl := range ttls {
+			if ttl <= 0 {
+				t.Fatalf("lease %d (%d of %d) was lost", ids[i], i, len(ids))
+			}
+		}
+	}
+	keepAll()
+	splitAt(t, cl, 4, func(i int) string { return string(append(append([]byte(nil), region.LeasePrefix...), byte(i*64))) })
+	// Renew for two TTLs after the split, a renewal every second.
+	for deadline := time.Now().Add(6 * time.Second); time.Now().Before(deadline); {
+		keepAll()
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
+	got, err := cl.Leases(ctx)
+	if err != nil || len(got) != len(ids) {
+		t.Fatalf("leases after the split: %d, %v", len(got), err)
+	}
+	for {
+		resp, err := kv.Get(ctx, "q/", client.WithPrefix(), client.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Count == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d keys of expired leases left", resp.Count)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
