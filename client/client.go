@@ -380,6 +380,32 @@ func (c *Client) Compact(ctx context.Context, rev int64, physical bool) error {
 	if err != nil {
 		return err
 	}
-	_, err = rt.kv.Compact(ctx, &kvpb.CompactRequest{Revision: rev, Physical: physical})
-	return err
+	if _, err = rt.kv.Compact(ctx, &kvpb.CompactRequest{Revision: rev, Physical: physical}); err != nil {
+		return err
+	}
+	// Every other store marks the regions it leads now, so no read below
+	// rev succeeds once Compact returned. A store that cannot be reached
+	// lost its leaderships or will take the revision from PD within a
+	// second of returning (docs/client.md).
+	stores, err := c.pd.GetAllStores(ctx, true)
+	if err != nil {
+		return nil // compacted; only the prompt marking is skipped
+	}
+	var wg sync.WaitGroup
+	for _, st := range stores {
+		if st.GetId() == rt.leader.GetStoreId() || st.GetState() != metapb.StoreState_Up {
+			continue
+		}
+		wg.Add(1)
+		go func(id uint64) {
+			defer wg.Done()
+			cc, err := c.storeConn(ctx, id)
+			if err != nil {
+				return
+			}
+			_, _ = kvpb.NewKVClient(cc).Compact(ctx, &kvpb.CompactRequest{Revision: rev, Local: true})
+		}(st.GetId())
+	}
+	wg.Wait()
+	return nil
 }

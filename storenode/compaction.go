@@ -118,6 +118,21 @@ func (s *Server) compactRegions(rev int64) {
 	}
 }
 
+// markCompacted makes every region this store leads take compaction
+// revision rev now (reads below it then fail on every replica); garbage
+// collection follows in the background.
+func (s *Server) markCompacted(rev int64) {
+	for _, st := range s.store.Regions() {
+		if st == nil || !st.IsLeader() {
+			continue
+		}
+		if r := s.mvcc.Region(st.Region.GetId()); r != nil && r.CompactRevision() < rev {
+			s.proposeAdmin(st.Region.GetId(), nil, &kvpb.WriteCommand{Op: &kvpb.WriteCommand_Compact{Compact: rev}})
+		}
+	}
+	s.compactNow()
+}
+
 // proposeAdmin proposes a command that needs no revision (compaction, GC).
 func (s *Server) proposeAdmin(regionID uint64, _ any, cmd *kvpb.WriteCommand) bool {
 	data, err := proto.Marshal(cmd)

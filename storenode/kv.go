@@ -319,6 +319,17 @@ func (k *kvService) readTxn(ctx context.Context, c *kvpb.Context, t *kvpb.TxnReq
 // a revision not yet reached or already compacted is an error.
 func (k *kvService) Compact(ctx context.Context, req *kvpb.CompactRequest) (*kvpb.CompactResponse, error) {
 	rev := req.GetRevision()
+	if req.GetLocal() {
+		cur, err := k.s.pd.GetCompactRevision(ctx)
+		if err != nil {
+			return nil, status.Error(codes.Unavailable, err.Error())
+		}
+		if rev <= 0 || uint64(rev) > cur {
+			return nil, status.Error(codes.InvalidArgument, "basalt: a local compaction must name a revision PD already compacted at")
+		}
+		k.s.markCompacted(rev)
+		return &kvpb.CompactResponse{Header: &kvpb.ResponseHeader{Revision: rev}}, nil
+	}
 	now, err := k.s.pd.GetTS(ctx)
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
@@ -336,6 +347,7 @@ func (k *kvService) Compact(ctx context.Context, req *kvpb.CompactRequest) (*kvp
 	if _, err := k.s.pd.UpdateCompactRevision(ctx, uint64(rev)); err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
+	k.s.markCompacted(rev)
 	if req.GetPhysical() {
 		k.s.compactNow()
 		deadline := time.Now().Add(30 * time.Second)

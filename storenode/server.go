@@ -22,6 +22,7 @@ import (
 	"github.com/basaltdb/basalt/proto/metapb"
 	rspb "github.com/basaltdb/basalt/proto/raftserverpb"
 	"github.com/basaltdb/basalt/raftstore"
+	"github.com/basaltdb/basalt/storenode/etcdapi"
 	"github.com/basaltdb/basalt/storenode/mvcc"
 )
 
@@ -55,6 +56,10 @@ type Config struct {
 	// MergeResumeInterval: how often the store looks for merges it leads
 	// whose driver stopped (default 2 s).
 	MergeResumeInterval time.Duration
+
+	// EtcdProgressNotifyInterval: how often an etcd watch asking for
+	// progress notifications gets one while quiet (default 10 min, etcd's).
+	EtcdProgressNotifyInterval time.Duration
 
 	// GossipAddr binds the liveness gossip (default: Addr's host, any port).
 	GossipAddr string
@@ -213,6 +218,8 @@ func (s *Server) start(ctx context.Context) error {
 	rspb.RegisterRaftTransportServer(s.grpc, raftstore.NewRaftServer(s.store))
 	kvpb.RegisterKVServer(s.grpc, &kvService{s: s})
 	kvpb.RegisterAdminServer(s.grpc, &adminService{s: s})
+	etcdapi.Register(s.grpc, etcdapi.Config{Client: s.router, PD: s.pd, StoreID: s.storeID, Info: s.etcdInfo,
+		MaxRequestBytes: s.mvcc.Limits().MaxRequestBytes, ProgressNotifyInterval: s.cfg.EtcdProgressNotifyInterval})
 	s.seq = newSequencer(s)
 	s.store.Start()
 	s.wg.Add(1)
@@ -405,4 +412,21 @@ func (s *Server) Close() {
 	if s.eng != nil {
 		_ = s.eng.Close()
 	}
+}
+
+// etcdInfo is what the etcd front end's Status reports about this store.
+func (s *Server) etcdInfo() etcdapi.StoreInfo {
+	var info etcdapi.StoreInfo
+	m := s.eng.DB.Metrics()
+	info.DBSize = int64(m.DiskSpaceUsage())
+	info.DBSizeInUse = info.DBSize
+	for _, st := range s.store.Regions() {
+		if st == nil {
+			continue
+		}
+		info.RaftIndex = max(info.RaftIndex, st.Commit)
+		info.RaftAppliedIndex = max(info.RaftAppliedIndex, st.Applied)
+		info.RaftTerm = max(info.RaftTerm, st.Term)
+	}
+	return info
 }

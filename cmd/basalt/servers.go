@@ -99,6 +99,7 @@ func storeCmd() *cobra.Command {
 		maxSize, splitSize                                  string
 		maxKeys, splitKeys                                  int64
 		splitCheck                                          time.Duration
+		etcdProgress                                        time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "store",
@@ -132,7 +133,7 @@ func storeCmd() *cobra.Command {
 			s, err := storenode.Start(ctx, storenode.Config{
 				DataDir: dataDir, Addr: addr, AdvertiseAddr: advertise, PD: strings.Split(pdAddrs, ","),
 				Labels: lbl, Raft: rcfg, StoreHeartbeat: heartbeat, RegionHeartbeat: heartbeat, Logger: logger(logLevel),
-				Split: split,
+				Split: split, EtcdProgressNotifyInterval: etcdProgress,
 			})
 			if err != nil {
 				return err
@@ -158,6 +159,7 @@ func storeCmd() *cobra.Command {
 	f.Int64Var(&maxKeys, "region-max-keys", 1_440_000, "split a region holding more stored versions than this")
 	f.Int64Var(&splitKeys, "region-split-keys", 960_000, "into pieces of this many versions")
 	f.DurationVar(&splitCheck, "split-check-interval", 10*time.Second, "how often led regions are checked for size")
+	f.DurationVar(&etcdProgress, "etcd-progress-notify-interval", 10*time.Minute, "how often a quiet etcd watch asking for progress notifications gets one")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

@@ -1617,9 +1617,15 @@ func (x *TxnResponse) GetResponses() []*ResponseOp {
 }
 
 type CompactRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
-	Physical      bool                   `protobuf:"varint,2,opt,name=physical,proto3" json:"physical,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Revision int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Physical bool                   `protobuf:"varint,2,opt,name=physical,proto3" json:"physical,omitempty"`
+	// Only make the regions this store leads take the cluster's compaction
+	// revision (already raised in PD to at least revision), and answer once
+	// they have: reads below it then fail there. The client sends it to every
+	// other store after a Compact, so a compaction is in force everywhere when
+	// Compact returns, as in etcd.
+	Local         bool `protobuf:"varint,3,opt,name=local,proto3" json:"local,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1664,6 +1670,13 @@ func (x *CompactRequest) GetRevision() int64 {
 func (x *CompactRequest) GetPhysical() bool {
 	if x != nil {
 		return x.Physical
+	}
+	return false
+}
+
+func (x *CompactRequest) GetLocal() bool {
+	if x != nil {
+		return x.Local
 	}
 	return false
 }
@@ -3911,10 +3924,11 @@ const file_kvpb_kvpb_proto_rawDesc = "" +
 	"\vTxnResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\x12\x1c\n" +
 	"\tsucceeded\x18\x02 \x01(\bR\tsucceeded\x12.\n" +
-	"\tresponses\x18\x03 \x03(\v2\x10.kvpb.ResponseOpR\tresponses\"H\n" +
+	"\tresponses\x18\x03 \x03(\v2\x10.kvpb.ResponseOpR\tresponses\"^\n" +
 	"\x0eCompactRequest\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x1a\n" +
-	"\bphysical\x18\x02 \x01(\bR\bphysical\"?\n" +
+	"\bphysical\x18\x02 \x01(\bR\bphysical\x12\x14\n" +
+	"\x05local\x18\x03 \x01(\bR\x05local\"?\n" +
 	"\x0fCompactResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\"\xd6\x02\n" +
 	"\x12WatchCreateRequest\x12\x10\n" +

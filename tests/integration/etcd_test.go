@@ -1,0 +1,331 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/kubernetes"
+	"go.uber.org/zap"
+
+	"github.com/basaltdb/basalt/tests/procs"
+)
+
+// etcdClient is the real clientv3 against every store of the cluster.
+func etcdClient(t *testing.T, c *procs.Cluster) *clientv3.Client {
+	t.Helper()
+	var eps []string
+	for _, p := range c.Stores {
+		eps = append(eps, p.Addr)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// clientv3 over three regions: puts, prefix reads with limit and count,
+// compare-and-set, a transaction refused across regions, delete with
+// prev_kv, compaction, leases, status and the member list.
+func TestEtcdClientKV(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	waitReplicated(t, c)
+	splitPrefix(t, cl, "e/", 3)
+	cli := etcdClient(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	var first int64
+	for i, k := range []string{"e/a", "e/k", "e/t", "e/z"} {
+		resp, err := cli.Put(ctx, k, fmt.Sprint(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Header.ClusterId == 0 || resp.Header.MemberId == 0 || resp.Header.Revision <= first {
+			t.Fatalf("put header: %v", resp.Header)
+		}
+		if first == 0 {
+			first = resp.Header.Revision
+		}
+	}
+	get, err := cli.Get(ctx, "e/", clientv3.WithPrefix(), clientv3.WithLimit(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(get.Kvs) != 3 || get.Count != 4 || !get.More || string(get.Kvs[2].Key) != "e/t" {
+		t.Fatalf("prefix get over three regions: %v", get)
+	}
+	old, err := cli.Get(ctx, "e/a", clientv3.WithRev(first))
+	if err != nil || len(old.Kvs) != 1 || old.Kvs[0].ModRevision != first {
+		t.Fatalf("get at a revision: %v %v", old, err)
+	}
+	for i, want := range []bool{true, false} {
+		txn, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.Value("e/k"), "=", "1")).
+			Then(clientv3.OpPut("e/k", "cas")).Else(clientv3.OpGet("e/k")).Commit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if txn.Succeeded != want {
+			t.Fatalf("CAS %d: %v", i, txn)
+		}
+		if !want && string(txn.Responses[0].GetResponseRange().Kvs[0].Value) != "cas" {
+			t.Fatalf("the failed CAS read: %v", txn)
+		}
+	}
+	_, err = cli.Txn(ctx).Then(clientv3.OpPut("e/a", "x"), clientv3.OpPut("e/z", "x")).Commit()
+	if err == nil || !strings.Contains(err.Error(), "spans regions") {
+		t.Fatalf("a transaction over two regions: %v", err)
+	}
+	del, err := cli.Delete(ctx, "e/", clientv3.WithPrefix(), clientv3.WithPrevKV())
+	if err != nil || del.Deleted != 4 || len(del.PrevKvs) != 4 {
+		t.Fatalf("delete: %v %v", del, err)
+	}
+	if _, err := cli.Compact(ctx, del.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Get(ctx, "e/a", clientv3.WithRev(first)); !errors.Is(err, rpctypes.ErrCompacted) {
+		t.Fatalf("a read below the compaction: %v", err)
+	}
+
+	lease, err := cli.Grant(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"e/l1", "e/l2"} {
+		if _, err := cli.Put(ctx, k, "v", clientv3.WithLease(lease.ID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ttl, err := cli.TimeToLive(ctx, lease.ID, clientv3.WithAttachedKeys())
+	if err != nil || ttl.GrantedTTL != 2 || len(ttl.Keys) != 2 {
+		t.Fatalf("time to live: %v %v", ttl, err)
+	}
+	if _, err := cli.KeepAliveOnce(ctx, lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	leases, err := cli.Leases(ctx)
+	if err != nil || len(leases.Leases) != 1 {
+		t.Fatalf("leases: %v %v", leases, err)
+	}
+	for {
+		resp, err := cli.Get(ctx, "e/l", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Count == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the lease's keys never expired")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if _, err := cli.Put(ctx, "e/l3", "v", clientv3.WithLease(lease.ID)); !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		t.Fatalf("put with an expired lease: %v", err)
+	}
+	if ttl, err := cli.TimeToLive(ctx, lease.ID); err != nil || ttl.TTL != -1 {
+		t.Fatalf("time to live of an expired lease: %v %v", ttl, err)
+	}
+
+	st, err := cli.Status(ctx, c.Stores[0].Addr)
+	if err != nil || !strings.HasPrefix(st.Version, "3.7") || st.Leader == 0 {
+		t.Fatalf("status: %v %v", st, err)
+	}
+	members, err := cli.MemberList(ctx)
+	if err != nil || len(members.Members) != 3 {
+		t.Fatalf("members: %v %v", members, err)
+	}
+	if _, err := cli.MemberAdd(ctx, []string{"http://127.0.0.1:1"}); err == nil || !strings.Contains(err.Error(), "basalt store") {
+		t.Fatalf("member add: %v", err)
+	}
+}
+
+// A clientv3 watch over a prefix in four regions, while one of them
+// splits: every put arrives once, in revision order, with prev_kv; a
+// progress request is answered; a cancel ends the watch.
+func TestEtcdClientWatchAcrossSplit(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	waitReplicated(t, c)
+	splitPrefix(t, cl, "w/", 4)
+	cli := etcdClient(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	wch := cli.Watch(wctx, "w/", clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithCreatedNotify())
+	if r := <-wch; !r.Created {
+		t.Fatalf("first response: %+v", r)
+	}
+	const writers, perWriter = 4, 60
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	acked := map[int64]string{}
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < perWriter; i++ {
+				key := fmt.Sprintf("w/%c%d", 'a'+rune((w*7+i)%26), w)
+				resp, err := cli.Put(ctx, key, fmt.Sprint(i))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				acked[resp.Header.Revision] = key
+				mu.Unlock()
+			}
+		}(w)
+	}
+	splitAt(t, cl, 2, func(int) string { return "w/p" })
+	wg.Wait()
+	var last int64
+	seen := 0
+	for seen < writers*perWriter {
+		select {
+		case r := <-wch:
+			if err := r.Err(); err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range r.Events {
+				if e.Kv.ModRevision <= last {
+					t.Fatalf("event at %d after %d", e.Kv.ModRevision, last)
+				}
+				last = e.Kv.ModRevision
+				if acked[e.Kv.ModRevision] != string(e.Kv.Key) || e.Type != mvccpb.PUT {
+					t.Fatalf("event %v does not match the acknowledged put %q", e, acked[e.Kv.ModRevision])
+				}
+				if e.Kv.Version > 1 && e.PrevKv == nil {
+					t.Fatalf("no prev_kv on %v", e)
+				}
+				seen++
+			}
+		case <-ctx.Done():
+			t.Fatalf("%d of %d events", seen, writers*perWriter)
+		}
+	}
+	if err := cli.RequestProgress(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		r := <-wch
+		if r.IsProgressNotify() {
+			if r.Header.Revision < last {
+				t.Fatalf("progress at %d below the last event %d", r.Header.Revision, last)
+			}
+			break
+		}
+		if len(r.Events) > 0 {
+			t.Fatalf("unexpected events: %v", r.Events)
+		}
+	}
+	wcancel()
+	for range wch {
+	}
+}
+
+// etcd's kubernetes package: optimistic create/update/delete on
+// mod_revision, paginated list with continue, count.
+func TestEtcdKubernetesInterface(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	waitReplicated(t, c)
+	splitPrefix(t, cl, "/registry/pods/", 3)
+	var eps []string
+	for _, p := range c.Stores {
+		eps = append(eps, p.Addr)
+	}
+	k, err := kubernetes.New(clientv3.Config{Endpoints: eps, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const prefix = "/registry/pods/"
+	var revs []int64
+	for i := 0; i < 26; i++ {
+		key := fmt.Sprintf("%s%c-pod", prefix, 'a'+i)
+		put, err := k.OptimisticPut(ctx, key, []byte("v1"), 0, kubernetes.PutOptions{})
+		if err != nil || !put.Succeeded {
+			t.Fatalf("create %s: %v %v", key, put, err)
+		}
+		revs = append(revs, put.Revision)
+	}
+	key := prefix + "c-pod"
+	if put, err := k.OptimisticPut(ctx, key, []byte("v2"), 0, kubernetes.PutOptions{GetOnFailure: true}); err != nil || put.Succeeded || put.KV == nil || put.KV.ModRevision != revs[2] {
+		t.Fatalf("a second create must fail and return the object: %+v %v", put, err)
+	}
+	upd, err := k.OptimisticPut(ctx, key, []byte("v2"), revs[2], kubernetes.PutOptions{})
+	if err != nil || !upd.Succeeded {
+		t.Fatalf("update: %+v %v", upd, err)
+	}
+	if put, err := k.OptimisticPut(ctx, key, []byte("v3"), revs[2], kubernetes.PutOptions{}); err != nil || put.Succeeded {
+		t.Fatalf("a stale update must fail: %+v %v", put, err)
+	}
+	var listed []string
+	cont := ""
+	var listRev int64
+	for pages := 0; ; pages++ {
+		l, err := k.List(ctx, prefix, kubernetes.ListOptions{Limit: 5, Continue: cont, Revision: listRev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if listRev == 0 {
+			listRev = l.Revision
+		}
+		for _, kv := range l.Kvs {
+			listed = append(listed, string(kv.Key))
+		}
+		if len(l.Kvs) < 5 || int64(len(l.Kvs)) == l.Count {
+			break
+		}
+		cont = string(l.Kvs[len(l.Kvs)-1].Key) + "\x00"
+		if pages > 10 {
+			t.Fatal("pagination does not end")
+		}
+	}
+	if len(listed) != 26 || listed[0] != prefix+"a-pod" || listed[25] != prefix+"z-pod" {
+		t.Fatalf("paginated list: %d keys %v", len(listed), listed)
+	}
+	if n, err := k.Count(ctx, prefix, kubernetes.CountOptions{}); err != nil || n != 26 {
+		t.Fatalf("count: %d %v", n, err)
+	}
+	if del, err := k.OptimisticDelete(ctx, key, revs[2], kubernetes.DeleteOptions{GetOnFailure: true}); err != nil || del.Succeeded || del.KV == nil {
+		t.Fatalf("a stale delete must fail: %+v %v", del, err)
+	}
+	if del, err := k.OptimisticDelete(ctx, key, upd.Revision, kubernetes.DeleteOptions{}); err != nil || !del.Succeeded {
+		t.Fatalf("delete: %+v %v", del, err)
+	}
+	got, err := k.Get(ctx, key, kubernetes.GetOptions{})
+	if err != nil || got.KV != nil {
+		t.Fatalf("get after delete: %+v %v", got, err)
+	}
+	// A watch from the list's revision sees the update and the delete.
+	wch := k.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(listRev+1))
+	var types []string
+	for len(types) < 1 {
+		r := <-wch
+		if err := r.Err(); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range r.Events {
+			types = append(types, e.Type.String()+" "+string(e.Kv.Key))
+		}
+	}
+	if types[0] != "DELETE "+key {
+		t.Fatalf("watch from the list's revision: %v", types)
+	}
+}
