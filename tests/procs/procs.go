@@ -6,6 +6,7 @@ package procs
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -70,15 +71,44 @@ func moduleRoot() (string, error) {
 	}
 }
 
-// FreeAddr returns a loopback address with a port nobody listens on.
+// FreeAddr returns a loopback address with a port nobody listens on, for
+// a child process to bind. The port is drawn below the kernel's ephemeral
+// range (ip_local_port_range): a port the kernel hands out (":0") is also
+// what it gives outgoing connections, and one of them took such a port
+// between this check and the child's bind often enough to fail a run.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	lo, hi := ephemeralRange()
+	for try := 0; try < 1000; try++ {
+		port := 10000 + rand.IntN(lo-10000)
+		if port >= lo && port <= hi {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue // in use
+		}
+		addr := l.Addr().String()
+		l.Close()
+		return addr
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free port below the ephemeral range")
+	return ""
+}
+
+// ephemeralRange is the kernel's range for outgoing connections' ports.
+func ephemeralRange() (lo, hi int) {
+	lo, hi = 32768, 60999
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			l, err1 := strconv.Atoi(f[0])
+			h, err2 := strconv.Atoi(f[1])
+			if err1 == nil && err2 == nil && l > 11000 {
+				lo, hi = l, h
+			}
+		}
+	}
+	return lo, hi
 }
 
 // Proc is one basalt process.
