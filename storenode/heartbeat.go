@@ -249,7 +249,7 @@ func (h *heartbeater) execute(resp *pdpb.RegionHeartbeatResponse) {
 		delete(h.busy, id)
 		h.mu.Unlock()
 		if err != nil {
-			h.s.log.Debug("operator step failed", "region", id, "err", err)
+			h.s.log.Info("operator step failed", "region", id, "err", err)
 		}
 		h.mark(id)
 	}()
