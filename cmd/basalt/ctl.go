@@ -221,7 +221,7 @@ func ctlCmd() *cobra.Command {
 		},
 	}
 	split.Flags().StringVar(&splitHalf, "half", "", "halve the region holding this key at the middle of its data")
-	reg.AddCommand(split)
+	reg.AddCommand(split, ctlRegionShowCmd(env), ctlTransferLeaderCmd(env))
 	reg.AddCommand(&cobra.Command{
 		Use:   "merge SOURCE TARGET",
 		Short: "Merge region SOURCE into its neighbour TARGET (region IDs; their replicas must be on the same stores)",
@@ -251,7 +251,7 @@ func ctlCmd() *cobra.Command {
 		},
 	})
 
-	root.AddCommand(put, get, del, compact, ctlWatchCmd(env), ctlTxnCmd(env), ctlLeaseCmd(env), member, store, reg)
+	root.AddCommand(put, get, del, compact, ctlWatchCmd(env), ctlTxnCmd(env), ctlLeaseCmd(env), ctlStatusCmd(env), member, store, reg)
 	return root
 }
 

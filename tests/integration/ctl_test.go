@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -123,5 +124,65 @@ func TestCtlLease(t *testing.T) {
 	}
 	if out, err := ctl("lease", "revoke", "zz"); err == nil || !strings.Contains(out, "bad lease ID") {
 		t.Fatalf("bad ID: %v: %q", err, out)
+	}
+}
+
+// `basalt ctl status` sums the cluster up, and says so when a store is
+// killed; `region show` and `region transfer-leader` work on a live region;
+// bad arguments give one line on stderr and a non-zero exit.
+func TestCtlStatusRegionShowTransferLeader(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	c.Client(t)
+	pd := waitReplicated(t, c)
+	ctl := func(args ...string) (string, error) {
+		out, err := exec.Command(procs.Binary(t), append([]string{"ctl", "--pd", c.PDEndpoints()}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := ctl("status")
+	if err != nil || !strings.Contains(out, "PD: 1 members, leader pd1") || !strings.Contains(out, "stores: 3 up, 0 not up") ||
+		!strings.Contains(out, "0 without a leader, 0 under-replicated") {
+		t.Fatalf("status: %v: %s", err, out)
+	}
+	out, err = ctl("region", "show", "a")
+	if err != nil || !strings.HasPrefix(out, "region ") || strings.Count(out, "(voter)") != 3 {
+		t.Fatalf("region show: %v: %s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	r, err := pd.GetRegion(ctx, []byte("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var to uint64
+	for _, p := range r.GetRegion().GetPeers() {
+		if p.GetStoreId() != r.GetLeader().GetStoreId() {
+			to = p.GetStoreId()
+		}
+	}
+	out, err = ctl("region", "transfer-leader", fmt.Sprint(r.GetRegion().GetId()), fmt.Sprint(to))
+	if err != nil || out != fmt.Sprintf("region %d is led from store %d\n", r.GetRegion().GetId(), to) {
+		t.Fatalf("transfer-leader: %v: %s", err, out)
+	}
+	for _, bad := range [][]string{{"region", "transfer-leader", "x", "1"}, {"lease", "grant", "-5"}, {"get"}} {
+		out, err := ctl(bad...)
+		if err == nil || strings.Count(strings.TrimSpace(out), "\n") > 0 && !strings.Contains(out, "Usage") {
+			t.Fatalf("ctl %v: want one error line and a failure: %v: %q", bad, err, out)
+		}
+	}
+	victim := c.Stores[2]
+	c.Signal(victim, syscall.SIGKILL)
+	for {
+		out, err := ctl("status", "-w", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(out, `"stores_not_up": 1`) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("status never showed the killed store: %s", out)
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }

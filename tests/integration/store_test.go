@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"syscall"
@@ -80,6 +82,20 @@ func waitReplicated(t testing.TB, c *procs.Cluster) *pdclient.Client {
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	if r, err := http.Get("http://" + c.PDs[0].Addr + "/pd/api/v1/operators"); err == nil {
+		b, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		t.Logf("PD's operators: %.4000s", b)
+	}
+	if r, err := http.Get("http://" + c.PDs[0].Addr + "/pd/api/v1/regions"); err == nil {
+		b, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		t.Logf("PD's regions: %.4000s", b)
+	}
+	for _, p := range append(append([]*procs.Proc{}, c.PDs...), c.Stores...) {
+		l := c.Log(p)
+		t.Logf("%s log: %s", p.Name, l[max(0, len(l)-4000):])
 	}
 	t.Fatalf("the first region never had three voters")
 	return nil
