@@ -222,6 +222,7 @@ func (c *Client) nextPeer(rt route) {
 // (which guarantee nothing was applied) with backoff until the budget ends.
 // Transport failures are retried only for reads: a write may have applied.
 func (c *Client) do(ctx context.Context, key []byte, read bool, call func(context.Context, route) (*kvpb.ResponseHeader, error)) error {
+	caller := ctx
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opts.RetryBudget)
@@ -249,6 +250,10 @@ func (c *Client) do(ctx context.Context, key []byte, read bool, call func(contex
 		}
 		last = err
 		if err := backoff(ctx, attempt); err != nil {
+			if caller.Err() == nil {
+				// Our own budget ran out, not the caller's time.
+				return fmt.Errorf("%w after %v (last error: %v)", ErrGaveUp, c.opts.RetryBudget, last)
+			}
 			return fmt.Errorf("client: gave up: %w (last error: %v)", err, last)
 		}
 	}

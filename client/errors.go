@@ -1,6 +1,7 @@
 package client
 
 import (
+	"errors"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -24,3 +25,8 @@ func retryableTransport(err error) bool {
 	}
 	return false
 }
+
+// ErrGaveUp: a call kept meeting region errors or unreachable stores until
+// the client's retry budget (Options.RetryBudget) ran out; the caller's own
+// deadline had not passed.
+var ErrGaveUp = errors.New("client: gave up retrying")

@@ -45,7 +45,9 @@ func (c *Client) Range(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.Range
 	if err != nil {
 		return nil, err
 	}
-	byKey := req.GetSortTarget() == kvpb.RangeRequest_KEY || req.GetSortOrder() == kvpb.RangeRequest_NONE
+	// As etcd (and mvcc.Range): no order with a target other than the key
+	// means ascending by that target.
+	byKey := req.GetSortTarget() == kvpb.RangeRequest_KEY
 	limit := req.GetLimit()
 	if !byKey {
 		// Sorting by anything but the key needs every key first, as in etcd.

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/basaltdb/basalt/client"
 	"github.com/basaltdb/basalt/proto/kvpb"
 	"github.com/basaltdb/basalt/raftstore"
 	"github.com/basaltdb/basalt/region"
@@ -52,7 +53,7 @@ func grpcError(err error) error {
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
-	case errors.Is(err, errStopping):
+	case errors.Is(err, errStopping), errors.Is(err, client.ErrGaveUp):
 		return status.Error(codes.Unavailable, err.Error())
 	}
 	return status.Error(codes.Unknown, err.Error())

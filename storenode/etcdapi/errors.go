@@ -22,6 +22,8 @@ func etcdError(err error) error {
 	switch {
 	case errors.As(err, &spans):
 		return status.Error(codes.FailedPrecondition, "basalt: "+spans.Error())
+	case errors.Is(err, client.ErrGaveUp):
+		return status.Error(codes.Unavailable, "etcdserver: request timed out: "+err.Error())
 	case errors.Is(err, context.Canceled):
 		return rpctypes.ErrGRPCCanceled
 	case errors.Is(err, context.DeadlineExceeded):

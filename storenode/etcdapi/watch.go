@@ -2,6 +2,7 @@ package etcdapi
 
 import (
 	"errors"
+	"io"
 	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -12,9 +13,14 @@ import (
 	"github.com/basaltdb/basalt/proto/kvpb"
 )
 
-// errDuplicateWatchID is etcd's message for a watch ID already in use on
-// the stream.
-var errDuplicateWatchID = errors.New("mvcc: duplicate watch ID provided on the WatchStream")
+// Etcd's messages for refused watches.
+var (
+	errDuplicateWatchID = errors.New("mvcc: duplicate watch ID provided on the WatchStream")
+	errCompactedReason  = "etcdserver: mvcc: required revision has been compacted"
+)
+
+// refusedWatchID is the ID etcd answers a refused create with.
+const refusedWatchID = -1
 
 type watchServer struct {
 	pb.UnimplementedWatchServer
@@ -23,11 +29,16 @@ type watchServer struct {
 
 // watchStream multiplexes one etcd Watch stream's watchers, each a
 // client watch merged over every region of its range.
+//
+// As etcd's server does, a watcher's Created response is sent from the
+// receive loop, in request order, before anything else of that watcher:
+// clientv3 creates watches one at a time per stream and learns a watch's
+// ID only from its Created response.
 type watchStream struct {
 	s      *Server
 	stream pb.Watch_WatchServer
 
-	sendMu sync.Mutex // serializes stream.Send
+	sendMu sync.Mutex // serializes stream.Send; held across a fragmented response
 
 	mu      sync.Mutex
 	watches map[int64]*streamWatch
@@ -47,14 +58,24 @@ func (w *watchServer) Watch(stream pb.Watch_WatchServer) error {
 	defer ws.closeAll()
 	for {
 		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			// The client stopped sending, not listening (etcd keeps
+			// its watchers until the stream ends).
+			<-stream.Context().Done()
+			return nil
+		}
 		if err != nil {
-			return nil // the client went away or the stream ended
+			return nil
 		}
 		switch x := req.GetRequestUnion().(type) {
 		case *pb.WatchRequest_CreateRequest:
-			ws.create(x.CreateRequest)
+			if x.CreateRequest != nil {
+				ws.create(x.CreateRequest)
+			}
 		case *pb.WatchRequest_CancelRequest:
-			ws.cancel(x.CancelRequest.GetWatchId())
+			if x.CancelRequest != nil {
+				ws.cancel(x.CancelRequest.GetWatchId())
+			}
 		case *pb.WatchRequest_ProgressRequest:
 			ws.mu.Lock()
 			for _, sw := range ws.watches {
@@ -71,7 +92,36 @@ func (ws *watchStream) send(r *pb.WatchResponse) error {
 	return ws.stream.Send(r)
 }
 
+// refuse answers a create etcd would refuse.
+func (ws *watchStream) refuse(reason string) {
+	rev, _ := ws.s.currentRevision(ws.stream.Context())
+	_ = ws.send(&pb.WatchResponse{Header: ws.s.header(rev, 0), WatchId: refusedWatchID, Created: true, Canceled: true, CancelReason: reason})
+}
+
 func (ws *watchStream) create(cr *pb.WatchCreateRequest) {
+	var req kvpb.WatchCreateRequest
+	if err := recode(cr, &req); err != nil {
+		ws.refuse(err.Error())
+		return
+	}
+	if req.GetStartRevision() < 0 {
+		ws.refuse(errCompactedReason)
+		return
+	}
+	ctx := ws.stream.Context()
+	// The Created response carries the revision the watch starts after.
+	rev, err := ws.s.currentRevision(ctx)
+	if err != nil {
+		ws.refuse(etcdError(err).Error())
+		return
+	}
+	if req.GetStartRevision() == 0 {
+		req.StartRevision = rev + 1
+	}
+	req.WatchId = 0
+	if len(req.Key) == 0 {
+		req.Key = []byte{0} // etcd: an empty key means the first key
+	}
 	ws.mu.Lock()
 	id := cr.GetWatchId()
 	if id == 0 {
@@ -82,24 +132,18 @@ func (ws *watchStream) create(cr *pb.WatchCreateRequest) {
 		ws.nextID++
 	} else if ws.watches[id] != nil {
 		ws.mu.Unlock()
-		_ = ws.send(&pb.WatchResponse{Header: ws.s.header(0, 0), WatchId: id, Created: true, Canceled: true, CancelReason: errDuplicateWatchID.Error()})
+		ws.refuse(errDuplicateWatchID.Error())
 		return
 	}
-	var req kvpb.WatchCreateRequest
-	if err := recode(cr, &req); err != nil {
-		ws.mu.Unlock()
-		_ = ws.send(&pb.WatchResponse{Header: ws.s.header(0, 0), WatchId: id, Created: true, Canceled: true, CancelReason: err.Error()})
-		return
-	}
-	req.WatchId = 0
-	if len(req.Key) == 0 {
-		req.Key = []byte{0} // etcd: an empty key means the first key
-	}
-	sw := &streamWatch{cw: ws.s.cfg.Client.Watch(ws.stream.Context(), &req, client.WatchOptions{CreatedNotify: true,
-		ProgressInterval: ws.s.cfg.ProgressNotifyInterval}), done: make(chan struct{})}
+	sw := &streamWatch{done: make(chan struct{})}
 	ws.watches[id] = sw
-	ws.wg.Add(1)
 	ws.mu.Unlock()
+	if err := ws.send(&pb.WatchResponse{Header: ws.s.header(rev, 0), WatchId: id, Created: true}); err != nil {
+		close(sw.done)
+		return
+	}
+	sw.cw = ws.s.cfg.Client.Watch(ctx, &req, client.WatchOptions{ProgressInterval: ws.s.cfg.ProgressNotifyInterval})
+	ws.wg.Add(1)
 	go func() {
 		defer ws.wg.Done()
 		defer close(sw.done)
@@ -110,12 +154,20 @@ func (ws *watchStream) create(cr *pb.WatchCreateRequest) {
 // forward sends one watcher's responses, in order, until it ends.
 func (ws *watchStream) forward(id int64, sw *streamWatch, fragment bool) {
 	for r := range sw.cw.C {
+		if r.Created {
+			continue // sent when the watch was created
+		}
 		out := &pb.WatchResponse{Header: ws.s.header(r.Header.GetRevision(), r.Header.GetRaftTerm()), WatchId: id,
-			Created: r.Created, Canceled: r.Canceled, CompactRevision: r.CompactRevision}
-		if r.Canceled && r.Err != nil {
-			out.CancelReason = r.Err.Error()
-			if errors.Is(r.Err, client.ErrCompacted) {
-				out.CancelReason = "etcdserver: mvcc: required revision has been compacted"
+			Canceled: r.Canceled, CompactRevision: r.CompactRevision}
+		if r.Canceled {
+			if out.Header.Revision == 0 {
+				out.Header.Revision, _ = ws.s.currentRevision(ws.stream.Context())
+			}
+			if r.Err != nil {
+				out.CancelReason = r.Err.Error()
+				if errors.Is(r.Err, client.ErrCompacted) {
+					out.CancelReason = errCompactedReason
+				}
 			}
 		}
 		for _, e := range r.Events {
@@ -142,16 +194,19 @@ func (ws *watchStream) forward(id int64, sw *streamWatch, fragment bool) {
 
 // sendFragmented sends a response, cut into fragments below the request
 // size limit when the watcher asked for fragments (etcd's fragment flag:
-// every piece but the last is marked).
+// every piece but the last is marked). The pieces go out back to back:
+// clientv3 drops another watcher's response that arrives between them.
 func (ws *watchStream) sendFragmented(r *pb.WatchResponse, fragment bool) error {
 	limit := ws.s.cfg.MaxRequestBytes
 	if !fragment || len(r.Events) < 2 || proto.Size(r) <= limit {
 		return ws.send(r)
 	}
+	ws.sendMu.Lock()
+	defer ws.sendMu.Unlock()
 	events := r.Events
 	for len(events) > 0 {
-		part := proto.Clone(r).(*pb.WatchResponse)
-		part.Events = nil
+		part := &pb.WatchResponse{Header: r.Header, WatchId: r.WatchId, Canceled: r.Canceled, CompactRevision: r.CompactRevision,
+			CancelReason: r.CancelReason}
 		size := proto.Size(part)
 		n := 0
 		for n < len(events) && (n == 0 || size+proto.Size(events[n])+8 <= limit) {
@@ -161,7 +216,7 @@ func (ws *watchStream) sendFragmented(r *pb.WatchResponse, fragment bool) error 
 		part.Events = events[:n]
 		events = events[n:]
 		part.Fragment = len(events) > 0
-		if err := ws.send(part); err != nil {
+		if err := ws.stream.Send(part); err != nil {
 			return err
 		}
 	}
@@ -173,12 +228,13 @@ func (ws *watchStream) cancel(id int64) {
 	sw := ws.watches[id]
 	delete(ws.watches, id)
 	ws.mu.Unlock()
-	if sw == nil {
+	if sw == nil || sw.cw == nil {
 		return
 	}
 	sw.cw.Close()
 	<-sw.done // no event of the watcher follows its cancel response
-	_ = ws.send(&pb.WatchResponse{Header: ws.s.header(0, 0), WatchId: id, Canceled: true})
+	rev, _ := ws.s.currentRevision(ws.stream.Context())
+	_ = ws.send(&pb.WatchResponse{Header: ws.s.header(rev, 0), WatchId: id, Canceled: true})
 }
 
 func (ws *watchStream) closeAll() {
@@ -187,7 +243,9 @@ func (ws *watchStream) closeAll() {
 	ws.watches = map[int64]*streamWatch{}
 	ws.mu.Unlock()
 	for _, sw := range all {
-		sw.cw.Close()
+		if sw.cw != nil {
+			sw.cw.Close()
+		}
 	}
 	ws.wg.Wait()
 }

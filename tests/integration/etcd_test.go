@@ -96,6 +96,18 @@ func TestEtcdClientKV(t *testing.T) {
 	if _, err := cli.Get(ctx, "e/a", clientv3.WithRev(first)); !errors.Is(err, rpctypes.ErrCompacted) {
 		t.Fatalf("a read below the compaction: %v", err)
 	}
+	// A watch from a compacted revision ends with ErrCompacted (after its
+	// Created response, as etcd sends them), and the stream serves the next.
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	cr := <-cli.Watch(wctx, "e/", clientv3.WithPrefix(), clientv3.WithRev(first))
+	if !errors.Is(cr.Err(), rpctypes.ErrCompacted) || cr.CompactRevision < del.Header.Revision {
+		t.Fatalf("watch from a compacted revision: %+v %v", cr, cr.Err())
+	}
+	next := cli.Watch(wctx, "e/", clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	if r := <-next; !r.Created {
+		t.Fatalf("the next watch on the stream: %+v %v", r, r.Err())
+	}
 
 	lease, err := cli.Grant(ctx, 2)
 	if err != nil {
