@@ -51,67 +51,89 @@ const (
 )
 
 // leaseOwner runs the clocks of the leases held by regions this store
-// leads.
+// leads. Its state is kept per load of a region (one ownedRegion per term
+// and range version): a lease is only ever reached through the load that
+// read it, and every write the owner proposes is bound to that load's term,
+// so a load can never act on state a later one read.
 //
-// Lock order: leaseOwner.mu is a leaf; nothing is called under it.
+// Lock order: leaseOwner.mu before the raftstore's locks (RegionStatus);
+// nothing else is called under it.
 type leaseOwner struct {
 	s *Server
 
 	mu      sync.Mutex
 	regions map[uint64]*ownedRegion
-	leases  map[int64]*ownedLease
 	expiry  expiryHeap
-	revokes chan struct{} // semaphore of running revokes
+	revokes chan struct{} // semaphore of running expiry revokes
 
-	// wg tracks the loads and revokes running in the background; the
-	// store waits for them before closing pebble.
-	wg sync.WaitGroup
+	// bgMu guards closed and wg.Add: the store waits for the loads and
+	// revokes running in the background before closing pebble.
+	bgMu   sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
 }
 
-// goBackground runs fn unless the store is stopping.
-func (o *leaseOwner) goBackground(fn func()) {
-	if o.s.ctx.Err() != nil {
-		return
-	}
-	o.wg.Add(1)
-	go func() {
-		defer o.wg.Done()
-		fn()
-	}()
-}
-
-// ownedRegion is a led region whose leases are loaded (or loading) for
-// one term and one range.
+// ownedRegion is one load of a led region's leases, for one term and one
+// range.
 type ownedRegion struct {
 	id      uint64
 	term    uint64
 	version uint64
 	loaded  chan struct{}
 	err     error
+	// loadValidUntil covers the checks earlier leaders handed out.
+	loadValidUntil int64
+	// leases is guarded by leaseOwner.mu.
+	leases map[int64]*ownedLease
 }
 
 type ownedLease struct {
-	id, ttl  int64
-	regionID uint64
-	expiry   time.Time
+	id, ttl int64
+	or      *ownedRegion
+	expiry  time.Time
 	// revoking is set before the revoking mark is proposed: no check is
 	// handed out after it.
 	revoking bool
-	// revokeRunning: a revoke goroutine owns the lease.
-	revokeRunning bool
 	// maxValidUntil is the highest check handed out for the lease.
 	maxValidUntil int64
 	spans         []*kvpb.KeySpan
 	// heapIdx is the lease's place in leaseOwner.expiry, -1 when out of it
-	// (being revoked).
+	// (an expiry revoke is running).
 	heapIdx int
 }
 
 func newLeaseOwner(s *Server) *leaseOwner {
-	return &leaseOwner{s: s, regions: map[uint64]*ownedRegion{}, leases: map[int64]*ownedLease{}, revokes: make(chan struct{}, maxRevokes)}
+	return &leaseOwner{s: s, regions: map[uint64]*ownedRegion{}, revokes: make(chan struct{}, maxRevokes)}
 }
 
-var errNotLeaseOwner = errors.New("storenode: region not loaded for leases")
+var errNotLeaseOwner = errors.New("storenode: this store no longer runs the region's leases; retry")
+
+// goBackground runs fn unless the store is stopping; it reports whether it
+// did.
+func (o *leaseOwner) goBackground(fn func()) bool {
+	o.bgMu.Lock()
+	defer o.bgMu.Unlock()
+	if o.closed {
+		return false
+	}
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// stop waits for the background loads and revokes; none starts after it.
+func (o *leaseOwner) stop() {
+	o.bgMu.Lock()
+	o.closed = true
+	o.bgMu.Unlock()
+	o.wg.Wait()
+}
+
+// currentLocked reports whether or is still the region's load.
+func (o *leaseOwner) currentLocked(or *ownedRegion) bool { return o.regions[or.id] == or }
 
 // owned returns the region's lease state, loading it first when this store
 // has just become its leader (or its range changed).
@@ -126,21 +148,24 @@ func (o *leaseOwner) owned(ctx context.Context, regionID uint64, epoch *metapb.R
 	if epoch != nil && !region.CheckEpoch(region.CmdRead, epoch, st.Region.GetRegionEpoch()) {
 		return nil, region.EpochNotMatch(st.Region)
 	}
+	version := st.Region.GetRegionEpoch().GetVersion()
 	o.mu.Lock()
 	or := o.regions[regionID]
-	if or == nil || or.term != st.Term || or.version != st.Region.GetRegionEpoch().GetVersion() {
+	if or == nil || or.term < st.Term || (or.term == st.Term && or.version < version) {
 		if or != nil {
 			o.dropRegionLocked(regionID)
 		}
-		or = &ownedRegion{id: regionID, term: st.Term, version: st.Region.GetRegionEpoch().GetVersion(), loaded: make(chan struct{})}
+		or = &ownedRegion{id: regionID, term: st.Term, version: version, loaded: make(chan struct{}), leases: map[int64]*ownedLease{}}
 		o.regions[regionID] = or
-		epoch := st.Region.GetRegionEpoch()
-		if o.s.ctx.Err() != nil {
+		nor, repoch := or, st.Region.GetRegionEpoch()
+		if !o.goBackground(func() { o.load(nor, repoch) }) {
+			delete(o.regions, regionID)
 			or.err = errStopping
 			close(or.loaded)
-		} else {
-			o.goBackground(func() { o.load(or, epoch) })
 		}
+	} else if or.term != st.Term || or.version != version {
+		o.mu.Unlock()
+		return nil, errNotLeaseOwner // the status read above is older than the load
 	}
 	o.mu.Unlock()
 	select {
@@ -158,12 +183,19 @@ func (o *leaseOwner) owned(ctx context.Context, regionID uint64, epoch *metapb.R
 // writes are applied, and starts each lease's clock with a full TTL.
 func (o *leaseOwner) load(or *ownedRegion, epoch *metapb.RegionEpoch) {
 	defer close(or.loaded)
+	fail := func(err error) {
+		or.err = err
+		o.mu.Lock()
+		if o.currentLocked(or) {
+			o.dropRegionLocked(or.id)
+		}
+		o.mu.Unlock()
+	}
 	ctx, cancel := context.WithTimeout(o.s.ctx, 10*time.Second)
 	defer cancel()
 	guard, err := o.s.store.ReadIndex(ctx, or.id, epoch)
 	if err != nil {
-		or.err = err
-		o.forget(or)
+		fail(err)
 		return
 	}
 	// Checks handed out by an earlier leader were drawn before this term
@@ -171,14 +203,12 @@ func (o *leaseOwner) load(or *ownedRegion, epoch *metapb.RegionEpoch) {
 	// now + the window.
 	ts, err := o.s.pd.GetTS(ctx)
 	if err != nil {
-		or.err = err
-		o.forget(or)
+		fail(err)
 		return
 	}
 	r := o.s.mvcc.Region(or.id)
 	if r == nil {
-		or.err = region.RegionNotFound(or.id)
-		o.forget(or)
+		fail(region.RegionNotFound(or.id))
 		return
 	}
 	recs, err := o.s.mvcc.LeaseRecords(r)
@@ -186,49 +216,43 @@ func (o *leaseOwner) load(or *ownedRegion, epoch *metapb.RegionEpoch) {
 		err = guard.Check()
 	}
 	if err != nil {
-		or.err = err
-		o.forget(or)
+		fail(err)
 		return
 	}
 	now := time.Now()
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.regions[or.id] != or {
+	if !o.currentLocked(or) {
 		or.err = errNotLeaseOwner
 		return
 	}
+	or.loadValidUntil = int64(ts) + leaseCheckWindow
 	for _, rec := range recs {
-		l := &ownedLease{id: rec.GetId(), ttl: rec.GetTtl(), regionID: or.id,
-			revoking: rec.GetRevoking(), maxValidUntil: int64(ts) + leaseCheckWindow, spans: rec.GetSpans(), heapIdx: -1}
+		l := &ownedLease{id: rec.GetId(), ttl: rec.GetTtl(), or: or, revoking: rec.GetRevoking(),
+			maxValidUntil: or.loadValidUntil, spans: rec.GetSpans(), heapIdx: -1}
 		at := now.Add(time.Duration(rec.GetTtl()) * time.Second)
 		if rec.GetRevoking() {
 			at = now // finish the revoke an earlier leader started
 		}
-		if old := o.leases[l.id]; old != nil {
-			o.removeLocked(old)
-		}
-		o.leases[l.id] = l
+		or.leases[l.id] = l
 		o.setExpiryLocked(l, at)
 	}
 }
 
-func (o *leaseOwner) forget(or *ownedRegion) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.regions[or.id] == or {
-		o.dropRegionLocked(or.id)
-	}
-}
-
-// dropRegionLocked forgets a region's lease state (leadership or range
-// changed): its clocks stop here and start again wherever it is led.
+// dropRegionLocked forgets a region's load (leadership or range changed):
+// its clocks stop here and start again wherever it is led.
 func (o *leaseOwner) dropRegionLocked(regionID uint64) {
+	or := o.regions[regionID]
+	if or == nil {
+		return
+	}
 	delete(o.regions, regionID)
-	for _, l := range o.leases {
-		if l.regionID == regionID {
-			o.removeLocked(l)
+	for _, l := range or.leases {
+		if l.heapIdx >= 0 {
+			heap.Remove(&o.expiry, l.heapIdx)
 		}
 	}
+	or.leases = map[int64]*ownedLease{}
 }
 
 // setExpiryLocked (re)starts a lease's clock.
@@ -241,22 +265,24 @@ func (o *leaseOwner) setExpiryLocked(l *ownedLease, at time.Time) {
 	}
 }
 
-// removeLocked forgets a lease.
+// removeLocked forgets a lease, if it is still the one its load holds.
 func (o *leaseOwner) removeLocked(l *ownedLease) {
-	if o.leases[l.id] == l {
-		delete(o.leases, l.id)
+	if l.or.leases[l.id] != l {
+		return
 	}
+	delete(l.or.leases, l.id)
 	if l.heapIdx >= 0 {
 		heap.Remove(&o.expiry, l.heapIdx)
 	}
 }
 
-// lease returns a loaded lease of the region, or nil.
-func (o *leaseOwner) leaseLocked(or *ownedRegion, id int64) *ownedLease {
-	if l := o.leases[id]; l != nil && l.regionID == or.id {
-		return l
+// leaseLocked returns the lease of a current load; errNotLeaseOwner when
+// the load is no longer current (the caller retries against the new one).
+func (o *leaseOwner) leaseLocked(or *ownedRegion, id int64) (*ownedLease, error) {
+	if !o.currentLocked(or) {
+		return nil, errNotLeaseOwner
 	}
-	return nil
+	return or.leases[id], nil
 }
 
 func normalizeTTL(ttl int64) (int64, error) {
@@ -265,6 +291,8 @@ func normalizeTTL(ttl int64) (int64, error) {
 	}
 	return max(ttl, minLeaseTTL), nil
 }
+
+var errBadLeaseID = errors.New("basalt: lease ID must be positive")
 
 // grant creates a lease in the region holding its record.
 func (o *leaseOwner) grant(ctx context.Context, c *kvpb.Context, id, ttl int64) (*kvpb.LeaseGrantResponse, error) {
@@ -279,7 +307,7 @@ func (o *leaseOwner) grant(ctx context.Context, c *kvpb.Context, id, ttl int64) 
 	if err != nil {
 		return nil, err
 	}
-	res, err := o.s.seq.submit(ctx, c.GetRegionId(), c.GetRegionEpoch(), &kvpb.WriteCommand{Op: &kvpb.WriteCommand_LeaseGrant{
+	res, err := o.s.seq.submitInTerm(ctx, c.GetRegionId(), c.GetRegionEpoch(), or.term, &kvpb.WriteCommand{Op: &kvpb.WriteCommand_LeaseGrant{
 		LeaseGrant: &kvpb.LeaseGrantRequest{Id: id, Ttl: ttl}}})
 	if err == nil {
 		err = res.Err
@@ -288,21 +316,22 @@ func (o *leaseOwner) grant(ctx context.Context, c *kvpb.Context, id, ttl int64) 
 		return nil, err
 	}
 	o.mu.Lock()
-	if o.regions[or.id] == or {
-		l := &ownedLease{id: id, ttl: ttl, regionID: or.id, heapIdx: -1}
-		if old := o.leases[id]; old != nil {
+	// Applied in this load's term: a load that is no longer current was
+	// replaced by one that read the record after it applied.
+	if o.currentLocked(or) {
+		if old := or.leases[id]; old != nil {
 			o.removeLocked(old)
 		}
-		o.leases[id] = l
+		l := &ownedLease{id: id, ttl: ttl, or: or, heapIdx: -1}
+		or.leases[id] = l
 		o.setExpiryLocked(l, time.Now().Add(time.Duration(ttl)*time.Second))
 	}
 	o.mu.Unlock()
 	return res.Response.(*kvpb.LeaseGrantResponse), nil
 }
 
-var errBadLeaseID = errors.New("basalt: lease ID must be positive")
-
-// keepAlive renews the region's listed leases; 0 for one it does not have.
+// keepAlive renews the region's listed leases; 0 for one it does not have
+// (or that expired and is being revoked).
 func (o *leaseOwner) keepAlive(ctx context.Context, c *kvpb.Context, ids []int64) ([]int64, error) {
 	or, err := o.owned(ctx, c.GetRegionId(), c.GetRegionEpoch())
 	if err != nil {
@@ -321,10 +350,13 @@ func (o *leaseOwner) keepAlive(ctx context.Context, c *kvpb.Context, ids []int64
 	out := make([]int64, len(ids))
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if !o.currentLocked(or) {
+		return nil, errNotLeaseOwner
+	}
 	for i, id := range ids {
-		l := o.leaseLocked(or, id)
-		if l == nil || l.revoking || l.heapIdx < 0 {
-			continue // gone, or expired and being revoked
+		l := or.leases[id]
+		if l == nil || l.revoking || l.heapIdx < 0 || !l.expiry.After(now) {
+			continue
 		}
 		o.setExpiryLocked(l, now.Add(time.Duration(l.ttl)*time.Second))
 		out[i] = l.ttl
@@ -359,10 +391,14 @@ func (o *leaseOwner) timeToLive(ctx context.Context, c *kvpb.Context, id int64) 
 	}
 	resp.GrantedTtl, resp.Spans = rec.GetTtl(), rec.GetSpans()
 	o.mu.Lock()
-	if l := o.leaseLocked(or, id); l != nil {
+	defer o.mu.Unlock()
+	l, err := o.leaseLocked(or, id)
+	if err != nil {
+		return nil, err
+	}
+	if l != nil {
 		resp.Ttl = max(0, int64(time.Until(l.expiry).Round(time.Second)/time.Second))
 	}
-	o.mu.Unlock()
 	return resp, nil
 }
 
@@ -409,13 +445,16 @@ func (o *leaseOwner) attach(ctx context.Context, c *kvpb.Context, id int64, span
 	}
 	until := int64(ts) + leaseCheckWindow
 	o.mu.Lock()
-	l := o.leaseLocked(or, id)
-	if l == nil || l.revoking {
+	l, err := o.leaseLocked(or, id)
+	if err != nil {
+		o.mu.Unlock()
+		return 0, err
+	}
+	if l == nil || l.revoking || !l.expiry.After(time.Now()) {
 		o.mu.Unlock()
 		return 0, mvcc.ErrLeaseNotFound
 	}
-	_, uncovered := mvcc.AddSpan(l.spans, span)
-	if !uncovered {
+	if _, uncovered := mvcc.AddSpan(l.spans, span); !uncovered {
 		// Recorded before leadership is confirmed: a revoke that starts
 		// meanwhile waits for it.
 		l.maxValidUntil = max(l.maxValidUntil, until)
@@ -430,7 +469,7 @@ func (o *leaseOwner) attach(ctx context.Context, c *kvpb.Context, id int64, span
 		return until, nil
 	}
 	o.mu.Unlock()
-	res, err := o.s.seq.submit(ctx, or.id, c.GetRegionEpoch(), &kvpb.WriteCommand{Op: &kvpb.WriteCommand_LeaseAttach{
+	res, err := o.s.seq.submitInTerm(ctx, or.id, c.GetRegionEpoch(), or.term, &kvpb.WriteCommand{Op: &kvpb.WriteCommand_LeaseAttach{
 		LeaseAttach: &kvpb.LeaseAttachRequest{Id: id, Span: span}}})
 	if err == nil {
 		err = res.Err
@@ -441,33 +480,61 @@ func (o *leaseOwner) attach(ctx context.Context, c *kvpb.Context, id int64, span
 	rec := res.Response.(*kvpb.LeaseRecord)
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if l = o.leaseLocked(or, id); l == nil || l.revoking {
+	if cur, err := o.leaseLocked(or, id); err != nil {
+		return 0, err
+	} else if cur != l || l.revoking {
 		// A revoke began while the span was registered; it may already
 		// have read the checks handed out.
 		return 0, mvcc.ErrLeaseNotFound
 	}
-	l.spans = rec.GetSpans()
+	if len(rec.GetSpans()) >= len(l.spans) {
+		l.spans = rec.GetSpans()
+	}
 	l.maxValidUntil = max(l.maxValidUntil, until)
 	return until, nil
 }
 
-// revoke deletes every key attached to the lease, then its record. It is
-// safe to run again after a failure at any step.
+// revoke deletes every key attached to the lease, then its record.
 func (o *leaseOwner) revoke(ctx context.Context, c *kvpb.Context, id int64) error {
 	or, err := o.owned(ctx, c.GetRegionId(), c.GetRegionEpoch())
 	if err != nil {
 		return err
 	}
-	return o.revokeOwned(ctx, or, c.GetRegionEpoch(), id)
+	o.mu.Lock()
+	l, err := o.leaseLocked(or, id)
+	o.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return o.revokeOwned(ctx, or, c.GetRegionEpoch(), id, l)
 }
 
-func (o *leaseOwner) revokeOwned(ctx context.Context, or *ownedRegion, epoch *metapb.RegionEpoch, id int64) error {
+// revokeOwned runs a revoke through a load (l: the lease it holds, if
+// any). Every step can be run again: once the record is marked, a failure
+// puts the lease back on the clock to be revoked again soon, and a new
+// leader finds the mark when it loads.
+func (o *leaseOwner) revokeOwned(ctx context.Context, or *ownedRegion, epoch *metapb.RegionEpoch, id int64, l *ownedLease) (err error) {
 	o.mu.Lock()
-	if l := o.leaseLocked(or, id); l != nil {
+	if l != nil && or.leases[id] == l {
 		l.revoking = true
 	}
 	o.mu.Unlock()
-	res, err := o.s.seq.submit(ctx, or.id, epoch, &kvpb.WriteCommand{Op: &kvpb.WriteCommand_LeaseRevoking{LeaseRevoking: id}})
+	defer func() {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		if l == nil || !o.currentLocked(or) || or.leases[id] != l {
+			return
+		}
+		switch {
+		case err == nil, errors.Is(err, mvcc.ErrLeaseNotFound):
+			o.removeLocked(l)
+		default:
+			// Finish it soon: once revoking, the lease takes no keep-alive
+			// and no key.
+			o.setExpiryLocked(l, time.Now().Add(revokeRetry))
+		}
+	}()
+	res, err := o.s.seq.submitInTerm(ctx, or.id, epoch, or.term, &kvpb.WriteCommand{Op: &kvpb.WriteCommand_LeaseRevoking{LeaseRevoking: id}})
 	if err == nil {
 		err = res.Err
 	}
@@ -476,14 +543,26 @@ func (o *leaseOwner) revokeOwned(ctx context.Context, or *ownedRegion, epoch *me
 	}
 	rec := res.Response.(*kvpb.LeaseRecord)
 	o.mu.Lock()
-	until := int64(0)
-	if l := o.leaseLocked(or, id); l != nil {
-		until = l.maxValidUntil
-	} else if o.regions[or.id] != or {
+	if !o.currentLocked(or) {
 		o.mu.Unlock()
-		return errNotLeaseOwner // a new leader finishes the revoke
+		return errNotLeaseOwner // the load that replaced this one finishes it
+	}
+	until := or.loadValidUntil
+	if cur := or.leases[id]; cur != nil {
+		cur.revoking = true
+		until = max(until, cur.maxValidUntil)
+		l = cur
 	}
 	o.mu.Unlock()
+	return o.finishRevoke(ctx, or, epoch, id, rec, until)
+}
+
+// revokeRetry is how soon a revoke that failed part-way runs again.
+const revokeRetry = 500 * time.Millisecond
+
+// finishRevoke deletes the keys of a lease marked revoking, then its
+// record.
+func (o *leaseOwner) finishRevoke(ctx context.Context, or *ownedRegion, epoch *metapb.RegionEpoch, id int64, rec *kvpb.LeaseRecord, until int64) error {
 	if err := o.waitPast(ctx, until); err != nil {
 		return err
 	}
@@ -492,19 +571,11 @@ func (o *leaseOwner) revokeOwned(ctx context.Context, or *ownedRegion, epoch *me
 			return err
 		}
 	}
-	res, err = o.s.seq.submit(ctx, or.id, epoch, &kvpb.WriteCommand{Op: &kvpb.WriteCommand_LeaseDelete{LeaseDelete: id}})
+	res, err := o.s.seq.submitInTerm(ctx, or.id, epoch, or.term, &kvpb.WriteCommand{Op: &kvpb.WriteCommand_LeaseDelete{LeaseDelete: id}})
 	if err == nil {
 		err = res.Err
 	}
-	if err != nil {
-		return err
-	}
-	o.mu.Lock()
-	if l := o.leaseLocked(or, id); l != nil {
-		o.removeLocked(l)
-	}
-	o.mu.Unlock()
-	return nil
+	return err
 }
 
 // waitPast returns once PD's clock is above ts.
@@ -547,34 +618,35 @@ func (o *leaseOwner) run() {
 
 // loadLedRegions starts the clocks of lease regions this store now leads
 // (keep-alives may never arrive for a lease whose holder died), and drops
-// the regions it no longer leads.
+// the loads of regions it no longer leads or whose range changed.
 func (o *leaseOwner) loadLedRegions() {
 	for _, st := range o.s.store.Regions() {
 		if st == nil || !st.Initialized || !overlapsLeaseSpan(st.Region) {
 			continue
 		}
+		id := st.Region.GetId()
 		o.mu.Lock()
-		or := o.regions[st.Region.GetId()]
+		or := o.regions[id]
 		current := or != nil && or.term == st.Term && or.version == st.Region.GetRegionEpoch().GetVersion()
-		if or != nil && (!current || !st.IsLeader()) {
-			o.dropRegionLocked(or.id)
-		}
 		o.mu.Unlock()
 		if st.IsLeader() && !current {
 			o.goBackground(func() {
 				ctx, cancel := context.WithTimeout(o.s.ctx, 10*time.Second)
 				defer cancel()
-				_, _ = o.owned(ctx, st.Region.GetId(), st.Region.GetRegionEpoch())
+				_, _ = o.owned(ctx, id, nil)
 			})
 		}
 	}
 	o.mu.Lock()
-	for id := range o.regions {
-		if st := o.s.store.RegionStatus(id); st == nil || !st.IsLeader() {
+	defer o.mu.Unlock()
+	for id, or := range o.regions {
+		// A fresh status: the list above may predate the load.
+		st := o.s.store.RegionStatus(id)
+		if st == nil || !st.IsLeader() || st.Term > or.term ||
+			(st.Term == or.term && st.Region.GetRegionEpoch().GetVersion() > or.version) {
 			o.dropRegionLocked(id)
 		}
 	}
-	o.mu.Unlock()
 }
 
 func overlapsLeaseSpan(r *metapb.Region) bool {
@@ -586,50 +658,32 @@ func (o *leaseOwner) expire(now time.Time) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for o.expiry.Len() > 0 && !o.expiry[0].expiry.After(now) {
-		l := o.expiry[0]
-		or := o.regions[l.regionID]
-		if or == nil {
-			o.removeLocked(l) // unreachable: leases go with their region
-			continue
-		}
 		select {
 		case o.revokes <- struct{}{}:
 		default:
 			return // too many revokes running: the rest wait a tick
 		}
-		heap.Pop(&o.expiry) // out of the heap while its revoke runs
-		l.revokeRunning = true
-		id := l.id
-		o.goBackground(func() { o.expireOne(or, id) })
+		l := heap.Pop(&o.expiry).(*ownedLease) // out of the heap while its revoke runs
+		if !o.goBackground(func() { o.expireOne(l) }) {
+			<-o.revokes
+			return
+		}
 	}
 }
 
-func (o *leaseOwner) expireOne(or *ownedRegion, id int64) {
+func (o *leaseOwner) expireOne(l *ownedLease) {
 	defer func() { <-o.revokes }()
 	ctx, cancel := context.WithTimeout(o.s.ctx, 30*time.Second)
 	defer cancel()
+	or := l.or
 	st := o.s.store.RegionStatus(or.id)
-	var err error
 	if st == nil || st.Term != or.term || st.Region.GetRegionEpoch().GetVersion() != or.version {
-		err = errNotLeaseOwner
-	} else {
-		err = o.revokeOwned(ctx, or, st.Region.GetRegionEpoch(), id)
+		return // the load is stale; the region's current leader runs the clock
 	}
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	l := o.leaseLocked(or, id)
-	if l == nil {
-		return
+	// A failure puts the lease back on the clock (revokeOwned).
+	if err := o.revokeOwned(ctx, or, st.Region.GetRegionEpoch(), l.id, l); err != nil && o.s.ctx.Err() == nil {
+		o.s.log.Debug("lease revoke failed; retrying", "lease", l.id, "err", err)
 	}
-	if err == nil || errors.Is(err, mvcc.ErrLeaseNotFound) {
-		o.removeLocked(l)
-		return
-	}
-	if o.s.ctx.Err() == nil {
-		o.s.log.Debug("lease revoke failed; retrying", "lease", id, "err", err)
-	}
-	l.revokeRunning = false
-	o.setExpiryLocked(l, time.Now().Add(500*time.Millisecond))
 }
 
 // expiryHeap orders the owned leases by expiry (container/heap), each

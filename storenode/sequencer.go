@@ -41,7 +41,9 @@ type seqItem struct {
 	cmd      *kvpb.WriteCommand // nil: a resolve marker, only a revision
 	// term is the term in which this store led the region when the item
 	// was sequenced, read before its revision was drawn.
-	term    uint64
+	term uint64
+	// inTerm, when set, is the only term the write may be proposed in.
+	inTerm  uint64
 	rev     int64
 	pending *raftstore.Pending
 	err     error
@@ -88,8 +90,15 @@ const maxRevisionRetries = 5
 // submit gives cmd a revision, proposes it to the region, and returns what
 // applying it produced.
 func (q *sequencer) submit(ctx context.Context, regionID uint64, epoch *metapb.RegionEpoch, cmd *kvpb.WriteCommand) (*mvcc.WriteResult, error) {
+	return q.submitInTerm(ctx, regionID, epoch, 0, cmd)
+}
+
+// submitInTerm is submit for a write that is only valid while this store
+// leads the region in term (0: any term): state kept in memory for one
+// term, as the lease owner's, must not be acted on in another.
+func (q *sequencer) submitInTerm(ctx context.Context, regionID uint64, epoch *metapb.RegionEpoch, term uint64, cmd *kvpb.WriteCommand) (*mvcc.WriteResult, error) {
 	for attempt := 0; ; attempt++ {
-		it := &seqItem{regionID: regionID, epoch: epoch, cmd: cmd, ready: make(chan struct{})}
+		it := &seqItem{regionID: regionID, epoch: epoch, cmd: cmd, inTerm: term, ready: make(chan struct{})}
 		if err := q.enqueue(it); err != nil {
 			return nil, err
 		}
@@ -170,7 +179,7 @@ func (q *sequencer) sequence(items []*seqItem) {
 		switch {
 		case st == nil:
 			it.err = region.RegionNotFound(it.regionID)
-		case !st.IsLeader():
+		case !st.IsLeader(), it.inTerm != 0 && st.Term != it.inTerm:
 			it.err = region.NotLeader(it.regionID, st.Leader)
 		default:
 			it.term = st.Term

@@ -392,7 +392,7 @@ func (s *Server) Close() {
 	}
 	s.wg.Wait()
 	if s.leases != nil {
-		s.leases.wg.Wait()
+		s.leases.stop()
 	}
 	if s.gossip != nil {
 		s.gossip.stop()

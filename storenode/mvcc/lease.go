@@ -162,6 +162,9 @@ func (m *MVCC) LeaseRecords(r *Region) ([]*kvpb.LeaseRecord, error) {
 
 // LeaseRecord returns lease id's record in r, or nil.
 func (m *MVCC) LeaseRecord(r *Region, id int64) (*kvpb.LeaseRecord, error) {
+	if key := region.LeaseKey(id); !region.ContainsKey(r.Desc(), key) {
+		return nil, region.KeyNotInRegion(key, r.Desc())
+	}
 	return readLeaseRecord(m.db, id)
 }
 

@@ -172,3 +172,21 @@ func TestAddSpan(t *testing.T) {
 		t.Fatalf("bridging span: %v", spans)
 	}
 }
+
+// A key revoke that deletes nothing still takes its revision: a put with
+// the lease's check at a lower revision that reaches the log after it must
+// fail, not apply.
+func TestLeaseRevokeKeysFencesLaterPuts(t *testing.T) {
+	tr := newTestRegion(t, "", "")
+	rev := tr.region().Revision() + 10
+	res := tr.apply(&kvpb.WriteCommand{Revision: rev, Op: &kvpb.WriteCommand_LeaseRevokeKeys{LeaseRevokeKeys: 7}})
+	if res.Err != nil || tr.region().Revision() != rev {
+		t.Fatalf("revoke keys: %v, revision %d, want %d", res.Err, tr.region().Revision(), rev)
+	}
+	late := leasePut("a", 7)
+	late.Revision = rev - 1
+	late.LeaseChecks = []*kvpb.LeaseCheck{{Id: 7, ValidUntil: rev - 1}}
+	if res := tr.apply(late); !errors.Is(res.Err, ErrRevisionOrder) {
+		t.Fatalf("a put below the revoke: %v", res.Err)
+	}
+}

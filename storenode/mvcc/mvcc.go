@@ -206,12 +206,17 @@ func (m *MVCC) Apply(ab *raftstore.ApplyBatch, c raftstore.Command) any {
 	if err != nil {
 		return &WriteResult{Err: err}
 	}
-	if len(w.events) == 0 {
+	_, fence := wc.GetOp().(*kvpb.WriteCommand_LeaseRevokeKeys)
+	if len(w.events) == 0 && !fence {
 		// Nothing changed (a delete of missing keys, a txn that only read):
 		// as in etcd, no new revision.
 		setRevision(resp, st.lastRev)
 		return &WriteResult{Revision: st.lastRev, Response: resp}
 	}
+	// A lease's key revoke takes its revision even when it deleted nothing:
+	// a put that carried the lease's check (at a lower revision) and reaches
+	// the log after it must then fail ErrRevisionOrder, not apply
+	// (docs/leases.md).
 	st.lastRev = rev
 	*c.State = st.encode()
 	if reg != nil {
