@@ -159,24 +159,27 @@ func (c *Client) LeaseKeepAlive(ctx context.Context, id int64) (<-chan int64, er
 	ch <- ttl
 	go func() {
 		defer close(ch)
+		wait := time.Duration(ttl) * time.Second / 3
 		for {
-			wait := time.Duration(ttl) * time.Second / 3
 			select {
 			case <-ctx.Done():
 				return
 			case <-time.After(wait):
 			}
-			callCtx, cancel := context.WithTimeout(ctx, time.Duration(ttl)*time.Second/3+time.Second)
+			// A renewal may take a third of the TTL; a failed one is tried
+			// again half a second later, still well inside the TTL.
+			callCtx, cancel := context.WithTimeout(ctx, time.Duration(ttl)*time.Second/3)
 			t, err := c.LeaseKeepAliveOnce(callCtx, id)
 			cancel()
 			switch {
 			case IsLeaseNotFound(err):
 				return
 			case err != nil:
-				ttl = max(3, ttl/2) // try again sooner
+				wait = 500 * time.Millisecond
 				continue
 			}
 			ttl = t
+			wait = time.Duration(ttl) * time.Second / 3
 			select {
 			case ch <- t:
 			default:
