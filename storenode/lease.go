@@ -364,25 +364,35 @@ func (o *leaseOwner) keepAlive(ctx context.Context, c *kvpb.Context, ids []int64
 	return out, nil
 }
 
-// timeToLive describes a lease (ttl -1: none).
-func (o *leaseOwner) timeToLive(ctx context.Context, c *kvpb.Context, id int64) (*kvpb.LeaseTimeToLiveResponse, error) {
+// readOwned runs read against the records of a region this store leads,
+// linearizably (a ReadIndex before, its guard checked after).
+func (o *leaseOwner) readOwned(ctx context.Context, c *kvpb.Context, read func(r *mvcc.Region) error) (*ownedRegion, *mvcc.Region, error) {
 	or, err := o.owned(ctx, c.GetRegionId(), c.GetRegionEpoch())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	guard, err := o.s.store.ReadIndex(ctx, or.id, c.GetRegionEpoch())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	r := o.s.mvcc.Region(or.id)
 	if r == nil {
-		return nil, region.RegionNotFound(or.id)
+		return nil, nil, region.RegionNotFound(or.id)
 	}
-	rec, err := o.s.mvcc.LeaseRecord(r, id)
+	if err := read(r); err != nil {
+		return nil, nil, err
+	}
+	return or, r, guard.Check()
+}
+
+// timeToLive describes a lease (ttl -1: none).
+func (o *leaseOwner) timeToLive(ctx context.Context, c *kvpb.Context, id int64) (*kvpb.LeaseTimeToLiveResponse, error) {
+	var rec *kvpb.LeaseRecord
+	or, r, err := o.readOwned(ctx, c, func(r *mvcc.Region) (err error) {
+		rec, err = o.s.mvcc.LeaseRecord(r, id)
+		return err
+	})
 	if err != nil {
-		return nil, err
-	}
-	if err := guard.Check(); err != nil {
 		return nil, err
 	}
 	resp := &kvpb.LeaseTimeToLiveResponse{Header: &kvpb.ResponseHeader{Revision: r.Revision()}, Id: id, Ttl: -1}
@@ -404,23 +414,12 @@ func (o *leaseOwner) timeToLive(ctx context.Context, c *kvpb.Context, id int64) 
 
 // list returns the leases the region holds.
 func (o *leaseOwner) list(ctx context.Context, c *kvpb.Context) ([]int64, error) {
-	or, err := o.owned(ctx, c.GetRegionId(), c.GetRegionEpoch())
+	var recs []*kvpb.LeaseRecord
+	_, _, err := o.readOwned(ctx, c, func(r *mvcc.Region) (err error) {
+		recs, err = o.s.mvcc.LeaseRecords(r)
+		return err
+	})
 	if err != nil {
-		return nil, err
-	}
-	guard, err := o.s.store.ReadIndex(ctx, or.id, c.GetRegionEpoch())
-	if err != nil {
-		return nil, err
-	}
-	r := o.s.mvcc.Region(or.id)
-	if r == nil {
-		return nil, region.RegionNotFound(or.id)
-	}
-	recs, err := o.s.mvcc.LeaseRecords(r)
-	if err != nil {
-		return nil, err
-	}
-	if err := guard.Check(); err != nil {
 		return nil, err
 	}
 	ids := make([]int64, 0, len(recs))

@@ -272,6 +272,17 @@ func (e *ctlEnv) connect() (*client.Client, context.Context, context.CancelFunc,
 	return c, ctx, cancel, nil
 }
 
+// withClient runs fn with a client and a context bounded by --timeout.
+func (e *ctlEnv) withClient(fn func(ctx context.Context, c *client.Client) error) error {
+	c, ctx, cancel, err := e.connect()
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	defer c.Close()
+	return fn(ctx, c)
+}
+
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

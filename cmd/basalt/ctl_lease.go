@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/basaltdb/basalt/client"
 )
 
 // parseLeaseID reads a lease ID as etcdctl writes it: hexadecimal.
@@ -37,21 +39,17 @@ func ctlLeaseCmd(env *ctlEnv) *cobra.Command {
 					return err
 				}
 			}
-			c, ctx, cancel, err := env.connect()
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer c.Close()
-			resp, err := c.LeaseGrant(ctx, ttl, id)
-			if err != nil {
-				return err
-			}
-			if env.output == "json" {
-				return printJSON(cmd.OutOrStdout(), resp)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "lease %016x granted with TTL(%ds)\n", resp.GetId(), resp.GetTtl())
-			return nil
+			return env.withClient(func(ctx context.Context, c *client.Client) error {
+				resp, err := c.LeaseGrant(ctx, ttl, id)
+				if err != nil {
+					return err
+				}
+				if env.output == "json" {
+					return printJSON(cmd.OutOrStdout(), resp)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "lease %016x granted with TTL(%ds)\n", resp.GetId(), resp.GetTtl())
+				return nil
+			})
 		},
 	}
 	grant.Flags().StringVar(&grantID, "id", "", "the lease's ID (hexadecimal); default: a random free one")
@@ -63,17 +61,13 @@ func ctlLeaseCmd(env *ctlEnv) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, ctx, cancel, err := env.connect()
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer c.Close()
-			if err := c.LeaseRevoke(ctx, id); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "lease %016x revoked\n", id)
-			return nil
+			return env.withClient(func(ctx context.Context, c *client.Client) error {
+				if err := c.LeaseRevoke(ctx, id); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "lease %016x revoked\n", id)
+				return nil
+			})
 		},
 	}
 
@@ -125,34 +119,30 @@ func ctlLeaseCmd(env *ctlEnv) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, ctx, cancel, err := env.connect()
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer c.Close()
-			r, err := c.LeaseTimeToLive(ctx, id, withKeys)
-			if err != nil {
-				return err
-			}
-			if env.output == "json" {
-				return printJSON(cmd.OutOrStdout(), r)
-			}
-			out := cmd.OutOrStdout()
-			if r.TTL < 0 {
-				fmt.Fprintf(out, "lease %016x already expired\n", id)
+			return env.withClient(func(ctx context.Context, c *client.Client) error {
+				r, err := c.LeaseTimeToLive(ctx, id, withKeys)
+				if err != nil {
+					return err
+				}
+				if env.output == "json" {
+					return printJSON(cmd.OutOrStdout(), r)
+				}
+				out := cmd.OutOrStdout()
+				if r.TTL < 0 {
+					fmt.Fprintf(out, "lease %016x already expired\n", id)
+					return nil
+				}
+				if !withKeys {
+					fmt.Fprintf(out, "lease %016x granted with TTL(%ds), remaining(%ds)\n", id, r.GrantedTTL, r.TTL)
+					return nil
+				}
+				keys := make([]string, len(r.Keys))
+				for i, k := range r.Keys {
+					keys[i] = string(k)
+				}
+				fmt.Fprintf(out, "lease %016x granted with TTL(%ds), remaining(%ds), attached keys(%v)\n", id, r.GrantedTTL, r.TTL, keys)
 				return nil
-			}
-			if !withKeys {
-				fmt.Fprintf(out, "lease %016x granted with TTL(%ds), remaining(%ds)\n", id, r.GrantedTTL, r.TTL)
-				return nil
-			}
-			keys := make([]string, len(r.Keys))
-			for i, k := range r.Keys {
-				keys[i] = string(k)
-			}
-			fmt.Fprintf(out, "lease %016x granted with TTL(%ds), remaining(%ds), attached keys(%v)\n", id, r.GrantedTTL, r.TTL, keys)
-			return nil
+			})
 		},
 	}
 	ttl.Flags().BoolVar(&withKeys, "keys", false, "list the keys attached to the lease")
@@ -160,24 +150,20 @@ func ctlLeaseCmd(env *ctlEnv) *cobra.Command {
 	list := &cobra.Command{
 		Use: "list", Short: "List every lease", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, ctx, cancel, err := env.connect()
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer c.Close()
-			ids, err := c.Leases(ctx)
-			if err != nil {
-				return err
-			}
-			if env.output == "json" {
-				return printJSON(cmd.OutOrStdout(), ids)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "found %d leases\n", len(ids))
-			for _, id := range ids {
-				fmt.Fprintf(cmd.OutOrStdout(), "%016x\n", id)
-			}
-			return nil
+			return env.withClient(func(ctx context.Context, c *client.Client) error {
+				ids, err := c.Leases(ctx)
+				if err != nil {
+					return err
+				}
+				if env.output == "json" {
+					return printJSON(cmd.OutOrStdout(), ids)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "found %d leases\n", len(ids))
+				for _, id := range ids {
+					fmt.Fprintf(cmd.OutOrStdout(), "%016x\n", id)
+				}
+				return nil
+			})
 		},
 	}
 	lease.AddCommand(grant, revoke, keepAlive, ttl, list)
