@@ -138,11 +138,20 @@ func TestCtlStatusRegionShowTransferLeader(t *testing.T) {
 		out, err := exec.Command(procs.Binary(t), append([]string{"ctl", "--pd", c.PDEndpoints()}, args...)...).CombinedOutput()
 		return string(out), err
 	}
-	out, err := ctl("status")
-	if err != nil || !strings.Contains(out, "PD: 1 members, leader pd1") || !strings.Contains(out, "stores: 3 up, 0 not up") ||
-		!strings.Contains(out, "0 without a leader, 0 under-replicated") {
-		t.Fatalf("status: %v: %s", err, out)
+	// A peer just added can be reported down until it catches up: poll.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		out, err := ctl("status")
+		if err == nil && strings.Contains(out, "PD: 1 members, leader pd1") && strings.Contains(out, "stores: 3 up, 0 not up") &&
+			strings.Contains(out, "0 without a leader, 0 under-replicated") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status: %v: %s", err, out)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
+	var out string
+	var err error
 	out, err = ctl("region", "show", "a")
 	if err != nil || !strings.HasPrefix(out, "region ") || strings.Count(out, "(voter)") != 3 {
 		t.Fatalf("region show: %v: %s", err, out)
