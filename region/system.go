@@ -5,22 +5,24 @@ import (
 	"encoding/binary"
 )
 
-// The system range: every key that starts with 0x00 is Basalt's own data,
-// served by ordinary regions but never visible to (or writable by) users.
-// Lease records live there (docs/leases.md). The reserved range sits at the
-// very start of the key space so that hiding it from a user's range only
-// ever moves the range's start.
+// The system range: every key at or above SystemStart is Basalt's own
+// data, served by ordinary regions but never visible to (or writable by)
+// users. Lease records live there (docs/leases.md). It sits at the very end
+// of the key space, so that hiding it from a user's range only ever moves
+// the range's end, and behind a prefix no etcd program writes: four 0xFF
+// bytes. (A single 0x00 byte, tried first, is what etcd's own benchmark
+// tool starts its keys with.)
 var (
-	// SystemEnd is the first key after the system range.
-	SystemEnd = []byte{0x01}
+	// SystemStart is the first key of the system range.
+	SystemStart = []byte("\xff\xff\xff\xffbasalt/")
 	// LeasePrefix starts every lease record's key.
-	LeasePrefix = []byte{0x00, 'L'}
+	LeasePrefix = append(append([]byte(nil), SystemStart...), 'L')
 	// LeaseSpanEnd ends the lease records' span.
-	LeaseSpanEnd = []byte{0x00, 'L' + 1}
+	LeaseSpanEnd = append(append([]byte(nil), SystemStart...), 'M')
 )
 
 // IsSystemKey reports whether key lies in the reserved system range.
-func IsSystemKey(key []byte) bool { return bytes.Compare(key, SystemEnd) < 0 }
+func IsSystemKey(key []byte) bool { return bytes.Compare(key, SystemStart) >= 0 }
 
 // LeaseKey is the key of lease id's record. The ID is scrambled by a
 // bijection so that sequential or clustered IDs still spread over every
@@ -44,14 +46,14 @@ func mix64(x uint64) uint64 {
 // the key space). It returns the part of the range users may see, and
 // false when nothing of it is left.
 func ClipUserRange(key, end []byte) (k, e []byte, ok bool) {
-	if !IsSystemKey(key) {
-		return key, end, true
-	}
-	if len(end) == 0 {
-		return nil, nil, false // a single system key
-	}
-	if !(len(end) == 1 && end[0] == 0) && bytes.Compare(end, SystemEnd) <= 0 {
+	if IsSystemKey(key) {
 		return nil, nil, false
 	}
-	return SystemEnd, end, true
+	if len(end) == 0 {
+		return key, end, true // a single user key
+	}
+	if (len(end) == 1 && end[0] == 0) || bytes.Compare(end, SystemStart) > 0 {
+		end = SystemStart
+	}
+	return key, end, true
 }

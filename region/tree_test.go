@@ -176,6 +176,7 @@ func TestRegionTreeMatchesModel(t *testing.T) {
 }
 
 func TestClipUserRange(t *testing.T) {
+	sys := string(SystemStart)
 	for _, c := range []struct {
 		key, end string
 		k, e     string
@@ -183,19 +184,20 @@ func TestClipUserRange(t *testing.T) {
 	}{
 		{"a", "", "a", "", true},
 		{"a", "b", "a", "b", true},
-		{"\x00L", "", "", "", false},
-		{"\x00", "\x00", "\x01", "\x00", true},
-		{"\x00a", "\x00b", "", "", false},
-		{"\x00a", "\x01", "", "", false},
-		{"\x00a", "\x01a", "\x01", "\x01a", true},
+		{"\x00", "\x00", "\x00", sys, true},
+		{"\xff", "", "\xff", "", true},
+		{"a", "\xff\xff\xff\xff\xff", "a", sys, true},
+		{"a", sys, "a", sys, true},
+		{sys, "", "", "", false},
+		{sys + "Lx", "\x00", "", "", false},
 	} {
 		k, e, ok := ClipUserRange([]byte(c.key), []byte(c.end))
 		if ok != c.ok || string(k) != c.k || string(e) != c.e {
 			t.Errorf("ClipUserRange(%q, %q) = %q, %q, %v; want %q, %q, %v", c.key, c.end, k, e, ok, c.k, c.e, c.ok)
 		}
 	}
-	if !IsSystemKey(LeaseKey(7)) || IsSystemKey([]byte("\x01")) {
-		t.Fatal("lease keys must be system keys, 0x01 must not")
+	if !IsSystemKey(LeaseKey(7)) || IsSystemKey([]byte("\x00")) || IsSystemKey([]byte("\xff\xff\xff\xff")) {
+		t.Fatal("lease keys must be system keys; 0x00 and four 0xff bytes must not")
 	}
 	if string(LeaseKey(1)) == string(LeaseKey(2)) {
 		t.Fatal("lease keys collide")

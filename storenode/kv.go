@@ -237,7 +237,7 @@ func (k *kvService) DeleteRange(ctx context.Context, req *kvpb.DeleteRangeReques
 		if len(req.GetRangeEnd()) == 0 {
 			return nil, grpcError(mvcc.ErrReservedKey)
 		}
-		// A range wholly inside the system range holds no user key.
+		// A range starting in the system range holds no user key.
 		r, err := k.region(c)
 		if err != nil {
 			h, gerr := regionHeader(err)

@@ -6,10 +6,11 @@ import (
 	"github.com/basaltdb/basalt/storenode/mvcc"
 )
 
-// The system range (region.SystemEnd) is hidden at the KV service's edge:
-// user writes to it are refused, user ranges that start in it are cut to
-// start after it, and watches never show its events (watcher.filter).
-// Lease records go through their own commands, never through these paths.
+// The system range (region.SystemStart onwards, at the end of the key
+// space) is hidden at the KV service's edge: user writes to it are
+// refused, user ranges that reach into it are cut to end before it, and
+// watches never show its events (watcher.filter). Lease records go through
+// their own commands, never through these paths.
 
 // clipRange cuts a read to the user key space; false: nothing is left.
 func clipRange(req *kvpb.RangeRequest) bool {
@@ -26,8 +27,8 @@ func clipDelete(req *kvpb.DeleteRangeRequest) bool {
 }
 
 // clipTxn cuts every range of a transaction to the user key space and
-// refuses one that names a system key (or a range wholly inside the
-// system range): a compare or a put there has no user meaning.
+// refuses one that names a system key (or a range starting in the system
+// range): a compare or a put there has no user meaning.
 func clipTxn(t *kvpb.TxnRequest) error {
 	for _, c := range t.GetCompare() {
 		k, e, ok := region.ClipUserRange(c.GetKey(), c.GetRangeEnd())

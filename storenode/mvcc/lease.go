@@ -29,7 +29,7 @@ var (
 	// lease again and retries.
 	ErrLeaseCheckStale = errors.New("mvcc: lease check expired before the write's revision; revalidate")
 	// ErrReservedKey: users may not read or write the system range.
-	ErrReservedKey = errors.New("basalt: keys starting with 0x00 are reserved for system data")
+	ErrReservedKey = errors.New("basalt: keys from 0xFF 0xFF 0xFF 0xFF \"basalt/\" on are reserved for system data")
 )
 
 // MaxLeaseTTL is etcd's bound on a lease's TTL, in seconds.

@@ -61,7 +61,7 @@ func TestLeaseRecordLifecycle(t *testing.T) {
 		t.Fatalf("record survived its delete: %v", lr)
 	}
 	// A lease's record may only be written where its key lives.
-	other := newTestRegion(t, "\x01", "")
+	other := newTestRegion(t, "", "\xff")
 	if res := other.apply(&kvpb.WriteCommand{Op: &kvpb.WriteCommand_LeaseGrant{LeaseGrant: &kvpb.LeaseGrantRequest{Id: 1, Ttl: 5}}}); res.Err == nil {
 		t.Fatal("a grant outside the lease's region applied")
 	}

@@ -178,7 +178,7 @@ func TestLeaseKeepAliveThenRevoke(t *testing.T) {
 	if err := cl.LeaseRevoke(ctx, g.GetId()); !client.IsLeaseNotFound(err) {
 		t.Fatalf("second revoke: %v", err)
 	}
-	if _, err := kv.Put(ctx, "\x00Lx", "v"); err == nil {
+	if _, err := kv.Put(ctx, string(region.LeaseKey(1)), "v"); err == nil {
 		t.Fatal("a put into the system range succeeded")
 	}
 }
