@@ -7,7 +7,7 @@ PROTOS = proto/metapb/metapb.proto proto/errorpb/errorpb.proto \
 	proto/raftcmdpb/raftcmdpb.proto proto/raftserverpb/raftserverpb.proto proto/pdpb/pdpb.proto proto/kvpb/kvpb.proto
 RACE_PKGS = ./region/... ./raftstore/... ./pd/... ./client/...
 
-.PHONY: all build test test-short race vet fmt-check proto proto-check deps bench tools
+.PHONY: all build test test-short race vet fmt-check proto proto-check deps bench tools bench-vs-etcd
 
 all: build
 
@@ -51,3 +51,9 @@ test: fmt-check vet proto-check test-short race
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 5s ./raftstore/
+
+# bench-vs-etcd: etcd's benchmark tool against a 3-member etcd 3.7 and a
+# Basalt cluster, alternating, 3 rounds; appends the table to
+# docs/benchmarks.md (tests/bench).
+bench-vs-etcd:
+	$(GO) run ./tests/bench -rounds 3 -write
