@@ -26,6 +26,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/basaltdb/basalt/tests/procs"
 )
 
 // workload is one benchmark invocation, the same for both systems.
@@ -169,7 +171,7 @@ func runBenchmark(bin string, c *cluster, args []string) (result, error) {
 		defer t.Stop()
 		for {
 			for _, pid := range c.pids {
-				peak = max(peak, rss(pid))
+				peak = max(peak, procs.RSS(pid))
 			}
 			select {
 			case <-done:
@@ -222,20 +224,6 @@ func tail(s string) string {
 		return s[len(s)-600:]
 	}
 	return s
-}
-
-func rss(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 // fsyncLatency times 200 4 KiB write+fsync rounds in dir.

@@ -6,7 +6,6 @@ import (
 	"os"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,19 +17,10 @@ import (
 )
 
 // storesRSS sums the resident memory of the cluster's stores, in bytes.
-func storesRSS(b *testing.B, c *procs.Cluster) int64 {
+func storesRSS(c *procs.Cluster) int64 {
 	var total int64
 	for _, p := range c.Stores {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.PID()))
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, line := range strings.Split(string(data), "\n") {
-			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-				kb, _ := strconv.ParseInt(f[1], 10, 64)
-				total += kb << 10
-			}
-		}
+		total += procs.RSS(p.PID())
 	}
 	return total
 }
@@ -51,7 +41,7 @@ func BenchmarkLeases(b *testing.B) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		splitAt(b, cl, 4, func(i int) string { return string(append(append([]byte(nil), region.LeasePrefix...), byte(i*64))) })
 		splitPrefix(b, cl, "e/", 4)
-		rssBefore := storesRSS(b, c)
+		rssBefore := storesRSS(c)
 		b.StartTimer()
 
 		ids := make([]int64, leases)
@@ -103,7 +93,7 @@ func BenchmarkLeases(b *testing.B) {
 		}
 		wg.Wait()
 		kaSecs := time.Since(start).Seconds()
-		rssAfter := storesRSS(b, c)
+		rssAfter := storesRSS(c)
 
 		// Expiry: one key per lease, the keys over 4 data regions.
 		kv := cl.KV()
@@ -180,7 +170,7 @@ func BenchmarkMillionLeases(b *testing.B) {
 		pd := waitReplicated(b, c)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		splitAt(b, cl, 8, func(i int) string { return string(append(append([]byte(nil), region.LeasePrefix...), byte(i*32))) })
-		rssBefore := storesRSS(b, c)
+		rssBefore := storesRSS(c)
 		b.StartTimer()
 
 		ids := make([]int64, n)
@@ -239,7 +229,7 @@ func BenchmarkMillionLeases(b *testing.B) {
 			return time.Duration(slowest.Load()), float64(n) / time.Since(start).Seconds()
 		}
 		slowBefore, rate := sweep()
-		rssAfter := storesRSS(b, c)
+		rssAfter := storesRSS(c)
 		// Move the leader of the region holding the first lease's record.
 		key := region.LeaseKey(ids[0])
 		r, err := pd.GetRegion(ctx, key)

@@ -264,3 +264,18 @@ func (c *Cluster) Client(t testing.TB) *client.Client {
 	t.Cleanup(cl.Close)
 	return cl
 }
+
+// RSS returns a process's resident memory in bytes (0 if it is gone).
+func RSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
