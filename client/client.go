@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/basaltdb/basalt/client/pdclient"
@@ -245,6 +247,13 @@ func (c *Client) do(ctx context.Context, key []byte, read bool, call func(contex
 				// will name (or become) the new leader.
 				c.nextPeer(rt)
 			} else {
+				if read && status.Code(err) == codes.DeadlineExceeded {
+					// The store did not answer in time (it may be gone and
+					// its address not yet refusing): the next call of this
+					// idempotent kind starts at another peer instead of
+					// waiting on it again.
+					c.nextPeer(rt)
+				}
 				return err
 			}
 		}

@@ -93,7 +93,8 @@ func (c *Client) LeaseKeepAliveMany(ctx context.Context, ids []int64) ([]int64, 
 			defer wg.Done()
 			first := region.LeaseKey(ids[idx[0]])
 			var sent []int
-			err := c.do(ctx, first, false, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
+			// A renewal is idempotent: retried like a read.
+			err := c.do(ctx, first, true, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
 				req := &kvpb.LeaseKeepAliveRequest{Context: rt.context()}
 				sent = sent[:0]
 				for _, i := range idx {
@@ -166,9 +167,10 @@ func (c *Client) LeaseKeepAlive(ctx context.Context, id int64) (<-chan int64, er
 				return
 			case <-time.After(wait):
 			}
-			// A renewal may take a third of the TTL; a failed one is tried
-			// again half a second later, still well inside the TTL.
-			callCtx, cancel := context.WithTimeout(ctx, time.Duration(ttl)*time.Second/3)
+			// A failed renewal is tried again half a second later; one
+			// attempt may take a third of the TTL plus a second (an election
+			// in the owner region takes about one).
+			callCtx, cancel := context.WithTimeout(ctx, time.Duration(ttl)*time.Second/3+time.Second)
 			t, err := c.LeaseKeepAliveOnce(callCtx, id)
 			cancel()
 			switch {

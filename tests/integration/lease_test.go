@@ -281,7 +281,11 @@ func TestLeaseSurvivesOwnerLeaderKill(t *testing.T) {
 			}
 			renewals++
 		case <-ctx.Done():
-			t.Fatal(ctx.Err())
+			for _, p := range c.Stores {
+				l := c.Log(p)
+				t.Logf("%s log: %s", p.Name, l[max(0, len(l)-3000):])
+			}
+			t.Fatalf("%d renewals after the kill: %v", renewals, ctx.Err())
 		}
 	}
 	if left := leasedKeys(t, ctx, kv, "o/", g.GetId()); len(left) != 2 {
