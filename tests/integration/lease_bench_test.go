@@ -25,6 +25,34 @@ func storesRSS(c *procs.Cluster) int64 {
 	return total
 }
 
+// grantMany grants n leases of ttl seconds from the given number of
+// goroutines and returns their IDs and how long it took, in seconds.
+func grantMany(ctx context.Context, b *testing.B, cl *client.Client, n, goroutines int, ttl int64) ([]int64, float64) {
+	ids := make([]int64, n)
+	var next atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for g := 0; g < goroutines; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
+				r, err := cl.LeaseGrant(ctx, ttl, 0)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				ids[i] = r.GetId()
+			}
+		}()
+	}
+	wg.Wait()
+	if b.Failed() {
+		b.FailNow()
+	}
+	return ids, time.Since(start).Seconds()
+}
+
 // BenchmarkLeases: 3 stores, the lease records spread over 4 regions.
 // Grants 20,000 leases from 200 goroutines (grants/s), renews all of them
 // in batches for 5 s (keep-alives/s), reports the stores' RSS growth per
@@ -44,32 +72,12 @@ func BenchmarkLeases(b *testing.B) {
 		rssBefore := storesRSS(c)
 		b.StartTimer()
 
-		ids := make([]int64, leases)
+		ids, grantSecs := grantMany(ctx, b, cl, leases, 200, 120)
 		var next atomic.Int64
-		start := time.Now()
 		var wg sync.WaitGroup
-		for g := 0; g < 200; g++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := next.Add(1) - 1; i < leases; i = next.Add(1) - 1 {
-					r, err := cl.LeaseGrant(ctx, 120, 0)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					ids[i] = r.GetId()
-				}
-			}()
-		}
-		wg.Wait()
-		grantSecs := time.Since(start).Seconds()
-		if b.Failed() {
-			b.FailNow()
-		}
 
 		var renewed atomic.Int64
-		start = time.Now()
+		start := time.Now()
 		for g := 0; g < 8; g++ {
 			wg.Add(1)
 			go func(g int) {
@@ -173,29 +181,8 @@ func BenchmarkMillionLeases(b *testing.B) {
 		rssBefore := storesRSS(c)
 		b.StartTimer()
 
-		ids := make([]int64, n)
-		var next atomic.Int64
-		start := time.Now()
+		ids, grantSecs := grantMany(ctx, b, cl, n, 1000, 1800)
 		var wg sync.WaitGroup
-		for g := 0; g < 1000; g++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
-					r, err := cl.LeaseGrant(ctx, 1800, 0)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					ids[i] = r.GetId()
-				}
-			}()
-		}
-		wg.Wait()
-		grantSecs := time.Since(start).Seconds()
-		if b.Failed() {
-			b.FailNow()
-		}
 		b.Logf("granted %d leases in %.0f s", n, grantSecs)
 
 		sweep := func() (time.Duration, float64) {
