@@ -1,6 +1,7 @@
 package storenode
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"time"
@@ -87,9 +88,13 @@ func (k *kvService) Range(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.Ra
 	if err := k.s.mvcc.Limits().ValidateRange(req); err != nil {
 		return nil, grpcError(err)
 	}
-	req = proto.Clone(req).(*kvpb.RangeRequest)
-	if !clipRange(req) {
+	// Copied only when the range reaches into the system range: a read is
+	// the hot path.
+	if _, end, ok := region.ClipUserRange(req.GetKey(), req.GetRangeEnd()); !ok {
 		return k.emptyRange(req)
+	} else if !bytes.Equal(end, req.GetRangeEnd()) {
+		req = proto.Clone(req).(*kvpb.RangeRequest)
+		req.RangeEnd = end
 	}
 	resp, err := k.s.serveRange(ctx, req)
 	if err != nil {
