@@ -278,6 +278,9 @@ func (c *cluster) removeRegionLocked(id uint64) {
 	c.removed[id] = struct{}{}
 }
 
+// errNotLeader: this member is not the serving PD leader.
+var errNotLeader = errors.New("pd: not the leader")
+
 var errStaleRegion = errors.New("pd: region descriptor is older than the one PD has")
 
 // handleRegionHeartbeat records what a region's leader reported and returns

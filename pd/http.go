@@ -12,6 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/basaltdb/basalt/internal/status"
 	"github.com/basaltdb/basalt/proto/metapb"
 	"github.com/basaltdb/basalt/region"
 )
@@ -33,10 +36,13 @@ import (
 //	GET    /pd/api/v1/config                   the scheduling configuration
 //	POST   /pd/api/v1/config                   change fields of it (JSON object)
 //	GET    /pd/api/v1/tso/stats                TSO requests and timestamps this member served
+//	GET    /metrics                            Prometheus metrics (any member)
+//	GET    /debug/pprof/                       Go's profiler, with Config.EnablePprof
 //
 // Followers redirect (307) leader-only calls to the leader.
-func (s *Server) httpHandler() http.Handler {
+func (s *Server) httpHandler(metrics prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
+	status.Register(mux, metrics, s.cfg.EnablePprof)
 	mux.HandleFunc("GET /pd/api/v1/health", s.httpHealth)
 	mux.HandleFunc("GET /pd/api/v1/tso/stats", s.httpTSOStats)
 	mux.HandleFunc("GET /pd/api/v1/members", s.httpMembers)

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/basaltdb/basalt/internal/status"
 	"github.com/basaltdb/basalt/proto/metapb"
 	"github.com/basaltdb/basalt/proto/pdpb"
 	rspb "github.com/basaltdb/basalt/proto/raftserverpb"
@@ -62,6 +63,10 @@ type Config struct {
 	// FS is the file system for the data (default: the OS).
 	FS     vfs.FS
 	Logger *slog.Logger
+
+	// EnablePprof serves /debug/pprof on the client address's HTTP API
+	// (/metrics is always served there).
+	EnablePprof bool
 }
 
 type member struct {
@@ -106,7 +111,7 @@ type Server struct {
 	peerSrv   *grpc.Server
 	clientSrv *grpc.Server
 	httpSrv   *http.Server
-	mux       *listenMux
+	mux       *status.ListenMux
 	peerLis   net.Listener
 
 	tso     *tsoAllocator
@@ -238,21 +243,22 @@ func (s *Server) start() error {
 		}
 	}
 
-	grpcOpts := []grpc.ServerOption{grpc.MaxRecvMsgSize(raftstore.MaxGRPCMessageBytes)}
+	reg, gm := s.newRegistry()
+	grpcOpts := append(gm.ServerOptions(), grpc.MaxRecvMsgSize(raftstore.MaxGRPCMessageBytes))
 	s.peerSrv = grpc.NewServer(grpcOpts...)
 	rspb.RegisterRaftTransportServer(s.peerSrv, raftstore.NewRaftServer(s.store))
 	pdpb.RegisterPDServer(s.peerSrv, &grpcService{s: s})
 	s.clientSrv = grpc.NewServer(grpcOpts...)
 	pdpb.RegisterPDServer(s.clientSrv, &grpcService{s: s})
-	s.mux = newListenMux(clientLis)
-	s.httpSrv = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+	s.mux = status.NewListenMux(clientLis)
+	s.httpSrv = &http.Server{Handler: s.httpHandler(reg), ReadHeaderTimeout: 10 * time.Second}
 
 	s.store.Start()
 	s.wg.Add(5)
 	go func() { defer s.wg.Done(); _ = s.peerSrv.Serve(s.peerLis) }()
-	go func() { defer s.wg.Done(); s.mux.serve() }()
-	go func() { defer s.wg.Done(); _ = s.clientSrv.Serve(s.mux.grpc) }()
-	go func() { defer s.wg.Done(); _ = s.httpSrv.Serve(s.mux.http) }()
+	go func() { defer s.wg.Done(); s.mux.Serve() }()
+	go func() { defer s.wg.Done(); _ = s.clientSrv.Serve(s.mux.GRPC()) }()
+	go func() { defer s.wg.Done(); _ = s.httpSrv.Serve(s.mux.HTTP()) }()
 	go func() { defer s.wg.Done(); s.leaderLoop() }()
 	if len(s.members) == 1 {
 		_ = s.store.Campaign(pdRegionID)
@@ -274,7 +280,7 @@ func (s *Server) Close() {
 		s.peerSrv.Stop()
 	}
 	if s.mux != nil {
-		s.mux.close()
+		s.mux.Close()
 	}
 	if s.store != nil {
 		s.store.Stop()

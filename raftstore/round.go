@@ -1,6 +1,8 @@
 package raftstore
 
 import (
+	"time"
+
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
@@ -66,6 +68,7 @@ func (w *worker) round() {
 	wb := s.eng.DB.NewBatch()
 	sync := false
 	anyReady := false
+	readyPeers, persisted, committed := 0, 0, 0
 	for _, p := range w.peers {
 		if p.destroyed || p.mergedAway.Load() || !p.rn.HasReady() {
 			continue
@@ -73,6 +76,9 @@ func (w *worker) round() {
 		anyReady = true
 		p.rd = p.rn.Ready()
 		p.hasRd = true
+		readyPeers++
+		persisted += len(p.rd.Entries)
+		committed += len(p.rd.CommittedEntries)
 		p.onSoftState(p.rd.SoftState)
 		if hs := p.rd.HardState; hs != nil {
 			// Published before any message of this Ready leaves, so a lease
@@ -99,6 +105,14 @@ func (w *worker) round() {
 		return
 	}
 
+	s.metrics.readyPeers.Observe(float64(readyPeers))
+	if persisted > 0 {
+		s.metrics.persistEntries.Observe(float64(persisted))
+	}
+	if committed > 0 {
+		s.metrics.applyEntries.Observe(float64(committed))
+	}
+
 	// 3. Persist.
 	if wb.Empty() {
 		_ = wb.Close()
@@ -108,7 +122,9 @@ func (w *worker) round() {
 			opts = pebble.Sync
 			s.stats.Syncs.Add(1)
 		}
+		start := time.Now()
 		mustCommit(wb, opts)
+		s.metrics.syncSeconds.Observe(time.Since(start).Seconds())
 	}
 
 	// 4. Messages that acknowledge persisted state.

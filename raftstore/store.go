@@ -64,7 +64,8 @@ type Store struct {
 	// stepMessage). Set before the workers start.
 	voteFence int64
 
-	stats Stats
+	stats   Stats
+	metrics roundMetrics
 }
 
 type tombstone struct {
@@ -112,6 +113,7 @@ func NewStore(opts Options) (*Store, error) {
 		peers:        make(map[uint64]*peer),
 		tombstones:   make(map[uint64]tombstone),
 		ranges:       region.NewRegionTree(),
+		metrics:      newRoundMetrics(),
 		awake:        make(map[uint64]*peer),
 		sched:        newScheduler(),
 		snapDir:      opts.Engine.FS.PathJoin(opts.Engine.Dir, "snap"),

@@ -709,3 +709,14 @@ func (h *expiryHeap) Pop() any {
 	l.heapIdx = -1
 	return l
 }
+
+// ownedCount is how many leases the store's led regions own (metrics).
+func (o *leaseOwner) ownedCount() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n := 0
+	for _, or := range o.regions {
+		n += len(or.leases)
+	}
+	return n
+}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/basaltdb/basalt/client"
 	"github.com/basaltdb/basalt/client/pdclient"
+	"github.com/basaltdb/basalt/internal/status"
 	"github.com/basaltdb/basalt/proto/kvpb"
 	"github.com/basaltdb/basalt/proto/metapb"
 	rspb "github.com/basaltdb/basalt/proto/raftserverpb"
@@ -61,6 +62,9 @@ type Config struct {
 	// progress notifications gets one while quiet (default 10 min, etcd's).
 	EtcdProgressNotifyInterval time.Duration
 
+	// EnablePprof serves /debug/pprof next to /metrics (HTTP/1 on Addr).
+	EnablePprof bool
+
 	// GossipAddr binds the liveness gossip (default: Addr's host, any port).
 	GossipAddr string
 
@@ -103,6 +107,9 @@ type Server struct {
 	pd    *pdclient.Client
 	grpc  *grpc.Server
 	lis   net.Listener
+	// mux splits lis: gRPC (clients, raft, etcd) and HTTP/1 (/metrics).
+	mux    *status.ListenMux
+	status *status.Server
 
 	seq     *sequencer
 	watches *watchHub
@@ -214,16 +221,20 @@ func (s *Server) start(ctx context.Context) error {
 		return fmt.Errorf("storenode: register with PD: %w", err)
 	}
 
-	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(raftstore.MaxGRPCMessageBytes))
+	reg, gm := s.newRegistry()
+	s.grpc = grpc.NewServer(append(gm.ServerOptions(), grpc.MaxRecvMsgSize(raftstore.MaxGRPCMessageBytes))...)
 	rspb.RegisterRaftTransportServer(s.grpc, raftstore.NewRaftServer(s.store))
 	kvpb.RegisterKVServer(s.grpc, &kvService{s: s})
 	kvpb.RegisterAdminServer(s.grpc, &adminService{s: s})
 	etcdapi.Register(s.grpc, etcdapi.Config{Client: s.router, PD: s.pd, StoreID: s.storeID, Info: s.etcdInfo,
 		MaxRequestBytes: s.mvcc.Limits().MaxRequestBytes, ProgressNotifyInterval: s.cfg.EtcdProgressNotifyInterval})
+	s.mux = status.NewListenMux(s.lis)
+	s.status = status.Serve(s.mux.HTTP(), reg, s.cfg.EnablePprof)
 	s.seq = newSequencer(s)
 	s.store.Start()
-	s.wg.Add(1)
-	go func() { defer s.wg.Done(); _ = s.grpc.Serve(s.lis) }()
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.mux.Serve() }()
+	go func() { defer s.wg.Done(); _ = s.grpc.Serve(s.mux.GRPC()) }()
 	for _, fn := range []func(){s.seq.run, s.hb.run, s.resolveLoop, s.compactionLoop, s.splitCheckLoop, s.mergeResumeLoop, s.gossip.joinLoop, s.leases.run} {
 		s.wg.Add(1)
 		go func(fn func()) { defer s.wg.Done(); fn() }(fn)
@@ -381,6 +392,9 @@ func (s *Server) transferLeadersAway(ctx context.Context) {
 // Close stops the store at once.
 func (s *Server) Close() {
 	s.cancel()
+	if s.status != nil {
+		s.status.Close()
+	}
 	if s.grpc != nil {
 		s.grpc.Stop()
 	}

@@ -3,6 +3,9 @@ package pdclient
 import (
 	"context"
 	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/basaltdb/basalt/proto/pdpb"
 )
@@ -15,6 +18,9 @@ type tsoBatcher struct {
 	reqs  chan *tsoRequest
 	done  chan struct{}
 	stopc chan struct{}
+
+	rpcSeconds prometheus.Histogram // one TSO round trip to the PD leader
+	batchSize  prometheus.Histogram // timestamps asked for in one round trip
 }
 
 type tsoRequest struct {
@@ -26,7 +32,16 @@ type tsoRequest struct {
 }
 
 func newTSOBatcher(c *Client) *tsoBatcher {
-	return &tsoBatcher{c: c, reqs: make(chan *tsoRequest, 16384), done: make(chan struct{}), stopc: make(chan struct{})}
+	return &tsoBatcher{c: c, reqs: make(chan *tsoRequest, 16384), done: make(chan struct{}), stopc: make(chan struct{}),
+		rpcSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "basalt_pdclient_tso_rpc_seconds", Help: "One batched TSO round trip to the PD leader.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16),
+		}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "basalt_pdclient_tso_batch_size", Help: "Timestamps asked for in one TSO round trip.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 13),
+		}),
+	}
 }
 
 // GetTS returns a new timestamp, larger than every timestamp any caller
@@ -53,6 +68,11 @@ func (c *Client) GetTSRange(ctx context.Context, n uint32) (uint64, error) {
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
+}
+
+// Collectors returns the client's metrics, for a process's registry.
+func (c *Client) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{c.tso.rpcSeconds, c.tso.batchSize}
 }
 
 func (b *tsoBatcher) stop() {
@@ -133,7 +153,10 @@ func (b *tsoBatcher) run() {
 			for _, r := range batch {
 				want += r.count
 			}
+			start := time.Now()
 			last, err := b.fetch(stream, want)
+			b.rpcSeconds.Observe(time.Since(start).Seconds())
+			b.batchSize.Observe(float64(want))
 			if err != nil {
 				cancelStream()
 				stream, cancelStream = nil, nil

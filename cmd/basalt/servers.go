@@ -52,6 +52,7 @@ func pdCmd() *cobra.Command {
 		name, dataDir, clientAddr, peerAddr, advertise, initial, logLevel string
 		maxReplicas                                                       int
 		maxStoreDown                                                      time.Duration
+		pprof                                                             bool
 	)
 	cmd := &cobra.Command{
 		Use:   "pd",
@@ -67,7 +68,7 @@ func pdCmd() *cobra.Command {
 			s, err := pd.NewServer(pd.Config{
 				Name: name, DataDir: dataDir, ClientAddr: clientAddr, PeerAddr: peerAddr,
 				AdvertiseClientAddr: advertise, InitialCluster: initial, Schedule: sc,
-				Logger: logger(logLevel),
+				Logger: logger(logLevel), EnablePprof: pprof,
 			})
 			if err != nil {
 				return err
@@ -88,6 +89,7 @@ func pdCmd() *cobra.Command {
 	f.IntVar(&maxReplicas, "max-replicas", 3, "replicas per region")
 	f.DurationVar(&maxStoreDown, "max-store-down-time", 30*time.Minute, "how long a store may be silent before its replicas are re-created elsewhere")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.BoolVar(&pprof, "enable-pprof", false, "serve Go's profiler at /debug/pprof on the client address (/metrics is always there)")
 	return cmd
 }
 
@@ -100,6 +102,7 @@ func storeCmd() *cobra.Command {
 		maxKeys, splitKeys                                  int64
 		splitCheck                                          time.Duration
 		etcdProgress                                        time.Duration
+		pprof                                               bool
 	)
 	cmd := &cobra.Command{
 		Use:   "store",
@@ -133,7 +136,7 @@ func storeCmd() *cobra.Command {
 			s, err := storenode.Start(ctx, storenode.Config{
 				DataDir: dataDir, Addr: addr, AdvertiseAddr: advertise, PD: strings.Split(pdAddrs, ","),
 				Labels: lbl, Raft: rcfg, StoreHeartbeat: heartbeat, RegionHeartbeat: heartbeat, Logger: logger(logLevel),
-				Split: split, EtcdProgressNotifyInterval: etcdProgress,
+				Split: split, EtcdProgressNotifyInterval: etcdProgress, EnablePprof: pprof,
 			})
 			if err != nil {
 				return err
@@ -161,6 +164,7 @@ func storeCmd() *cobra.Command {
 	f.DurationVar(&splitCheck, "split-check-interval", 10*time.Second, "how often led regions are checked for size")
 	f.DurationVar(&etcdProgress, "etcd-progress-notify-interval", 10*time.Minute, "how often a quiet etcd watch asking for progress notifications gets one")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.BoolVar(&pprof, "enable-pprof", false, "serve Go's profiler at /debug/pprof on --addr (/metrics is always there)")
 	return cmd
 }
 

@@ -1,16 +1,16 @@
-package pd
+package status
 
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"net"
 	"sync"
 )
 
-// listenMux serves gRPC and HTTP/1 on one listener: a connection that opens
-// with the HTTP/2 client preface goes to gRPC, anything else to HTTP.
-type listenMux struct {
+// ListenMux serves gRPC and HTTP/1 on one listener: a connection that opens
+// with the HTTP/2 client preface goes to gRPC, anything else to HTTP. PD
+// serves its API this way, stores their /metrics.
+type ListenMux struct {
 	root       net.Listener
 	grpc, http *muxListener
 	closeOnce  sync.Once
@@ -18,26 +18,27 @@ type listenMux struct {
 
 var http2Preface = []byte("PRI * HTTP/2.0")
 
-func newListenMux(l net.Listener) *listenMux {
-	m := &listenMux{root: l}
+// NewListenMux splits l; call Serve to start accepting.
+func NewListenMux(l net.Listener) *ListenMux {
+	m := &ListenMux{root: l}
 	m.grpc = &muxListener{parent: m, conns: make(chan net.Conn, 16), done: make(chan struct{})}
 	m.http = &muxListener{parent: m, conns: make(chan net.Conn, 16), done: make(chan struct{})}
 	return m
 }
 
-// serve accepts until the root listener closes.
-func (m *listenMux) serve() {
+// Serve accepts until the root listener closes.
+func (m *ListenMux) Serve() {
 	for {
 		c, err := m.root.Accept()
 		if err != nil {
-			m.close()
+			m.Close()
 			return
 		}
 		go m.route(c)
 	}
 }
 
-func (m *listenMux) route(c net.Conn) {
+func (m *ListenMux) route(c net.Conn) {
 	br := bufio.NewReader(c)
 	head, err := br.Peek(len(http2Preface))
 	target := m.http
@@ -54,7 +55,8 @@ func (m *listenMux) route(c net.Conn) {
 	}
 }
 
-func (m *listenMux) close() {
+// Close closes the root listener and both halves.
+func (m *ListenMux) Close() {
 	m.closeOnce.Do(func() {
 		_ = m.root.Close()
 		close(m.grpc.done)
@@ -62,8 +64,14 @@ func (m *listenMux) close() {
 	})
 }
 
+// GRPC is the listener of HTTP/2 connections.
+func (m *ListenMux) GRPC() net.Listener { return m.grpc }
+
+// HTTP is the listener of every other connection.
+func (m *ListenMux) HTTP() net.Listener { return m.http }
+
 type muxListener struct {
-	parent *listenMux
+	parent *ListenMux
 	conns  chan net.Conn
 	done   chan struct{}
 }
@@ -77,7 +85,7 @@ func (l *muxListener) Accept() (net.Conn, error) {
 	}
 }
 
-func (l *muxListener) Close() error   { l.parent.close(); return nil }
+func (l *muxListener) Close() error   { l.parent.Close(); return nil }
 func (l *muxListener) Addr() net.Addr { return l.parent.root.Addr() }
 
 type peekedConn struct {
@@ -86,5 +94,3 @@ type peekedConn struct {
 }
 
 func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
-
-var errNotLeader = errors.New("pd: not the leader")

@@ -1,0 +1,75 @@
+// Package status serves a process's HTTP status endpoints: Prometheus
+// metrics at /metrics and, when asked for, Go's profiler at /debug/pprof.
+// It also measures every gRPC call a server handles. Stores and PD share
+// it; nothing here knows what a region is.
+package status
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// NewRegistry returns a registry holding the Go runtime's and the process's
+// collectors. Each server gets its own registry (not the global one), so
+// several servers in one test process do not collide.
+func NewRegistry() *prometheus.Registry {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return r
+}
+
+// Register adds the handlers to mux: /metrics from g, and /debug/pprof/
+// when withPprof (profiling costs nothing until asked, but exposes the
+// process's internals, so it is off unless a flag turns it on).
+func Register(mux *http.ServeMux, g prometheus.Gatherer, withPprof bool) {
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+}
+
+// Server is a status HTTP server.
+type Server struct {
+	lis  net.Listener
+	http *http.Server
+	done chan struct{}
+}
+
+// Serve serves /metrics (and /debug/pprof) on lis until Close.
+func Serve(lis net.Listener, g prometheus.Gatherer, withPprof bool) *Server {
+	mux := http.NewServeMux()
+	Register(mux, g, withPprof)
+	s := &Server{lis: lis, http: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		if err := s.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			_ = err // the listener closed under us: Close reports nothing more useful
+		}
+	}()
+	return s
+}
+
+// Addr is the bound address.
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// Close stops the server and waits for its goroutine.
+func (s *Server) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := s.http.Shutdown(ctx); err != nil {
+		_ = s.http.Close()
+	}
+	<-s.done
+}
