@@ -2,6 +2,7 @@ package mvcc
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"sync"
@@ -255,9 +256,20 @@ func mustUserKey(k []byte) []byte {
 
 // ---- reading versions ----
 
-// versionIter visits the live keys of [start, end) as of revision atRev in
-// key order. end nil: to the end of the data space.
-func visit(rd pebble.Reader, start, end []byte, atRev int64, fn func(key []byte, rec record, modRev int64) (more bool, err error)) error {
+// visitFn is called for each live key; more false stops the walk.
+type visitFn func(key []byte, rec record, modRev int64) (more bool, err error)
+
+// visit calls fn with the live keys of [start, end) as of revision atRev
+// in key order. end nil: to the end of the data space.
+func visit(rd pebble.Reader, start, end []byte, atRev int64, fn visitFn) error {
+	return visitCounting(rd, start, end, atRev, nil, fn)
+}
+
+// visitCounting is visit for a caller that, while bare() reports true, only
+// counts: fn then gets a nil key and an empty record (only modRev is set),
+// and the walk decodes and copies nothing. A range's count walks every
+// live key of the range while its limit keeps only the first few.
+func visitCounting(rd pebble.Reader, start, end []byte, atRev int64, bare func() bool, fn visitFn) error {
 	upper := []byte{dataPrefix + 1}
 	if end != nil {
 		upper = keyPrefix(end)
@@ -268,39 +280,65 @@ func visit(rd pebble.Reader, start, end []byte, atRev int64, fn func(key []byte,
 	}
 	defer it.Close()
 	seekRev := binary8(atRev)
+	var pfx, seek []byte
+	// sameKey: the iterator is on another version of the key of pfx (the
+	// escaped key's terminator makes prefixes of different keys distinct).
+	sameKey := func() bool { k := it.Key(); return len(k) == len(pfx)+8 && bytes.HasPrefix(k, pfx) }
 	for valid := it.First(); valid; {
 		k := it.Key()
-		pfx := append([]byte(nil), prefixOf(k)...)
-		key, rev, err := decodeVersionKey(k)
-		if err != nil {
-			return err
+		if len(k) < 1+2+8 || k[0] != dataPrefix {
+			return errBadKey
 		}
+		pfx = append(pfx[:0], prefixOf(k)...)
+		rev := versionRev(k)
 		if rev > atRev {
-			if valid = it.SeekGE(append(append([]byte(nil), pfx...), seekRev...)); !valid {
+			seek = append(append(seek[:0], pfx...), seekRev...)
+			if valid = it.SeekGE(seek); !valid {
 				break
 			}
-			if !bytes.HasPrefix(it.Key(), pfx) || len(it.Key()) != len(pfx)+8 {
+			if !sameKey() {
 				continue // no version of this key at or below atRev
 			}
-			if _, rev, err = decodeVersionKey(it.Key()); err != nil {
+			rev = versionRev(it.Key())
+		}
+		v := it.Value()
+		if bare != nil && bare() {
+			if len(v) < 2 || v[0] != valueFormatV1 {
+				return fmt.Errorf("mvcc: unknown value format")
+			}
+			if v[1]&flagTombstone == 0 {
+				if more, err := fn(nil, record{}, rev); err != nil || !more {
+					return err
+				}
+			}
+		} else {
+			key, _, err := decodeVersionKey(it.Key())
+			if err != nil {
 				return err
 			}
-		}
-		rec, err := decodeRecord(it.Value())
-		if err != nil {
-			return err
-		}
-		if !rec.tombstone {
-			rec.value = append([]byte(nil), rec.value...)
-			more, err := fn(key, rec, rev)
-			if err != nil || !more {
+			rec, err := decodeRecord(v)
+			if err != nil {
 				return err
 			}
+			if !rec.tombstone {
+				rec.value = append([]byte(nil), rec.value...)
+				if more, err := fn(key, rec, rev); err != nil || !more {
+					return err
+				}
+			}
 		}
-		valid = it.SeekGE(append(pfx, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
+		// To the next key: most keys have one version, so one Next gets
+		// there; a seek past the versions is taken only when it did not.
+		if valid = it.Next(); valid && sameKey() {
+			seek = append(append(seek[:0], pfx...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+			valid = it.SeekGE(seek)
+		}
 	}
 	return it.Error()
 }
+
+// versionRev is the revision of a data key (its last 8 bytes, inverted).
+func versionRev(k []byte) int64 { return int64(^binary.BigEndian.Uint64(k[len(k)-8:])) }
 
 func binary8(rev int64) []byte {
 	u := ^uint64(rev)

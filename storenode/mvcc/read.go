@@ -77,12 +77,12 @@ func rangeAt(rd pebble.Reader, req *kvpb.RangeRequest, rev int64) (*kvpb.RangeRe
 	collectAll := filtering || sortOrder != kvpb.RangeRequest_NONE || req.GetLimit() == 0
 	resp := &kvpb.RangeResponse{Header: &kvpb.ResponseHeader{Revision: rev}}
 	var count int64
-	err := visit(rd, req.GetKey(), end, rev, func(key []byte, rec record, modRev int64) (bool, error) {
+	onlyCounting := func() bool {
+		return req.GetCountOnly() || !collectAll && int64(len(resp.Kvs)) > req.GetLimit()
+	}
+	err := visitCounting(rd, req.GetKey(), end, rev, onlyCounting, func(key []byte, rec record, modRev int64) (bool, error) {
 		count++
-		if req.GetCountOnly() {
-			return true, nil
-		}
-		if !collectAll && int64(len(resp.Kvs)) > req.GetLimit() {
+		if onlyCounting() {
 			return true, nil
 		}
 		kv := toKV(key, rec, modRev)
