@@ -30,6 +30,13 @@ type Options struct {
 	// RetryBudget bounds how long one call retries region errors when its
 	// context has no deadline. Default 20 s.
 	RetryBudget time.Duration
+
+	// LocalStoreID and LocalKV: a client running inside a store calls that
+	// store's KV service in process, not through gRPC. LocalKV gets the
+	// store's gRPC client (for the calls it does not serve itself, like
+	// streams) and returns the client to use.
+	LocalStoreID uint64
+	LocalKV      func(remote kvpb.KVClient) kvpb.KVClient
 }
 
 // Client is safe for concurrent use.
@@ -123,7 +130,11 @@ func (c *Client) locate(ctx context.Context, key []byte) (route, error) {
 	if err != nil {
 		return route{}, err
 	}
-	return route{region: r, leader: leader, kv: kvpb.NewKVClient(cc), admin: kvpb.NewAdminClient(cc)}, nil
+	kv := kvpb.NewKVClient(cc)
+	if c.opts.LocalKV != nil && leader.GetStoreId() == c.opts.LocalStoreID {
+		kv = c.opts.LocalKV(kv)
+	}
+	return route{region: r, leader: leader, kv: kv, admin: kvpb.NewAdminClient(cc)}, nil
 }
 
 func (c *Client) learn(r *metapb.Region, leader *metapb.Peer) {

@@ -174,7 +174,9 @@ func (s *Server) start(ctx context.Context) error {
 	if s.mvcc, err = mvcc.New(s.eng.DB, s.cfg.Limits); err != nil {
 		return err
 	}
-	if s.router, err = client.New(ctx, s.cfg.PD, client.Options{}); err != nil {
+	local := &kvService{s: s}
+	if s.router, err = client.New(ctx, s.cfg.PD, client.Options{LocalStoreID: s.storeID,
+		LocalKV: func(remote kvpb.KVClient) kvpb.KVClient { return localKV{KVClient: remote, k: local} }}); err != nil {
 		return err
 	}
 	s.leases = newLeaseOwner(s)
