@@ -355,3 +355,21 @@ func (p *peer) renewLease(start int64) {
 }
 
 func (p *peer) revokeLease() { p.leaseExpiry.Store(0) }
+
+// LocalGuard returns a guard for reading this store's replica of regionID
+// as it has applied it, without asking the leader: a serializable read,
+// which may trail the region. nil when no initialized replica is here.
+func (s *Store) LocalGuard(regionID uint64) *ReadGuard {
+	p := s.getPeer(regionID)
+	if p == nil {
+		return nil
+	}
+	// The generation is read before the status: a replica destroyed or
+	// replaced in between fails Check.
+	gen := p.dataGen.Load()
+	st := p.status.Load()
+	if st == nil || !st.Initialized {
+		return nil
+	}
+	return &ReadGuard{Region: st.Region, p: p, gen: gen}
+}

@@ -782,3 +782,15 @@ type Stats struct {
 	Splits                                                         atomic.Uint64
 	MergesPrepared, MergesCommitted, MergesRolledBack              atomic.Uint64
 }
+
+// RegionIDByKey returns the ID of this store's initialized region holding
+// key, or 0 when none here does.
+func (s *Store) RegionIDByKey(key []byte) uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r := s.ranges.Search(key)
+	if r == nil || !region.ContainsKey(r, key) {
+		return 0
+	}
+	return r.GetId()
+}

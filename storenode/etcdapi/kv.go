@@ -57,6 +57,12 @@ func (k *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 	if err := recode(req, &r); err != nil {
 		return nil, err
 	}
+	if r.GetSerializable() && k.s.cfg.SerializableRange != nil {
+		if resp, ok := k.s.cfg.SerializableRange(&r); ok {
+			out := &pb.RangeResponse{}
+			return out, k.s.toEtcd(resp, resp.GetHeader(), out)
+		}
+	}
 	resp, err := k.s.cfg.Client.Range(ctx, &r)
 	if err != nil {
 		return nil, etcdError(err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/basaltdb/basalt/client"
 	"github.com/basaltdb/basalt/client/pdclient"
+	"github.com/basaltdb/basalt/proto/kvpb"
 )
 
 // EtcdVersion is the etcd version the front end reports (Status): a
@@ -31,6 +32,9 @@ type Config struct {
 	Client  *client.Client
 	PD      *pdclient.Client
 	StoreID uint64
+	// SerializableRange serves a serializable range from the store's own
+	// replica; ok false means it cannot (the linearizable path answers).
+	SerializableRange func(*kvpb.RangeRequest) (resp *kvpb.RangeResponse, ok bool)
 	// Info reports the store's size and raft position.
 	Info func() StoreInfo
 	// MaxRequestBytes bounds a watch response before it is fragmented.

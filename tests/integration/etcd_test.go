@@ -341,3 +341,69 @@ func TestEtcdKubernetesInterface(t *testing.T) {
 		t.Fatalf("watch from the list's revision: %v", types)
 	}
 }
+
+// Serializable reads are served by the store the client talks to, from its
+// own replica, when one region there holds the whole range (no request
+// reaches a leader's KV service); a serializable range over several
+// regions still answers, through the leaders.
+func TestEtcdSerializableReads(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	waitReplicated(t, c)
+	splitPrefix(t, cl, "s/", 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	all := etcdClient(t, c)
+	keys := []string{"s/a", "s/k", "s/t", "s/z"}
+	for i, k := range keys {
+		if _, err := all.Put(ctx, k, fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kvRanges := func() float64 {
+		var n float64
+		for _, s := range c.Stores {
+			if v := sample(scrape(t, "http://"+s.Addr+"/metrics"), `basalt_grpc_server_handled_total{code="OK",method="/kvpb.KV/Range"}`); v > 0 {
+				n += v
+			}
+		}
+		return n
+	}
+	for _, s := range c.Stores {
+		one, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Addr}, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A follower may trail: poll until its replica applied the put.
+		for {
+			resp, err := one.Get(ctx, "s/a", clientv3.WithSerializable())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.Kvs) == 1 && string(resp.Kvs[0].Value) == "0" {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("store %s never served s/a serializably: %v", s.Name, resp.Kvs)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		before := kvRanges()
+		const reads = 50
+		for i := 0; i < reads; i++ {
+			resp, err := one.Get(ctx, "s/a", clientv3.WithSerializable())
+			if err != nil || len(resp.Kvs) != 1 || resp.Count != 1 || resp.Header.Revision == 0 {
+				t.Fatalf("serializable get on %s: %v %v", s.Name, resp, err)
+			}
+		}
+		if d := kvRanges() - before; d >= reads {
+			t.Fatalf("%v of %d serializable single-region reads on %s reached a KV service", d, reads, s.Name)
+		}
+		resp, err := one.Get(ctx, "s/", clientv3.WithPrefix(), clientv3.WithSerializable())
+		if err != nil || resp.Count != int64(len(keys)) || len(resp.Kvs) != len(keys) {
+			t.Fatalf("serializable prefix over regions on %s: %v %v", s.Name, resp, err)
+		}
+		one.Close()
+	}
+}
