@@ -37,11 +37,30 @@ func (s *Server) startGossip(addr string) (*gossip, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storenode: gossip port %q: %w", portStr, err)
 	}
+	// memberlist wants IPs: a store advertising a name (a container's or a
+	// pod's) gossips on the address that name resolves to here.
+	ip := net.ParseIP(host)
+	if ip == nil {
+		addrs, err := net.LookupIP(host)
+		if err != nil || len(addrs) == 0 {
+			return nil, fmt.Errorf("storenode: gossip host %q does not resolve: %v", host, err)
+		}
+		ip = addrs[0]
+		for _, a := range addrs {
+			if a.To4() != nil {
+				ip = a
+				break
+			}
+		}
+	}
 	g := &gossip{s: s}
 	cfg := memberlist.DefaultLANConfig()
 	cfg.Name = fmt.Sprintf("%s%d", gossipNodePrefix, s.storeID)
-	cfg.BindAddr, cfg.BindPort = host, port
-	cfg.AdvertiseAddr, cfg.AdvertisePort = host, port
+	cfg.BindAddr, cfg.BindPort = ip.String(), port
+	cfg.AdvertiseAddr, cfg.AdvertisePort = ip.String(), port
+	if ip.IsUnspecified() {
+		cfg.AdvertiseAddr = "" // memberlist picks this host's private address
+	}
 	cfg.Events = g
 	cfg.Logger = log.New(io.Discard, "", 0)
 	if g.ml, err = memberlist.Create(cfg); err != nil {

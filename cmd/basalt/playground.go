@@ -61,6 +61,7 @@ func playgroundCmd() *cobra.Command {
 	f.IntVar(&stores, "stores", 3, "stores")
 	f.StringVar(&pdAddr, "pd-addr", "127.0.0.1:2379", "first PD member's client address; members use the ports after it (port 0: free ports)")
 	f.IntVar(&storePort, "store-port", 20160, "first store's port; stores use the ports after it (0: free ports)")
+	addConfigFlag(cmd)
 	return cmd
 }
 
@@ -175,6 +176,13 @@ func (pg *playground) spawn(name, exe string, args ...string) error {
 		return err
 	}
 	c := exec.Command(exe, args...)
+	// The playground's own settings (its config file, its BASALT_*
+	// variables) are not its children's: they get theirs as flags.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "BASALT_") {
+			c.Env = append(c.Env, kv)
+		}
+	}
 	c.Stdout, c.Stderr = logf, logf
 	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := c.Start(); err != nil {

@@ -90,6 +90,7 @@ func pdCmd() *cobra.Command {
 	f.DurationVar(&maxStoreDown, "max-store-down-time", 30*time.Minute, "how long a store may be silent before its replicas are re-created elsewhere")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&pprof, "enable-pprof", false, "serve Go's profiler at /debug/pprof on the client address (/metrics is always there)")
+	addConfigFlag(cmd)
 	return cmd
 }
 
@@ -103,6 +104,7 @@ func storeCmd() *cobra.Command {
 		splitCheck                                          time.Duration
 		etcdProgress                                        time.Duration
 		pprof                                               bool
+		gossipAddr                                          string
 	)
 	cmd := &cobra.Command{
 		Use:   "store",
@@ -136,7 +138,7 @@ func storeCmd() *cobra.Command {
 			s, err := storenode.Start(ctx, storenode.Config{
 				DataDir: dataDir, Addr: addr, AdvertiseAddr: advertise, PD: strings.Split(pdAddrs, ","),
 				Labels: lbl, Raft: rcfg, StoreHeartbeat: heartbeat, RegionHeartbeat: heartbeat, Logger: logger(logLevel),
-				Split: split, EtcdProgressNotifyInterval: etcdProgress, EnablePprof: pprof,
+				Split: split, EtcdProgressNotifyInterval: etcdProgress, EnablePprof: pprof, GossipAddr: gossipAddr,
 			})
 			if err != nil {
 				return err
@@ -165,6 +167,8 @@ func storeCmd() *cobra.Command {
 	f.DurationVar(&etcdProgress, "etcd-progress-notify-interval", 10*time.Minute, "how often a quiet etcd watch asking for progress notifications gets one")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&pprof, "enable-pprof", false, "serve Go's profiler at /debug/pprof on --addr (/metrics is always there)")
+	f.StringVar(&gossipAddr, "gossip-addr", "", "address for the liveness gossip (default: --advertise-addr's host, any port)")
+	addConfigFlag(cmd)
 	return cmd
 }
 
