@@ -57,8 +57,8 @@ func (k *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 	if err := recode(req, &r); err != nil {
 		return nil, err
 	}
-	if r.GetSerializable() && k.s.cfg.SerializableRange != nil {
-		if resp, ok := k.s.cfg.SerializableRange(&r); ok {
+	if k.s.cfg.LocalRange != nil {
+		if resp, ok := k.s.cfg.LocalRange(ctx, &r); ok {
 			out := &pb.RangeResponse{}
 			return out, k.s.toEtcd(resp, resp.GetHeader(), out)
 		}

@@ -32,9 +32,10 @@ type Config struct {
 	Client  *client.Client
 	PD      *pdclient.Client
 	StoreID uint64
-	// SerializableRange serves a serializable range from the store's own
-	// replica; ok false means it cannot (the linearizable path answers).
-	SerializableRange func(*kvpb.RangeRequest) (resp *kvpb.RangeResponse, ok bool)
+	// LocalRange serves a range from the store's own replica (serializable
+	// or, after a ReadIndex, linearizable); ok false means it cannot, and
+	// the range is routed through Client.
+	LocalRange func(context.Context, *kvpb.RangeRequest) (resp *kvpb.RangeResponse, ok bool)
 	// Info reports the store's size and raft position.
 	Info func() StoreInfo
 	// MaxRequestBytes bounds a watch response before it is fragmented.

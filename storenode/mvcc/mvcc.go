@@ -327,15 +327,25 @@ func visitCounting(rd pebble.Reader, start, end []byte, atRev int64, bare func()
 				}
 			}
 		}
-		// To the next key: most keys have one version, so one Next gets
-		// there; a seek past the versions is taken only when it did not.
-		if valid = it.Next(); valid && sameKey() {
-			seek = append(append(seek[:0], pfx...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
-			valid = it.SeekGE(seek)
+		// To the next key: most keys have a few versions, and a Next costs
+		// far less than a seek through every level, so a few Nexts are
+		// tried before seeking past the versions.
+		valid = it.Next()
+		for steps := 1; valid && sameKey(); steps++ {
+			if steps == nextsBeforeSeek {
+				seek = append(append(seek[:0], pfx...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+				valid = it.SeekGE(seek)
+				break
+			}
+			valid = it.Next()
 		}
 	}
 	return it.Error()
 }
+
+// nextsBeforeSeek: how many versions of one key a walk steps over before
+// it seeks past the rest.
+const nextsBeforeSeek = 8
 
 // versionRev is the revision of a data key (its last 8 bytes, inverted).
 func versionRev(k []byte) int64 { return int64(^binary.BigEndian.Uint64(k[len(k)-8:])) }

@@ -1,0 +1,80 @@
+package storenode
+
+import (
+	"bytes"
+	"context"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/basaltdb/basalt/proto/kvpb"
+	"github.com/basaltdb/basalt/raftstore"
+	"github.com/basaltdb/basalt/region"
+)
+
+// localRange serves an etcd range from this store's own replica, leader or
+// follower, as an etcd member serves one from its own state, so reads
+// spread over every store instead of queueing at the leader:
+//   - serializable: no ReadIndex, at the revision the replica has applied
+//     (which may trail the cluster's);
+//   - linearizable: after a ReadIndex (a follower asks the leader for its
+//     commit index and waits to apply it), so every write acknowledged
+//     before the call is seen.
+//
+// It does so only when one region here holds the whole range, so the
+// answer is one region's state at one revision, and for a revision this
+// replica has applied (the region's log is in revision order, so every
+// write at or below it is here). ok false: the caller routes the range
+// through the client (it spans regions, no replica of it is here, it asks
+// for a newer revision, or the read failed and the routed path gives the
+// error etcd's clients know).
+const localReadIndexTimeout = 2 * time.Second
+
+func (s *Server) localRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.RangeResponse, bool) {
+	key, end, inUser := region.ClipUserRange(req.GetKey(), req.GetRangeEnd())
+	if !inUser {
+		return nil, false
+	}
+	id := s.store.RegionIDByKey(key)
+	if id == 0 {
+		return nil, false
+	}
+	r := s.mvcc.Region(id)
+	if r == nil {
+		return nil, false
+	}
+	var guard *raftstore.ReadGuard
+	if req.GetSerializable() {
+		guard = s.store.LocalGuard(id)
+	} else {
+		// A follower cut off from its leader would hold the read until the
+		// caller's deadline: after a bound the routed path takes it.
+		rctx, cancel := context.WithTimeout(ctx, localReadIndexTimeout)
+		guard, _ = s.store.ReadIndex(rctx, id, r.Desc().GetRegionEpoch())
+		cancel()
+	}
+	if guard == nil {
+		return nil, false
+	}
+	desc := guard.Region
+	if len(end) > 0 && !region.ContainsRange(desc.GetStartKey(), desc.GetEndKey(), key, end) {
+		return nil, false
+	}
+	if req.GetRevision() > r.Revision() {
+		return nil, false
+	}
+	if !bytes.Equal(end, req.GetRangeEnd()) {
+		req = proto.Clone(req).(*kvpb.RangeRequest)
+		req.RangeEnd = end
+	}
+	resp, err := s.mvcc.Range(r, req, r.Revision())
+	if err != nil {
+		return nil, false
+	}
+	// The read must not straddle the replica leaving this store, its data
+	// being replaced, or its range changing: then the routed path answers.
+	if guard.Check() != nil {
+		return nil, false
+	}
+	return resp, true
+}
