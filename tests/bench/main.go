@@ -81,6 +81,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "rounds; each runs every workload on each system once")
 	quick := flag.Bool("quick", false, "small request counts (a smoke run; not for the record)")
 	write := flag.Bool("write", false, "append the table to docs/benchmarks.md")
+	only := flag.String("only", "", "run only the workloads whose names contain this text (a profiling aid; not for the record)")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 
@@ -122,6 +123,18 @@ func main() {
 	}
 
 	wls := workloads(*quick)
+	if *only != "" {
+		var kept []workload
+		for _, w := range wls {
+			if strings.Contains(w.name, *only) {
+				kept = append(kept, w)
+			}
+		}
+		if len(kept) == 0 {
+			log.Fatalf("-only %q matches no workload", *only)
+		}
+		wls = kept
+	}
 	results := map[string]map[string][]result{} // workload → system → runs
 	for r := 0; r < *rounds; r++ {
 		order := systems
@@ -303,7 +316,7 @@ func startBasalt(bin, dir string) *cluster {
 		addr := freeAddr()
 		stores = append(stores, addr)
 		s := exec.Command(bin, "store", "--data-dir", filepath.Join(dir, fmt.Sprintf("store%d", i)), "--addr", addr,
-			"--pd", pdAddr, "--log-level", "warn")
+			"--pd", pdAddr, "--log-level", "warn", "--enable-pprof")
 		must(s.Start())
 		procs = append(procs, s)
 		c.pids = append(c.pids, s.Process.Pid)
@@ -311,6 +324,8 @@ func startBasalt(bin, dir string) *cluster {
 	c.pids = append(c.pids, pd.Process.Pid)
 	c.endpoints = strings.Join(stores, ",")
 	c.stop = func() { stopAll(procs) }
+	// Profiles while a workload runs: go tool pprof http://STORE/debug/pprof/profile
+	log.Printf("Basalt stores (pprof on): %s", c.endpoints)
 	waitFor("Basalt", func() bool {
 		out, err := exec.Command(bin, "ctl", "--pd", pdAddr, "status").Output()
 		return err == nil && bytes.Contains(out, []byte("stores: 3 up")) && bytes.Contains(out, []byte(", 0 without a leader, 0 under-replicated"))
