@@ -7,7 +7,7 @@ PROTOS = proto/metapb/metapb.proto proto/errorpb/errorpb.proto \
 	proto/raftcmdpb/raftcmdpb.proto proto/raftserverpb/raftserverpb.proto proto/pdpb/pdpb.proto proto/kvpb/kvpb.proto
 RACE_PKGS = ./region/... ./raftstore/... ./pd/... ./client/...
 
-.PHONY: all build test test-short race vet fmt-check proto proto-check deps bench tools bench-vs-etcd
+.PHONY: all build test test-short race vet fmt-check proto proto-check deps bench tools bench-vs-etcd robustness
 
 all: build
 
@@ -57,3 +57,10 @@ bench:
 # docs/benchmarks.md (tests/bench).
 bench-vs-etcd:
 	$(GO) run ./tests/bench -rounds 3 -write
+
+# robustness: the randomized fault suite, RUNS runs of DURATION each
+# (tests/robustness, docs/robustness.md); SEED=... replays one schedule.
+RUNS ?= 10
+DURATION ?= 30s
+robustness:
+	./scripts/robustness.sh $(RUNS) $(DURATION)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the robustness suite (tests/robustness) RUNS times for DURATION each,
+# with a new seed per run unless SEED is given, and prints one line per run
+# and a verdict. A failed run's seed replays its fault schedule:
+#
+#   scripts/robustness.sh [RUNS] [DURATION]     # default 1 run of 30s
+#   SEED=1234 scripts/robustness.sh 1 30s
+set -uo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-1}
+duration=${2:-30s}
+failed=0
+go test -c -o /tmp/basalt-robustness.test ./tests/robustness/ || exit 1
+for i in $(seq 1 "$runs"); do
+	seed=${SEED:-$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')}
+	out=$(cd tests/robustness && BASALT_ROBUSTNESS_SEED=$seed BASALT_ROBUSTNESS_DURATION=$duration \
+		/tmp/basalt-robustness.test -test.run '^TestRobustness$' -test.count=1 -test.v -test.timeout 30m 2>&1)
+	status=$?
+	faults=$(grep -o 'faults: .*' <<<"$out" | head -1)
+	ops=$(grep -o 'operations: .*' <<<"$out" | head -1)
+	verdict=$(grep -oE 'linearizable: [0-9]+ operations checked|porcupine timed out.*|NOT LINEARIZABLE.*' <<<"$out" | head -1)
+	if [ $status -ne 0 ]; then
+		failed=$((failed + 1))
+		echo "run $i seed $seed FAILED: ${verdict:-$(tail -5 <<<"$out")}"
+	else
+		echo "run $i seed $seed ok: $verdict; $faults; $ops"
+	fi
+done
+echo "$runs runs of $duration: $failed failed"
+[ $failed -eq 0 ]

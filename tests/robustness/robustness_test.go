@@ -1,0 +1,149 @@
+package robustness
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/basaltdb/basalt/client/pdclient"
+	"github.com/basaltdb/basalt/proto/metapb"
+	"github.com/basaltdb/basalt/tests/procs"
+)
+
+// settings reads the run's knobs: BASALT_ROBUSTNESS_SEED (default: the
+// clock) and BASALT_ROBUSTNESS_DURATION (default 20 s, CI's short run).
+func settings(t *testing.T) (seed uint64, d time.Duration) {
+	seed, d = uint64(time.Now().UnixNano()), 20*time.Second
+	if s := os.Getenv("BASALT_ROBUSTNESS_SEED"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("BASALT_ROBUSTNESS_SEED: %v", err)
+		}
+		seed = v
+	}
+	if s := os.Getenv("BASALT_ROBUSTNESS_DURATION"); s != "" {
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("BASALT_ROBUSTNESS_DURATION: %v", err)
+		}
+		d = v
+	}
+	return seed, d
+}
+
+// waitServing waits until the first region has three voters and a leader.
+func waitServing(t *testing.T, c *procs.Cluster) *pdclient.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pd, err := pdclient.New(ctx, strings.Split(c.PDEndpoints(), ","), pdclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pd.Close)
+	for ctx.Err() == nil {
+		r, err := pd.GetRegion(ctx, []byte("rob/"))
+		if err == nil && r.GetLeader() != nil {
+			voters := 0
+			for _, p := range r.GetRegion().GetPeers() {
+				if p.GetRole() == metapb.PeerRole_Voter {
+					voters++
+				}
+			}
+			if voters == 3 {
+				return pd
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("the cluster never had a region with three voters")
+	return nil
+}
+
+// Randomized etcd-API traffic (get, put, delete, compare-and-set) from
+// clients each bound to one store, while a nemesis kills, pauses and
+// restarts stores and PD, transfers leaders and splits regions; the
+// history must be linearizable. A failure names the seed and leaves the
+// history's visualization behind.
+func TestRobustness(t *testing.T) {
+	seed, duration := settings(t)
+	t.Logf("seed %d, duration %v (BASALT_ROBUSTNESS_SEED=%d replays the schedule)", seed, duration, seed)
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3, StoreArgs: []string{"--raft-tick", "50ms"}})
+	pd := waitServing(t, c)
+
+	keys := []string{"rob/a", "rob/b", "rob/c", "rob/d", "rob/e", "rob/f"}
+	h := newHistory()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	const clients = 6
+	for i := 0; i < clients; i++ {
+		store := c.Stores[i%len(c.Stores)]
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{store.Addr}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Close()
+		tc := &trafficClient{id: i, cli: cli, keys: keys, rng: rand.New(rand.NewPCG(rng.Uint64(), uint64(i))), h: h, last: map[string]string{}}
+		wg.Add(1)
+		go func() { defer wg.Done(); tc.run(ctx) }()
+	}
+
+	n := &nemesis{t: t, c: c, pd: pd, rng: rand.New(rand.NewPCG(rng.Uint64(), 7)), keys: keys, counts: map[string]int{}}
+	deadline := time.Now().Add(duration)
+	for time.Now().Before(deadline) {
+		sleep(ctx, time.Duration(500+n.rng.IntN(1500))*time.Millisecond)
+		n.inject(ctx)
+	}
+	// A quiet tail: every fault healed, the last operations settle.
+	sleep(ctx, 2*time.Second)
+	cancel()
+	wg.Wait()
+
+	t.Logf("faults: %s", summary(n.counts))
+	t.Logf("operations: %s", summary(h.counts))
+	if h.counts["get ok"] == 0 || h.counts["put ok"] == 0 {
+		t.Fatalf("the traffic did not get through: %s", summary(h.counts))
+	}
+	res, info := porcupine.CheckOperationsVerbose(kvModel, h.ops, 2*time.Minute)
+	switch res {
+	case porcupine.Ok:
+		t.Logf("linearizable: %d operations checked", len(h.ops))
+	case porcupine.Unknown:
+		t.Logf("porcupine timed out on %d operations: no violation found in the time given", len(h.ops))
+	default:
+		path := filepath.Join(os.TempDir(), fmt.Sprintf("basalt-robustness-%d.html", seed))
+		if err := porcupine.VisualizePath(kvModel, info, path); err != nil {
+			t.Logf("visualize: %v", err)
+		}
+		t.Fatalf("NOT LINEARIZABLE (seed %d): the history is drawn in %s", seed, path)
+	}
+}
+
+func summary(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %d", k, m[k])
+	}
+	return b.String()
+}

@@ -1,0 +1,112 @@
+package robustness
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/anishathalye/porcupine"
+)
+
+// history collects every operation with its call and return times.
+type history struct {
+	start time.Time
+	mu    sync.Mutex
+	ops   []porcupine.Operation
+	// counts: operations by kind and result, for the run's summary.
+	counts map[string]int
+}
+
+func newHistory() *history { return &history{start: time.Now(), counts: map[string]int{}} }
+
+func (h *history) now() int64 { return int64(time.Since(h.start)) }
+
+func (h *history) add(client int, in kvInput, call int64, out kvOutput, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case err == nil:
+		h.counts[in.Op+" ok"]++
+		h.ops = append(h.ops, porcupine.Operation{ClientId: client, Input: in, Call: call, Output: out, Return: h.now()})
+	case in.Op == "get":
+		// A failed read changed nothing and says nothing.
+		h.counts["get failed"]++
+	default:
+		// A failed write may or may not have happened.
+		h.counts[in.Op+" unknown"]++
+		h.ops = append(h.ops, porcupine.Operation{ClientId: client, Input: in, Call: call, Output: kvOutput{Unknown: true}, Return: math.MaxInt64})
+	}
+}
+
+// trafficClient issues random single-key operations through one etcd
+// client, with values unique to the run, until ctx ends.
+type trafficClient struct {
+	id   int
+	cli  *clientv3.Client
+	keys []string
+	rng  *rand.Rand
+	h    *history
+	// last is the value this client last wrote per key, for compare-and-set.
+	last map[string]string
+}
+
+const opTimeout = 3 * time.Second
+
+func (c *trafficClient) run(ctx context.Context) {
+	for n := 0; ctx.Err() == nil; n++ {
+		key := c.keys[c.rng.IntN(len(c.keys))]
+		value := fmt.Sprintf("c%d-%d", c.id, n)
+		var in kvInput
+		switch p := c.rng.IntN(100); {
+		case p < 45:
+			in = kvInput{Op: "get", Key: key}
+		case p < 80:
+			in = kvInput{Op: "put", Key: key, Value: value}
+		case p < 92:
+			in = kvInput{Op: "cas", Key: key, Expect: c.last[key], Value: value}
+		default:
+			in = kvInput{Op: "delete", Key: key}
+		}
+		c.do(ctx, in)
+	}
+}
+
+func (c *trafficClient) do(parent context.Context, in kvInput) {
+	ctx, cancel := context.WithTimeout(parent, opTimeout)
+	defer cancel()
+	call := c.h.now()
+	var out kvOutput
+	var err error
+	switch in.Op {
+	case "get":
+		var resp *clientv3.GetResponse
+		if resp, err = c.cli.Get(ctx, in.Key); err == nil && len(resp.Kvs) == 1 {
+			out = kvOutput{Found: true, Value: string(resp.Kvs[0].Value)}
+		}
+	case "put":
+		_, err = c.cli.Put(ctx, in.Key, in.Value)
+		c.last[in.Key] = in.Value
+	case "cas":
+		var resp *clientv3.TxnResponse
+		resp, err = c.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(in.Key), "=", in.Expect)).
+			Then(clientv3.OpPut(in.Key, in.Value)).Commit()
+		if err == nil {
+			out.Found = resp.Succeeded
+		}
+		c.last[in.Key] = in.Value
+	case "delete":
+		var resp *clientv3.DeleteResponse
+		if resp, err = c.cli.Delete(ctx, in.Key); err == nil {
+			out.Found = resp.Deleted == 1
+		}
+	}
+	if parent.Err() != nil && err != nil && in.Op == "get" {
+		return // the run ended under it
+	}
+	c.h.add(c.id, in, call, out, err)
+}
