@@ -63,7 +63,12 @@ func (c *pdCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(pdStoresDesc, prometheus.GaugeValue, float64(n), string(state))
 	}
 	running, _ := s.cluster.ops.list()
+	// Every kind is reported, 0 included, so a dashboard's series exist
+	// before the first operator does.
 	byKind := map[string]int{}
+	for _, k := range []opKind{opLeader, opRegion, opReplica, opSplit, opMerge, opAdmin} {
+		byKind[string(k)] = 0
+	}
 	for _, op := range running {
 		byKind[string(op.Kind)]++
 	}

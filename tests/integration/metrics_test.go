@@ -3,6 +3,8 @@ package integration
 import (
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -97,6 +99,25 @@ func TestMetricsEndpoints(t *testing.T) {
 			t.Fatalf("PD metrics never showed a leader with 3 stores up:\n%s", page)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+
+	// Every series the Grafana dashboard of deploy/ queries exists.
+	dash, err := os.ReadFile(filepath.Join("..", "..", "deploy", "grafana-dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages := scrape(t, "http://"+c.PDs[0].Addr+"/metrics")
+	for _, s := range c.Stores {
+		pages += scrape(t, "http://"+s.Addr+"/metrics")
+	}
+	names := regexp.MustCompile(`basalt_[a-z_]+`).FindAllString(string(dash), -1)
+	if len(names) < 10 {
+		t.Fatalf("the dashboard names %d series", len(names))
+	}
+	for _, name := range names {
+		if !strings.Contains(pages, "\n"+name+" ") && !strings.Contains(pages, "\n"+name+"{") {
+			t.Errorf("the dashboard queries %s, which no process exports", name)
+		}
 	}
 
 	// pprof: on for the stores (flag given), off for PD.
