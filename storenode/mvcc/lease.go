@@ -106,6 +106,9 @@ func (m *MVCC) indexLeases(start, end []byte) error {
 // DataReplaced implements raftstore.DataReplacedNotifier: the keys a
 // snapshot brought are indexed.
 func (m *MVCC) DataReplaced(desc *metapb.Region) {
+	if r := m.Region(desc.GetId()); r != nil {
+		r.count.forget()
+	}
 	if err := m.indexLeases(desc.GetStartKey(), endOrNil(desc.GetEndKey())); err != nil {
 		panic(err) // the data was just written; failing to read it back is a broken store
 	}

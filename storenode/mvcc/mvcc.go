@@ -45,6 +45,8 @@ type Region struct {
 	// Data is for the layers above (the watch hub, the sequencer).
 	Data atomic.Value
 	size sizeStats
+	// count: how many live user keys the region holds (count.go).
+	count regionCount
 }
 
 // Desc returns the region's descriptor as last applied.
@@ -88,6 +90,8 @@ func (m *MVCC) RegionChanged(id uint64, desc *metapb.Region, state []byte) {
 	if old := r.desc.Load(); old == nil || !region.SameRange(old, desc) {
 		r.noteRangeChanged()
 	}
+	// A split, a merge, a snapshot: the count was of other data.
+	r.count.forget()
 	r.desc.Store(desc)
 	st := decodeRegionState(state)
 	r.lastRev.Store(st.lastRev)
@@ -218,13 +222,17 @@ func (m *MVCC) Apply(ab *raftstore.ApplyBatch, c raftstore.Command) any {
 	// a put that carried the lease's check (at a lower revision) and reaches
 	// the log after it must then fail ErrRevisionOrder, not apply
 	// (docs/leases.md).
+	prevRev := st.lastRev
 	st.lastRev = rev
 	*c.State = st.encode()
 	if reg != nil {
 		events := w.events
 		written := w.written
+		ver := c.Region.GetRegionEpoch().GetVersion()
 		ab.AfterCommit(func() {
 			reg.noteWritten(written, int64(len(events)))
+			// The count first: a reader that sees rev finds it counted.
+			reg.count.advance(prevRev, rev, ver, liveDelta(events))
 			reg.lastRev.Store(rev)
 			if m.OnEvents != nil && len(events) > 0 {
 				m.OnEvents(reg, rev, events)

@@ -33,7 +33,7 @@ func (m *MVCC) Range(r *Region, req *kvpb.RangeRequest, readable int64) (*kvpb.R
 		return nil, err
 	}
 	defer snap.Close()
-	resp, err := rangeAt(snap, req, rev)
+	resp, err := r.countedRange(snap, desc, req, rev)
 	if err != nil {
 		return nil, err
 	}
@@ -60,6 +60,14 @@ func (m *MVCC) snapshotAt(r *Region, rev int64) (*pebble.Snapshot, error) {
 // every live key of the range; the min/max revision filters, sorting and
 // limit apply to the returned keys; more says the limit cut some off.
 func rangeAt(rd pebble.Reader, req *kvpb.RangeRequest, rev int64) (*kvpb.RangeResponse, error) {
+	resp, _, err := rangeAtBudget(rd, req, rev, -1)
+	return resp, err
+}
+
+// rangeAtBudget is rangeAt that, once it holds every key it returns, stops
+// counting after countBudget keys (-1: never): complete false then says
+// resp.Count is only a lower bound.
+func rangeAtBudget(rd pebble.Reader, req *kvpb.RangeRequest, rev, countBudget int64) (resp *kvpb.RangeResponse, complete bool, err error) {
 	end, unbounded := rangeEnd(req.GetKey(), req.GetRangeEnd())
 	if unbounded {
 		end = nil
@@ -75,14 +83,19 @@ func rangeAt(rd pebble.Reader, req *kvpb.RangeRequest, rev int64) (*kvpb.RangeRe
 	}
 	// Without filters or sorting, keys past limit+1 need not be collected.
 	collectAll := filtering || sortOrder != kvpb.RangeRequest_NONE || req.GetLimit() == 0
-	resp := &kvpb.RangeResponse{Header: &kvpb.ResponseHeader{Revision: rev}}
+	resp = &kvpb.RangeResponse{Header: &kvpb.ResponseHeader{Revision: rev}}
 	var count int64
+	complete = true
 	onlyCounting := func() bool {
 		return req.GetCountOnly() || !collectAll && int64(len(resp.Kvs)) > req.GetLimit()
 	}
-	err := visitCounting(rd, req.GetKey(), end, rev, onlyCounting, func(key []byte, rec record, modRev int64) (bool, error) {
+	err = visitCounting(rd, req.GetKey(), end, rev, onlyCounting, func(key []byte, rec record, modRev int64) (bool, error) {
 		count++
 		if onlyCounting() {
+			if countBudget >= 0 && count >= countBudget {
+				complete = false
+				return false, nil
+			}
 			return true, nil
 		}
 		kv := toKV(key, rec, modRev)
@@ -95,7 +108,7 @@ func rangeAt(rd pebble.Reader, req *kvpb.RangeRequest, rev int64) (*kvpb.RangeRe
 		return true, nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	resp.Count = count
 	if sortOrder != kvpb.RangeRequest_NONE {
@@ -105,7 +118,7 @@ func rangeAt(rd pebble.Reader, req *kvpb.RangeRequest, rev int64) (*kvpb.RangeRe
 		resp.Kvs = resp.Kvs[:l]
 		resp.More = true
 	}
-	return resp, nil
+	return resp, complete, nil
 }
 
 func keep(req *kvpb.RangeRequest, kv *kvpb.KeyValue) bool {
