@@ -13,10 +13,7 @@ import (
 // servers, its own raft group's engine, and the cluster gauges below (which
 // only the leader knows; followers report them empty).
 func (s *Server) newRegistry() (*prometheus.Registry, *status.GRPCMetrics) {
-	reg := status.NewRegistry()
-	gm := status.NewGRPCMetrics(reg)
-	reg.MustRegister(raftstore.NewCollector(s.store), &pdCollector{s: s})
-	return reg, gm
+	return status.NewServerRegistry(raftstore.NewCollector(s.store), &pdCollector{s: s})
 }
 
 var (

@@ -10,12 +10,7 @@ import (
 // newRegistry builds the store's metrics registry: the process, the gRPC
 // server, the engine, the PD client's TSO and this file's store gauges.
 func (s *Server) newRegistry() (*prometheus.Registry, *status.GRPCMetrics) {
-	reg := status.NewRegistry()
-	gm := status.NewGRPCMetrics(reg)
-	reg.MustRegister(raftstore.NewCollector(s.store))
-	reg.MustRegister(s.pd.Collectors()...)
-	reg.MustRegister(&storeCollector{s: s})
-	return reg, gm
+	return status.NewServerRegistry(append(s.pd.Collectors(), raftstore.NewCollector(s.store), &storeCollector{s: s})...)
 }
 
 var (

@@ -26,6 +26,16 @@ func NewRegistry() *prometheus.Registry {
 	return r
 }
 
+// NewServerRegistry is a server's registry: the process, the gRPC
+// server's call metrics (returned, for its interceptors) and the server's
+// own collectors.
+func NewServerRegistry(cs ...prometheus.Collector) (*prometheus.Registry, *GRPCMetrics) {
+	r := NewRegistry()
+	gm := NewGRPCMetrics(r)
+	r.MustRegister(cs...)
+	return r, gm
+}
+
 // Register adds the handlers to mux: /metrics from g, and /debug/pprof/
 // when withPprof (profiling costs nothing until asked, but exposes the
 // process's internals, so it is off unless a flag turns it on).

@@ -68,20 +68,9 @@ func waitReplicated(t testing.TB, c *procs.Cluster) *pdclient.Client {
 		t.Fatal(err)
 	}
 	t.Cleanup(pd.Close)
-	for ctx.Err() == nil {
-		r, err := pd.GetRegion(ctx, []byte("a"))
-		if err == nil && r.GetLeader() != nil && len(r.GetRegion().GetPeers()) == 3 {
-			voters := 0
-			for _, p := range r.GetRegion().GetPeers() {
-				if p.GetRole() == metapb.PeerRole_Voter {
-					voters++
-				}
-			}
-			if voters == 3 {
-				return pd
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
+	err = procs.WaitVoters(ctx, pd, []byte("a"), 3)
+	if err == nil {
+		return pd
 	}
 	if r, err := http.Get("http://" + c.PDs[0].Addr + "/pd/api/v1/operators"); err == nil {
 		b, _ := io.ReadAll(r.Body)
@@ -97,7 +86,7 @@ func waitReplicated(t testing.TB, c *procs.Cluster) *pdclient.Client {
 		l := c.Log(p)
 		t.Logf("%s log: %s", p.Name, l[max(0, len(l)-4000):])
 	}
-	t.Fatalf("the first region never had three voters")
+	t.Fatalf("the first region never had three voters: %v", err)
 	return nil
 }
 

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/basaltdb/basalt/client"
+	"github.com/basaltdb/basalt/client/pdclient"
+	"github.com/basaltdb/basalt/proto/metapb"
 )
 
 var (
@@ -278,4 +280,28 @@ func RSS(pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// WaitVoters waits until the region holding key has a leader and n voters,
+// as PD reports it, or ctx ends.
+func WaitVoters(ctx context.Context, pd *pdclient.Client, key []byte, n int) error {
+	for {
+		r, err := pd.GetRegion(ctx, key)
+		if err == nil && r.GetLeader() != nil && len(r.GetRegion().GetPeers()) == n {
+			voters := 0
+			for _, p := range r.GetRegion().GetPeers() {
+				if p.GetRole() == metapb.PeerRole_Voter {
+					voters++
+				}
+			}
+			if voters == n {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the region of %q never had a leader and %d voters: %w", key, n, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

@@ -18,7 +18,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/basaltdb/basalt/client/pdclient"
-	"github.com/basaltdb/basalt/proto/metapb"
 	"github.com/basaltdb/basalt/tests/procs"
 )
 
@@ -53,23 +52,10 @@ func waitServing(t *testing.T, c *procs.Cluster) *pdclient.Client {
 		t.Fatal(err)
 	}
 	t.Cleanup(pd.Close)
-	for ctx.Err() == nil {
-		r, err := pd.GetRegion(ctx, []byte("rob/"))
-		if err == nil && r.GetLeader() != nil {
-			voters := 0
-			for _, p := range r.GetRegion().GetPeers() {
-				if p.GetRole() == metapb.PeerRole_Voter {
-					voters++
-				}
-			}
-			if voters == 3 {
-				return pd
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := procs.WaitVoters(ctx, pd, []byte("rob/"), 3); err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("the cluster never had a region with three voters")
-	return nil
+	return pd
 }
 
 // Randomized etcd-API traffic (get, put, delete, compare-and-set) from
