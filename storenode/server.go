@@ -425,6 +425,9 @@ func (s *Server) Close() {
 	if s.pd != nil {
 		s.pd.Close()
 	}
+	if s.mvcc != nil {
+		s.mvcc.Wait()
+	}
 	if s.eng != nil {
 		_ = s.eng.Close()
 	}

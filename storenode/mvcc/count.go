@@ -2,6 +2,7 @@ package mvcc
 
 import (
 	"bytes"
+	"math"
 	"sync"
 	"time"
 
@@ -24,7 +25,10 @@ import (
 // the range version it is exact for; anything that changes a region's data
 // other than a write of its own (a split, a merge, a snapshot, a
 // membership change) forgets it, and a read uses it only at exactly its
-// revision.
+// revision. A read of a large range that finds no count starts one walk of
+// the whole region in the background (the writes applied meanwhile are
+// added as they are published) and waits for it, so a burst of lists pays
+// one walk, not one each.
 
 // liveCount: n live user keys at revision rev under range version ver.
 // rev 0: unknown.
@@ -33,13 +37,27 @@ type liveCount struct {
 	ver    uint64
 }
 
+// pendingCount is a walk of the whole region in flight, counting at rev;
+// the writes applied meanwhile add up in delta. valid false: the region's
+// data changed otherwise and the walk's result is worthless.
+type pendingCount struct {
+	rev   int64
+	ver   uint64
+	delta int64
+	valid bool
+	done  chan struct{}
+}
+
+// regionCount holds a region's count. Its mutex also guards publishing the
+// region's revision (Region.lastRev), so a count and the revision it is
+// exact for are read together.
 type regionCount struct {
-	mu sync.Mutex
-	c  liveCount
-	// quietUntil: after a range whose edges were too large to count (to
-	// learn the region's count, or to use it), no read tries again before
-	// then, so ranges that are a small part of a large region pay the edge
-	// walk at most once a second.
+	mu      sync.Mutex
+	c       liveCount
+	pending *pendingCount
+	// quietUntil: after a range whose edges were too large to count, no
+	// read tries again before then, so ranges that are a small part of a
+	// large region pay the edge walk at most once a second.
 	quietUntil time.Time
 }
 
@@ -59,24 +77,69 @@ func (rc *regionCount) edgesTooLarge() {
 	rc.mu.Unlock()
 }
 
-// forget drops the count (the region's data changed other than by a write).
-func (rc *regionCount) forget() {
+// reset publishes a revision set otherwise than by a write of the region's
+// own (a split, a merge, a snapshot): the count, and any walk in flight,
+// were of other data.
+func (rc *regionCount) reset(r *Region, rev int64) {
 	rc.mu.Lock()
 	rc.c = liveCount{}
+	if rc.pending != nil {
+		rc.pending.valid = false
+	}
+	r.lastRev.Store(rev)
 	rc.mu.Unlock()
 }
 
-// advance moves the count over one applied write, from prevRev to rev.
-// It runs before the region's revision is published, so a reader never
-// sees a revision the count has not caught up with yet labeled as exact.
-func (rc *regionCount) advance(prevRev, rev int64, ver uint64, delta int64) {
+// forget drops the count (the region's data was replaced).
+func (rc *regionCount) forget() {
+	rc.mu.Lock()
+	rc.c = liveCount{}
+	if rc.pending != nil {
+		rc.pending.valid = false
+	}
+	rc.mu.Unlock()
+}
+
+// publish moves the count over one applied write, from prevRev to rev, and
+// publishes rev as the region's revision.
+func (rc *regionCount) publish(r *Region, prevRev, rev int64, ver uint64, delta int64) {
 	rc.mu.Lock()
 	if rc.c.rev != 0 && rc.c.rev == prevRev && rc.c.ver == ver {
 		rc.c = liveCount{rev: rev, n: rc.c.n + delta, ver: ver}
 	} else {
 		rc.c = liveCount{}
 	}
+	if p := rc.pending; p != nil {
+		if p.ver == ver {
+			p.delta += delta
+		} else {
+			p.valid = false
+		}
+	}
+	r.lastRev.Store(rev)
 	rc.mu.Unlock()
+}
+
+// raise publishes a higher revision that changed no key (a compaction
+// above the last write).
+func (rc *regionCount) raise(r *Region, rev int64) {
+	rc.mu.Lock()
+	if rc.c.rev != 0 && rc.c.rev == r.lastRev.Load() {
+		rc.c.rev = rev
+	}
+	r.lastRev.Store(rev)
+	rc.mu.Unlock()
+}
+
+// current returns the region's revision and, when known, its count at it.
+func (rc *regionCount) current(r *Region, ver uint64) (rev, n int64, known bool) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rev = r.lastRev.Load()
+	if rc.c.rev != 0 && rc.c.rev == rev && rc.c.ver == ver {
+		return rev, rc.c.n, true
+	}
+	return rev, 0, false
 }
 
 // at returns the count at rev under range version ver, if known.
@@ -89,14 +152,50 @@ func (rc *regionCount) at(rev int64, ver uint64) (int64, bool) {
 	return rc.c.n, true
 }
 
-// learn records a count a read walked at rev, if rev is still the
-// region's revision (otherwise writes since were not counted into it).
-func (rc *regionCount) learn(r *Region, rev int64, ver uint64, n int64) {
+// inFlight returns the channel a walk in flight closes, or nil.
+func (rc *regionCount) inFlight() <-chan struct{} {
 	rc.mu.Lock()
-	if r.lastRev.Load() == rev {
-		rc.c = liveCount{rev: rev, n: n, ver: ver}
+	defer rc.mu.Unlock()
+	if rc.pending == nil {
+		return nil
 	}
+	return rc.pending.done
+}
+
+// learn counts the whole region in the background, once at a time: the
+// walk counts at the revision published when it starts, and the writes
+// applied while it runs are added as they are published.
+func (m *MVCC) learn(r *Region, desc *metapb.Region) {
+	start, end, ok := userSpan(desc)
+	if !ok {
+		return
+	}
+	ver := desc.GetRegionEpoch().GetVersion()
+	rc := &r.count
+	rc.mu.Lock()
+	if rc.pending != nil {
+		rc.mu.Unlock()
+		return
+	}
+	p := &pendingCount{rev: r.lastRev.Load(), ver: ver, valid: true, done: make(chan struct{})}
+	rc.pending = p
 	rc.mu.Unlock()
+	m.learns.Add(1)
+	go func() {
+		defer m.learns.Done()
+		// The snapshot is taken after the revision was read: it holds every
+		// write at or below it.
+		snap := m.db.NewSnapshot()
+		n, err := countUpTo(snap, start, end, p.rev, math.MaxInt64)
+		_ = snap.Close()
+		rc.mu.Lock()
+		if err == nil && p.valid {
+			rc.c = liveCount{rev: r.lastRev.Load(), n: n + p.delta, ver: ver}
+		}
+		rc.pending = nil
+		close(p.done)
+		rc.mu.Unlock()
+	}()
 }
 
 // liveDelta is how many live user keys a write's events add (a put that
@@ -134,17 +233,13 @@ func userSpan(desc *metapb.Region) (start, end []byte, ok bool) {
 // while the keys outside the range are at most this many.
 const edgeWalkLimit = 10_000
 
-// countFromRegion counts [key, end) at rev from the region's count and the
-// keys of the region outside the range. ok false: the count is not known
+// countFromRegion counts [key, end) at rev from the region's count there
+// (total) and the keys of the region outside the range. ok false: the count is not known
 // at rev, the range reaches outside the user span, or the edges hold too
 // many keys.
-func (r *Region) countFromRegion(rd pebble.Reader, desc *metapb.Region, key, end []byte, rev int64) (int64, bool, error) {
+func (r *Region) countFromRegion(rd pebble.Reader, desc *metapb.Region, key, end []byte, rev, total int64) (int64, bool, error) {
 	start, userEnd, ok := userSpan(desc)
-	if !ok || end == nil || bytes.Compare(end, userEnd) > 0 || bytes.Compare(key, start) < 0 {
-		return 0, false, nil
-	}
-	total, ok := r.count.at(rev, desc.GetRegionEpoch().GetVersion())
-	if !ok || !r.count.tryEdges() {
+	if !ok || end == nil || bytes.Compare(end, userEnd) > 0 || bytes.Compare(key, start) < 0 || !r.count.tryEdges() {
 		return 0, false, nil
 	}
 	outside := int64(0)
@@ -180,65 +275,50 @@ func countUpTo(rd pebble.Reader, start, end []byte, rev, limit int64) (int64, er
 	return n, err
 }
 
-// coversUserSpan reports whether [key, end) is the region's whole user span.
-func coversUserSpan(desc *metapb.Region, key, end []byte) bool {
-	start, userEnd, ok := userSpan(desc)
-	return ok && bytes.Equal(key, start) && end != nil && bytes.Equal(end, userEnd)
-}
-
-// countedRange is rangeAt for a read of region r, counting through the
-// region's count where that is cheaper than walking the whole range.
-func (r *Region) countedRange(rd pebble.Reader, desc *metapb.Region, req *kvpb.RangeRequest, rev int64) (*kvpb.RangeResponse, error) {
+// countedRange reads req in region r at rev (from a pebble snapshot taken
+// after rev was published), counting through the region's count when it
+// is known at rev (total) and that is cheaper than walking the range.
+// retry: the count was being learnt; the caller may read again at a new
+// revision and find it.
+func (m *MVCC) countedRange(r *Region, rd pebble.Reader, desc *metapb.Region, req *kvpb.RangeRequest, rev, total int64, known, mayWait bool) (resp *kvpb.RangeResponse, retry bool, err error) {
 	end, unbounded := rangeEnd(req.GetKey(), req.GetRangeEnd())
 	if unbounded || len(req.GetRangeEnd()) == 0 {
-		return rangeAt(rd, req, rev) // to the end of the key space, or one key
+		resp, err = rangeAt(rd, req, rev) // to the end of the key space, or one key
+		return resp, false, err
 	}
-	ver := desc.GetRegionEpoch().GetVersion()
-	if _, known := r.count.at(rev, ver); known {
-		// Walk what the answer holds and a little more: a small range is
-		// counted whole before the region's count is worth its edges.
-		resp, complete, err := rangeAtBudget(rd, req, rev, countWalkBudget)
-		if err != nil || complete {
-			return resp, err
-		}
-		n, ok, err := r.countFromRegion(rd, desc, req.GetKey(), end, rev)
+	// Walk what the answer holds and a little more: a small range is
+	// counted whole before the region's count is worth its edges.
+	resp, complete, err := rangeAtBudget(rd, req, rev, countWalkBudget)
+	if err != nil || complete {
+		return resp, false, err
+	}
+	if known {
+		n, ok, err := r.countFromRegion(rd, desc, req.GetKey(), end, rev, total)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if ok {
 			resp.Count = n
-			return resp, nil
+			return resp, false, nil
 		}
-		return rangeAt(rd, req, rev)
-	}
-	resp, err := rangeAt(rd, req, rev)
-	if err != nil || resp.GetCount() < countWalkBudget {
-		return resp, err
-	}
-	// A large range was walked: with its edges (when they are small next
-	// to it) that is the region's count, for the reads after it.
-	start, userEnd, ok := userSpan(desc)
-	if !ok || bytes.Compare(end, userEnd) > 0 || bytes.Compare(req.GetKey(), start) < 0 || !r.count.tryEdges() {
-		return resp, nil
-	}
-	outside := int64(0)
-	for _, edge := range [][2][]byte{{start, req.GetKey()}, {end, userEnd}} {
-		if bytes.Compare(edge[0], edge[1]) >= 0 {
-			continue
+	} else if mayWait {
+		// A large range and no count: learn it (one walk for every reader)
+		// and wait for it, a bounded while, rather than walk alongside.
+		m.learn(r, desc)
+		if done := r.count.inFlight(); done != nil {
+			select {
+			case <-done:
+				return nil, true, nil
+			case <-time.After(learnWait):
+			}
 		}
-		n, err := countUpTo(rd, edge[0], edge[1], rev, min(edgeWalkLimit, resp.GetCount()/4)-outside)
-		if err != nil {
-			return resp, err
-		}
-		if n < 0 {
-			r.count.edgesTooLarge()
-			return resp, nil
-		}
-		outside += n
 	}
-	r.count.learn(r, rev, ver, resp.GetCount()+outside)
-	return resp, nil
+	resp, err = rangeAt(rd, req, rev)
+	return resp, false, err
 }
+
+// learnWait bounds how long a read waits for the region's count.
+const learnWait = 2 * time.Second
 
 // countWalkBudget: ranges of fewer keys are counted by walking them.
 const countWalkBudget = 2000

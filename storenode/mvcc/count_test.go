@@ -9,6 +9,7 @@ import (
 
 	"github.com/basaltdb/basalt/proto/kvpb"
 	"github.com/basaltdb/basalt/proto/metapb"
+	"github.com/basaltdb/basalt/raftstore"
 	"github.com/basaltdb/basalt/region"
 )
 
@@ -103,4 +104,93 @@ func TestRegionCountStaysExact(t *testing.T) {
 	if used < 100 {
 		t.Fatalf("the region's count served only %d large counts", used)
 	}
+}
+
+// Writes applied while reads learn and use the region's count, as the
+// raft worker applies while readers read: every count a read returns
+// equals a walk at the read's revision.
+func TestRegionCountUnderConcurrentWrites(t *testing.T) {
+	tr := newTestRegion(t, "", "")
+	const keys = 40000
+	key := func(i int) []byte { return []byte(fmt.Sprintf("k%05d", i)) }
+	for start := 0; start < keys; start += 1000 {
+		ab := raftstore.NewApplyBatch(tr.db.NewIndexedBatch())
+		for i := start; i < start+1000; i += 2 {
+			tr.applyIn(ab, &kvpb.WriteCommand{Op: &kvpb.WriteCommand_Put{Put: &kvpb.PutRequest{Key: key(i), Value: []byte("v")}}})
+		}
+		ab.Commit()
+	}
+	done := make(chan struct{})
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		rng := rand.New(rand.NewPCG(3, 4))
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			k := key(rng.IntN(keys))
+			var wc *kvpb.WriteCommand
+			if rng.IntN(3) == 0 {
+				wc = &kvpb.WriteCommand{Op: &kvpb.WriteCommand_DeleteRange{DeleteRange: &kvpb.DeleteRangeRequest{Key: k}}}
+			} else {
+				wc = &kvpb.WriteCommand{Op: &kvpb.WriteCommand_Put{Put: &kvpb.PutRequest{Key: k, Value: []byte("w")}}}
+			}
+			if res := tr.apply(wc); res.Err != nil {
+				t.Error(res.Err)
+				return
+			}
+		}
+	}()
+	fromCount := 0
+	for i := 0; i < 150; i++ {
+		if i%10 == 0 {
+			// As a split would: the next large read learns the count again
+			// while writes go on.
+			tr.region().count.forget()
+		}
+		known := false
+		if rev := tr.region().Revision(); rev > 0 {
+			_, known = tr.region().count.at(rev, tr.desc.GetRegionEpoch().GetVersion())
+		}
+		resp, err := tr.m.Range(tr.region(), &kvpb.RangeRequest{Key: key(0), RangeEnd: region.SystemStart, Limit: 5}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev := resp.GetHeader().GetRevision()
+		// The header carries the latest revision; the read was at or below
+		// it, and a walk at the read's own revision must agree. Reads at a
+		// fixed revision give that revision back.
+		resp2, err := tr.m.Range(tr.region(), &kvpb.RangeRequest{Key: key(0), RangeEnd: region.SystemStart, Limit: 5, Revision: rev}, rev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := walkCount(t, tr, key(0), region.SystemStart, rev); resp2.GetCount() != want {
+			t.Fatalf("count at %d: %d, a walk counts %d", rev, resp2.GetCount(), want)
+		}
+		if known {
+			fromCount++
+		}
+	}
+	// The last count is learnt while writes go on.
+	tr.region().count.forget()
+	if _, err := tr.m.Range(tr.region(), &kvpb.RangeRequest{Key: key(0), RangeEnd: region.SystemStart, Limit: 5}, 0); err != nil {
+		t.Fatal(err)
+	}
+	close(done)
+	<-wrote
+	rev := tr.region().Revision()
+	resp, err := tr.m.Range(tr.region(), &kvpb.RangeRequest{Key: key(0), RangeEnd: region.SystemStart, Limit: 5}, rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := walkCount(t, tr, key(0), region.SystemStart, rev); resp.GetCount() != want {
+		t.Fatalf("quiet count at %d: %d, a walk counts %d", rev, resp.GetCount(), want)
+	}
+	if _, ok := tr.region().count.at(rev, tr.desc.GetRegionEpoch().GetVersion()); !ok {
+		t.Fatalf("after the writes stopped the region's count is not known")
+	}
+	t.Logf("%d of 150 reads found the count known", fromCount)
 }

@@ -31,7 +31,14 @@ type MVCC struct {
 	OnEvents func(r *Region, rev int64, events []*kvpb.Event)
 
 	leaseIdx leaseIndex
+
+	// learns: region counts being walked in the background (count.go).
+	learns sync.WaitGroup
 }
+
+// Wait waits for the background walks to end; call it before closing the
+// database.
+func (m *MVCC) Wait() { m.learns.Wait() }
 
 // Region is the MVCC view of one region on this store.
 type Region struct {
@@ -90,11 +97,10 @@ func (m *MVCC) RegionChanged(id uint64, desc *metapb.Region, state []byte) {
 	if old := r.desc.Load(); old == nil || !region.SameRange(old, desc) {
 		r.noteRangeChanged()
 	}
-	// A split, a merge, a snapshot: the count was of other data.
-	r.count.forget()
 	r.desc.Store(desc)
 	st := decodeRegionState(state)
-	r.lastRev.Store(st.lastRev)
+	// A split, a merge, a snapshot: the count was of other data.
+	r.count.reset(r, st.lastRev)
 	r.compactRev.Store(st.compactRev)
 }
 
@@ -150,7 +156,7 @@ func (m *MVCC) Apply(ab *raftstore.ApplyBatch, c raftstore.Command) any {
 				// compaction is committed or replayed after a crash.
 				reg.compactRev.Store(op.Compact)
 				if raised {
-					ab.AfterCommit(func() { reg.lastRev.Store(op.Compact) })
+					ab.AfterCommit(func() { reg.count.raise(reg, op.Compact) })
 				}
 			}
 		}
@@ -231,9 +237,9 @@ func (m *MVCC) Apply(ab *raftstore.ApplyBatch, c raftstore.Command) any {
 		ver := c.Region.GetRegionEpoch().GetVersion()
 		ab.AfterCommit(func() {
 			reg.noteWritten(written, int64(len(events)))
-			// The count first: a reader that sees rev finds it counted.
-			reg.count.advance(prevRev, rev, ver, liveDelta(events))
-			reg.lastRev.Store(rev)
+			// The count and the revision together: a reader that sees rev
+			// finds it counted.
+			reg.count.publish(reg, prevRev, rev, ver, liveDelta(events))
 			if m.OnEvents != nil && len(events) > 0 {
 				m.OnEvents(reg, rev, events)
 			}

@@ -35,11 +35,11 @@ func newTestRegion(t testing.TB, start, end string) *testRegion {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { db.Close() })
 	m, err := New(db, Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { m.Wait(); db.Close() })
 	tr := &testRegion{t: t, db: db, m: m,
 		desc: &metapb.Region{Id: 1, StartKey: []byte(start), EndKey: []byte(end), RegionEpoch: &metapb.RegionEpoch{ConfVer: 1, Version: 1}}}
 	tr.m.RegionChanged(1, tr.desc, nil)

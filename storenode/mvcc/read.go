@@ -21,26 +21,34 @@ func (m *MVCC) Range(r *Region, req *kvpb.RangeRequest, readable int64) (*kvpb.R
 	if !inRegion(desc, req.GetKey(), req.GetRangeEnd()) {
 		return nil, region.KeyNotInRegion(req.GetKey(), desc)
 	}
-	rev := req.GetRevision()
-	if rev == 0 {
-		rev = r.Revision()
+	ver := desc.GetRegionEpoch().GetVersion()
+	for attempt := 0; ; attempt++ {
+		rev, total, known := req.GetRevision(), int64(0), false
+		if rev == 0 {
+			rev, total, known = r.count.current(r, ver)
+		} else {
+			total, known = r.count.at(rev, ver)
+		}
+		if rev > max(readable, r.Revision()) {
+			return nil, ErrFutureRev
+		}
+		snap, err := m.snapshotAt(r, rev)
+		if err != nil {
+			return nil, err
+		}
+		resp, retry, err := m.countedRange(r, snap, desc, req, rev, total, known, attempt == 0 && req.GetRevision() == 0)
+		_ = snap.Close()
+		if retry {
+			continue // the region's count was learnt meanwhile: read again
+		}
+		if err != nil {
+			return nil, err
+		}
+		// As in etcd, the header carries the store's current revision even
+		// for a read of the past.
+		resp.Header.Revision = max(rev, r.Revision())
+		return resp, nil
 	}
-	if rev > max(readable, r.Revision()) {
-		return nil, ErrFutureRev
-	}
-	snap, err := m.snapshotAt(r, rev)
-	if err != nil {
-		return nil, err
-	}
-	defer snap.Close()
-	resp, err := r.countedRange(snap, desc, req, rev)
-	if err != nil {
-		return nil, err
-	}
-	// As in etcd, the header carries the store's current revision even for
-	// a read of the past.
-	resp.Header.Revision = max(rev, r.Revision())
-	return resp, nil
 }
 
 // snapshotAt returns a pebble snapshot from which r can be read at rev.
