@@ -10,6 +10,7 @@ import (
 	"github.com/basaltdb/basalt/proto/kvpb"
 	"github.com/basaltdb/basalt/raftstore"
 	"github.com/basaltdb/basalt/region"
+	"github.com/basaltdb/basalt/storenode/mvcc"
 )
 
 // localRange serves an etcd range from this store's own replica, leader or
@@ -74,6 +75,43 @@ func (s *Server) localRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 	// The read must not straddle the replica leaving this store, its data
 	// being replaced, or its range changing: then the routed path answers.
 	if guard.Check() != nil {
+		return nil, false
+	}
+	return resp, true
+}
+
+// localReadTxn serves a transaction that only reads, in one region, from
+// this store's replica after a ReadIndex, as localRange serves a range
+// (etcd's benchmark and some clients read through Txn().Then(Get)). ok
+// false: the caller routes it.
+func (s *Server) localReadTxn(ctx context.Context, t *kvpb.TxnRequest) (*kvpb.TxnResponse, bool) {
+	if hasWrites(t) {
+		return nil, false
+	}
+	t = proto.Clone(t).(*kvpb.TxnRequest)
+	if clipTxn(t) != nil {
+		return nil, false
+	}
+	key := mvcc.TxnKey(t)
+	if key == nil {
+		return nil, false
+	}
+	id := s.store.RegionIDByKey(key)
+	if id == 0 {
+		return nil, false
+	}
+	r := s.mvcc.Region(id)
+	if r == nil {
+		return nil, false
+	}
+	rctx, cancel := context.WithTimeout(ctx, localReadIndexTimeout)
+	guard, err := s.store.ReadIndex(rctx, id, r.Desc().GetRegionEpoch())
+	cancel()
+	if err != nil {
+		return nil, false
+	}
+	resp, err := s.mvcc.ReadTxn(r, t)
+	if err != nil || guard.Check() != nil {
 		return nil, false
 	}
 	return resp, true

@@ -228,7 +228,7 @@ func (s *Server) start(ctx context.Context) error {
 	rspb.RegisterRaftTransportServer(s.grpc, raftstore.NewRaftServer(s.store))
 	kvpb.RegisterKVServer(s.grpc, &kvService{s: s})
 	kvpb.RegisterAdminServer(s.grpc, &adminService{s: s})
-	etcdapi.Register(s.grpc, etcdapi.Config{Client: s.router, PD: s.pd, StoreID: s.storeID, Info: s.etcdInfo, LocalRange: s.localRange,
+	etcdapi.Register(s.grpc, etcdapi.Config{Client: s.router, PD: s.pd, StoreID: s.storeID, Info: s.etcdInfo, LocalRange: s.localRange, LocalReadTxn: s.localReadTxn,
 		MaxRequestBytes: s.mvcc.Limits().MaxRequestBytes, ProgressNotifyInterval: s.cfg.EtcdProgressNotifyInterval})
 	s.mux = status.NewListenMux(s.lis)
 	s.status = status.Serve(s.mux.HTTP(), reg, s.cfg.EnablePprof)

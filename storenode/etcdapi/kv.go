@@ -138,6 +138,12 @@ func (k *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 	if err := recode(req, &r); err != nil {
 		return nil, err
 	}
+	if k.s.cfg.LocalReadTxn != nil {
+		if resp, ok := k.s.cfg.LocalReadTxn(ctx, &r); ok {
+			out := &pb.TxnResponse{}
+			return out, k.s.toEtcd(resp, resp.GetHeader(), out)
+		}
+	}
 	resp, err := k.s.cfg.Client.Txn(ctx, &r)
 	if err != nil {
 		return nil, etcdError(err)

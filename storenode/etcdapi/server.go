@@ -36,6 +36,8 @@ type Config struct {
 	// or, after a ReadIndex, linearizable); ok false means it cannot, and
 	// the range is routed through Client.
 	LocalRange func(context.Context, *kvpb.RangeRequest) (resp *kvpb.RangeResponse, ok bool)
+	// LocalReadTxn does the same for a transaction that only reads.
+	LocalReadTxn func(context.Context, *kvpb.TxnRequest) (resp *kvpb.TxnResponse, ok bool)
 	// Info reports the store's size and raft position.
 	Info func() StoreInfo
 	// MaxRequestBytes bounds a watch response before it is fragmented.

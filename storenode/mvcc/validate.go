@@ -290,3 +290,7 @@ func txnFirstKey(t *kvpb.TxnRequest) []byte {
 	}
 	return nil
 }
+
+// TxnKey returns a key a transaction touches (its first), to find its
+// region; nil for an empty transaction.
+func TxnKey(t *kvpb.TxnRequest) []byte { return txnFirstKey(t) }
