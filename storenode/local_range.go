@@ -13,6 +13,28 @@ import (
 	"github.com/basaltdb/basalt/storenode/mvcc"
 )
 
+// localReadIndexTimeout bounds a local ReadIndex: a follower cut off from
+// its leader would hold the read until the caller's deadline; after this
+// the routed path takes it.
+const localReadIndexTimeout = 2 * time.Second
+
+// localRegion returns this store's replica of the region holding key, or
+// nil.
+func (s *Server) localRegion(key []byte) *mvcc.Region {
+	id := s.store.RegionIDByKey(key)
+	if id == 0 {
+		return nil
+	}
+	return s.mvcc.Region(id)
+}
+
+// localReadIndex confirms a linearizable read of the local replica of r.
+func (s *Server) localReadIndex(ctx context.Context, r *mvcc.Region) (*raftstore.ReadGuard, error) {
+	rctx, cancel := context.WithTimeout(ctx, localReadIndexTimeout)
+	defer cancel()
+	return s.store.ReadIndex(rctx, r.ID, r.Desc().GetRegionEpoch())
+}
+
 // localRange serves an etcd range from this store's own replica, leader or
 // follower, as an etcd member serves one from its own state, so reads
 // spread over every store instead of queueing at the leader:
@@ -29,30 +51,20 @@ import (
 // through the client (it spans regions, no replica of it is here, it asks
 // for a newer revision, or the read failed and the routed path gives the
 // error etcd's clients know).
-const localReadIndexTimeout = 2 * time.Second
-
 func (s *Server) localRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.RangeResponse, bool) {
 	key, end, inUser := region.ClipUserRange(req.GetKey(), req.GetRangeEnd())
 	if !inUser {
 		return nil, false
 	}
-	id := s.store.RegionIDByKey(key)
-	if id == 0 {
-		return nil, false
-	}
-	r := s.mvcc.Region(id)
+	r := s.localRegion(key)
 	if r == nil {
 		return nil, false
 	}
 	var guard *raftstore.ReadGuard
 	if req.GetSerializable() {
-		guard = s.store.LocalGuard(id)
+		guard = s.store.LocalGuard(r.ID)
 	} else {
-		// A follower cut off from its leader would hold the read until the
-		// caller's deadline: after a bound the routed path takes it.
-		rctx, cancel := context.WithTimeout(ctx, localReadIndexTimeout)
-		guard, _ = s.store.ReadIndex(rctx, id, r.Desc().GetRegionEpoch())
-		cancel()
+		guard, _ = s.localReadIndex(ctx, r)
 	}
 	if guard == nil {
 		return nil, false
@@ -96,17 +108,11 @@ func (s *Server) localReadTxn(ctx context.Context, t *kvpb.TxnRequest) (*kvpb.Tx
 	if key == nil {
 		return nil, false
 	}
-	id := s.store.RegionIDByKey(key)
-	if id == 0 {
-		return nil, false
-	}
-	r := s.mvcc.Region(id)
+	r := s.localRegion(key)
 	if r == nil {
 		return nil, false
 	}
-	rctx, cancel := context.WithTimeout(ctx, localReadIndexTimeout)
-	guard, err := s.store.ReadIndex(rctx, id, r.Desc().GetRegionEpoch())
-	cancel()
+	guard, err := s.localReadIndex(ctx, r)
 	if err != nil {
 		return nil, false
 	}
