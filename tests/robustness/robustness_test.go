@@ -19,6 +19,7 @@ import (
 
 	"github.com/basaltdb/basalt/client/pdclient"
 	"github.com/basaltdb/basalt/tests/procs"
+	"github.com/basaltdb/basalt/tests/watchcheck"
 )
 
 // settings reads the run's knobs: BASALT_ROBUSTNESS_SEED (default: the
@@ -72,9 +73,11 @@ func TestRobustness(t *testing.T) {
 
 	keys := []string{"rob/a", "rob/b", "rob/c", "rob/d", "rob/e", "rob/f"}
 	h := newHistory()
+	wlog := &writeLog{}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	const clients = 6
+	var clis []*clientv3.Client
 	for i := 0; i < clients; i++ {
 		store := c.Stores[i%len(c.Stores)]
 		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{store.Addr}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
@@ -82,7 +85,23 @@ func TestRobustness(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer cli.Close()
-		tc := &trafficClient{id: i, cli: cli, keys: keys, rng: rand.New(rand.NewPCG(rng.Uint64(), uint64(i))), h: h, last: map[string]string{}}
+		clis = append(clis, cli)
+	}
+	// One watch of the traffic's keys through each store, from before the
+	// first write.
+	first, err := clis[0].Get(context.Background(), "rob/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := first.Header.Revision + 1
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel()
+	var watches []*recordedWatch
+	for i := range c.Stores {
+		watches = append(watches, watchPrefix(wctx, clis[i], "rob/", start))
+	}
+	for i, cli := range clis {
+		tc := &trafficClient{id: i, cli: cli, keys: keys, rng: rand.New(rand.NewPCG(rng.Uint64(), uint64(i))), h: h, log: wlog, last: map[string]string{}}
 		wg.Add(1)
 		go func() { defer wg.Done(); tc.run(ctx) }()
 	}
@@ -103,6 +122,12 @@ func TestRobustness(t *testing.T) {
 	if h.counts["get ok"] == 0 || h.counts["put ok"] == 0 {
 		t.Fatalf("the traffic did not get through: %s", summary(h.counts))
 	}
+	checkWatches(t, seed, watches, wlog, start)
+	wcancel()
+	for _, w := range watches {
+		<-w.done
+	}
+
 	res, info := porcupine.CheckOperationsVerbose(kvModel, h.ops, 2*time.Minute)
 	switch res {
 	case porcupine.Ok:
@@ -132,4 +157,42 @@ func summary(m map[string]int) string {
 		fmt.Fprintf(&b, "%s %d", k, m[k])
 	}
 	return b.String()
+}
+
+// checkWatches waits until every watch delivered the last acknowledged
+// write, then checks each against the writes: ordered, unique, atomic,
+// reliable, prev_kv right (tests/watchcheck).
+func checkWatches(t *testing.T, seed uint64, watches []*recordedWatch, wlog *writeLog, start int64) {
+	writes := wlog.all()
+	var until int64
+	for _, w := range writes {
+		until = max(until, w.Rev)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for i, w := range watches {
+		for w.lastRevision() < until {
+			if time.Now().After(deadline) {
+				t.Fatalf("seed %d: watch %d reached revision %d, the last acknowledged write is at %d", seed, i, w.lastRevision(), until)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	hist := watchcheck.NewHistory(writes)
+	events := 0
+	for i, w := range watches {
+		w.mu.Lock()
+		resps := append([]watchcheck.Response(nil), w.resps...)
+		werrs := append([]error(nil), w.errs...)
+		w.mu.Unlock()
+		for _, e := range werrs {
+			t.Errorf("seed %d: watch %d: %v", seed, i, e)
+		}
+		for _, e := range watchcheck.Check(hist, start, until, true, resps) {
+			t.Errorf("seed %d: watch %d: %v", seed, i, e)
+		}
+		for _, r := range resps {
+			events += len(r.Events)
+		}
+	}
+	t.Logf("watches: %d events checked in %d watches", events, len(watches))
 }

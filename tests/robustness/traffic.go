@@ -11,6 +11,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/basaltdb/basalt/tests/watchcheck"
 )
 
 // history collects every operation with its call and return times.
@@ -51,6 +53,7 @@ type trafficClient struct {
 	keys []string
 	rng  *rand.Rand
 	h    *history
+	log  *writeLog
 	// last is the value this client last wrote per key, for compare-and-set.
 	last map[string]string
 }
@@ -89,20 +92,36 @@ func (c *trafficClient) do(parent context.Context, in kvInput) {
 			out = kvOutput{Found: true, Value: string(resp.Kvs[0].Value)}
 		}
 	case "put":
-		_, err = c.cli.Put(ctx, in.Key, in.Value)
+		var resp *clientv3.PutResponse
+		resp, err = c.cli.Put(ctx, in.Key, in.Value)
 		c.last[in.Key] = in.Value
+		if err == nil {
+			c.log.add(watchcheck.Write{Key: in.Key, Value: in.Value, Rev: resp.Header.Revision})
+		} else {
+			c.log.add(watchcheck.Write{Key: in.Key, Value: in.Value})
+		}
 	case "cas":
 		var resp *clientv3.TxnResponse
 		resp, err = c.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(in.Key), "=", in.Expect)).
 			Then(clientv3.OpPut(in.Key, in.Value)).Commit()
 		if err == nil {
 			out.Found = resp.Succeeded
+			if resp.Succeeded {
+				c.log.add(watchcheck.Write{Key: in.Key, Value: in.Value, Rev: resp.Header.Revision})
+			}
+		} else {
+			c.log.add(watchcheck.Write{Key: in.Key, Value: in.Value})
 		}
 		c.last[in.Key] = in.Value
 	case "delete":
 		var resp *clientv3.DeleteResponse
 		if resp, err = c.cli.Delete(ctx, in.Key); err == nil {
 			out.Found = resp.Deleted == 1
+			if out.Found {
+				c.log.add(watchcheck.Write{Key: in.Key, Delete: true, Rev: resp.Header.Revision})
+			}
+		} else {
+			c.log.add(watchcheck.Write{Key: in.Key, Delete: true})
 		}
 	}
 	if parent.Err() != nil && err != nil && in.Op == "get" {
