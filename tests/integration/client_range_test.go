@@ -44,27 +44,9 @@ func splitAt(tb testing.TB, cl *client.Client, n int, key func(i int) string) {
 	}
 }
 
-// writeLog records every write the test's writers issued.
-type writeLog struct {
-	mu     sync.Mutex
-	writes []watchcheck.Write
-}
-
-func (l *writeLog) add(w watchcheck.Write) {
-	l.mu.Lock()
-	l.writes = append(l.writes, w)
-	l.mu.Unlock()
-}
-
-func (l *writeLog) all() []watchcheck.Write {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]watchcheck.Write(nil), l.writes...)
-}
-
 // runPrefixWriters puts (and sometimes deletes) random keys of prefix until
 // stop, logging each write with its revision when acknowledged.
-func runPrefixWriters(ctx context.Context, cl *client.Client, prefix string, writers int, log *writeLog, stop <-chan struct{}) *sync.WaitGroup {
+func runPrefixWriters(ctx context.Context, cl *client.Client, prefix string, writers int, log *watchcheck.Log, stop <-chan struct{}) *sync.WaitGroup {
 	var wg sync.WaitGroup
 	for w := 0; w < writers; w++ {
 		wg.Add(1)
@@ -85,12 +67,12 @@ func runPrefixWriters(ctx context.Context, cl *client.Client, prefix string, wri
 					if err == nil && resp.GetDeleted() == 0 {
 						continue // deleted nothing: no event
 					}
-					log.add(watchcheck.Write{Key: key, Delete: true, Rev: resp.GetHeader().GetRevision()})
+					log.Add(watchcheck.Write{Key: key, Delete: true, Rev: resp.GetHeader().GetRevision()})
 					continue
 				}
 				val := fmt.Sprintf("w%d-%d", w, i)
 				resp, err := cl.Put(ctx, &kvpb.PutRequest{Key: []byte(key), Value: []byte(val)})
-				log.add(watchcheck.Write{Key: key, Value: val, Rev: resp.GetHeader().GetRevision()})
+				log.Add(watchcheck.Write{Key: key, Value: val, Rev: resp.GetHeader().GetRevision()})
 				_ = err // a failed put may or may not have applied: Rev stays 0
 			}
 		}()
@@ -128,7 +110,7 @@ func TestRangeAcrossRegionsIsASnapshot(t *testing.T) {
 	splitPrefix(t, cl, "r/", 12)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	log := &writeLog{}
+	log := &watchcheck.Log{}
 	stop := make(chan struct{})
 	wg := runPrefixWriters(ctx, cl, "r/", 4, log, stop)
 
@@ -172,7 +154,7 @@ func TestRangeAcrossRegionsIsASnapshot(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	writes := log.all()
+	writes := log.All()
 	checked, compared := 0, 0
 	for _, r := range reads {
 		state, unsure := modelAt(writes, r.rev)

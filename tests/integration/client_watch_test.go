@@ -110,7 +110,7 @@ func TestWatchAcrossRegionsUnderSplitMergeAndLeaderMoves(t *testing.T) {
 	defer cancel()
 	req := &kvpb.WatchCreateRequest{Key: []byte("w/"), RangeEnd: []byte("w0"), PrevKv: true, ProgressNotify: true}
 	first := startWatch(t, cl, req)
-	log := &writeLog{}
+	log := &watchcheck.Log{}
 	stop := make(chan struct{})
 	writers := runPrefixWriters(ctx, cl, "w/", 4, log, stop)
 	var chaos map[string]int
@@ -122,7 +122,7 @@ func TestWatchAcrossRegionsUnderSplitMergeAndLeaderMoves(t *testing.T) {
 	time.Sleep(6 * time.Second)
 	// Resume a second watch from a revision in the middle.
 	var mid int64
-	for _, w := range log.all() {
+	for _, w := range log.All() {
 		mid = max(mid, w.Rev)
 	}
 	second := startWatch(t, cl, &kvpb.WatchCreateRequest{Key: []byte("w/"), RangeEnd: []byte("w0"), StartRevision: mid, PrevKv: true})
@@ -130,7 +130,7 @@ func TestWatchAcrossRegionsUnderSplitMergeAndLeaderMoves(t *testing.T) {
 	close(stop)
 	writers.Wait()
 	<-chaosDone
-	writes := log.all()
+	writes := log.All()
 	var top int64
 	for _, w := range writes {
 		top = max(top, w.Rev)
@@ -222,12 +222,12 @@ func TestWatchAcrossRegionsSurvivesStoreKill(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	watch := startWatch(t, cl, &kvpb.WatchCreateRequest{Key: []byte("k/"), RangeEnd: []byte("k0"), PrevKv: true, ProgressNotify: true})
-	log := &writeLog{}
+	log := &watchcheck.Log{}
 	stop := make(chan struct{})
 	writers := runPrefixWriters(ctx, cl, "k/", 4, log, stop)
 	time.Sleep(3 * time.Second)
 	var atKill int64
-	for _, w := range log.all() {
+	for _, w := range log.All() {
 		atKill = max(atKill, w.Rev)
 	}
 	victim := c.Stores[0]
@@ -237,7 +237,7 @@ func TestWatchAcrossRegionsSurvivesStoreKill(t *testing.T) {
 	time.Sleep(4 * time.Second)
 	close(stop)
 	writers.Wait()
-	writes := log.all()
+	writes := log.All()
 	var top int64
 	acked, afterKill := 0, 0
 	for _, w := range writes {

@@ -73,7 +73,7 @@ func TestRobustness(t *testing.T) {
 
 	keys := []string{"rob/a", "rob/b", "rob/c", "rob/d", "rob/e", "rob/f"}
 	h := newHistory()
-	wlog := &writeLog{}
+	wlog := &watchcheck.Log{}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	const clients = 6
@@ -162,8 +162,8 @@ func summary(m map[string]int) string {
 // checkWatches waits until every watch delivered the last acknowledged
 // write, then checks each against the writes: ordered, unique, atomic,
 // reliable, prev_kv right (tests/watchcheck).
-func checkWatches(t *testing.T, seed uint64, watches []*recordedWatch, wlog *writeLog, start int64) {
-	writes := wlog.all()
+func checkWatches(t *testing.T, seed uint64, watches []*recordedWatch, wlog *watchcheck.Log, start int64) {
+	writes := wlog.All()
 	var until int64
 	for _, w := range writes {
 		until = max(until, w.Rev)

@@ -53,7 +53,7 @@ type trafficClient struct {
 	keys []string
 	rng  *rand.Rand
 	h    *history
-	log  *writeLog
+	log  *watchcheck.Log
 	// last is the value this client last wrote per key, for compare-and-set.
 	last map[string]string
 }
@@ -96,9 +96,9 @@ func (c *trafficClient) do(parent context.Context, in kvInput) {
 		resp, err = c.cli.Put(ctx, in.Key, in.Value)
 		c.last[in.Key] = in.Value
 		if err == nil {
-			c.log.add(watchcheck.Write{Key: in.Key, Value: in.Value, Rev: resp.Header.Revision})
+			c.log.Add(watchcheck.Write{Key: in.Key, Value: in.Value, Rev: resp.Header.Revision})
 		} else {
-			c.log.add(watchcheck.Write{Key: in.Key, Value: in.Value})
+			c.log.Add(watchcheck.Write{Key: in.Key, Value: in.Value})
 		}
 	case "cas":
 		var resp *clientv3.TxnResponse
@@ -107,10 +107,10 @@ func (c *trafficClient) do(parent context.Context, in kvInput) {
 		if err == nil {
 			out.Found = resp.Succeeded
 			if resp.Succeeded {
-				c.log.add(watchcheck.Write{Key: in.Key, Value: in.Value, Rev: resp.Header.Revision})
+				c.log.Add(watchcheck.Write{Key: in.Key, Value: in.Value, Rev: resp.Header.Revision})
 			}
 		} else {
-			c.log.add(watchcheck.Write{Key: in.Key, Value: in.Value})
+			c.log.Add(watchcheck.Write{Key: in.Key, Value: in.Value})
 		}
 		c.last[in.Key] = in.Value
 	case "delete":
@@ -118,10 +118,10 @@ func (c *trafficClient) do(parent context.Context, in kvInput) {
 		if resp, err = c.cli.Delete(ctx, in.Key); err == nil {
 			out.Found = resp.Deleted == 1
 			if out.Found {
-				c.log.add(watchcheck.Write{Key: in.Key, Delete: true, Rev: resp.Header.Revision})
+				c.log.Add(watchcheck.Write{Key: in.Key, Delete: true, Rev: resp.Header.Revision})
 			}
 		} else {
-			c.log.add(watchcheck.Write{Key: in.Key, Delete: true})
+			c.log.Add(watchcheck.Write{Key: in.Key, Delete: true})
 		}
 	}
 	if parent.Err() != nil && err != nil && in.Op == "get" {

@@ -11,25 +11,6 @@ import (
 	"github.com/basaltdb/basalt/tests/watchcheck"
 )
 
-// writeLog records every write the traffic issued, with the revision it
-// was acknowledged at (0: unknown outcome), for the watch checks.
-type writeLog struct {
-	mu     sync.Mutex
-	writes []watchcheck.Write
-}
-
-func (l *writeLog) add(w watchcheck.Write) {
-	l.mu.Lock()
-	l.writes = append(l.writes, w)
-	l.mu.Unlock()
-}
-
-func (l *writeLog) all() []watchcheck.Write {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]watchcheck.Write(nil), l.writes...)
-}
-
 // recordedWatch is one client's watch of the traffic's prefix, from a
 // revision on, as clientv3 delivers it (it resumes by itself after its
 // store restarts).

@@ -6,6 +6,7 @@ package watchcheck
 
 import (
 	"fmt"
+	"sync"
 
 	"github.com/basaltdb/basalt/proto/kvpb"
 )
@@ -170,4 +171,24 @@ func CheckResumed(first, resumed []Response, rev int64) []error {
 		}
 	}
 	return nil
+}
+
+// Log records the writes concurrent writers issue.
+type Log struct {
+	mu     sync.Mutex
+	writes []Write
+}
+
+// Add records one write.
+func (l *Log) Add(w Write) {
+	l.mu.Lock()
+	l.writes = append(l.writes, w)
+	l.mu.Unlock()
+}
+
+// All returns a copy of every write recorded so far.
+func (l *Log) All() []Write {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]Write(nil), l.writes...)
 }
