@@ -90,6 +90,18 @@ func TestRegionCountStaysExact(t *testing.T) {
 				used++
 			}
 		}
+		// A read-only transaction's ranges count as Range does.
+		tresp, err := tr.m.ReadTxn(tr.region(), &kvpb.TxnRequest{
+			Compare: []*kvpb.Compare{{Key: key(1), Target: kvpb.Compare_VERSION, Result: kvpb.Compare_GREATER, TargetUnion: &kvpb.Compare_Version{Version: -1}}},
+			Success: []*kvpb.RequestOp{{Request: &kvpb.RequestOp_RequestRange{RequestRange: &kvpb.RangeRequest{Key: []byte{0}, RangeEnd: region.SystemStart, Limit: 3}}}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		txnRev := tresp.GetHeader().GetRevision()
+		if got, want := tresp.GetResponses()[0].GetResponseRange().GetCount(), walkCount(t, tr, []byte{0}, region.SystemStart, txnRev); got != want {
+			t.Fatalf("step %d: read-only txn count at %d: %d, a walk counts %d", step, txnRev, got, want)
+		}
 		// A read in the past is counted right too.
 		if old := rev - int64(rng.IntN(5)); old > tr.region().CompactRevision() {
 			resp, err := tr.m.Range(tr.region(), &kvpb.RangeRequest{Key: []byte{0}, RangeEnd: region.SystemStart, Limit: 1, Revision: old}, rev)

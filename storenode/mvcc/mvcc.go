@@ -3,6 +3,7 @@ package mvcc
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -402,6 +403,34 @@ type writer struct {
 	leaseChecks map[int64]int64
 	events      []*kvpb.Event
 	written     int64 // bytes of the versions written
+	// counted, in a read-only transaction, lets its ranges count through
+	// the region's count (count.go); nil in a write.
+	counted *txnCount
+}
+
+// txnCount is what a read-only transaction's ranges count with: the
+// region's count at the transaction's revision, when known.
+type txnCount struct {
+	r       *Region
+	total   int64
+	known   bool
+	mayWait bool
+}
+
+// errCountLearnt: a range waited for the region's count to be learnt; the
+// transaction is read again at a new revision.
+var errCountLearnt = errors.New("mvcc: the region's count was learnt meanwhile")
+
+// rangeOp reads one range of a transaction at revision at.
+func (w *writer) rangeOp(req *kvpb.RangeRequest, at int64) (*kvpb.RangeResponse, error) {
+	if c := w.counted; c != nil && at == w.readRev {
+		resp, retry, err := w.m.countedRange(c.r, w.r, w.region, req, at, c.total, c.known, c.mayWait)
+		if retry {
+			return nil, errCountLearnt
+		}
+		return resp, err
+	}
+	return rangeAt(w.r, req, at)
 }
 
 func (w *writer) put(p *kvpb.PutRequest) (*kvpb.PutResponse, error) {
@@ -628,7 +657,7 @@ func (w *writer) applyTxn(t *kvpb.TxnRequest, path *[]bool) (*kvpb.TxnResponse, 
 			if at == 0 {
 				at = w.readRev
 			}
-			rr, err := rangeAt(w.r, x.RequestRange, at)
+			rr, err := w.rangeOp(x.RequestRange, at)
 			if err != nil {
 				return nil, err
 			}

@@ -1,6 +1,7 @@
 package mvcc
 
 import (
+	"errors"
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/basaltdb/basalt/proto/kvpb"
@@ -151,24 +152,30 @@ func (m *MVCC) ReadTxn(r *Region, t *kvpb.TxnRequest) (*kvpb.TxnResponse, error)
 	if !txnInRegion(desc, t) {
 		return nil, region.KeyNotInRegion(txnFirstKey(t), desc)
 	}
-	if rr := soleRange(t); rr != nil && rr.GetRevision() == 0 {
-		// Txn().Then(Get(...)), as etcd's benchmark and some clients send
-		// a read: a range, counted as Range counts.
-		resp, err := m.Range(r, rr, r.Revision())
+	for attempt := 0; ; attempt++ {
+		// The revision and the region's count at it, read together, as
+		// Range reads them.
+		rev, total, known := r.count.current(r, desc.GetRegionEpoch().GetVersion())
+		snap, err := m.snapshotAt(r, rev)
 		if err != nil {
 			return nil, err
 		}
-		out := &kvpb.TxnResponse{Succeeded: true, Responses: []*kvpb.ResponseOp{{Response: &kvpb.ResponseOp_ResponseRange{ResponseRange: resp}}}}
-		setTxnHeaders(out, resp.GetHeader().GetRevision())
-		return out, nil
+		w := &writer{m: m, r: snap, region: desc, rev: rev, readRev: rev, prevRev: rev, compactRev: r.CompactRevision(),
+			counted: &txnCount{r: r, total: total, known: known, mayWait: attempt == 0}}
+		resp, err := w.readTxn(t)
+		_ = snap.Close()
+		if errors.Is(err, errCountLearnt) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		setTxnHeaders(resp, rev)
+		return resp, nil
 	}
-	rev := r.Revision()
-	snap, err := m.snapshotAt(r, rev)
-	if err != nil {
-		return nil, err
-	}
-	defer snap.Close()
-	w := &writer{m: m, r: snap, region: desc, rev: rev, readRev: rev, prevRev: rev, compactRev: r.CompactRevision()}
+}
+
+func (w *writer) readTxn(t *kvpb.TxnRequest) (*kvpb.TxnResponse, error) {
 	path, err := w.choosePath(t)
 	if err != nil {
 		return nil, err
@@ -176,19 +183,5 @@ func (m *MVCC) ReadTxn(r *Region, t *kvpb.TxnRequest) (*kvpb.TxnResponse, error)
 	if err := w.checkPath(t, path); err != nil {
 		return nil, err
 	}
-	resp, err := w.applyTxn(t, &path)
-	if err != nil {
-		return nil, err
-	}
-	setTxnHeaders(resp, rev)
-	return resp, nil
-}
-
-// soleRange returns the range of a transaction that only reads one range,
-// unconditionally; nil for any other.
-func soleRange(t *kvpb.TxnRequest) *kvpb.RangeRequest {
-	if len(t.GetCompare()) != 0 || len(t.GetFailure()) != 0 || len(t.GetSuccess()) != 1 {
-		return nil
-	}
-	return t.GetSuccess()[0].GetRequestRange()
+	return w.applyTxn(t, &path)
 }
