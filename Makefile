@@ -43,8 +43,11 @@ vet:
 race:
 	$(GO) test -race -tags invariants -count=1 $(RACE_PKGS)
 
+# One package at a time: the integration, robustness and compose tests each
+# run clusters of real processes, and on 2 cores they starved each other
+# into timeouts when run side by side.
 test-short:
-	$(GO) test -tags invariants -count=1 ./...
+	$(GO) test -p 1 -tags invariants -count=1 ./...
 
 # test: everything CI checks.
 test: fmt-check vet proto-check test-short race

@@ -6,7 +6,6 @@ package status
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -64,9 +63,10 @@ func Serve(lis net.Listener, g prometheus.Gatherer, withPprof bool) *Server {
 	s := &Server{lis: lis, http: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
-		if err := s.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			_ = err // the listener closed under us: Close reports nothing more useful
-		}
+		// It returns when Close shuts it down or the listener closes under
+		// it (the store's listen mux closing): either way there is nothing
+		// to report.
+		_ = s.http.Serve(lis)
 	}()
 	return s
 }
