@@ -73,17 +73,33 @@ func moduleRoot() (string, error) {
 	}
 }
 
+var (
+	handedOutMu sync.Mutex
+	handedOut   = map[int]bool{} // ports FreeAddr returned (or drew) in this binary
+)
+
 // FreeAddr returns a loopback address with a port nobody listens on, for
 // a child process to bind. The port is drawn below the kernel's ephemeral
 // range (ip_local_port_range): a port the kernel hands out (":0") is also
 // what it gives outgoing connections, and one of them took such a port
 // between this check and the child's bind often enough to fail a run.
+//
+// A port is handed out once per test binary: the children bind later, so
+// a second call before the first child bound could otherwise draw it again
+// (a store once drew its PD's peer port).
 func FreeAddr(t testing.TB) string {
 	t.Helper()
 	lo, hi := ephemeralRange()
 	for try := 0; try < 1000; try++ {
 		port := 10000 + rand.IntN(lo-10000)
 		if port >= lo && port <= hi {
+			continue
+		}
+		handedOutMu.Lock()
+		taken := handedOut[port]
+		handedOut[port] = true
+		handedOutMu.Unlock()
+		if taken {
 			continue
 		}
 		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
