@@ -316,5 +316,5 @@ func (p *peer) absorbMerged() {
 // destroy, but its data stays (it is the target's now) and its tombstone
 // was written with the merge.
 func (p *peer) destroyMerged() {
-	p.destroyWith("merged into its target", false)
+	p.destroyWith("merged into its target", true)
 }

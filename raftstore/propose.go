@@ -19,6 +19,13 @@ import (
 // one has not applied yet or the region is still in a joint configuration.
 var ErrMembershipChangeInProgress = errors.New("raftstore: another membership change of this region is in progress")
 
+// ErrOutcomeUnknown ends a proposal that reached the region's log here
+// when this replica went away before applying it (removed, replaced or
+// garbage-collected): the region's other replicas may still commit and
+// apply it, so the caller must not assume it failed, and must not send it
+// again as if it had (a retried put would apply twice).
+var ErrOutcomeUnknown = errors.New("raftstore: the replica went away after the command entered the region's log; the command may or may not apply")
+
 // proposal is one command waiting to be proposed, committed and applied.
 type proposal struct {
 	kind    byte
@@ -508,14 +515,15 @@ func (p *peer) failStaleProposals() {
 	}
 }
 
-// failAllProposals ends every waiting proposal with err (the peer is going
-// away).
-func (p *peer) failAllProposals(err error) {
+// failAllProposals ends every waiting proposal (the peer is going away):
+// those raft never saw in a Ready (never sent, so never committed) with
+// err, those in the log with inLog.
+func (p *peer) failAllProposals(err, inLog error) {
 	for _, pr := range p.proposed {
 		pr.finish(nil, err)
 	}
 	for _, pr := range p.pending {
-		pr.finish(nil, err)
+		pr.finish(nil, inLog)
 	}
 	p.proposed, p.pending = nil, nil
 	clear(p.pendingByID)

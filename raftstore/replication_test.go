@@ -565,3 +565,50 @@ func TestStateMachineStateTravels(t *testing.T) {
 		t.Fatalf("after restart the lagger counts %d puts, want 101", n)
 	}
 }
+
+// A replica destroyed after a write entered its log cannot say the write
+// failed: the other replicas may commit it. Its caller gets
+// ErrOutcomeUnknown, never a region error (which clients retry, and a
+// retried put that had applied would apply twice).
+func TestDestroyedLeaderLeavesLoggedWritesUndecided(t *testing.T) {
+	c := newTestCluster(t, 4, testConfig())
+	c.bootstrap(1, "", "", 1, 2, 3, 4)
+	_ = c.store(1).st.Campaign(1)
+	c.put(1, "k", "v")
+	c.waitReplicated("k", "v", 1, 2, 3, 4)
+	old := c.leader(1)
+	before := old.st.RegionStatus(1)
+	c.net.isolate(old.id, c.ids)
+	pending, err := old.st.ProposeAsync(1, before.Region.GetRegionEpoch(), encodePut([]byte("undecided"), []byte("x")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the write in the isolated leader's log", 10*time.Second, func() bool {
+		return old.st.RegionStatus(1).LastIndex > before.LastIndex
+	})
+	var nl *testStore
+	waitFor(t, "a new leader in the majority", 20*time.Second, func() bool {
+		for _, id := range c.ids {
+			if st := c.store(id).st.RegionStatus(1); id != old.id && st.IsLeader() {
+				nl = c.store(id)
+				return true
+			}
+		}
+		return false
+	})
+	victim := region.FindPeer(nl.st.RegionStatus(1).Region, old.id)
+	if _, err := nl.st.ChangePeers(context.Background(), 1, nl.st.RegionStatus(1).Region.GetRegionEpoch(),
+		[]*raftcmdpb.ChangePeer{{ChangeType: raftcmdpb.ChangePeerType_RemoveNode, Peer: victim}}); err != nil {
+		t.Fatal(err)
+	}
+	c.net.heal()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err = pending.Wait(ctx)
+	if !errors.Is(err, ErrOutcomeUnknown) {
+		t.Fatalf("the removed leader's logged write ended with %v, want ErrOutcomeUnknown", err)
+	}
+	if old.st.RegionStatus(1) != nil {
+		t.Fatal("the removed replica is still there")
+	}
+}

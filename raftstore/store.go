@@ -308,7 +308,7 @@ func (s *Store) Stop() {
 		for _, r := range mb.reads {
 			r.finish(nil, stopped)
 		}
-		p.failAllProposals(stopped)
+		p.failAllProposals(stopped, stopped)
 		p.failAllReads(stopped)
 		p.close()
 	}
@@ -577,12 +577,12 @@ func (s *Store) maybeCreatePeer(rm *rspb.RaftMessage) *peer {
 // deleted and a tombstone remembers it, so stale messages cannot revive it.
 // Runs on the worker. The replica stops serving (lease revoked, read guards
 // invalid, status uninitialized) before anything is deleted.
-func (p *peer) destroy(reason string) { p.destroyWith(reason, true) }
+func (p *peer) destroy(reason string) { p.destroyWith(reason, false) }
 
-// destroyWith ends the replica; with writeTombstone it also removes its data
-// and writes its tombstone (a merge wrote the source's already, and its
-// data stays with the target).
-func (p *peer) destroyWith(reason string, writeTombstone bool) {
+// destroyWith ends the replica. Unless merged it also removes its data and
+// writes its tombstone (a merge wrote the source's already, and its data
+// stays with the target).
+func (p *peer) destroyWith(reason string, merged bool) {
 	if p.destroyed {
 		return
 	}
@@ -607,12 +607,19 @@ func (p *peer) destroyWith(reason string, writeTombstone bool) {
 	for _, r := range mb.reads {
 		r.finish(nil, gone)
 	}
-	p.failAllProposals(gone)
+	// A command in the log may yet be committed by the other replicas,
+	// except a merge source's: every replica applied the PrepareMerge, so
+	// nothing after it ever applies anywhere.
+	inLog := ErrOutcomeUnknown
+	if merged {
+		inLog = gone
+	}
+	p.failAllProposals(gone, inLog)
 	p.failAllReads(gone)
 	p.dropClaimedSnap()
 	p.close()
 
-	if writeTombstone {
+	if !merged {
 		wb := s.eng.DB.NewBatch()
 		p.writeTombstone(wb)
 		mustCommit(wb, pebble.Sync)

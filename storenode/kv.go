@@ -54,7 +54,7 @@ func grpcError(err error) error {
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
-	case errors.Is(err, errStopping), errors.Is(err, client.ErrGaveUp):
+	case errors.Is(err, errStopping), errors.Is(err, client.ErrGaveUp), errors.Is(err, raftstore.ErrOutcomeUnknown):
 		return status.Error(codes.Unavailable, err.Error())
 	}
 	return status.Error(codes.Unknown, err.Error())
