@@ -244,6 +244,17 @@ func (c *Cluster) Signal(p *Proc, sig syscall.Signal) {
 	}
 }
 
+// Exited reports whether the process ended (and how), for failure
+// messages: "" while it runs.
+func (c *Cluster) Exited(p *Proc) string {
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.String()
+	default:
+		return ""
+	}
+}
+
 // Restart starts a stopped process again with the same arguments.
 func (c *Cluster) Restart(p *Proc) { c.start(p) }
 

@@ -122,7 +122,7 @@ func TestRobustness(t *testing.T) {
 	if h.counts["get ok"] == 0 || h.counts["put ok"] == 0 {
 		t.Fatalf("the traffic did not get through: %s", summary(h.counts))
 	}
-	checkWatches(t, seed, watches, wlog, start)
+	checkWatches(t, seed, c, watches, wlog, start)
 	wcancel()
 	for _, w := range watches {
 		<-w.done
@@ -162,7 +162,7 @@ func summary(m map[string]int) string {
 // checkWatches waits until every watch delivered the last acknowledged
 // write, then checks each against the writes: ordered, unique, atomic,
 // reliable, prev_kv right (tests/watchcheck).
-func checkWatches(t *testing.T, seed uint64, watches []*recordedWatch, wlog *watchcheck.Log, start int64) {
+func checkWatches(t *testing.T, seed uint64, c *procs.Cluster, watches []*recordedWatch, wlog *watchcheck.Log, start int64) {
 	writes := wlog.All()
 	var until int64
 	for _, w := range writes {
@@ -172,6 +172,13 @@ func checkWatches(t *testing.T, seed uint64, watches []*recordedWatch, wlog *wat
 	for i, w := range watches {
 		for w.lastRevision() < until {
 			if time.Now().After(deadline) {
+				for _, p := range append(append([]*procs.Proc{}, c.PDs...), c.Stores...) {
+					state := c.Exited(p)
+					if state == "" {
+						state = "running"
+					}
+					t.Logf("%s (%s) log (tail):\n%s", p.Name, state, tail(c.Log(p), 60))
+				}
 				t.Fatalf("seed %d: watch %d reached revision %d, the last acknowledged write is at %d", seed, i, w.lastRevision(), until)
 			}
 			time.Sleep(50 * time.Millisecond)
@@ -195,4 +202,10 @@ func checkWatches(t *testing.T, seed uint64, watches []*recordedWatch, wlog *wat
 		}
 	}
 	t.Logf("watches: %d events checked in %d watches", events, len(watches))
+}
+
+// tail is the last n lines of a log.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
