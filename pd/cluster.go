@@ -65,6 +65,21 @@ func (r *regionInfo) writeFlow() float64 {
 	return float64(r.bytesWritten) / float64(r.interval)
 }
 
+// keyRate is keys read and written per second over the last heartbeat
+// interval.
+func (r *regionInfo) keyRate() float64 {
+	if r.interval == 0 {
+		return 0
+	}
+	return float64(r.keysRead+r.keysWritten) / float64(r.interval)
+}
+
+// busy: the region writes or serves enough that the merge checker leaves
+// it alone.
+func (r *regionInfo) busy(cfg ScheduleConfig) bool {
+	return r.writeFlow() >= float64(cfg.HotRegionMinFlow) || r.keyRate() >= float64(cfg.HotRegionMinKeyRate)
+}
+
 type storeInfo struct {
 	meta          *metapb.Store
 	stats         *pdpb.StoreStats

@@ -57,6 +57,10 @@ type ScheduleConfig struct {
 	OperatorTimeout Duration `json:"operator-timeout"`
 	// HotRegionMinFlow: regions writing fewer bytes/s are not hot.
 	HotRegionMinFlow uint64 `json:"hot-region-min-flow"`
+	// HotRegionMinKeyRate: regions reading and writing fewer keys/s are
+	// not busy. The merge checker leaves busy (and hot) regions alone: a
+	// store may have split them for their load.
+	HotRegionMinKeyRate uint64 `json:"hot-region-min-key-rate"`
 
 	// Schedulers that run, by name: balance-leader, balance-region,
 	// hot-region, evict-leader-<store-id>.
@@ -84,6 +88,7 @@ func DefaultScheduleConfig() ScheduleConfig {
 		PatrolRegionInterval: Duration{100 * time.Millisecond},
 		OperatorTimeout:      Duration{10 * time.Minute},
 		HotRegionMinFlow:     1 << 20,
+		HotRegionMinKeyRate:  1000,
 		Schedulers:           []string{"balance-leader", "balance-region", "hot-region"},
 	}
 }
@@ -144,6 +149,9 @@ func (c *ScheduleConfig) fill() {
 	}
 	if c.HotRegionMinFlow == 0 {
 		c.HotRegionMinFlow = d.HotRegionMinFlow
+	}
+	if c.HotRegionMinKeyRate == 0 {
+		c.HotRegionMinKeyRate = d.HotRegionMinKeyRate
 	}
 	if c.Schedulers == nil {
 		c.Schedulers = d.Schedulers

@@ -192,13 +192,19 @@ type regionJSON struct {
 	ApproxSize   uint64         `json:"approximate_size"`
 	ApproxKeys   uint64         `json:"approximate_keys"`
 	WrittenBytes uint64         `json:"written_bytes"`
+	WrittenKeys  uint64         `json:"written_keys"`
+	ReadBytes    uint64         `json:"read_bytes"`
+	ReadKeys     uint64         `json:"read_keys"`
+	// Interval: the seconds the written and read counts cover.
+	Interval uint64 `json:"interval"`
 }
 
 func toRegionJSON(ri *regionInfo) regionJSON {
 	rj := regionJSON{ID: ri.meta.GetId(), StartKey: fmt.Sprintf("%q", ri.meta.GetStartKey()), EndKey: fmt.Sprintf("%q", ri.meta.GetEndKey()),
 		Epoch: map[string]any{"conf_ver": ri.meta.GetRegionEpoch().GetConfVer(), "version": ri.meta.GetRegionEpoch().GetVersion()},
 		Peers: ri.meta.GetPeers(), Leader: ri.leader, PendingPeers: ri.pendingPeers,
-		ApproxSize: ri.approxSize, ApproxKeys: ri.approxKeys, WrittenBytes: ri.bytesWritten}
+		ApproxSize: ri.approxSize, ApproxKeys: ri.approxKeys, WrittenBytes: ri.bytesWritten,
+		WrittenKeys: ri.keysWritten, ReadBytes: ri.bytesRead, ReadKeys: ri.keysRead, Interval: ri.interval}
 	for _, d := range ri.downPeers {
 		rj.DownPeers = append(rj.DownPeers, d.GetPeer().GetId())
 	}

@@ -163,3 +163,60 @@ func TestMergeCheckerAlignsReplicas(t *testing.T) {
 		t.Fatalf("last step %v", op.Steps[3])
 	}
 }
+
+// The merge checker leaves busy regions alone, however small: a store may
+// have split them for their load, and merging them back would undo it.
+// Once they go quiet, they merge.
+func TestMergeCheckerLeavesBusyRegions(t *testing.T) {
+	sc := fastSchedule()
+	sc.MaxReplicas = 1
+	sc.Schedulers = []string{}
+	sc.SplitMergeInterval = Duration{time.Millisecond}
+	// The test runs the checkers itself.
+	sc.PatrolRegionInterval = Duration{time.Hour}
+	sc.HotRegionMinKeyRate = 100
+	p := newTestPDWithSchedule(t, 1, sc)
+	_, first := bootstrapCluster(t, p.client())
+	leader := first.Peers[0]
+	srv := p.server(p.leader())
+	h := newHeartbeater(t, srv.ClientAddr())
+	left := &metapb.Region{Id: first.GetId(), EndKey: []byte("m"), RegionEpoch: &metapb.RegionEpoch{ConfVer: 1, Version: 2}, Peers: first.Peers}
+	right := &metapb.Region{Id: 1001, StartKey: []byte("m"), RegionEpoch: &metapb.RegionEpoch{ConfVer: 1, Version: 2},
+		Peers: []*metapb.Peer{{Id: 10011, StoreId: leader.GetStoreId()}}}
+	beat := func(keysRead uint64) {
+		for _, r := range []*metapb.Region{left, right} {
+			if err := h.stream.Send(&pdpb.RegionHeartbeatRequest{Region: r, Leader: r.Peers[0], ApproximateSize: 1, ApproximateKeys: 1,
+				KeysRead: keysRead, IntervalSeconds: 10}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitFor(t, "both heartbeats", 10*time.Second, func() bool {
+			srv.cluster.mu.RLock()
+			defer srv.cluster.mu.RUnlock()
+			for _, r := range []*metapb.Region{left, right} {
+				ri := srv.cluster.regions[r.GetId()]
+				if ri == nil || !region.EpochEqual(ri.meta.GetRegionEpoch(), r.GetRegionEpoch()) || ri.keysRead != keysRead {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	merges := func() int {
+		n := 0
+		for _, op := range srv.cluster.patrol(time.Now().Add(time.Second)) {
+			if _, ok := op.steps[len(op.steps)-1].(mergeRegion); ok {
+				n++
+			}
+		}
+		return n
+	}
+	beat(10 * sc.HotRegionMinKeyRate * 2) // twice the busy rate over 10 s
+	if n := merges(); n != 0 {
+		t.Fatalf("%d merges of busy regions", n)
+	}
+	beat(10 * sc.HotRegionMinKeyRate / 2) // half of it
+	if n := merges(); n != 1 {
+		t.Fatalf("%d merges of two small quiet neighbours, want 1", n)
+	}
+}

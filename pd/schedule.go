@@ -277,10 +277,11 @@ func (c *cluster) checkSplit(ri *regionInfo, cfg ScheduleConfig) *operator {
 }
 
 // checkMerge merges a small region into its right (or left) neighbour when
-// both are small, old enough, healthy, and have replicas on the same stores.
+// both are small, idle, old enough, healthy, and have replicas on the same
+// stores.
 func (c *cluster) checkMerge(ri *regionInfo, now time.Time, cfg ScheduleConfig, taken map[uint64]bool) *operator {
 	small := func(x *regionInfo) bool {
-		return x != nil && x.leader != nil && !x.lastHeartbeat.IsZero() &&
+		return x != nil && x.leader != nil && !x.lastHeartbeat.IsZero() && !x.busy(cfg) &&
 			x.approxSize < cfg.MaxMergeRegionSize && x.approxKeys < cfg.MaxMergeRegionKeys &&
 			now.Sub(x.versionChangedAt) > cfg.SplitMergeInterval.Duration &&
 			len(x.downPeers) == 0 && len(x.pendingPeers) == 0

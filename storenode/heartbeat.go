@@ -144,10 +144,14 @@ func (h *heartbeater) regionHeartbeat(id uint64) *pdpb.RegionHeartbeatRequest {
 	if err != nil {
 		return nil
 	}
+	// A heartbeat at the regular interval reports what happened since
+	// the last; one sooner (the region changed) repeats the last.
+	f := h.s.load.takeFlow(id, time.Now(), h.s.cfg.RegionHeartbeat/2)
 	req := &pdpb.RegionHeartbeatRequest{
 		Header: &pdpb.RequestHeader{ClusterId: h.s.pd.ClusterID()},
 		Region: ls.Region, Leader: ls.Leader, PendingPeers: ls.PendingPeers, Term: ls.Term,
-		IntervalSeconds: uint64(h.s.cfg.RegionHeartbeat / time.Second),
+		BytesWritten: f.bytesWritten, KeysWritten: f.keysWritten, BytesRead: f.bytesRead, KeysRead: f.keysRead,
+		IntervalSeconds: f.seconds,
 	}
 	for i, p := range ls.DownPeers {
 		req.DownPeers = append(req.DownPeers, &pdpb.PeerStats{Peer: p, DownSeconds: uint64(ls.DownFor[i] / time.Second)})

@@ -25,5 +25,6 @@ func (h regionHook) RegionChanged(id uint64, desc *metapb.Region, state []byte) 
 	h.s.hb.regionChanged(id)
 	if desc == nil || old == nil || old.GetRegionEpoch().GetVersion() != desc.GetRegionEpoch().GetVersion() {
 		h.s.watches.regionChanged(id)
+		h.s.load.forget(id)
 	}
 }

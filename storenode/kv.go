@@ -152,6 +152,7 @@ func (s *Server) serveRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 	if err := guard.Check(); err != nil {
 		return nil, err
 	}
+	s.load.recordRead(r.ID, req.GetKey(), resp.GetKvs())
 	return resp, nil
 }
 
@@ -210,6 +211,7 @@ func (s *Server) submitWrite(ctx context.Context, c *kvpb.Context, cmd *kvpb.Wri
 		if err != nil {
 			return nil, err
 		}
+		s.load.recordWrite(r.ID, cmd)
 		return res, nil
 	}
 }

@@ -89,6 +89,7 @@ func (s *Server) localRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 	if guard.Check() != nil {
 		return nil, false
 	}
+	s.load.recordRead(r.ID, key, resp.GetKvs())
 	return resp, true
 }
 
@@ -120,5 +121,6 @@ func (s *Server) localReadTxn(ctx context.Context, t *kvpb.TxnRequest) (*kvpb.Tx
 	if err != nil || guard.Check() != nil {
 		return nil, false
 	}
+	s.load.recordRead(r.ID, key, nil)
 	return resp, true
 }

@@ -54,6 +54,8 @@ type Config struct {
 
 	// Split: when regions this store leads are split by size.
 	Split SplitConfig
+	// LoadSplit: when regions this store leads are split by load.
+	LoadSplit LoadSplitConfig
 	// MergeResumeInterval: how often the store looks for merges it leads
 	// whose driver stopped (default 2 s).
 	MergeResumeInterval time.Duration
@@ -91,6 +93,7 @@ func (c *Config) fillDefaults() {
 		c.Logger = slog.Default()
 	}
 	c.Split.fillDefaults()
+	c.LoadSplit.fillDefaults()
 }
 
 // Server is one store.
@@ -113,6 +116,7 @@ type Server struct {
 
 	seq     *sequencer
 	watches *watchHub
+	load    *loadTracker
 	// router reaches other regions' leaders (lease owners, data regions
 	// during a revoke).
 	router      *client.Client
@@ -141,7 +145,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.DataDir == "" || len(cfg.PD) == 0 {
 		return nil, errors.New("storenode: --data-dir and --pd are required")
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, addrs: map[uint64]string{}, compactWake: make(chan struct{}, 1), gc: map[uint64]*gcProgress{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, addrs: map[uint64]string{}, compactWake: make(chan struct{}, 1), gc: map[uint64]*gcProgress{},
+		load: newLoadTracker()}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.start(ctx); err != nil {
 		s.Close()
@@ -237,7 +242,7 @@ func (s *Server) start(ctx context.Context) error {
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.mux.Serve() }()
 	go func() { defer s.wg.Done(); _ = s.grpc.Serve(s.mux.GRPC()) }()
-	for _, fn := range []func(){s.seq.run, s.hb.run, s.resolveLoop, s.compactionLoop, s.splitCheckLoop, s.mergeResumeLoop, s.gossip.joinLoop, s.leases.run} {
+	for _, fn := range []func(){s.seq.run, s.hb.run, s.resolveLoop, s.compactionLoop, s.splitCheckLoop, s.loadSplitLoop, s.mergeResumeLoop, s.gossip.joinLoop, s.leases.run} {
 		s.wg.Add(1)
 		go func(fn func()) { defer s.wg.Done(); fn() }(fn)
 	}

@@ -102,6 +102,8 @@ func storeCmd() *cobra.Command {
 		maxSize, splitSize                                  string
 		maxKeys, splitKeys                                  int64
 		splitCheck                                          time.Duration
+		splitQPS                                            int
+		splitLoadFor                                        time.Duration
 		etcdProgress                                        time.Duration
 		pprof                                               bool
 		gossipAddr                                          string
@@ -132,13 +134,20 @@ func storeCmd() *cobra.Command {
 			if split.RegionSplitSize > split.RegionMaxSize || split.RegionSplitKeys > split.RegionMaxKeys {
 				return errors.New("a region's split size (keys) cannot exceed its max size (keys)")
 			}
+			if splitQPS < 0 || splitLoadFor <= 0 {
+				return errors.New("--split-qps-threshold cannot be negative and --split-load-duration must be positive")
+			}
+			loadSplit := storenode.LoadSplitConfig{QPSThreshold: splitQPS, Duration: splitLoadFor}
+			if splitQPS == 0 {
+				loadSplit.QPSThreshold = -1 // off
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			rcfg := raftstore.Config{TickInterval: tick}
 			s, err := storenode.Start(ctx, storenode.Config{
 				DataDir: dataDir, Addr: addr, AdvertiseAddr: advertise, PD: strings.Split(pdAddrs, ","),
 				Labels: lbl, Raft: rcfg, StoreHeartbeat: heartbeat, RegionHeartbeat: heartbeat, Logger: logger(logLevel),
-				Split: split, EtcdProgressNotifyInterval: etcdProgress, EnablePprof: pprof, GossipAddr: gossipAddr,
+				Split: split, LoadSplit: loadSplit, EtcdProgressNotifyInterval: etcdProgress, EnablePprof: pprof, GossipAddr: gossipAddr,
 			})
 			if err != nil {
 				return err
@@ -164,6 +173,8 @@ func storeCmd() *cobra.Command {
 	f.Int64Var(&maxKeys, "region-max-keys", 1_440_000, "split a region holding more stored versions than this")
 	f.Int64Var(&splitKeys, "region-split-keys", 960_000, "into pieces of this many versions")
 	f.DurationVar(&splitCheck, "split-check-interval", 10*time.Second, "how often led regions are checked for size")
+	f.IntVar(&splitQPS, "split-qps-threshold", 3000, "split a region serving more requests a second than this (at the median key of its load); 0 turns load splits off")
+	f.DurationVar(&splitLoadFor, "split-load-duration", 10*time.Second, "for this long")
 	f.DurationVar(&etcdProgress, "etcd-progress-notify-interval", 10*time.Minute, "how often a quiet etcd watch asking for progress notifications gets one")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&pprof, "enable-pprof", false, "serve Go's profiler at /debug/pprof on --addr (/metrics is always there)")
