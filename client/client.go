@@ -4,6 +4,7 @@
 package client
 
 import (
+	"log/slog"
 	"bytes"
 	"context"
 	"errors"
@@ -37,6 +38,10 @@ type Options struct {
 	// streams) and returns the client to use.
 	LocalStoreID uint64
 	LocalKV      func(remote kvpb.KVClient) kvpb.KVClient
+
+	// Logger gets warnings worth an operator's attention (a watch that
+	// stopped advancing). Default: discarded.
+	Logger *slog.Logger
 }
 
 // Client is safe for concurrent use.
@@ -56,6 +61,9 @@ type Client struct {
 
 // New connects to a Basalt cluster through its PD endpoints.
 func New(ctx context.Context, pdEndpoints []string, opts Options) (*Client, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
 	if opts.RetryBudget == 0 {
 		opts.RetryBudget = 20 * time.Second
 	}

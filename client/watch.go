@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -152,6 +153,42 @@ type mergedWatch struct {
 	announced bool
 	failures  int
 	retry     <-chan time.Time
+	// The frontier's last move, to report a watch that stopped advancing.
+	lastFrontier  int64
+	frontierMoved time.Time
+	stallReported bool
+}
+
+// watchStallWarning: a watch whose frontier stood still this long is
+// logged. Every region watched sends progress at least every 100 ms, so
+// a frontier that stands still means a region has no working watch.
+const watchStallWarning = 10 * time.Second
+
+// noteStall logs, once per stall, a watch whose frontier stopped moving,
+// with the state of each piece of its range.
+func (m *mergedWatch) noteStall(now time.Time) {
+	f := m.frontier()
+	if f != m.lastFrontier || m.frontierMoved.IsZero() {
+		m.lastFrontier, m.frontierMoved, m.stallReported = f, now, false
+		return
+	}
+	if m.stallReported || now.Sub(m.frontierMoved) < watchStallWarning {
+		return
+	}
+	m.stallReported = true
+	var b strings.Builder
+	for _, seg := range m.segs {
+		state := "unwatched (retry pending)"
+		if seg.sub != nil {
+			state = "watched"
+			if !seg.sub.created {
+				state = "watch requested, not created"
+			}
+		}
+		fmt.Fprintf(&b, "[%q, %q) at %d: %s; ", seg.lo, seg.hi, seg.frontier, state)
+	}
+	m.c.opts.Logger.Warn("watch stopped advancing", "for", now.Sub(m.frontierMoved).Round(time.Second),
+		"frontier", f, "failures", m.failures, "pieces", b.String())
 }
 
 func (m *mergedWatch) run(ctx context.Context, progress <-chan struct{}) {
@@ -186,7 +223,8 @@ func (m *mergedWatch) run(ctx context.Context, progress <-chan struct{}) {
 			if !m.progressNotify(ctx, true) {
 				return
 			}
-		case <-tick.C:
+		case now := <-tick.C:
+			m.noteStall(now)
 			if m.req.GetProgressNotify() && time.Since(m.lastSend) >= m.opts.ProgressInterval {
 				if !m.progressNotify(ctx, false) {
 					return

@@ -180,7 +180,7 @@ func (s *Server) start(ctx context.Context) error {
 		return err
 	}
 	local := &kvService{s: s}
-	if s.router, err = client.New(ctx, s.cfg.PD, client.Options{LocalStoreID: s.storeID,
+	if s.router, err = client.New(ctx, s.cfg.PD, client.Options{LocalStoreID: s.storeID, Logger: s.log,
 		LocalKV: func(remote kvpb.KVClient) kvpb.KVClient { return localKV{KVClient: remote, k: local} }}); err != nil {
 		return err
 	}
