@@ -128,6 +128,13 @@ func (p *peer) applySplit(ab *ApplyBatch, env envelope, req *raftcmdpb.BatchSpli
 		return err, false
 	}
 	parent := regions[0]
+	// Before the parent's range narrows (setRegion below), so no snapshot
+	// can initialize a child in between (see Store.splitting).
+	p.store.mu.Lock()
+	for _, nr := range regions[1:] {
+		p.store.splitting[nr.GetId()] = true
+	}
+	p.store.mu.Unlock()
 	for _, nr := range regions[1:] {
 		rs := &rspb.RegionLocalState{State: rspb.PeerState_Normal, Region: nr, ConfState: confStateOf(nr)}
 		mustSetProto(ab.Batch, regionStateKey(nr.GetId()), rs)
@@ -164,12 +171,14 @@ func (p *peer) createSplitChildren() {
 	p.splitChildren = nil
 	for _, nr := range children {
 		self := region.FindPeer(nr, s.cfg.StoreID)
-		if self == nil {
-			continue
+		if self != nil {
+			if err := s.createSplitPeer(nr, self, p.storage.smState, p.splitWasLeader); err != nil {
+				s.log.Error("creating a region from a split", "region", nr.GetId(), "err", err)
+			}
 		}
-		if err := s.createSplitPeer(nr, self, p.storage.smState, p.splitWasLeader); err != nil {
-			s.log.Error("creating a region from a split", "region", nr.GetId(), "err", err)
-		}
+		s.mu.Lock()
+		delete(s.splitting, nr.GetId())
+		s.mu.Unlock()
 	}
 }
 

@@ -40,6 +40,14 @@ type Store struct {
 	// ranges indexes this store's initialized regions by key, to refuse a
 	// snapshot or a new peer whose range overlaps a live region.
 	ranges *region.RegionTree
+	// splitting: regions a split applied on this store is creating. From
+	// the moment the parent's narrowed range is indexed until the split
+	// creates the child's replica, nothing in ranges covers the child, so
+	// an uninitialized replica of it (made by a message from a faster
+	// store) could otherwise accept a snapshot, acknowledge it, and then
+	// be replaced by the split's fresh replica at the initial log index:
+	// the leader would then count entries the store no longer has.
+	splitting map[uint64]bool
 
 	awakeMu sync.Mutex
 	awake   map[uint64]*peer
@@ -113,6 +121,7 @@ func NewStore(opts Options) (*Store, error) {
 		peers:        make(map[uint64]*peer),
 		tombstones:   make(map[uint64]tombstone),
 		ranges:       region.NewRegionTree(),
+		splitting:    make(map[uint64]bool),
 		metrics:      newRoundMetrics(),
 		awake:        make(map[uint64]*peer),
 		sched:        newScheduler(),
@@ -386,6 +395,9 @@ func (s *Store) indexRegion(p *peer) {
 func (s *Store) canTakeRange(regionID uint64, reg *metapb.Region) (absorbed []*metapb.Region, ok bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	if s.splitting[regionID] {
+		return nil, false // the split that creates it goes first
+	}
 	for _, o := range s.ranges.Overlapping(reg.GetStartKey(), reg.GetEndKey()) {
 		if o.GetId() == regionID {
 			continue
