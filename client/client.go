@@ -4,11 +4,11 @@
 package client
 
 import (
-	"log/slog"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"time"
