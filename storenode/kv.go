@@ -70,6 +70,17 @@ func regionHeader(err error) (*kvpb.ResponseHeader, error) {
 	return nil, grpcError(err)
 }
 
+// stampTerm puts the raft term of the region that served a request in its
+// response header, as etcd's headers carry its one group's term.
+func (s *Server) stampTerm(h *kvpb.ResponseHeader, regionID uint64) {
+	if h == nil {
+		return
+	}
+	if st := s.store.RegionStatus(regionID); st != nil {
+		h.RaftTerm = st.Term
+	}
+}
+
 func (k *kvService) region(c *kvpb.Context) (*mvcc.Region, error) {
 	if c.GetRegionId() == 0 {
 		return nil, region.RegionNotFound(0)
@@ -153,6 +164,7 @@ func (s *Server) serveRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 		return nil, err
 	}
 	s.load.recordRead(r.ID, req.GetKey(), resp.GetKvs())
+	s.stampTerm(resp.GetHeader(), r.ID)
 	return resp, nil
 }
 
@@ -212,6 +224,9 @@ func (s *Server) submitWrite(ctx context.Context, c *kvpb.Context, cmd *kvpb.Wri
 			return nil, err
 		}
 		s.load.recordWrite(r.ID, cmd)
+		if h, ok := res.Response.(interface{ GetHeader() *kvpb.ResponseHeader }); ok {
+			s.stampTerm(h.GetHeader(), r.ID)
+		}
 		return res, nil
 	}
 }
@@ -310,6 +325,7 @@ func (k *kvService) readTxn(ctx context.Context, c *kvpb.Context, t *kvpb.TxnReq
 			resp, err = k.s.mvcc.ReadTxn(r, t)
 			if err == nil {
 				if err = guard.Check(); err == nil {
+					k.s.stampTerm(resp.GetHeader(), r.ID)
 					return resp, nil
 				}
 			}

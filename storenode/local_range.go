@@ -90,6 +90,7 @@ func (s *Server) localRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 		return nil, false
 	}
 	s.load.recordRead(r.ID, key, resp.GetKvs())
+	s.stampTerm(resp.GetHeader(), r.ID)
 	return resp, true
 }
 
@@ -122,5 +123,6 @@ func (s *Server) localReadTxn(ctx context.Context, t *kvpb.TxnRequest) (*kvpb.Tx
 		return nil, false
 	}
 	s.load.recordRead(r.ID, key, nil)
+	s.stampTerm(resp.GetHeader(), r.ID)
 	return resp, true
 }

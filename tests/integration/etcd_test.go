@@ -51,7 +51,7 @@ func TestEtcdClientKV(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.Header.ClusterId == 0 || resp.Header.MemberId == 0 || resp.Header.Revision <= first {
+		if resp.Header.ClusterId == 0 || resp.Header.MemberId == 0 || resp.Header.Revision <= first || resp.Header.RaftTerm == 0 {
 			t.Fatalf("put header: %v", resp.Header)
 		}
 		if first == 0 {
@@ -68,6 +68,10 @@ func TestEtcdClientKV(t *testing.T) {
 	old, err := cli.Get(ctx, "e/a", clientv3.WithRev(first))
 	if err != nil || len(old.Kvs) != 1 || old.Kvs[0].ModRevision != first {
 		t.Fatalf("get at a revision: %v %v", old, err)
+	}
+	// A read served by one region carries that region's raft term.
+	if old.Header.RaftTerm == 0 {
+		t.Fatalf("single-region get header without a raft term: %v", old.Header)
 	}
 	for i, want := range []bool{true, false} {
 		txn, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.Value("e/k"), "=", "1")).
