@@ -39,6 +39,11 @@ import (
 //
 // The epoch-check row for splits (region.CmdSplit) is frozen.
 
+// testHookSplitNarrowed, set by tests only, runs on the parent's worker
+// right after a split narrowed the parent's indexed range, before the
+// children exist.
+var testHookSplitNarrowed func(s *Store, children []*metapb.Region)
+
 // ErrBadSplit rejects split requests that cannot apply.
 var ErrBadSplit = errors.New("raftstore: bad split request")
 
@@ -152,6 +157,9 @@ func (p *peer) applySplit(ab *ApplyBatch, env envelope, req *raftcmdpb.BatchSpli
 			StateMachine: p.storage.smState})
 	}
 	p.setRegion(parent, p.storage.regionState.GetConfState())
+	if testHookSplitNarrowed != nil {
+		testHookSplitNarrowed(p.store, regions[1:])
+	}
 	// The parent's narrowed descriptor goes in the same batch as its
 	// children's state: after a crash the store must never load both the
 	// old wide parent and a child overlapping it.

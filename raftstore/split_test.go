@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -224,4 +225,48 @@ func TestSplitSurvivesPowerLoss(t *testing.T) {
 	c.put(3, "y", "3")
 	c.waitReplicated("b", "3", 1, 2, 3)
 	c.waitReplicated("y", "3", 1, 2, 3)
+}
+
+// Between the moment a split narrows the parent's range on a store and the
+// moment it creates the children there, no snapshot may claim a child's
+// range: an uninitialized replica of the child (made by a message from a
+// faster store) would take it, acknowledge it, and then be replaced by the
+// split's fresh replica at the initial log index, leaving its leader
+// counting entries the store no longer has (a store crashed on exactly
+// that: "tocommit(13) is out of range [lastIndex(5)]").
+func TestSplitChildRangeStaysClaimed(t *testing.T) {
+	var mu sync.Mutex
+	var claimable []string
+	testHookSplitNarrowed = func(s *Store, children []*metapb.Region) {
+		for _, nr := range children {
+			if _, ok := s.canTakeRange(nr.GetId(), nr); ok {
+				mu.Lock()
+				claimable = append(claimable, fmt.Sprintf("store %d region %d", s.cfg.StoreID, nr.GetId()))
+				mu.Unlock()
+			}
+		}
+	}
+	// Registered before the cluster's own cleanup, so it runs after the
+	// stores stopped.
+	t.Cleanup(func() { testHookSplitNarrowed = nil })
+	c := newTestCluster(t, 3, testConfig())
+	c.bootstrap(1, "", "", 1, 2, 3)
+	_ = c.store(1).st.Campaign(1)
+	c.put(1, "a", "1")
+	c.waitReplicated("a", "1", 1, 2, 3)
+	regions := c.split(1, splitReq("m", 2), splitReq("t", 3))
+	c.everyStoreAgrees(regions, 1, 2, 3)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(claimable) > 0 {
+		t.Fatalf("a snapshot could have claimed a child before the split created it: %v", claimable)
+	}
+	// Once created, the children take their own snapshots as usual.
+	for _, id := range c.ids {
+		for _, nr := range regions[1:] {
+			if _, ok := c.store(id).st.canTakeRange(nr.GetId(), nr); !ok {
+				t.Fatalf("store %d: region %d cannot take its own range after the split", id, nr.GetId())
+			}
+		}
+	}
 }
