@@ -215,7 +215,8 @@ func TestWatchAcrossRegionsFromCompactedRevision(t *testing.T) {
 // A watch over several regions keeps every guarantee while a store is
 // killed (its led regions elect new leaders elsewhere) and comes back.
 func TestWatchAcrossRegionsSurvivesStoreKill(t *testing.T) {
-	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	// Info logs: a failure prints their tails (elections, routing).
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3, StoreArgs: []string{"--log-level", "info"}})
 	cl := c.Client(t)
 	waitReplicated(t, c)
 	splitPrefix(t, cl, "k/", 6)
@@ -257,5 +258,9 @@ func TestWatchAcrossRegionsSurvivesStoreKill(t *testing.T) {
 	t.Logf("%d writes (%d acknowledged, %d after the kill), %d responses", len(writes), acked, afterKill, len(resps))
 	if afterKill < 100 {
 		t.Errorf("only %d writes acknowledged after the kill", afterKill)
+		for _, p := range append(append([]*procs.Proc{}, c.PDs...), c.Stores...) {
+			l := c.Log(p)
+			t.Logf("%s log: %s", p.Name, l[max(0, len(l)-6000):])
+		}
 	}
 }

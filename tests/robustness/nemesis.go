@@ -3,7 +3,9 @@ package robustness
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -11,13 +13,18 @@ import (
 	"time"
 
 	"github.com/basaltdb/basalt/client/pdclient"
+	"github.com/basaltdb/basalt/proto/pdpb"
+	"github.com/basaltdb/basalt/region"
 	"github.com/basaltdb/basalt/tests/procs"
 )
 
 // nemesis injects one fault at a time into a running cluster and heals it
-// before the next. Every fault keeps a quorum of each region's replicas (3
-// stores, 3 replicas, one store touched at a time), so the cluster must
-// keep serving, and what it served must stay linearizable.
+// before the next. Every fault keeps a quorum of each region's replicas (4
+// stores, 3 replicas, one store touched at a time; a replica move in
+// flight is a joint configuration whose halves each keep two of three), so
+// the cluster must keep serving, and what it served must stay
+// linearizable. Merges and moves are PD operators: they go on after the
+// fault returns, overlapping the next ones.
 type nemesis struct {
 	t   *testing.T
 	c   *procs.Cluster
@@ -28,7 +35,7 @@ type nemesis struct {
 	counts map[string]int
 }
 
-var faults = []string{"kill-store", "pause-store", "transfer-leader", "split", "restart-pd"}
+var faults = []string{"kill-store", "pause-store", "transfer-leader", "split", "restart-pd", "merge", "move-replica"}
 
 // inject runs one fault chosen by the seed and heals it.
 func (n *nemesis) inject(ctx context.Context) {
@@ -79,6 +86,79 @@ func (n *nemesis) inject(ctx context.Context) {
 			n.counts[f+" failed"]++
 			n.t.Logf("split at %s: %v: %s", key, err, strings.TrimSpace(out))
 		}
+	case "merge":
+		// Two neighbours among the traffic's regions; PD aligns their
+		// replicas first if a move left them apart.
+		rs := n.trafficRegions(ctx)
+		if len(rs) < 2 {
+			n.counts[f+" skipped"]++
+			return
+		}
+		i := n.rng.IntN(len(rs) - 1)
+		n.operator(f, fmt.Sprintf(`{"name": "merge-region", "source_region_id": %d, "target_region_id": %d}`,
+			rs[i+1].GetRegion().GetId(), rs[i].GetRegion().GetId()))
+	case "move-replica":
+		// A replica on the store without one; PD's replica checker then
+		// removes one of the other three.
+		rs := n.trafficRegions(ctx)
+		if len(rs) == 0 {
+			n.counts[f+" skipped"]++
+			return
+		}
+		r := rs[n.rng.IntN(len(rs))].GetRegion()
+		var to uint64
+		for _, id := range n.storeIDs(ctx) {
+			if region.FindPeer(r, id) == nil {
+				to = id
+			}
+		}
+		if to == 0 {
+			n.counts[f+" skipped"]++
+			return
+		}
+		n.operator(f, fmt.Sprintf(`{"name": "add-peer", "region_id": %d, "store_id": %d}`, r.GetId(), to))
+	}
+}
+
+// trafficRegions are the regions holding the traffic's keys, in key order.
+func (n *nemesis) trafficRegions(ctx context.Context) []*pdpb.RegionInfo {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rs, err := n.pd.ScanRegions(rctx, []byte(n.keys[0]), []byte(n.keys[len(n.keys)-1]+"\x00"), 0)
+	if err != nil {
+		return nil
+	}
+	return rs
+}
+
+func (n *nemesis) storeIDs(ctx context.Context) []uint64 {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	stores, err := n.pd.GetAllStores(rctx, true)
+	if err != nil {
+		return nil
+	}
+	var ids []uint64
+	for _, s := range stores {
+		ids = append(ids, s.GetId())
+	}
+	return ids
+}
+
+// operator hands PD an operator (it runs on after this returns). PD may
+// refuse one that conflicts with an operator in flight: counted, not a
+// failure of the run.
+func (n *nemesis) operator(fault, body string) {
+	resp, err := http.Post("http://"+n.c.PDs[0].Addr+"/pd/api/v1/operators", "application/json", strings.NewReader(body))
+	if err != nil {
+		n.counts[fault+" failed"]++
+		return
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		n.counts[fault+" refused"]++
+		n.t.Logf("%s: PD refused %s: %s: %s", fault, body, resp.Status, strings.TrimSpace(string(b)))
 	}
 }
 

@@ -61,14 +61,14 @@ func waitServing(t *testing.T, c *procs.Cluster) *pdclient.Client {
 
 // Randomized etcd-API traffic (get, put, delete, compare-and-set) from
 // clients each bound to one store, while a nemesis kills, pauses and
-// restarts stores and PD, transfers leaders and splits regions; the
-// history must be linearizable. A failure names the seed and leaves the
-// history's visualization behind.
+// restarts stores and PD, transfers leaders, splits and merges regions and
+// moves replicas; the history must be linearizable. A failure names the
+// seed and leaves the history's visualization behind.
 func TestRobustness(t *testing.T) {
 	seed, duration := settings(t)
 	t.Logf("seed %d, duration %v (BASALT_ROBUSTNESS_SEED=%d replays the schedule)", seed, duration, seed)
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3, StoreArgs: []string{"--raft-tick", "50ms"}})
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 4, StoreArgs: []string{"--raft-tick", "50ms"}})
 	pd := waitServing(t, c)
 
 	keys := []string{"rob/a", "rob/b", "rob/c", "rob/d", "rob/e", "rob/f"}
