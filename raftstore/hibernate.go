@@ -118,9 +118,16 @@ func (p *peer) announceHibernation() {
 	}
 }
 
-// canHibernate: nothing pending and every live follower has the whole log.
+// canHibernate: nothing pending, not a merge source, and every live
+// follower has the whole log.
+//
+// A merge source stays awake until its merge ends: the merge waits for
+// every replica to apply the PrepareMerge, and a follower the leader
+// counts as down (it missed messages for DownPeerTicks, say under load)
+// would otherwise never get it from a sleeping leader, nor ask for it while
+// asleep itself. Awake, the leader's heartbeats reach it and wake it.
 func (p *peer) canHibernate() bool {
-	if len(p.pending) > 0 || len(p.proposed) > 0 || !p.reads.empty() || p.hasRd {
+	if len(p.pending) > 0 || len(p.proposed) > 0 || !p.reads.empty() || p.hasRd || p.isMerging() {
 		return false
 	}
 	st := p.rn.BasicStatus()

@@ -146,3 +146,28 @@ func TestDeadLeaderOfHibernatingRegion(t *testing.T) {
 	}
 	c.put(1, "k2", "v2")
 }
+
+// A merge source does not hibernate while its merge is pending (its target
+// does): a follower that missed the PrepareMerge must still hear from the
+// leader, or the merge waits for it forever.
+func TestMergeSourceStaysAwake(t *testing.T) {
+	c := newTestCluster(t, 3, testConfig())
+	c.bootstrap(1, "", "", 1, 2, 3)
+	_ = c.store(1).st.Campaign(1)
+	regions := c.split(1, splitReq("m", 2))
+	c.everyStoreAgrees(regions, 1, 2, 3)
+	c.prepareMerge(1, 2)
+	waitFor(t, "the target to hibernate", 20*time.Second, func() bool { return c.allAsleep([]uint64{2}, c.ids) })
+	// The target slept after HibernateTicks; the source, awake as long,
+	// must not have.
+	before := totalTicks(c, c.ids)
+	c.waitTickerFires(uint64(2 * c.cfg.HibernateTicks))
+	for _, id := range c.ids {
+		if st := c.store(id).st.RegionStatus(1); st.Hibernating {
+			t.Fatalf("merge source asleep on store %d", id)
+		}
+	}
+	if after := totalTicks(c, c.ids); after == before {
+		t.Fatal("the merge source stopped ticking")
+	}
+}
