@@ -89,10 +89,14 @@ func (g *gossip) NotifyLeave(n *memberlist.Node) {
 	}
 }
 
-// joinLoop joins the other stores PD knows, now and whenever it learns new
-// ones.
+// joinLoop joins the other stores PD knows that are not members yet, every
+// second. It must not wait long: stores starting together register with PD
+// one by one, so the first attempt often finds no one to join, and until a
+// store is a member its death goes unnoticed (no NotifyLeave, so the
+// hibernating followers of the regions it led never wake and elect). An
+// attempt with everyone joined costs one PD call.
 func (g *gossip) joinLoop() {
-	t := time.NewTicker(10 * time.Second)
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		g.joinKnown()

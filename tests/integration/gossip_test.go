@@ -15,15 +15,21 @@ import (
 // (an idle region's followers hibernate and would not notice by
 // themselves).
 func TestDeadLeaderDetectedByGossip(t *testing.T) {
-	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	// Info logs: a failure prints their tails (gossip, elections).
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3, StoreArgs: []string{"--log-level", "info"}})
 	cl := c.Client(t)
 	pd := waitReplicated(t, c)
 	put(t, cl, "k", "v")
 	dead := leaderStore(t, c, pd)
 	c.Signal(dead, syscall.SIGKILL)
-	deadline := time.Now().Add(60 * time.Second)
+	killed := time.Now()
+	deadline := killed.Add(60 * time.Second)
 	for {
 		if time.Now().After(deadline) {
+			for _, p := range append(append([]*procs.Proc{}, c.PDs...), c.Stores...) {
+				l := c.Log(p)
+				t.Logf("%s log: %s", p.Name, l[max(0, len(l)-6000):])
+			}
 			t.Fatal("no new leader and no gossip report within 60 s of the leader's death")
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -38,6 +44,7 @@ func TestDeadLeaderDetectedByGossip(t *testing.T) {
 		if err == nil && reported {
 			st, err := pd.GetStore(context.Background(), r.GetLeader().GetStoreId())
 			if err == nil && st.GetAddress() != dead.Addr {
+				t.Logf("new leader on store %d known to PD %v after the kill", st.GetId(), time.Since(killed).Round(time.Millisecond))
 				return
 			}
 		}
