@@ -68,7 +68,8 @@ func TestRobustness(t *testing.T) {
 	seed, duration := settings(t)
 	t.Logf("seed %d, duration %v (BASALT_ROBUSTNESS_SEED=%d replays the schedule)", seed, duration, seed)
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	c := procs.Start(t, procs.Options{PDs: 1, Stores: 4, StoreArgs: []string{"--raft-tick", "50ms"}})
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 4, StoreArgs: []string{"--raft-tick", "50ms",
+		"--etcd-progress-notify-interval", "300ms"}})
 	pd := waitServing(t, c)
 
 	keys := []string{"rob/a", "rob/b", "rob/c", "rob/d", "rob/e", "rob/f"}
@@ -100,6 +101,23 @@ func TestRobustness(t *testing.T) {
 	for i := range c.Stores {
 		watches = append(watches, watchPrefix(wctx, clis[i], "rob/", start))
 	}
+	// And one that keeps restarting from where it got to, and clients
+	// asking for bookmarks now and then: resumption and progress are
+	// checked under the faults too.
+	watches = append(watches, resumingWatch(wctx, clis[len(c.Stores)], "rob/", start, rand.New(rand.NewPCG(rng.Uint64(), 3))))
+	progressDone := make(chan struct{})
+	defer func() { wcancel(); <-progressDone }()
+	go func() {
+		defer close(progressDone)
+		for wctx.Err() == nil {
+			sleep(wctx, 400*time.Millisecond)
+			for _, cli := range clis[:len(c.Stores)] {
+				rctx, cancel := context.WithTimeout(wctx, time.Second)
+				_ = cli.RequestProgress(rctx)
+				cancel()
+			}
+		}
+	}()
 	for i, cli := range clis {
 		tc := &trafficClient{id: i, cli: cli, keys: keys, rng: rand.New(rand.NewPCG(rng.Uint64(), uint64(i))), h: h, log: wlog, last: map[string]string{}}
 		wg.Add(1)
@@ -124,6 +142,7 @@ func TestRobustness(t *testing.T) {
 	}
 	checkWatches(t, seed, c, watches, wlog, start)
 	wcancel()
+	<-progressDone
 	for _, w := range watches {
 		<-w.done
 	}
@@ -185,11 +204,12 @@ func checkWatches(t *testing.T, seed uint64, c *procs.Cluster, watches []*record
 		}
 	}
 	hist := watchcheck.NewHistory(writes)
-	events := 0
+	events, bookmarks, restarts := 0, 0, 0
 	for i, w := range watches {
 		w.mu.Lock()
 		resps := append([]watchcheck.Response(nil), w.resps...)
 		werrs := append([]error(nil), w.errs...)
+		restarts += w.restarts
 		w.mu.Unlock()
 		for _, e := range werrs {
 			t.Errorf("seed %d: watch %d: %v", seed, i, e)
@@ -199,9 +219,13 @@ func checkWatches(t *testing.T, seed uint64, c *procs.Cluster, watches []*record
 		}
 		for _, r := range resps {
 			events += len(r.Events)
+			if r.Progress {
+				bookmarks++
+			}
 		}
 	}
-	t.Logf("watches: %d events checked in %d watches", events, len(watches))
+	t.Logf("watches: %d events and %d progress notifications checked in %d watches (one restarted %d times)",
+		events, bookmarks, len(watches), restarts)
 }
 
 // tail is the last n lines of a log.
