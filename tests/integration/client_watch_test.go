@@ -218,10 +218,17 @@ func TestWatchAcrossRegionsSurvivesStoreKill(t *testing.T) {
 	// Info logs: a failure prints their tails (elections, routing).
 	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3, StoreArgs: []string{"--log-level", "info"}})
 	cl := c.Client(t)
-	waitReplicated(t, c)
+	pd := waitReplicated(t, c)
 	splitPrefix(t, cl, "k/", 6)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	// Every piece on all three stores first: a store killed before the
+	// others applied a split leaves the new region waiting for two
+	// elections in a row (the parent's, then its own), several seconds
+	// under load, and every writer ends up waiting on it.
+	if err := procs.WaitSettled(ctx, pd, []byte("k/"), []byte("k0"), 3); err != nil {
+		t.Fatal(err)
+	}
 	watch := startWatch(t, cl, &kvpb.WatchCreateRequest{Key: []byte("k/"), RangeEnd: []byte("k0"), PrevKv: true, ProgressNotify: true})
 	log := &watchcheck.Log{}
 	stop := make(chan struct{})

@@ -311,6 +311,41 @@ func RSS(pid int) int64 {
 
 // WaitVoters waits until the region holding key has a leader and n voters,
 // as PD reports it, or ctx ends.
+// WaitSettled waits until every region overlapping [start, end) has a
+// leader, n voters, and no replica PD hears is down or behind (a replica
+// of a region split a moment ago is behind until its store applied the
+// split).
+func WaitSettled(ctx context.Context, pd *pdclient.Client, start, end []byte, n int) error {
+	for {
+		settled := false
+		if rs, err := pd.ScanRegions(ctx, start, end, 0); err == nil && len(rs) > 0 {
+			settled = true
+			for _, ri := range rs {
+				r, err := pd.GetRegion(ctx, ri.GetRegion().GetStartKey())
+				voters := 0
+				for _, p := range r.GetRegion().GetPeers() {
+					if p.GetRole() == metapb.PeerRole_Voter {
+						voters++
+					}
+				}
+				if err != nil || r.GetLeader() == nil || voters != n || len(r.GetRegion().GetPeers()) != n ||
+					len(r.GetPendingPeers()) > 0 || len(r.GetDownPeers()) > 0 {
+					settled = false
+					break
+				}
+			}
+		}
+		if settled {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the regions of [%q, %q) never settled with %d voters each: %w", start, end, n, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 func WaitVoters(ctx context.Context, pd *pdclient.Client, key []byte, n int) error {
 	for {
 		r, err := pd.GetRegion(ctx, key)
