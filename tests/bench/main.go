@@ -75,6 +75,9 @@ type cluster struct {
 	endpoints string
 	pids      []int
 	stop      func()
+	// layout, when set, describes the cluster's regions (Basalt's split
+	// for load during the preload; the log says so).
+	layout func() string
 }
 
 func main() {
@@ -120,6 +123,9 @@ func main() {
 		if _, err := runBenchmark(benchBin, c, preload); err != nil {
 			log.Fatalf("%s: preload: %v", c.name, err)
 		}
+		if c.layout != nil {
+			log.Printf("%s after the preload: %s", c.name, c.layout())
+		}
 	}
 
 	wls := workloads(*quick)
@@ -155,6 +161,11 @@ func main() {
 				}
 				results[w.name][c.name] = append(results[w.name][c.name], res)
 			}
+		}
+	}
+	for _, c := range systems {
+		if c.layout != nil {
+			log.Printf("%s at the end: %s", c.name, c.layout())
 		}
 	}
 	table := render(wls, results, *rounds, fsync50, fsync99, *quick)
@@ -330,6 +341,20 @@ func startBasalt(bin, dir string) *cluster {
 		out, err := exec.Command(bin, "ctl", "--pd", pdAddr, "status").Output()
 		return err == nil && bytes.Contains(out, []byte("stores: 3 up")) && bytes.Contains(out, []byte(", 0 without a leader, 0 under-replicated"))
 	})
+	c.layout = func() string {
+		out, err := exec.Command(bin, "ctl", "--pd", pdAddr, "status").Output()
+		if err != nil {
+			return err.Error()
+		}
+		// The region count, and each store's regions and leaders.
+		var parts []string
+		for _, l := range strings.Split(string(out), "\n") {
+			if l = strings.TrimSpace(l); strings.HasPrefix(l, "regions:") || strings.Contains(l, " leaders ") {
+				parts = append(parts, l)
+			}
+		}
+		return strings.Join(parts, "; ")
+	}
 	return c
 }
 
