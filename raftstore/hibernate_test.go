@@ -151,11 +151,7 @@ func TestDeadLeaderOfHibernatingRegion(t *testing.T) {
 // does): a follower that missed the PrepareMerge must still hear from the
 // leader, or the merge waits for it forever.
 func TestMergeSourceStaysAwake(t *testing.T) {
-	c := newTestCluster(t, 3, testConfig())
-	c.bootstrap(1, "", "", 1, 2, 3)
-	_ = c.store(1).st.Campaign(1)
-	regions := c.split(1, splitReq("m", 2))
-	c.everyStoreAgrees(regions, 1, 2, 3)
+	c, _ := newSplitPair(t, testConfig())
 	c.prepareMerge(1, 2)
 	waitFor(t, "the target to hibernate", 20*time.Second, func() bool { return c.allAsleep([]uint64{2}, c.ids) })
 	// The target slept after HibernateTicks; the source, awake as long,

@@ -61,12 +61,19 @@ func (c *testCluster) commitMerge(on *testStore, pm *PreparedMerge) (*metapb.Reg
 	return on.st.CommitMerge(ctx, tid, pm.Target.GetRegionEpoch(), pm.Source, pm.Commit)
 }
 
-func TestMerge(t *testing.T) {
-	c := newTestCluster(t, 3, testConfig())
+// newSplitPair starts three stores holding region 1 [, m) and region 2
+// [m, ), split from one region, on all three.
+func newSplitPair(t *testing.T, cfg Config) (*testCluster, []*metapb.Region) {
+	c := newTestCluster(t, 3, cfg)
 	c.bootstrap(1, "", "", 1, 2, 3)
 	_ = c.store(1).st.Campaign(1)
-	regions := c.split(1, splitReq("m", 2)) // 1: [, m), 2: [m, )
+	regions := c.split(1, splitReq("m", 2))
 	c.everyStoreAgrees(regions, 1, 2, 3)
+	return c, regions
+}
+
+func TestMerge(t *testing.T) {
+	c, _ := newSplitPair(t, testConfig())
 	c.put(1, "a", "1")
 	c.put(2, "x", "2")
 	c.waitReplicated("x", "2", 1, 2, 3)
@@ -131,11 +138,7 @@ func TestMerge(t *testing.T) {
 // The target changed after PrepareMerge: CommitMerge cannot apply, and
 // RollbackMerge gives the source back its writes under a new version.
 func TestMergeRollback(t *testing.T) {
-	c := newTestCluster(t, 3, testConfig())
-	c.bootstrap(1, "", "", 1, 2, 3)
-	_ = c.store(1).st.Campaign(1)
-	regions := c.split(1, splitReq("m", 2))
-	c.everyStoreAgrees(regions, 1, 2, 3)
+	c, _ := newSplitPair(t, testConfig())
 	// Source 1 [, m) into target 2 [m, ).
 	l, pm := c.prepareMerge(1, 2)
 	c.split(2, splitReq("t", 3)) // the target changes
@@ -191,11 +194,7 @@ func TestMergeRefusesBadPairs(t *testing.T) {
 // with the merge applied or replays it from the target's log; the source's
 // state was made durable before the commit.
 func TestMergeSurvivesPowerLoss(t *testing.T) {
-	c := newTestCluster(t, 3, testConfig())
-	c.bootstrap(1, "", "", 1, 2, 3)
-	_ = c.store(1).st.Campaign(1)
-	regions := c.split(1, splitReq("m", 2))
-	c.everyStoreAgrees(regions, 1, 2, 3)
+	c, _ := newSplitPair(t, testConfig())
 	c.put(2, "x", "1")
 	l, pm := c.prepareMerge(2, 1)
 	for _, id := range c.ids {
@@ -241,11 +240,7 @@ func TestMergedTargetSnapshotAbsorbsWaitingSource(t *testing.T) {
 	cfg := testConfig()
 	cfg.LogGCThreshold = 20
 	cfg.LogMaxLagEntries = 30
-	c := newTestCluster(t, 3, cfg)
-	c.bootstrap(1, "", "", 1, 2, 3)
-	_ = c.store(1).st.Campaign(1)
-	regions := c.split(1, splitReq("m", 2))
-	c.everyStoreAgrees(regions, 1, 2, 3)
+	c, _ := newSplitPair(t, cfg)
 	c.put(2, "x", "source data")
 	c.waitReplicated("x", "source data", 1, 2, 3)
 	l, pm := c.prepareMerge(2, 1)
