@@ -9,10 +9,12 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/basaltdb/basalt/proto/metapb"
 	"github.com/basaltdb/basalt/proto/raftcmdpb"
+	rspb "github.com/basaltdb/basalt/proto/raftserverpb"
 	"github.com/basaltdb/basalt/region"
 )
 
@@ -241,7 +243,27 @@ func TestSplitChildRangeStaysClaimed(t *testing.T) {
 		for _, nr := range children {
 			if _, ok := s.canTakeRange(nr.GetId(), nr); ok {
 				mu.Lock()
-				claimable = append(claimable, fmt.Sprintf("store %d region %d", s.cfg.StoreID, nr.GetId()))
+				claimable = append(claimable, fmt.Sprintf("store %d region %d by a snapshot", s.cfg.StoreID, nr.GetId()))
+				mu.Unlock()
+			}
+			// A heartbeat from the child's leader elsewhere must not
+			// create a replica here either.
+			self := region.FindPeer(nr, s.cfg.StoreID)
+			var from *metapb.Peer
+			for _, p := range nr.GetPeers() {
+				if p.GetStoreId() != s.cfg.StoreID {
+					from = p
+				}
+			}
+			rm := &rspb.RaftMessage{RegionId: nr.GetId(), FromPeer: from, ToPeer: self, RegionEpoch: nr.GetRegionEpoch(),
+				StartKey: nr.GetStartKey(), EndKey: nr.GetEndKey(),
+				Message: &pb.Message{Type: pb.MsgHeartbeat.Enum(), From: new(from.GetId()), To: new(self.GetId()), Term: new(uint64(initLogTerm))}}
+			// (One a message made before the split began, with no state
+			// yet, is returned as it is; the split replaces it.)
+			before := s.getPeer(nr.GetId())
+			if p := s.maybeCreatePeer(rm); p != nil && p != before {
+				mu.Lock()
+				claimable = append(claimable, fmt.Sprintf("store %d region %d by a message", s.cfg.StoreID, nr.GetId()))
 				mu.Unlock()
 			}
 		}

@@ -42,11 +42,12 @@ type Store struct {
 	ranges *region.RegionTree
 	// splitting: regions a split applied on this store is creating. From
 	// the moment the parent's narrowed range is indexed until the split
-	// creates the child's replica, nothing in ranges covers the child, so
-	// an uninitialized replica of it (made by a message from a faster
-	// store) could otherwise accept a snapshot, acknowledge it, and then
-	// be replaced by the split's fresh replica at the initial log index:
-	// the leader would then count entries the store no longer has.
+	// creates the child's replica, no snapshot may claim the child's range
+	// and no message may create a replica of it: either would let a
+	// replica acknowledge entries (a snapshot's, or appends to the log the
+	// split's batch already wrote) and then be replaced by the split's
+	// fresh replica at the initial log index, leaving the leader counting
+	// entries the store no longer has.
 	splitting map[uint64]bool
 
 	awakeMu sync.Mutex
@@ -556,6 +557,14 @@ func (s *Store) maybeCreatePeer(rm *rspb.RaftMessage) *peer {
 		return nil
 	}
 	if t, ok := s.tombstones[regionID]; ok && to.GetId() <= t.peerID {
+		return nil
+	}
+	if s.splitting[regionID] {
+		// A split applying here creates this replica in a moment, from the
+		// state its batch writes. A replica made now could load that state
+		// half-made (the log at the split's initial index, no range),
+		// accept entries, acknowledge them and then be replaced by the
+		// split's: the sender retries instead.
 		return nil
 	}
 	if rm.GetExtra().GetType() != rspb.ExtraMessageType_None || rm.GetMessage() == nil {
