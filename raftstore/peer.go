@@ -86,6 +86,11 @@ type peer struct {
 	// mergedAway is set (by the target's worker) once this replica's
 	// region was absorbed by a merge: it must write nothing more.
 	mergedAway atomic.Bool
+	// replacedBySplit is set (by the parent's worker) when a split
+	// replaced this uninitialized replica with the one it created: from
+	// its next round on it writes nothing more (a hard state it wrote
+	// after the new replica voted would undo that vote).
+	replacedBySplit atomic.Bool
 
 	// claimedSnap: received snapshot data this peer stepped into raft.
 	claimedSnap *recvSnap

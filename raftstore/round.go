@@ -70,7 +70,7 @@ func (w *worker) round() {
 	anyReady := false
 	readyPeers, persisted, committed := 0, 0, 0
 	for _, p := range w.peers {
-		if p.destroyed || p.mergedAway.Load() || !p.rn.HasReady() {
+		if p.destroyed || p.mergedAway.Load() || p.replacedBySplit.Load() || !p.rn.HasReady() {
 			continue
 		}
 		anyReady = true
@@ -233,6 +233,11 @@ func (p *peer) handleInputs(mb *mailbox) {
 		// Absorbed by a merge: the target owns the data and the source's
 		// tombstone is written; do nothing more.
 		p.destroyMerged()
+		p.failMailbox(mb)
+		return
+	}
+	if p.replacedBySplit.Load() {
+		p.destroyed = true
 		p.failMailbox(mb)
 		return
 	}

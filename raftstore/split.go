@@ -222,10 +222,11 @@ func (s *Store) createSplitPeer(nr *metapb.Region, self *metapb.Peer, smState []
 		old.earlyVotes = nil
 		old.mb = mailbox{destroyed: true}
 		old.mu.Unlock()
-		old.pushOp(func(o *peer) {
-			o.destroyed = true
-			o.close()
-		})
+		// Its mailbox takes nothing more, so no op could end it: it
+		// stops writing from its next round (replacedBySplit), and
+		// whoever waits on it learns it is gone now.
+		old.replacedBySplit.Store(true)
+		old.close()
 	}
 	if t, ok := s.tombstones[nr.GetId()]; ok && t.peerID >= self.GetId() {
 		s.mu.Unlock()
