@@ -46,7 +46,11 @@ func splitAt(tb testing.TB, cl *client.Client, n int, key func(i int) string) {
 
 // runPrefixWriters puts (and sometimes deletes) random keys of prefix until
 // stop, logging each write with its revision when acknowledged.
-func runPrefixWriters(ctx context.Context, cl *client.Client, prefix string, writers int, log *watchcheck.Log, stop <-chan struct{}) *sync.WaitGroup {
+//
+// opTimeout, when set, bounds each write: one that times out counts as may
+// or may not have happened and the writer goes on, so a region that
+// cannot serve for a while does not stop the writes to the others.
+func runPrefixWriters(ctx context.Context, cl *client.Client, prefix string, writers int, opTimeout time.Duration, log *watchcheck.Log, stop <-chan struct{}) *sync.WaitGroup {
 	var wg sync.WaitGroup
 	for w := 0; w < writers; w++ {
 		wg.Add(1)
@@ -62,8 +66,13 @@ func runPrefixWriters(ctx context.Context, cl *client.Client, prefix string, wri
 				default:
 				}
 				key := fmt.Sprintf("%s%c%d", prefix, 'a'+rune(r.IntN(26)), r.IntN(10))
+				octx, cancel := ctx, context.CancelFunc(func() {})
+				if opTimeout > 0 {
+					octx, cancel = context.WithTimeout(ctx, opTimeout)
+				}
 				if r.IntN(10) == 0 {
-					resp, err := cl.DeleteRange(ctx, &kvpb.DeleteRangeRequest{Key: []byte(key)})
+					resp, err := cl.DeleteRange(octx, &kvpb.DeleteRangeRequest{Key: []byte(key)})
+					cancel()
 					if err == nil && resp.GetDeleted() == 0 {
 						continue // deleted nothing: no event
 					}
@@ -71,7 +80,8 @@ func runPrefixWriters(ctx context.Context, cl *client.Client, prefix string, wri
 					continue
 				}
 				val := fmt.Sprintf("w%d-%d", w, i)
-				resp, err := cl.Put(ctx, &kvpb.PutRequest{Key: []byte(key), Value: []byte(val)})
+				resp, err := cl.Put(octx, &kvpb.PutRequest{Key: []byte(key), Value: []byte(val)})
+				cancel()
 				log.Add(watchcheck.Write{Key: key, Value: val, Rev: resp.GetHeader().GetRevision()})
 				_ = err // a failed put may or may not have applied: Rev stays 0
 			}
@@ -112,7 +122,7 @@ func TestRangeAcrossRegionsIsASnapshot(t *testing.T) {
 	defer cancel()
 	log := &watchcheck.Log{}
 	stop := make(chan struct{})
-	wg := runPrefixWriters(ctx, cl, "r/", 4, log, stop)
+	wg := runPrefixWriters(ctx, cl, "r/", 4, 0, log, stop)
 
 	type read struct {
 		rev   int64
