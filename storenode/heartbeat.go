@@ -36,7 +36,14 @@ func (h *heartbeater) mark(regionID uint64) {
 	}
 }
 
-func (h *heartbeater) roleChanged(regionID uint64, isLeader bool, _ uint64) {
+func (h *heartbeater) roleChanged(regionID uint64, isLeader bool, term uint64) {
+	// Leadership changes are what an operator (and a failing test) needs
+	// to see to tell how long a region went without a leader.
+	if isLeader {
+		h.s.log.Info("became the region's leader", "region", regionID, "term", term)
+	} else {
+		h.s.log.Info("no longer the region's leader", "region", regionID, "term", term)
+	}
 	if isLeader {
 		h.mark(regionID)
 	} else {
