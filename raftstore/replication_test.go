@@ -297,14 +297,32 @@ func TestJointConsensusMove(t *testing.T) {
 	})
 }
 
-// A replica removed while partitioned learns of it from the others when the
-// partition heals, and destroys itself.
-func TestRemovedPartitionedPeerIsCollected(t *testing.T) {
+// newFourReplicaRegion starts four stores holding region 1 (everything),
+// led from store 1, with k=v written on all four.
+func newFourReplicaRegion(t *testing.T) *testCluster {
 	c := newTestCluster(t, 4, testConfig())
 	c.bootstrap(1, "", "", 1, 2, 3, 4)
 	_ = c.store(1).st.Campaign(1)
 	c.put(1, "k", "v")
 	c.waitReplicated("k", "v", 1, 2, 3, 4)
+	return c
+}
+
+// removeReplica removes the replica on storeID from regionID through its
+// leader l.
+func removeReplica(t *testing.T, l *testStore, regionID, storeID uint64) {
+	t.Helper()
+	desc := l.st.RegionStatus(regionID).Region
+	if _, err := l.st.ChangePeers(context.Background(), regionID, desc.GetRegionEpoch(),
+		[]*raftcmdpb.ChangePeer{{ChangeType: raftcmdpb.ChangePeerType_RemoveNode, Peer: region.FindPeer(desc, storeID)}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A replica removed while partitioned learns of it from the others when the
+// partition heals, and destroys itself.
+func TestRemovedPartitionedPeerIsCollected(t *testing.T) {
+	c := newFourReplicaRegion(t)
 	l := c.leader(1)
 	var victim uint64
 	for _, id := range c.ids {
@@ -314,11 +332,7 @@ func TestRemovedPartitionedPeerIsCollected(t *testing.T) {
 		}
 	}
 	c.net.isolate(victim, c.ids)
-	vp := region.FindPeer(l.st.RegionStatus(1).Region, victim)
-	if _, err := l.st.ChangePeers(context.Background(), 1, l.st.RegionStatus(1).Region.GetRegionEpoch(),
-		[]*raftcmdpb.ChangePeer{{ChangeType: raftcmdpb.ChangePeerType_RemoveNode, Peer: vp}}); err != nil {
-		t.Fatal(err)
-	}
+	removeReplica(t, l, 1, victim)
 	c.net.heal()
 	waitFor(t, "the stale replica to be collected", 20*time.Second, func() bool {
 		return c.store(victim).st.RegionStatus(1) == nil
@@ -571,11 +585,7 @@ func TestStateMachineStateTravels(t *testing.T) {
 // ErrOutcomeUnknown, never a region error (which clients retry, and a
 // retried put that had applied would apply twice).
 func TestDestroyedLeaderLeavesLoggedWritesUndecided(t *testing.T) {
-	c := newTestCluster(t, 4, testConfig())
-	c.bootstrap(1, "", "", 1, 2, 3, 4)
-	_ = c.store(1).st.Campaign(1)
-	c.put(1, "k", "v")
-	c.waitReplicated("k", "v", 1, 2, 3, 4)
+	c := newFourReplicaRegion(t)
 	old := c.leader(1)
 	before := old.st.RegionStatus(1)
 	c.net.isolate(old.id, c.ids)
@@ -596,11 +606,7 @@ func TestDestroyedLeaderLeavesLoggedWritesUndecided(t *testing.T) {
 		}
 		return false
 	})
-	victim := region.FindPeer(nl.st.RegionStatus(1).Region, old.id)
-	if _, err := nl.st.ChangePeers(context.Background(), 1, nl.st.RegionStatus(1).Region.GetRegionEpoch(),
-		[]*raftcmdpb.ChangePeer{{ChangeType: raftcmdpb.ChangePeerType_RemoveNode, Peer: victim}}); err != nil {
-		t.Fatal(err)
-	}
+	removeReplica(t, nl, 1, old.id)
 	c.net.heal()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

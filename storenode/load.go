@@ -197,7 +197,8 @@ func (t *loadTracker) takeFlow(id uint64, now time.Time, minInterval time.Durati
 }
 
 // writeLoad is a write's representative key (nil: not user traffic), the
-// keys it writes and its bytes.
+// keys it writes and its bytes. A range delete counts as one key: how many
+// it removes is known only at apply, and load is counted before.
 func writeLoad(cmd *kvpb.WriteCommand) (key []byte, keys, size uint64) {
 	switch op := cmd.GetOp().(type) {
 	case *kvpb.WriteCommand_Put:
