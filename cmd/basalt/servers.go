@@ -8,14 +8,17 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/spf13/cobra"
 
+	"github.com/basaltdb/basalt/internal/faultfs"
 	"github.com/basaltdb/basalt/pd"
 	"github.com/basaltdb/basalt/raftstore"
 	"github.com/basaltdb/basalt/storenode"
@@ -107,6 +110,7 @@ func storeCmd() *cobra.Command {
 		etcdProgress                                        time.Duration
 		pprof                                               bool
 		gossipAddr                                          string
+		syncDelayFile                                       string
 	)
 	cmd := &cobra.Command{
 		Use:   "store",
@@ -144,9 +148,27 @@ func storeCmd() *cobra.Command {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			rcfg := raftstore.Config{TickInterval: tick}
+			log := logger(logLevel)
+			var fs vfs.FS
+			if syncDelayFile != "" {
+				if !filepath.IsAbs(syncDelayFile) {
+					syncDelayFile = filepath.Join(dataDir, syncDelayFile)
+				}
+				ffs := faultfs.New(vfs.Default)
+				fctx, fcancel := context.WithCancel(context.Background())
+				followed := make(chan struct{})
+				go func() {
+					defer close(followed)
+					ffs.Follow(fctx, syncDelayFile, 50*time.Millisecond, func(err error) {
+						log.Warn("--fault-sync-delay-file: ignored", "err", err)
+					})
+				}()
+				defer func() { fcancel(); <-followed }()
+				fs = ffs
+			}
 			s, err := storenode.Start(ctx, storenode.Config{
-				DataDir: dataDir, Addr: addr, AdvertiseAddr: advertise, PD: strings.Split(pdAddrs, ","),
-				Labels: lbl, Raft: rcfg, StoreHeartbeat: heartbeat, RegionHeartbeat: heartbeat, Logger: logger(logLevel),
+				DataDir: dataDir, Addr: addr, AdvertiseAddr: advertise, PD: strings.Split(pdAddrs, ","), FS: fs,
+				Labels: lbl, Raft: rcfg, StoreHeartbeat: heartbeat, RegionHeartbeat: heartbeat, Logger: log,
 				Split: split, LoadSplit: loadSplit, EtcdProgressNotifyInterval: etcdProgress, EnablePprof: pprof, GossipAddr: gossipAddr,
 			})
 			if err != nil {
@@ -179,6 +201,7 @@ func storeCmd() *cobra.Command {
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&pprof, "enable-pprof", false, "serve Go's profiler at /debug/pprof on --addr (/metrics is always there)")
 	f.StringVar(&gossipAddr, "gossip-addr", "", "address for the liveness gossip (default: --advertise-addr's host, any port)")
+	f.StringVar(&syncDelayFile, "fault-sync-delay-file", "", "for fault-injection tests: while this file holds a duration (\"800ms\"), every fsync of the store's data waits that long first (a relative path is in --data-dir)")
 	addConfigFlag(cmd)
 	return cmd
 }
