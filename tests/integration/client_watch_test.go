@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/basaltdb/basalt/client"
+	"github.com/basaltdb/basalt/client/pdclient"
 	"github.com/basaltdb/basalt/proto/kvpb"
 	"github.com/basaltdb/basalt/tests/procs"
 	"github.com/basaltdb/basalt/tests/watchcheck"
@@ -243,11 +246,14 @@ func TestWatchAcrossRegionsSurvivesStoreKill(t *testing.T) {
 	}
 	victim := c.Stores[0]
 	c.Signal(victim, syscall.SIGKILL)
+	killed := time.Now()
+	elections := watchLeadersMove(ctx, pd, victim, []byte("k/"), []byte("k0"))
 	time.Sleep(5 * time.Second)
 	c.Restart(victim)
 	time.Sleep(4 * time.Second)
 	close(stop)
 	writers.Wait()
+	t.Logf("after the kill: %s", elections(killed))
 	writes := log.All()
 	var top int64
 	acked, afterKill := 0, 0
@@ -272,5 +278,69 @@ func TestWatchAcrossRegionsSurvivesStoreKill(t *testing.T) {
 			l := c.Log(p)
 			t.Logf("%s log: %s", p.Name, l[max(0, len(l)-6000):])
 		}
+	}
+}
+
+// watchLeadersMove polls PD, from now until ctx ends or the returned
+// function is called, for the leaders of [start, end)'s regions, and
+// reports when each region led by victim's store at the first poll first
+// had a leader elsewhere (a region slow to elect shows in a failure).
+func watchLeadersMove(ctx context.Context, pd *pdclient.Client, victim *procs.Proc, start, end []byte) func(since time.Time) string {
+	var victimID uint64
+	if stores, err := pd.GetAllStores(ctx, true); err == nil {
+		for _, st := range stores {
+			if st.GetAddress() == victim.Addr {
+				victimID = st.GetId()
+			}
+		}
+	}
+	var mu sync.Mutex
+	led := map[uint64]bool{}        // regions the victim led at the first poll
+	moved := map[uint64]time.Time{} // when a region of led first had another leader
+	pctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for first := true; pctx.Err() == nil; first = false {
+			rctx, rcancel := context.WithTimeout(pctx, time.Second)
+			regions, err := pd.ScanRegions(rctx, start, end, 100)
+			rcancel()
+			now := time.Now()
+			mu.Lock()
+			for _, r := range regions {
+				id := r.GetRegion().GetId()
+				onVictim := r.GetLeader().GetStoreId() == victimID
+				if first && err == nil && onVictim {
+					led[id] = true
+				}
+				if led[id] && !onVictim && r.GetLeader() != nil && moved[id].IsZero() {
+					moved[id] = now
+				}
+			}
+			mu.Unlock()
+			select {
+			case <-pctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	return func(since time.Time) string {
+		cancel()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		var parts []string
+		for id := range led {
+			if at := moved[id]; at.IsZero() {
+				parts = append(parts, fmt.Sprintf("region %d: no new leader known to PD", id))
+			} else {
+				parts = append(parts, fmt.Sprintf("region %d: new leader known to PD after %v", id, at.Sub(since).Round(10*time.Millisecond)))
+			}
+		}
+		sort.Strings(parts)
+		if len(parts) == 0 {
+			return "the killed store led none of the regions"
+		}
+		return strings.Join(parts, "; ")
 	}
 }
