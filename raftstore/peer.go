@@ -88,8 +88,8 @@ type peer struct {
 	mergedAway atomic.Bool
 	// replacedBySplit is set (by the parent's worker) when a split
 	// replaced this uninitialized replica with the one it created: from
-	// its next round on it writes nothing more (a hard state it wrote
-	// after the new replica voted would undo that vote).
+	// its next round on it does nothing more. (It writes nothing to disk
+	// in any round: see the Readies step of a round.)
 	replacedBySplit atomic.Bool
 
 	// claimedSnap: received snapshot data this peer stepped into raft.

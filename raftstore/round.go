@@ -90,11 +90,20 @@ func (w *worker) round() {
 			p.applySnapshot(p.rd.Snapshot, p.rd.HardState)
 		}
 		p.storage.append(wb, p.rd.Entries)
-		// An uninitialized replica persists its term too (it grants no
-		// votes; see stepMessage), but no region state: it is recreated by
-		// the next message after a restart, and a split or snapshot that
-		// initializes it writes the region state.
-		p.storage.setHardState(wb, p.rd.HardState)
+		if p.isInitialized() {
+			p.storage.setHardState(wb, p.rd.HardState)
+		} else {
+			// An uninitialized replica persists nothing (a snapshot
+			// applied above initialized it already). It grants no vote
+			// (stepMessage) and acknowledges no entry (its log is
+			// empty), so its term backs no promise and may be forgotten
+			// in a crash; it is recreated by the next message after a
+			// restart. And a split that replaces it while this round is
+			// in flight writes the new replica's hard state: a late write
+			// of this one's would overwrite it, and with it a vote the new
+			// replica may have cast already.
+			p.storage.noteHardState(p.rd.HardState)
+		}
 		sync = sync || p.rd.MustSync
 		p.assignIndexes(p.rd.Entries)
 		p.sendMessages(p.rd.Messages, false)

@@ -144,8 +144,9 @@ func (p *peer) applySplit(ab *ApplyBatch, env envelope, req *raftcmdpb.BatchSpli
 		rs := &rspb.RegionLocalState{State: rspb.PeerState_Normal, Region: nr, ConfState: confStateOf(nr)}
 		mustSetProto(ab.Batch, regionStateKey(nr.GetId()), rs)
 		// An uninitialized replica of the new region (created by a message
-		// from a faster store) may have persisted a higher term; never
-		// go back. It never voted (uninitialized replicas do not).
+		// from a faster store) persisted its term in versions before
+		// 2026-12-02 (now it persists nothing); never go back below a term
+		// found here. It never voted (uninitialized replicas do not).
 		term := uint64(initLogTerm)
 		var old pb.HardState
 		if ok, _ := getProto(ab, hardStateKey(nr.GetId()), &old); ok {

@@ -292,3 +292,35 @@ func TestSplitChildRangeStaysClaimed(t *testing.T) {
 		}
 	}
 }
+
+// An uninitialized replica (made by a message for a region this store does
+// not hold yet) writes nothing to disk, its term included: a split that
+// replaces it while one of its rounds is in flight writes the new
+// replica's hard state, which a late write of the old one's would undo.
+func TestUninitializedReplicaPersistsNothing(t *testing.T) {
+	c := newTestCluster(t, 2, testConfig())
+	c.bootstrap(1, "a", "m", 1, 2)
+	s := c.store(1).st
+	// A heartbeat in term 7 from the leader of a region [x, z) store 2
+	// holds (as if store 1 had not applied the split that made it).
+	const regionID = 9
+	rm := &rspb.RaftMessage{RegionId: regionID, FromPeer: &metapb.Peer{Id: 902, StoreId: 2}, ToPeer: &metapb.Peer{Id: 901, StoreId: 1},
+		RegionEpoch: &metapb.RegionEpoch{ConfVer: 1, Version: 1}, StartKey: []byte("x"), EndKey: []byte("z"),
+		Message: &pb.Message{Type: pb.MsgHeartbeat.Enum(), From: new(uint64(902)), To: new(uint64(901)), Term: new(uint64(7))}}
+	s.HandleRaftMessage(rm)
+	waitFor(t, "the uninitialized replica to take term 7", 10*time.Second, func() bool {
+		st := s.RegionStatus(regionID)
+		return st != nil && st.Term == 7
+	})
+	// Its rounds have run (the term came from one); one more message makes
+	// sure a round after the first also wrote nothing.
+	s.HandleRaftMessage(rm)
+	before := s.Stats().Rounds.Load()
+	waitFor(t, "another round", 10*time.Second, func() bool { return s.Stats().Rounds.Load() > before })
+	for _, key := range [][]byte{hardStateKey(regionID), regionStateKey(regionID), applyStateKey(regionID), truncatedStateKey(regionID)} {
+		if _, closer, err := s.Engine().DB.Get(key); err == nil {
+			closer.Close()
+			t.Fatalf("the uninitialized replica wrote %x", key)
+		}
+	}
+}

@@ -210,11 +210,18 @@ func (s *peerStorage) append(wb *pebble.Batch, ents []*pb.Entry) {
 }
 
 func (s *peerStorage) setHardState(wb *pebble.Batch, hs *pb.HardState) {
+	if s.noteHardState(hs) {
+		mustSetProto(wb, hardStateKey(s.regionID), hs)
+	}
+}
+
+// noteHardState keeps hs in memory only; it reports whether hs is not empty.
+func (s *peerStorage) noteHardState(hs *pb.HardState) bool {
 	if raft.IsEmptyHardState(hs) {
-		return
+		return false
 	}
 	s.hardState = proto.Clone(hs).(*pb.HardState)
-	mustSetProto(wb, hardStateKey(s.regionID), hs)
+	return true
 }
 
 // truncateTo writes the truncation of the log up to index into wb. The entry
@@ -313,7 +320,7 @@ func loadPeerStorage(db *pebble.DB, cache *entryCache, regionID uint64, rs *rspb
 	if s.hardState != nil && s.hardState.GetCommit() < s.truncIndex {
 		// Entries up to the truncated index are committed by definition;
 		// an older hard state written by an uninitialized replica a split
-		// replaced can say less.
+		// replaced (versions before 2026-12-02) can say less.
 		s.hardState.Commit = new(s.truncIndex)
 	}
 	return s, nil
