@@ -64,7 +64,8 @@ func (n *nemesis) inject(ctx context.Context) {
 		j := n.other(si)
 		n.netFault(ctx, linkState{blackhole: true}, hold, link{si, j}, link{j, si})
 	case "one-way":
-		// What the store sends the other is lost; what it is sent arrives.
+		// What the store sends the other is held until the heal; what it
+		// is sent arrives.
 		n.netFault(ctx, linkState{blackhole: true}, hold, link{si, n.other(si)})
 	case "delay-store":
 		// Every link into and out of the store, so a round trip with it

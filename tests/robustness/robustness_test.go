@@ -63,8 +63,8 @@ func waitServing(t *testing.T, c *procs.Cluster) *pdclient.Client {
 // clients each bound to one store, while a nemesis kills, pauses and
 // restarts stores and PD, transfers leaders, splits and merges regions,
 // moves replicas, and cuts or slows the network between stores; the
-// history must be linearizable. A failure names the
-// seed and leaves the history's visualization behind.
+// history must be linearizable. A failure names the seed and leaves the
+// history's visualization behind.
 func TestRobustness(t *testing.T) {
 	seed, duration := settings(t)
 	t.Logf("seed %d, duration %v (BASALT_ROBUSTNESS_SEED=%d replays the schedule)", seed, duration, seed)
