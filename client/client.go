@@ -42,6 +42,12 @@ type Options struct {
 	// Logger gets warnings worth an operator's attention (a watch that
 	// stopped advancing). Default: discarded.
 	Logger *slog.Logger
+
+	// DialAddr maps a store's published address to the address to dial,
+	// for a client that reaches stores through NAT or a proxy (a store
+	// started with --peer-addr-map). Connections are still cached by the
+	// published address. Default: dial the published address.
+	DialAddr func(addr string) string
 }
 
 // Client is safe for concurrent use.
@@ -180,8 +186,12 @@ func (c *Client) storeConn(ctx context.Context, storeID uint64) (*grpc.ClientCon
 	defer c.mu.Unlock()
 	cc := c.conns[addr]
 	if cc == nil {
+		target := addr
+		if c.opts.DialAddr != nil {
+			target = c.opts.DialAddr(addr)
+		}
 		var err error
-		if cc, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+		if cc, err = grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
 			return nil, err
 		}
 		c.conns[addr] = cc

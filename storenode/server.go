@@ -70,6 +70,13 @@ type Config struct {
 	// GossipAddr binds the liveness gossip (default: Addr's host, any port).
 	GossipAddr string
 
+	// PeerAddrMap: when this store dials another store whose published
+	// address is a key, it dials the value instead (NAT'd deployments,
+	// fault-injection proxies). It covers every store-to-store connection
+	// (the raft transport, requests forwarded to region leaders), not the
+	// gossip, which finds its members by the addresses they gossip.
+	PeerAddrMap map[string]string
+
 	// Listener, when set, is used instead of listening on Addr.
 	Listener net.Listener
 	FS       vfs.FS
@@ -180,7 +187,7 @@ func (s *Server) start(ctx context.Context) error {
 		return err
 	}
 	local := &kvService{s: s}
-	if s.router, err = client.New(ctx, s.cfg.PD, client.Options{LocalStoreID: s.storeID, Logger: s.log,
+	if s.router, err = client.New(ctx, s.cfg.PD, client.Options{LocalStoreID: s.storeID, Logger: s.log, DialAddr: s.dialAddr,
 		LocalKV: func(remote kvpb.KVClient) kvpb.KVClient { return localKV{KVClient: remote, k: local} }}); err != nil {
 		return err
 	}
@@ -189,7 +196,10 @@ func (s *Server) start(ctx context.Context) error {
 	s.watches = newWatchHub(s)
 	s.mvcc.OnEvents = s.watches.publish
 	s.trans = raftstore.NewGRPCTransport(raftstore.GRPCTransportOptions{
-		Resolver: raftstore.ResolverFunc(s.storeAddr),
+		Resolver: raftstore.ResolverFunc(func(storeID uint64) (string, error) {
+			a, err := s.storeAddr(storeID)
+			return s.dialAddr(a), err
+		}),
 		OnUnreachable: func(to uint64, msgs []*rspb.RaftMessage) {
 			s.forgetAddr(to)
 			if s.store != nil {
@@ -340,6 +350,14 @@ func (s *Server) storeAddr(storeID uint64) (string, error) {
 	s.addrs[storeID] = st.GetPeerAddress()
 	s.addrMu.Unlock()
 	return st.GetPeerAddress(), nil
+}
+
+// dialAddr is where to dial a store that published addr.
+func (s *Server) dialAddr(addr string) string {
+	if to, ok := s.cfg.PeerAddrMap[addr]; ok {
+		return to
+	}
+	return addr
 }
 
 func (s *Server) forgetAddr(storeID uint64) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -111,6 +112,7 @@ func storeCmd() *cobra.Command {
 		pprof                                               bool
 		gossipAddr                                          string
 		syncDelayFile                                       string
+		peerAddrMap                                         string
 	)
 	cmd := &cobra.Command{
 		Use:   "store",
@@ -127,8 +129,11 @@ func storeCmd() *cobra.Command {
 					lbl[k] = v
 				}
 			}
+			peerMap, err := parsePeerAddrMap(peerAddrMap)
+			if err != nil {
+				return fmt.Errorf("--peer-addr-map: %w", err)
+			}
 			split := storenode.SplitConfig{RegionMaxKeys: maxKeys, RegionSplitKeys: splitKeys, CheckInterval: splitCheck}
-			var err error
 			if split.RegionMaxSize, err = parseSize(maxSize); err != nil {
 				return fmt.Errorf("--region-max-size: %w", err)
 			}
@@ -170,6 +175,7 @@ func storeCmd() *cobra.Command {
 				DataDir: dataDir, Addr: addr, AdvertiseAddr: advertise, PD: strings.Split(pdAddrs, ","), FS: fs,
 				Labels: lbl, Raft: rcfg, StoreHeartbeat: heartbeat, RegionHeartbeat: heartbeat, Logger: log,
 				Split: split, LoadSplit: loadSplit, EtcdProgressNotifyInterval: etcdProgress, EnablePprof: pprof, GossipAddr: gossipAddr,
+				PeerAddrMap: peerMap,
 			})
 			if err != nil {
 				return err
@@ -202,8 +208,36 @@ func storeCmd() *cobra.Command {
 	f.BoolVar(&pprof, "enable-pprof", false, "serve Go's profiler at /debug/pprof on --addr (/metrics is always there)")
 	f.StringVar(&gossipAddr, "gossip-addr", "", "address for the liveness gossip (default: --advertise-addr's host, any port)")
 	f.StringVar(&syncDelayFile, "fault-sync-delay-file", "", "for fault-injection tests: while this file holds a duration (\"800ms\"), every fsync of the store's data waits that long first (a relative path is in --data-dir)")
+	f.StringVar(&peerAddrMap, "peer-addr-map", "", "FROM=TO pairs, comma separated: dial TO for another store that published address FROM (NAT, fault-injection proxies; the gossip is not mapped)")
 	addConfigFlag(cmd)
 	return cmd
+}
+
+// parsePeerAddrMap reads FROM=TO[,FROM=TO...], both sides host:port. A
+// typo would otherwise show up only as a store that cannot reach some
+// peers, so every pair is checked before anything starts.
+func parsePeerAddrMap(s string) (map[string]string, error) {
+	m := map[string]string{}
+	if strings.TrimSpace(s) == "" {
+		return m, nil
+	}
+	for _, pair := range strings.Split(s, ",") {
+		from, to, ok := strings.Cut(strings.TrimSpace(pair), "=")
+		from, to = strings.TrimSpace(from), strings.TrimSpace(to)
+		if !ok || from == "" || to == "" {
+			return nil, fmt.Errorf("want FROM=TO pairs of host:port addresses, not %q", pair)
+		}
+		for _, a := range []string{from, to} {
+			if host, port, err := net.SplitHostPort(a); err != nil || host == "" || port == "" {
+				return nil, fmt.Errorf("%q in %q is not a host:port address", a, pair)
+			}
+		}
+		if prev, dup := m[from]; dup && prev != to {
+			return nil, fmt.Errorf("%s is mapped twice (to %s and %s)", from, prev, to)
+		}
+		m[from] = to
+	}
+	return m, nil
 }
 
 // parseSize reads a byte size: a number with an optional B, KiB, MiB or

@@ -163,6 +163,13 @@ type Options struct {
 	MaxStoreDownTime time.Duration
 	// StoreArgs are added to every store's command line.
 	StoreArgs []string
+	// StoreAddrs, when set, are the stores' addresses (one per store, from
+	// FreeAddr), for a test that must know them before the stores start:
+	// proxies between the stores, say.
+	StoreAddrs []string
+	// StoreArgsFor, when set, adds store i's own arguments (i from 0)
+	// after StoreArgs.
+	StoreArgsFor func(i int) []string
 	// PDArgs are added to every PD member's command line.
 	PDArgs []string
 }
@@ -189,12 +196,24 @@ func Start(t testing.TB, o Options) *Cluster {
 		p.Args = append(p.Args, "--initial-cluster", strings.Join(initial, ","))
 		c.start(p)
 	}
+	if o.StoreAddrs != nil && len(o.StoreAddrs) != o.Stores {
+		t.Fatalf("procs: %d store addresses for %d stores", len(o.StoreAddrs), o.Stores)
+	}
 	for i := 0; i < o.Stores; i++ {
 		name := fmt.Sprintf("store%d", i+1)
-		p := &Proc{Name: name, Addr: FreeAddr(t), Dir: filepath.Join(c.dir, name)}
+		addr := ""
+		if o.StoreAddrs != nil {
+			addr = o.StoreAddrs[i]
+		} else {
+			addr = FreeAddr(t)
+		}
+		p := &Proc{Name: name, Addr: addr, Dir: filepath.Join(c.dir, name)}
 		p.Args = []string{"store", "--data-dir", p.Dir, "--addr", p.Addr, "--pd", c.PDEndpoints(),
 			"--heartbeat-interval", "1s", "--log-level", "warn"}
 		p.Args = append(p.Args, o.StoreArgs...)
+		if o.StoreArgsFor != nil {
+			p.Args = append(p.Args, o.StoreArgsFor(i)...)
+		}
 		c.Stores = append(c.Stores, p)
 		c.start(p)
 	}

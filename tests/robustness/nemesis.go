@@ -24,26 +24,60 @@ import (
 // flight is a joint configuration whose halves each keep two of three), so
 // the cluster must keep serving, and what it served must stay
 // linearizable. Merges and moves are PD operators: they go on after the
-// fault returns, overlapping the next ones.
+// fault returns, overlapping the next ones. The network faults also touch
+// one store at a time: a store cut off from the rest, or links between two
+// stores cut, in one direction or both, leave every region's other two
+// replicas in touch with each other.
 type nemesis struct {
 	t   *testing.T
 	c   *procs.Cluster
 	pd  *pdclient.Client
+	net *network
 	rng *rand.Rand
 	// keys the traffic uses: splits cut between them.
 	keys   []string
 	counts map[string]int
 }
 
-var faults = []string{"kill-store", "pause-store", "transfer-leader", "split", "restart-pd", "merge", "move-replica"}
+var faults = []string{"kill-store", "pause-store", "transfer-leader", "split", "restart-pd", "merge", "move-replica",
+	"partition-store", "partition-pair", "one-way", "delay-store"}
 
 // inject runs one fault chosen by the seed and heals it.
 func (n *nemesis) inject(ctx context.Context) {
 	f := faults[n.rng.IntN(len(faults))]
 	n.counts[f]++
-	store := n.c.Stores[n.rng.IntN(len(n.c.Stores))]
+	si := n.rng.IntN(len(n.c.Stores))
+	store := n.c.Stores[si]
 	hold := time.Duration(500+n.rng.IntN(2500)) * time.Millisecond
 	switch f {
+	case "partition-store":
+		// Both ways between the store and every other.
+		var cut []link
+		for j := range n.c.Stores {
+			if j != si {
+				cut = append(cut, link{si, j}, link{j, si})
+			}
+		}
+		n.netFault(ctx, linkState{blackhole: true}, hold, cut...)
+	case "partition-pair":
+		// Both ways between two stores, each still in touch with the others.
+		j := n.other(si)
+		n.netFault(ctx, linkState{blackhole: true}, hold, link{si, j}, link{j, si})
+	case "one-way":
+		// What the store sends the other is held until the heal; what it
+		// is sent arrives.
+		n.netFault(ctx, linkState{blackhole: true}, hold, link{si, n.other(si)})
+	case "delay-store":
+		// Every link into and out of the store, so a round trip with it
+		// takes twice the delay.
+		delay := time.Duration(50+n.rng.IntN(251)) * time.Millisecond
+		var slow []link
+		for j := range n.c.Stores {
+			if j != si {
+				slow = append(slow, link{si, j}, link{j, si})
+			}
+		}
+		n.netFault(ctx, linkState{delay: delay}, hold, slow...)
 	case "kill-store":
 		n.c.Signal(store, syscall.SIGKILL)
 		sleep(ctx, hold)
@@ -118,6 +152,18 @@ func (n *nemesis) inject(ctx context.Context) {
 		}
 		n.operator(f, fmt.Sprintf(`{"name": "add-peer", "region_id": %d, "store_id": %d}`, r.GetId(), to))
 	}
+}
+
+// netFault sets the links to st for hold, then heals the network.
+func (n *nemesis) netFault(ctx context.Context, st linkState, hold time.Duration, links ...link) {
+	n.net.set(st, links...)
+	sleep(ctx, hold)
+	n.net.heal()
+}
+
+// other is a store other than store i, chosen by the seed.
+func (n *nemesis) other(i int) int {
+	return (i + 1 + n.rng.IntN(len(n.c.Stores)-1)) % len(n.c.Stores)
 }
 
 // trafficRegions are the regions holding the traffic's keys, in key order.

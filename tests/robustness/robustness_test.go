@@ -61,15 +61,25 @@ func waitServing(t *testing.T, c *procs.Cluster) *pdclient.Client {
 
 // Randomized etcd-API traffic (get, put, delete, compare-and-set) from
 // clients each bound to one store, while a nemesis kills, pauses and
-// restarts stores and PD, transfers leaders, splits and merges regions and
-// moves replicas; the history must be linearizable. A failure names the
-// seed and leaves the history's visualization behind.
+// restarts stores and PD, transfers leaders, splits and merges regions,
+// moves replicas, and cuts or slows the network between stores; the
+// history must be linearizable. A failure names the seed and leaves the
+// history's visualization behind.
 func TestRobustness(t *testing.T) {
 	seed, duration := settings(t)
 	t.Logf("seed %d, duration %v (BASALT_ROBUSTNESS_SEED=%d replays the schedule)", seed, duration, seed)
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	c := procs.Start(t, procs.Options{PDs: 1, Stores: 4, StoreArgs: []string{"--raft-tick", "50ms",
-		"--etcd-progress-notify-interval", "300ms"}})
+	// The stores' addresses are picked first: the proxies between the
+	// stores must listen before the stores start dialing each other.
+	const stores = 4
+	var addrs []string
+	for range stores {
+		addrs = append(addrs, procs.FreeAddr(t))
+	}
+	netw := newNetwork(t, addrs)
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: stores, StoreAddrs: addrs, StoreArgs: []string{"--raft-tick", "50ms",
+		"--etcd-progress-notify-interval", "300ms"},
+		StoreArgsFor: func(i int) []string { return []string{"--peer-addr-map", netw.peerAddrMap(i, addrs)} }})
 	pd := waitServing(t, c)
 
 	keys := []string{"rob/a", "rob/b", "rob/c", "rob/d", "rob/e", "rob/f"}
@@ -124,7 +134,7 @@ func TestRobustness(t *testing.T) {
 		go func() { defer wg.Done(); tc.run(ctx) }()
 	}
 
-	n := &nemesis{t: t, c: c, pd: pd, rng: rand.New(rand.NewPCG(rng.Uint64(), 7)), keys: keys, counts: map[string]int{}}
+	n := &nemesis{t: t, c: c, pd: pd, net: netw, rng: rand.New(rand.NewPCG(rng.Uint64(), 7)), keys: keys, counts: map[string]int{}}
 	deadline := time.Now().Add(duration)
 	for time.Now().Before(deadline) {
 		sleep(ctx, time.Duration(500+n.rng.IntN(1500))*time.Millisecond)
@@ -140,6 +150,7 @@ func TestRobustness(t *testing.T) {
 	if h.counts["get ok"] == 0 || h.counts["put ok"] == 0 {
 		t.Fatalf("the traffic did not get through: %s", summary(h.counts))
 	}
+	checkProxied(t, netw, stores)
 	checkWatches(t, seed, c, watches, wlog, start)
 	wcancel()
 	<-progressDone
@@ -147,10 +158,11 @@ func TestRobustness(t *testing.T) {
 		<-w.done
 	}
 
+	checkStart := time.Now()
 	res, info := porcupine.CheckOperationsVerbose(kvModel, h.ops, 2*time.Minute)
 	switch res {
 	case porcupine.Ok:
-		t.Logf("linearizable: %d operations checked", len(h.ops))
+		t.Logf("linearizable: %d operations checked in %v", len(h.ops), time.Since(checkStart).Round(time.Millisecond))
 	case porcupine.Unknown:
 		t.Logf("porcupine timed out on %d operations: no violation found in the time given", len(h.ops))
 	default:
@@ -187,7 +199,8 @@ func checkWatches(t *testing.T, seed uint64, c *procs.Cluster, watches []*record
 	for _, w := range writes {
 		until = max(until, w.Rev)
 	}
-	deadline := time.Now().Add(time.Minute)
+	began := time.Now()
+	deadline := began.Add(time.Minute)
 	for i, w := range watches {
 		for w.lastRevision() < until {
 			if time.Now().After(deadline) {
@@ -203,6 +216,7 @@ func checkWatches(t *testing.T, seed uint64, c *procs.Cluster, watches []*record
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
+	caughtUp := time.Since(began)
 	hist := watchcheck.NewHistory(writes)
 	events, bookmarks, restarts := 0, 0, 0
 	for i, w := range watches {
@@ -224,8 +238,28 @@ func checkWatches(t *testing.T, seed uint64, c *procs.Cluster, watches []*record
 			}
 		}
 	}
-	t.Logf("watches: %d events and %d progress notifications checked in %d watches (one restarted %d times)",
-		events, bookmarks, len(watches), restarts)
+	t.Logf("watches: %d events and %d progress notifications checked in %d watches (one restarted %d times; all caught up %v after the traffic stopped)",
+		events, bookmarks, len(watches), restarts, caughtUp.Round(time.Millisecond))
+}
+
+// checkProxied fails the run if a store reached the others around the
+// proxies: the network faults would then have cut nothing. Every store
+// talks to some other (raft, or the writes it forwards to leaders).
+func checkProxied(t *testing.T, netw *network, stores int) {
+	var b strings.Builder
+	for i := range stores {
+		var sum int64
+		for j := range stores {
+			if j != i {
+				sum += netw.bytes(i, j)
+				fmt.Fprintf(&b, " %v %d", link{i, j}, netw.bytes(i, j))
+			}
+		}
+		if sum == 0 {
+			t.Errorf("store %d sent nothing through its proxies to the other stores", i+1)
+		}
+	}
+	t.Logf("bytes through the store-to-store proxies:%s", b.String())
 }
 
 // tail is the last n lines of a log.
