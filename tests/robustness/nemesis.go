@@ -6,7 +6,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -39,8 +41,12 @@ type nemesis struct {
 	counts map[string]int
 }
 
+// syncDelayFile is each store's --fault-sync-delay-file, in its data
+// directory.
+const syncDelayFile = "sync-delay"
+
 var faults = []string{"kill-store", "pause-store", "transfer-leader", "split", "restart-pd", "merge", "move-replica",
-	"partition-store", "partition-pair", "one-way", "delay-store"}
+	"partition-store", "partition-pair", "one-way", "delay-store", "stall-disk"}
 
 // inject runs one fault chosen by the seed and heals it.
 func (n *nemesis) inject(ctx context.Context) {
@@ -78,6 +84,20 @@ func (n *nemesis) inject(ctx context.Context) {
 			}
 		}
 		n.netFault(ctx, linkState{delay: delay}, hold, slow...)
+	case "stall-disk":
+		// Every fsync of the store waits (--fault-sync-delay-file): its
+		// raft rounds block in the sync, so it falls behind as a follower
+		// and loses what it leads, without crashing or losing anything.
+		delay := time.Duration(200+n.rng.IntN(1301)) * time.Millisecond
+		control := filepath.Join(store.Dir, syncDelayFile)
+		if err := os.WriteFile(control, []byte(delay.String()), 0o644); err != nil {
+			n.t.Errorf("stall-disk: %v", err)
+			return
+		}
+		sleep(ctx, hold)
+		if err := os.Remove(control); err != nil {
+			n.t.Errorf("stall-disk: %v", err)
+		}
 	case "kill-store":
 		n.c.Signal(store, syscall.SIGKILL)
 		sleep(ctx, hold)
