@@ -2,6 +2,7 @@ package robustness
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -46,7 +47,7 @@ type nemesis struct {
 const syncDelayFile = "sync-delay"
 
 var faults = []string{"kill-store", "pause-store", "transfer-leader", "split", "restart-pd", "merge", "move-replica",
-	"partition-store", "partition-pair", "one-way", "delay-store", "stall-disk"}
+	"partition-store", "partition-pair", "one-way", "delay-store", "stall-disk", "kill-pd-leader"}
 
 // inject runs one fault chosen by the seed and heals it.
 func (n *nemesis) inject(ctx context.Context) {
@@ -107,9 +108,21 @@ func (n *nemesis) inject(ctx context.Context) {
 		sleep(ctx, hold)
 		n.c.Signal(store, syscall.SIGCONT)
 	case "restart-pd":
-		pd := n.c.PDs[0]
+		// Any member (with three, a follower two times in three).
+		pd := n.c.PDs[n.rng.IntN(len(n.c.PDs))]
 		n.c.Signal(pd, syscall.SIGKILL)
 		sleep(ctx, hold/2)
+		n.c.Restart(pd)
+	case "kill-pd-leader":
+		// The leader: TSO, IDs and routing move to a new one, whose
+		// timestamps must stay above every one the old leader gave.
+		pd := n.pdLeader()
+		if pd == nil {
+			n.counts[f+" skipped"]++
+			return
+		}
+		n.c.Signal(pd, syscall.SIGKILL)
+		sleep(ctx, hold)
 		n.c.Restart(pd)
 	case "transfer-leader":
 		key := n.keys[n.rng.IntN(len(n.keys))]
@@ -215,7 +228,15 @@ func (n *nemesis) storeIDs(ctx context.Context) []uint64 {
 // refuse one that conflicts with an operator in flight: counted, not a
 // failure of the run.
 func (n *nemesis) operator(fault, body string) {
-	resp, err := http.Post("http://"+n.c.PDs[0].Addr+"/pd/api/v1/operators", "application/json", strings.NewReader(body))
+	// Any member takes it (a follower redirects to the leader); one may be
+	// down.
+	var resp *http.Response
+	var err error
+	for _, pd := range n.c.PDs {
+		if resp, err = http.Post("http://"+pd.Addr+"/pd/api/v1/operators", "application/json", strings.NewReader(body)); err == nil {
+			break
+		}
+	}
 	if err != nil {
 		n.counts[fault+" failed"]++
 		return
@@ -226,6 +247,32 @@ func (n *nemesis) operator(fault, body string) {
 		n.counts[fault+" refused"]++
 		n.t.Logf("%s: PD refused %s: %s: %s", fault, body, resp.Status, strings.TrimSpace(string(b)))
 	}
+}
+
+// pdLeader is the PD member the members API names as leader, or nil.
+func (n *nemesis) pdLeader() *procs.Proc {
+	for _, pd := range n.c.PDs {
+		resp, err := http.Get("http://" + pd.Addr + "/pd/api/v1/members")
+		if err != nil {
+			continue
+		}
+		var out struct {
+			Leader *struct {
+				Name string `json:"name"`
+			} `json:"leader"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&out)
+		resp.Body.Close()
+		if err != nil || out.Leader == nil {
+			continue
+		}
+		for _, p := range n.c.PDs {
+			if p.Name == out.Leader.Name {
+				return p
+			}
+		}
+	}
+	return nil
 }
 
 func (n *nemesis) ctl(args ...string) (string, error) {

@@ -77,7 +77,7 @@ func TestRobustness(t *testing.T) {
 		addrs = append(addrs, procs.FreeAddr(t))
 	}
 	netw := newNetwork(t, addrs)
-	c := procs.Start(t, procs.Options{PDs: 1, Stores: stores, StoreAddrs: addrs, StoreArgs: []string{"--raft-tick", "50ms",
+	c := procs.Start(t, procs.Options{PDs: 3, Stores: stores, StoreAddrs: addrs, StoreArgs: []string{"--raft-tick", "50ms",
 		"--etcd-progress-notify-interval", "300ms", "--fault-sync-delay-file", syncDelayFile},
 		StoreArgsFor: func(i int) []string { return []string{"--peer-addr-map", netw.peerAddrMap(i, addrs)} }})
 	pd := waitServing(t, c)
