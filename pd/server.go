@@ -244,7 +244,7 @@ func (s *Server) start() error {
 	}
 
 	reg, gm := s.newRegistry()
-	grpcOpts := append(gm.ServerOptions(), grpc.MaxRecvMsgSize(raftstore.MaxGRPCMessageBytes))
+	grpcOpts := append(gm.ServerOptions(), raftstore.ServerOptions()...)
 	s.peerSrv = grpc.NewServer(grpcOpts...)
 	rspb.RegisterRaftTransportServer(s.peerSrv, raftstore.NewRaftServer(s.store))
 	pdpb.RegisterPDServer(s.peerSrv, &grpcService{s: s})

@@ -293,7 +293,7 @@ func (c *testCluster) startStore(id uint64, fs *vfs.MemFS) *testStore {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	ts.srv = grpc.NewServer(grpc.MaxRecvMsgSize(MaxGRPCMessageBytes), grpc.InitialWindowSize(16<<20), grpc.InitialConnWindowSize(32<<20))
+	ts.srv = grpc.NewServer(append(ServerOptions(), grpc.InitialWindowSize(16<<20), grpc.InitialConnWindowSize(32<<20))...)
 	rspb.RegisterRaftTransportServer(ts.srv, NewRaftServer(st))
 	go func() { _ = ts.srv.Serve(lis) }()
 	c.mu.Lock()

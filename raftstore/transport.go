@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
 	rspb "github.com/basaltdb/basalt/proto/raftserverpb"
@@ -76,6 +77,29 @@ const maxBatchBytes = 8 << 20
 // MaxGRPCMessageBytes is the largest gRPC message the raft transport sends;
 // servers hosting RaftTransport must accept at least this much.
 const MaxGRPCMessageBytes = 64 << 20
+
+// Keepalives on the connections between stores. A peer that vanished
+// without a reset (a partition, a host that lost power) leaves a
+// connection that looks open: sends go into the kernel's buffers and are
+// never reported unreachable, and a stream blocks once its window fills.
+// A ping unanswered for keepaliveTimeout, sent after keepaliveTime with
+// nothing received, closes it, so messages are reported unreachable and
+// the next ones dial again. (gRPC sends no ping sooner than 10 s.)
+const (
+	keepaliveTime    = 10 * time.Second
+	keepaliveTimeout = 5 * time.Second
+)
+
+// ServerOptions are what a gRPC server hosting RaftTransport needs: it
+// accepts the transport's largest messages and its keepalive pings (by
+// default a server closes connections that ping more often than every
+// 5 minutes).
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxGRPCMessageBytes),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveTime / 2, PermitWithoutStream: true}),
+	}
+}
 
 // NewGRPCTransport returns a transport that dials stores through r.
 func NewGRPCTransport(o GRPCTransportOptions) *GRPCTransport {
@@ -184,6 +208,7 @@ func (c *storeConn) clientConn() (*grpc.ClientConn, error) {
 	}
 	cc, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, PermitWithoutStream: true}),
 		grpc.WithInitialWindowSize(16<<20), grpc.WithInitialConnWindowSize(32<<20),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(MaxGRPCMessageBytes), grpc.MaxCallRecvMsgSize(MaxGRPCMessageBytes)))
 	if err != nil {

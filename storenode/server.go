@@ -239,7 +239,7 @@ func (s *Server) start(ctx context.Context) error {
 	}
 
 	reg, gm := s.newRegistry()
-	s.grpc = grpc.NewServer(append(gm.ServerOptions(), grpc.MaxRecvMsgSize(raftstore.MaxGRPCMessageBytes))...)
+	s.grpc = grpc.NewServer(append(gm.ServerOptions(), raftstore.ServerOptions()...)...)
 	rspb.RegisterRaftTransportServer(s.grpc, raftstore.NewRaftServer(s.store))
 	kvpb.RegisterKVServer(s.grpc, &kvService{s: s})
 	kvpb.RegisterAdminServer(s.grpc, &adminService{s: s})
