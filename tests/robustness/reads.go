@@ -148,8 +148,14 @@ func (c *trafficClient) list(ctx context.Context) {
 		what = "serializable list"
 	}
 	limit := int64(2 + c.rng.IntN(2))
+	// One list in four is read by a slow consumer, which takes its time
+	// between pages, so compactions overtake lists in flight.
+	var pause time.Duration
+	if c.rng.IntN(4) == 0 {
+		pause = time.Duration(100+c.rng.IntN(300)) * time.Millisecond
+	}
 	for attempt := 0; attempt < 3 && ctx.Err() == nil; attempt++ {
-		rec, err := c.listOnce(ctx, what, serializable, limit)
+		rec, err := c.listOnce(ctx, what, serializable, limit, pause)
 		switch {
 		case err == nil:
 			c.h.count(what + " ok")
@@ -166,7 +172,7 @@ func (c *trafficClient) list(ctx context.Context) {
 	}
 }
 
-func (c *trafficClient) listOnce(ctx context.Context, what string, serializable bool, limit int64) (readRecord, error) {
+func (c *trafficClient) listOnce(ctx context.Context, what string, serializable bool, limit int64, pause time.Duration) (readRecord, error) {
 	end := clientv3.GetPrefixRangeEnd(listPrefix)
 	rec := readRecord{What: what, Client: c.id, Key: listPrefix, End: end, Count: -1, Linearizable: !serializable, Call: c.h.now()}
 	from := listPrefix
@@ -177,6 +183,7 @@ func (c *trafficClient) listOnce(ctx context.Context, what string, serializable 
 		}
 		if page > 0 {
 			opts = append(opts, clientv3.WithRev(rec.Rev))
+			sleep(ctx, pause)
 		}
 		pctx, cancel := context.WithTimeout(ctx, opTimeout)
 		resp, err := c.cli.Get(pctx, from, opts...)

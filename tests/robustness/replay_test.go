@@ -2,10 +2,12 @@ package robustness
 
 import (
 	"context"
+	"errors"
 	"os/exec"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/basaltdb/basalt/client/pdclient"
@@ -57,6 +59,18 @@ func checkReplay(t *testing.T, seed uint64, cli *clientv3.Client, watches []*rec
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	// The compactions took effect: the first revisions are gone.
+	l.h.mu.Lock()
+	compacted := l.h.counts["compact ok"] > 0
+	l.h.mu.Unlock()
+	if compacted {
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		_, err := cli.Get(ctx, listPrefix, clientv3.WithPrefix(), clientv3.WithRev(1))
+		cancel()
+		if !errors.Is(err, rpctypes.ErrCompacted) {
+			t.Errorf("seed %d: a read at revision 1 after the run's compactions: %v, want ErrCompacted", seed, err)
+		}
 	}
 	l.mu.Lock()
 	if final.Rev != 0 {

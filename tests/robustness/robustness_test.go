@@ -136,6 +136,9 @@ func TestRobustness(t *testing.T) {
 		wg.Add(1)
 		go func() { defer wg.Done(); tc.run(ctx) }()
 	}
+	compactRng := rand.New(rand.NewPCG(seed, 11)) // not from rng: the nemesis keeps its schedule
+	wg.Add(1)
+	go func() { defer wg.Done(); compact(ctx, clis, watches, compactRng, h) }()
 
 	n := &nemesis{t: t, c: c, pd: pd, net: netw, rng: rand.New(rand.NewPCG(rng.Uint64(), 7)), keys: keys, counts: map[string]int{}}
 	deadline := time.Now().Add(duration)
