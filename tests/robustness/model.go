@@ -1,7 +1,8 @@
 // Package robustness runs real basalt processes under randomized traffic
-// and faults and checks what clients saw: KV histories against a model of
-// etcd's semantics with porcupine (linearizability). docs/robustness.md
-// says how to run it and what it found.
+// and faults and checks what clients saw: single-key histories against a
+// model of etcd's semantics with porcupine (linearizability), and lists
+// and leased keys' reads by replaying the watches' events (reads.go).
+// docs/robustness.md says how to run it and what it found.
 package robustness
 
 import (

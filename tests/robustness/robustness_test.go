@@ -81,10 +81,12 @@ func TestRobustness(t *testing.T) {
 		"--etcd-progress-notify-interval", "300ms", "--fault-sync-delay-file", syncDelayFile},
 		StoreArgsFor: func(i int) []string { return []string{"--peer-addr-map", netw.peerAddrMap(i, addrs)} }})
 	pd := waitServing(t, c)
+	presplit(t, c, pd)
 
 	keys := []string{"rob/a", "rob/b", "rob/c", "rob/d", "rob/e", "rob/f"}
 	h := newHistory()
 	wlog := &watchcheck.Log{}
+	reads := newReadLog(h)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	const clients = 6
@@ -129,10 +131,14 @@ func TestRobustness(t *testing.T) {
 		}
 	}()
 	for i, cli := range clis {
-		tc := &trafficClient{id: i, cli: cli, keys: keys, rng: rand.New(rand.NewPCG(rng.Uint64(), uint64(i))), h: h, log: wlog, last: map[string]string{}}
+		tc := &trafficClient{id: i, cli: cli, keys: keys, rng: rand.New(rand.NewPCG(rng.Uint64(), uint64(i))), h: h, log: wlog, last: map[string]string{},
+			reads: reads, leaseKeys: leaseKeysOf(keys)}
 		wg.Add(1)
 		go func() { defer wg.Done(); tc.run(ctx) }()
 	}
+	compactRng := rand.New(rand.NewPCG(seed, 11)) // not from rng: the nemesis keeps its schedule
+	wg.Add(1)
+	go func() { defer wg.Done(); compact(ctx, clis, watches, compactRng, h) }()
 
 	n := &nemesis{t: t, c: c, pd: pd, net: netw, rng: rand.New(rand.NewPCG(rng.Uint64(), 7)), keys: keys, counts: map[string]int{}}
 	deadline := time.Now().Add(duration)
@@ -152,6 +158,7 @@ func TestRobustness(t *testing.T) {
 	}
 	checkProxied(t, netw, stores)
 	checkWatches(t, seed, c, watches, wlog, start)
+	checkReplay(t, seed, clis[0], watches, reads)
 	wcancel()
 	<-progressDone
 	for _, w := range watches {

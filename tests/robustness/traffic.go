@@ -56,12 +56,40 @@ type trafficClient struct {
 	log  *watchcheck.Log
 	// last is the value this client last wrote per key, for compare-and-set.
 	last map[string]string
+	// reads records lists, leased keys' reads and acknowledged writes for
+	// the replay check (reads.go); leaseKeys are the keys put with leases.
+	reads     *readLog
+	leaseKeys []string
+}
+
+// write logs a write for the watch checks and, once acknowledged, for the
+// replay check.
+func (c *trafficClient) write(w watchcheck.Write) {
+	c.log.Add(w)
+	if w.Rev != 0 {
+		c.reads.ack(w.Key, w.Rev)
+	}
 }
 
 const opTimeout = 3 * time.Second
 
 func (c *trafficClient) run(ctx context.Context) {
 	for n := 0; ctx.Err() == nil; n++ {
+		// Multi-key and leased traffic, checked by replay (reads.go). Rare:
+		// a list of a few pages takes about 5 single-key operations' time,
+		// a lease's grant, puts and revoke (which waits out the lease's
+		// attach window, docs/leases.md) about 20.
+		switch p := c.rng.IntN(1000); {
+		case p < 25:
+			c.list(ctx)
+			continue
+		case p < 33:
+			c.leaseOp(ctx)
+			continue
+		case p < 58:
+			c.leaseGet(ctx)
+			continue
+		}
 		key := c.keys[c.rng.IntN(len(c.keys))]
 		value := fmt.Sprintf("c%d-%d", c.id, n)
 		var in kvInput
@@ -96,9 +124,9 @@ func (c *trafficClient) do(parent context.Context, in kvInput) {
 		resp, err = c.cli.Put(ctx, in.Key, in.Value)
 		c.last[in.Key] = in.Value
 		if err == nil {
-			c.log.Add(watchcheck.Write{Key: in.Key, Value: in.Value, Rev: resp.Header.Revision})
+			c.write(watchcheck.Write{Key: in.Key, Value: in.Value, Rev: resp.Header.Revision})
 		} else {
-			c.log.Add(watchcheck.Write{Key: in.Key, Value: in.Value})
+			c.write(watchcheck.Write{Key: in.Key, Value: in.Value})
 		}
 	case "cas":
 		var resp *clientv3.TxnResponse
@@ -107,10 +135,10 @@ func (c *trafficClient) do(parent context.Context, in kvInput) {
 		if err == nil {
 			out.Found = resp.Succeeded
 			if resp.Succeeded {
-				c.log.Add(watchcheck.Write{Key: in.Key, Value: in.Value, Rev: resp.Header.Revision})
+				c.write(watchcheck.Write{Key: in.Key, Value: in.Value, Rev: resp.Header.Revision})
 			}
 		} else {
-			c.log.Add(watchcheck.Write{Key: in.Key, Value: in.Value})
+			c.write(watchcheck.Write{Key: in.Key, Value: in.Value})
 		}
 		c.last[in.Key] = in.Value
 	case "delete":
@@ -118,10 +146,10 @@ func (c *trafficClient) do(parent context.Context, in kvInput) {
 		if resp, err = c.cli.Delete(ctx, in.Key); err == nil {
 			out.Found = resp.Deleted == 1
 			if out.Found {
-				c.log.Add(watchcheck.Write{Key: in.Key, Delete: true, Rev: resp.Header.Revision})
+				c.write(watchcheck.Write{Key: in.Key, Delete: true, Rev: resp.Header.Revision})
 			}
 		} else {
-			c.log.Add(watchcheck.Write{Key: in.Key, Delete: true})
+			c.write(watchcheck.Write{Key: in.Key, Delete: true})
 		}
 	}
 	if parent.Err() != nil && err != nil && in.Op == "get" {
