@@ -246,7 +246,7 @@ func (s *Server) start(ctx context.Context) error {
 	etcdapi.Register(s.grpc, etcdapi.Config{Client: s.router, PD: s.pd, StoreID: s.storeID, Info: s.etcdInfo, LocalRange: s.localRange, LocalReadTxn: s.localReadTxn,
 		MaxRequestBytes: s.mvcc.Limits().MaxRequestBytes, ProgressNotifyInterval: s.cfg.EtcdProgressNotifyInterval})
 	s.mux = status.NewListenMux(s.lis)
-	s.status = status.Serve(s.mux.HTTP(), reg, s.cfg.EnablePprof)
+	s.status = status.Serve(s.mux.HTTP(), reg, s.cfg.EnablePprof, s.registerDebugRoutes)
 	s.seq = newSequencer(s)
 	s.store.Start()
 	s.wg.Add(2)

@@ -56,10 +56,14 @@ type Server struct {
 	done chan struct{}
 }
 
-// Serve serves /metrics (and /debug/pprof) on lis until Close.
-func Serve(lis net.Listener, g prometheus.Gatherer, withPprof bool) *Server {
+// Serve serves /metrics (and /debug/pprof) on lis until Close, and
+// whatever routes the server adds to the mux.
+func Serve(lis net.Listener, g prometheus.Gatherer, withPprof bool, routes ...func(*http.ServeMux)) *Server {
 	mux := http.NewServeMux()
 	Register(mux, g, withPprof)
+	for _, r := range routes {
+		r(mux)
+	}
 	s := &Server{lis: lis, http: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, done: make(chan struct{})}
 	go func() {
 		defer close(s.done)

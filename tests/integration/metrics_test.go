@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -75,6 +76,39 @@ func TestMetricsEndpoints(t *testing.T) {
 	}
 	if leaders < 1 {
 		t.Fatalf("no store reports leading a region")
+	}
+	// /debug/regions: each store's replicas as it sees them; one of them
+	// leads the region holding the keys, and all agree on its term (polled:
+	// a leader move in flight can leave them apart for a moment).
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var leading int
+		terms := map[uint64]bool{}
+		for _, s := range c.Stores {
+			var regions []struct {
+				RegionID  uint64 `json:"region_id"`
+				RaftState string `json:"raft_state"`
+				Term      uint64 `json:"term"`
+				Peers     []struct {
+					Role string `json:"role"`
+				} `json:"peers"`
+			}
+			if err := json.Unmarshal([]byte(scrape(t, "http://"+s.Addr+"/debug/regions")), &regions); err != nil {
+				t.Fatalf("store %s /debug/regions: %v", s.Name, err)
+			}
+			if len(regions) != 1 || len(regions[0].Peers) != 3 {
+				t.Fatalf("store %s /debug/regions: want one region with three peers, got %+v", s.Name, regions)
+			}
+			if regions[0].RaftState == "StateLeader" {
+				leading++
+			}
+			terms[regions[0].Term] = true
+		}
+		if leading == 1 && len(terms) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/debug/regions: %d leaders, terms %v", leading, terms)
+		}
 	}
 	// The puts went through some store's KV service.
 	var puts float64

@@ -6,8 +6,10 @@ package procs
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -291,6 +293,42 @@ func (c *Cluster) Stop() {
 func (c *Cluster) Log(p *Proc) string {
 	b, _ := os.ReadFile(filepath.Join(c.dir, p.Name+".log"))
 	return string(b)
+}
+
+// Regions is a running store's /debug/regions (each replica's raft state
+// as the store sees it), or why it could not be read: what a test prints
+// when a region would not elect.
+func (c *Cluster) Regions(p *Proc) string {
+	hc := &http.Client{Timeout: 5 * time.Second}
+	resp, err := hc.Get("http://" + p.Addr + "/debug/regions")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err.Error()
+	}
+	return string(b)
+}
+
+// DumpState logs every process's log tail (the last tail bytes) and every
+// running store's regions: the state a failed test leaves to read.
+func (c *Cluster) DumpState(t testing.TB, tail int) {
+	t.Helper()
+	for _, p := range append(append([]*Proc{}, c.PDs...), c.Stores...) {
+		l := c.Log(p)
+		state := c.Exited(p)
+		if state == "" {
+			state = "running"
+		}
+		t.Logf("%s (%s) log: %s", p.Name, state, l[max(0, len(l)-tail):])
+	}
+	for _, p := range c.Stores {
+		if c.Exited(p) == "" {
+			t.Logf("%s regions: %s", p.Name, c.Regions(p))
+		}
+	}
 }
 
 // Client connects a client and waits until the cluster serves a write.
