@@ -274,10 +274,7 @@ func TestWatchAcrossRegionsSurvivesStoreKill(t *testing.T) {
 	t.Logf("%d writes (%d acknowledged, %d after the kill), %d responses", len(writes), acked, afterKill, len(resps))
 	if afterKill < 100 {
 		t.Errorf("only %d writes acknowledged after the kill", afterKill)
-		for _, p := range append(append([]*procs.Proc{}, c.PDs...), c.Stores...) {
-			l := c.Log(p)
-			t.Logf("%s log: %s", p.Name, l[max(0, len(l)-6000):])
-		}
+		c.DumpState(t, 6000)
 	}
 }
 

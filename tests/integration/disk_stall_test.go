@@ -48,12 +48,7 @@ func TestStalledDiskLeaderIsReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	stalledAt := time.Now()
-	dump := func() {
-		for _, p := range append(append([]*procs.Proc{}, c.PDs...), c.Stores...) {
-			l := c.Log(p)
-			t.Logf("%s log: %s", p.Name, l[max(0, len(l)-6000):])
-		}
-	}
+	dump := func() { c.DumpState(t, 6000) }
 
 	// Writes, each to its own key, until a leader elsewhere has taken 20 in
 	// a row; a write that fails may or may not have applied.

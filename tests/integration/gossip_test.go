@@ -26,10 +26,7 @@ func TestDeadLeaderDetectedByGossip(t *testing.T) {
 	deadline := killed.Add(60 * time.Second)
 	for {
 		if time.Now().After(deadline) {
-			for _, p := range append(append([]*procs.Proc{}, c.PDs...), c.Stores...) {
-				l := c.Log(p)
-				t.Logf("%s log: %s", p.Name, l[max(0, len(l)-6000):])
-			}
+			c.DumpState(t, 6000)
 			t.Fatal("no new leader and no gossip report within 60 s of the leader's death")
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
