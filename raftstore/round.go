@@ -1,6 +1,7 @@
 package raftstore
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -89,10 +90,16 @@ func (w *worker) round() {
 		if !isEmptySnap(p.rd.Snapshot) {
 			p.applySnapshot(p.rd.Snapshot, p.rd.HardState)
 		}
-		p.storage.append(wb, p.rd.Entries)
 		if p.isInitialized() {
+			p.storage.append(wb, p.rd.Entries)
 			p.storage.setHardState(wb, p.rd.HardState)
+			sync = sync || p.rd.MustSync
 		} else {
+			if len(p.rd.Entries) > 0 {
+				// Its log is empty and every leader's starts after the
+				// initial index, so only a snapshot can give it entries.
+				panic(fmt.Sprintf("raftstore: region %d: uninitialized replica got %d entries", p.regionID, len(p.rd.Entries)))
+			}
 			// An uninitialized replica persists nothing (a snapshot
 			// applied above initialized it already). It grants no vote
 			// (stepMessage) and acknowledges no entry (its log is
@@ -104,7 +111,6 @@ func (w *worker) round() {
 			// replica may have cast already.
 			p.storage.noteHardState(p.rd.HardState)
 		}
-		sync = sync || p.rd.MustSync
 		p.assignIndexes(p.rd.Entries)
 		p.sendMessages(p.rd.Messages, false)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -312,15 +313,34 @@ func TestUninitializedReplicaPersistsNothing(t *testing.T) {
 		st := s.RegionStatus(regionID)
 		return st != nil && st.Term == 7
 	})
-	// Its rounds have run (the term came from one); one more message makes
-	// sure a round after the first also wrote nothing.
-	s.HandleRaftMessage(rm)
-	before := s.Stats().Rounds.Load()
-	waitFor(t, "another round", 10*time.Second, func() bool { return s.Stats().Rounds.Load() > before })
+	// The term is published at the end of the round that took it, after
+	// that round's batch committed.
 	for _, key := range [][]byte{hardStateKey(regionID), regionStateKey(regionID), applyStateKey(regionID), truncatedStateKey(regionID)} {
 		if _, closer, err := s.Engine().DB.Get(key); err == nil {
 			closer.Close()
 			t.Fatalf("the uninitialized replica wrote %x", key)
 		}
+	}
+
+	// The split arrives: it writes the region's initial state (as
+	// applySplit does) and replaces the uninitialized replica. The new one
+	// starts at term 7 and has that term on disk, not only in memory.
+	desc := &metapb.Region{Id: regionID, StartKey: []byte("x"), EndKey: []byte("z"), RegionEpoch: &metapb.RegionEpoch{ConfVer: 1, Version: 1},
+		Peers: []*metapb.Peer{{Id: 901, StoreId: 1}, {Id: 902, StoreId: 2}}}
+	wb := s.Engine().DB.NewBatch()
+	mustSetProto(wb, regionStateKey(regionID), &rspb.RegionLocalState{State: rspb.PeerState_Normal, Region: desc, ConfState: confStateOf(desc)})
+	mustSetProto(wb, hardStateKey(regionID), &pb.HardState{Term: new(uint64(initLogTerm)), Commit: new(uint64(initLogIndex))})
+	mustSetProto(wb, truncatedStateKey(regionID), &rspb.RaftTruncatedState{Index: initLogIndex, Term: initLogTerm})
+	mustSetProto(wb, applyStateKey(regionID), &rspb.RaftApplyState{AppliedIndex: initLogIndex, AppliedTerm: initLogTerm})
+	mustCommit(wb, pebble.Sync)
+	if err := s.createSplitPeer(desc, desc.Peers[0], nil, false); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.RegionStatus(regionID); st == nil || !st.Initialized || st.Term != 7 {
+		t.Fatalf("after the split the replica is %+v, want initialized at term 7", st)
+	}
+	var hs pb.HardState
+	if ok, err := getProto(s.Engine().DB, hardStateKey(regionID), &hs); err != nil || !ok || hs.GetTerm() != 7 {
+		t.Fatalf("on disk after the split: term %d (found %v, %v), want 7", hs.GetTerm(), ok, err)
 	}
 }

@@ -241,7 +241,16 @@ func (s *Store) newPeerAtTerm(regionID, peerID uint64, rs *rspb.RegionLocalState
 		return nil, err
 	}
 	if termFloor > st.hardState.GetTerm() && st.hardState != nil {
+		// The replica a split replaces kept its term in memory only; the
+		// new one starts there and writes it down before raft can act on
+		// it: raft emits no hard state until the term, vote or commit
+		// changes, so entries it acknowledges at this term would otherwise
+		// sit on disk under an older term. Unsynced is enough: the WAL is
+		// ordered, and every acknowledgement follows a synced round.
 		st.hardState.Term = new(termFloor)
+		wb := s.eng.DB.NewBatch()
+		mustSetProto(wb, hardStateKey(regionID), st.hardState)
+		mustCommit(wb, pebble.NoSync)
 	}
 	p := &peer{
 		store:       s,
