@@ -1,6 +1,7 @@
 package storenode
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"sort"
@@ -52,7 +53,7 @@ func (s *Server) registerDebugRoutes(mux *http.ServeMux) {
 				continue // created, not published yet
 			}
 			d := regionDebug{
-				RegionID: st.Region.GetId(), StartKey: string(st.Region.GetStartKey()), EndKey: string(st.Region.GetEndKey()),
+				RegionID: st.Region.GetId(), StartKey: hex.EncodeToString(st.Region.GetStartKey()), EndKey: hex.EncodeToString(st.Region.GetEndKey()),
 				ConfVer: st.Region.GetRegionEpoch().GetConfVer(), Version: st.Region.GetRegionEpoch().GetVersion(),
 				PeerID: st.PeerID, Leader: st.Leader.GetId(), RaftState: st.RaftState.String(), Term: st.Term,
 				Commit: st.Commit, Applied: st.Applied, LastIndex: st.LastIndex, Hibernating: st.Hibernating,

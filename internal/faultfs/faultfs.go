@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,20 +27,50 @@ import (
 type FS struct {
 	vfs.FS
 	delay atomic.Int64 // nanoseconds
+
+	mu sync.Mutex
+	// changed is closed (and replaced) when the delay changes, releasing
+	// the syncs waiting on the old one: a healed disk (or a mistyped
+	// "1h" put right) frees its writers at once.
+	changed chan struct{}
 }
 
 // New wraps inner.
-func New(inner vfs.FS) *FS { return &FS{FS: inner} }
+func New(inner vfs.FS) *FS { return &FS{FS: inner, changed: make(chan struct{})} }
 
 // SetSyncDelay sets how long every sync waits from now on (0: none).
-func (fs *FS) SetSyncDelay(d time.Duration) { fs.delay.Store(int64(max(d, 0))) }
+// Syncs waiting on the previous delay go on at once.
+func (fs *FS) SetSyncDelay(d time.Duration) {
+	d = max(d, 0)
+	if fs.delay.Swap(int64(d)) == int64(d) {
+		return
+	}
+	fs.mu.Lock()
+	close(fs.changed)
+	fs.changed = make(chan struct{})
+	fs.mu.Unlock()
+}
 
 // SyncDelay is the current delay.
 func (fs *FS) SyncDelay() time.Duration { return time.Duration(fs.delay.Load()) }
 
 func (fs *FS) wait() {
-	if d := fs.delay.Load(); d > 0 {
-		time.Sleep(time.Duration(d))
+	if fs.delay.Load() <= 0 {
+		return
+	}
+	fs.mu.Lock()
+	changed := fs.changed
+	fs.mu.Unlock()
+	// Read after the channel: a change between the two closes this one.
+	d := fs.delay.Load()
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(time.Duration(d))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-changed:
 	}
 }
 

@@ -34,11 +34,39 @@ func TestSyncWaitsTheDelay(t *testing.T) {
 		t.Fatal("the delay did not clear")
 	}
 	// Unsynced writes never wait.
-	fs.SetSyncDelay(time.Hour)
+	fs.SetSyncDelay(5 * time.Second)
+	start = time.Now()
 	if err := db.Set([]byte("k2"), []byte("v"), pebble.NoSync); err != nil {
 		t.Fatal(err)
 	}
+	if took := time.Since(start); took >= 5*time.Second {
+		t.Fatalf("an unsynced write took %v", took)
+	}
 	fs.SetSyncDelay(0)
+}
+
+// Clearing the delay releases a sync already waiting on it.
+func TestClearingReleasesWaitingSyncs(t *testing.T) {
+	fs := New(vfs.NewMem())
+	f, err := fs.Create("f", vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fs.SetSyncDelay(time.Hour)
+	done := make(chan error, 1)
+	go func() { done <- f.Sync() }()
+	// However the clear lands (before the sync looked at the delay, or
+	// while it waits), the sync returns.
+	fs.SetSyncDelay(0)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("a sync waited on a delay that was cleared")
+	}
 }
 
 func TestParseDelay(t *testing.T) {

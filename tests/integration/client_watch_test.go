@@ -291,14 +291,17 @@ func watchLeadersMove(ctx context.Context, pd *pdclient.Client, victim *procs.Pr
 			}
 		}
 	}
+	if victimID == 0 {
+		return func(time.Time) string { return "the killed store's ID was not found in PD" }
+	}
 	var mu sync.Mutex
-	led := map[uint64]bool{}        // regions the victim led at the first poll
+	led := map[uint64]bool{}        // regions the victim led at the first poll that answered
 	moved := map[uint64]time.Time{} // when a region of led first had another leader
 	pctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for first := true; pctx.Err() == nil; first = false {
+		for first := true; pctx.Err() == nil; {
 			rctx, rcancel := context.WithTimeout(pctx, time.Second)
 			regions, err := pd.ScanRegions(rctx, start, end, 100)
 			rcancel()
@@ -307,13 +310,14 @@ func watchLeadersMove(ctx context.Context, pd *pdclient.Client, victim *procs.Pr
 			for _, r := range regions {
 				id := r.GetRegion().GetId()
 				onVictim := r.GetLeader().GetStoreId() == victimID
-				if first && err == nil && onVictim {
+				if first && onVictim {
 					led[id] = true
 				}
 				if led[id] && !onVictim && r.GetLeader() != nil && moved[id].IsZero() {
 					moved[id] = now
 				}
 			}
+			first = first && err != nil
 			mu.Unlock()
 			select {
 			case <-pctx.Done():

@@ -32,7 +32,7 @@ func TestStalledDiskLeaderIsReplaced(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -77,7 +77,9 @@ func TestStalledDiskLeaderIsReplaced(t *testing.T) {
 			if err != nil || r.GetLeader() == nil {
 				continue
 			}
-			st, err := pd.GetStore(context.Background(), r.GetLeader().GetStoreId())
+			ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+			st, err := pd.GetStore(ctx, r.GetLeader().GetStoreId())
+			cancel()
 			if err != nil || st.GetAddress() == stalled.Addr {
 				continue
 			}

@@ -12,7 +12,7 @@ import (
 // ctx ends, so lists and reads of old revisions meet compacted revisions
 // (and say so with ErrCompacted) while everything else goes on.
 //
-// It never compacts at or above the last event any watch delivered: each
+// It never compacts above the last event any watch delivered: each
 // watch resumes (clientv3 after its store restarts, resumingWatch on
 // purpose, Basalt's client per region behind them) from after what it
 // delivered, and a watch resumed at a compacted revision is cancelled,

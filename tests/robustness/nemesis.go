@@ -233,7 +233,7 @@ func (n *nemesis) operator(fault, body string) {
 	var resp *http.Response
 	var err error
 	for _, pd := range n.c.PDs {
-		if resp, err = http.Post("http://"+pd.Addr+"/pd/api/v1/operators", "application/json", strings.NewReader(body)); err == nil {
+		if resp, err = pdHTTP.Post("http://"+pd.Addr+"/pd/api/v1/operators", "application/json", strings.NewReader(body)); err == nil {
 			break
 		}
 	}
@@ -249,10 +249,14 @@ func (n *nemesis) operator(fault, body string) {
 	}
 }
 
+// pdHTTP calls PD's HTTP API: a member that hangs (paused, cut off) must
+// not stall the nemesis.
+var pdHTTP = &http.Client{Timeout: 5 * time.Second}
+
 // pdLeader is the PD member the members API names as leader, or nil.
 func (n *nemesis) pdLeader() *procs.Proc {
 	for _, pd := range n.c.PDs {
-		resp, err := http.Get("http://" + pd.Addr + "/pd/api/v1/members")
+		resp, err := pdHTTP.Get("http://" + pd.Addr + "/pd/api/v1/members")
 		if err != nil {
 			continue
 		}

@@ -248,8 +248,9 @@ type chunk struct {
 //
 // Healing releases what a blackhole held, in order, instead of closing
 // the connections: a cut of a few seconds does not end a TCP connection
-// (its segments are retransmitted until they get through, and Basalt's
-// gRPC connections send no keepalives that could give up sooner), so
+// (its segments are retransmitted until they get through, and the
+// keepalives between stores give up only after 10 s of silence and 5 s
+// more, longer than any cut here), so
 // late bytes on the old connections are what a healed network delivers.
 // A source's close is held like its bytes: the end of the stream arrives
 // in order, after everything sent before it.
