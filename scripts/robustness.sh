@@ -19,12 +19,15 @@ for i in $(seq 1 "$runs"); do
 	faults=$(grep -o 'faults: .*' <<<"$out" | head -1)
 	ops=$(grep -o 'operations: .*' <<<"$out" | head -1)
 	verdict=$(grep -oE 'linearizable: [0-9]+ operations checked|porcupine timed out.*|NOT LINEARIZABLE.*' <<<"$out" | head -1)
-	watches=$(grep -oE 'watches: [0-9]+ events checked in [0-9]+ watches' <<<"$out" | head -1)
+	watches=$(grep -oE 'watches: [0-9]+ events[^(]*' <<<"$out" | head -1)
+	replay=$(grep -oE 'replay: [0-9]+ reads checked' <<<"$out" | head -1)
 	if [ $status -ne 0 ]; then
 		failed=$((failed + 1))
-		echo "run $i seed $seed FAILED: ${verdict:-$(tail -5 <<<"$out")}"
+		log=${TMPDIR:-/tmp}/basalt-robustness-$seed.log
+		printf '%s\n' "$out" >"$log"
+		echo "run $i seed $seed FAILED (output in $log): ${verdict:-$(grep -E -- '--- FAIL|robustness_test.go|reads.go' <<<"$out" | tail -5)}"
 	else
-		echo "run $i seed $seed ok: $verdict; $watches; $faults; $ops"
+		echo "run $i seed $seed ok: $verdict; $watches; $replay; $faults; $ops"
 	fi
 done
 echo "$runs runs of $duration: $failed failed"
