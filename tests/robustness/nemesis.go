@@ -59,13 +59,7 @@ func (n *nemesis) inject(ctx context.Context) {
 	switch f {
 	case "partition-store":
 		// Both ways between the store and every other.
-		var cut []link
-		for j := range n.c.Stores {
-			if j != si {
-				cut = append(cut, link{si, j}, link{j, si})
-			}
-		}
-		n.netFault(ctx, linkState{blackhole: true}, hold, cut...)
+		n.netFault(ctx, linkState{blackhole: true}, hold, n.linksOf(si)...)
 	case "partition-pair":
 		// Both ways between two stores, each still in touch with the others.
 		j := n.other(si)
@@ -78,13 +72,7 @@ func (n *nemesis) inject(ctx context.Context) {
 		// Every link into and out of the store, so a round trip with it
 		// takes twice the delay.
 		delay := time.Duration(50+n.rng.IntN(251)) * time.Millisecond
-		var slow []link
-		for j := range n.c.Stores {
-			if j != si {
-				slow = append(slow, link{si, j}, link{j, si})
-			}
-		}
-		n.netFault(ctx, linkState{delay: delay}, hold, slow...)
+		n.netFault(ctx, linkState{delay: delay}, hold, n.linksOf(si)...)
 	case "stall-disk":
 		// Every fsync of the store waits (--fault-sync-delay-file): its
 		// raft rounds block in the sync, so it falls behind as a follower
@@ -195,6 +183,17 @@ func (n *nemesis) netFault(ctx context.Context, st linkState, hold time.Duration
 }
 
 // other is a store other than store i, chosen by the seed.
+// linksOf is every link into and out of store si.
+func (n *nemesis) linksOf(si int) []link {
+	var ls []link
+	for j := range n.c.Stores {
+		if j != si {
+			ls = append(ls, link{si, j}, link{j, si})
+		}
+	}
+	return ls
+}
+
 func (n *nemesis) other(i int) int {
 	return (i + 1 + n.rng.IntN(len(n.c.Stores)-1)) % len(n.c.Stores)
 }
