@@ -312,8 +312,10 @@ func (c *Cluster) Regions(p *Proc) string {
 	return string(b)
 }
 
-// DumpState logs every process's log tail (the last tail bytes) and every
-// running store's regions: the state a failed test leaves to read.
+// DumpState logs every process's log tail (the last tail bytes), then
+// every running store's regions and its goroutines that run Basalt's code:
+// the state a failed test leaves to read. Taking the goroutines ends the
+// stores (SIGQUIT), so it is the last thing a failing test does with them.
 func (c *Cluster) DumpState(t testing.TB, tail int) {
 	t.Helper()
 	for _, p := range append(append([]*Proc{}, c.PDs...), c.Stores...) {
@@ -329,6 +331,39 @@ func (c *Cluster) DumpState(t testing.TB, tail int) {
 			t.Logf("%s regions: %s", p.Name, c.Regions(p))
 		}
 	}
+	for _, p := range c.Stores {
+		if c.Exited(p) == "" {
+			t.Logf("%s goroutines in Basalt's code: %s", p.Name, c.stacks(p))
+		}
+	}
+}
+
+// stacks ends a running process with SIGQUIT, which makes the Go runtime
+// write every goroutine's stack to its log, and returns the goroutines
+// with a frame in Basalt's packages (the rest is gRPC, pebble and runtime
+// machinery around them). A region that will not elect, or a write that
+// never returns, shows there as a goroutine blocked where it should not be.
+func (c *Cluster) stacks(p *Proc) string {
+	before := len(c.Log(p))
+	_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		return "(no stack dump: the process did not exit on SIGQUIT)"
+	}
+	l := c.Log(p)
+	if len(l) < before {
+		return "(no stack dump: the log shrank)"
+	}
+	var b strings.Builder
+	for _, g := range strings.Split(l[before:], "\n\n") {
+		if strings.HasPrefix(g, "goroutine ") && strings.Contains(g, "github.com/basaltdb/basalt/") {
+			b.WriteString("\n")
+			b.WriteString(g)
+			b.WriteString("\n")
+		}
+	}
+	return b.String()
 }
 
 // Client connects a client and waits until the cluster serves a write.
