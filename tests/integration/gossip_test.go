@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,6 +21,10 @@ func TestDeadLeaderDetectedByGossip(t *testing.T) {
 	cl := c.Client(t)
 	pd := waitReplicated(t, c)
 	put(t, cl, "k", "v")
+	// Asleep first (every replica hibernating, as /debug/regions shows),
+	// so only the gossip can wake the followers: a kill of an awake leader
+	// is noticed by their election timeout alone.
+	waitHibernating(t, c)
 	dead := leaderStore(t, c, pd)
 	c.Signal(dead, syscall.SIGKILL)
 	killed := time.Now()
@@ -44,6 +49,38 @@ func TestDeadLeaderDetectedByGossip(t *testing.T) {
 				t.Logf("new leader on store %d known to PD %v after the kill", st.GetId(), time.Since(killed).Round(time.Millisecond))
 				return
 			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitHibernating waits until every store's every replica hibernates.
+func waitHibernating(t *testing.T, c *procs.Cluster) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		asleep := true
+		for _, p := range c.Stores {
+			var regions []struct {
+				RegionID    uint64 `json:"region_id"`
+				Hibernating bool   `json:"hibernating"`
+			}
+			if err := json.Unmarshal([]byte(c.Regions(p)), &regions); err != nil || len(regions) == 0 {
+				asleep = false
+				break
+			}
+			for _, r := range regions {
+				asleep = asleep && r.Hibernating
+			}
+		}
+		if asleep {
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, p := range c.Stores {
+				t.Logf("%s regions: %s", p.Name, c.Regions(p))
+			}
+			t.Fatal("the replicas did not all hibernate within 60 s")
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
