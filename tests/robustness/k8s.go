@@ -62,6 +62,8 @@ type k8sWrite struct {
 	// Rev is the response's revision: the write's if it succeeded; if its
 	// compare failed, the revision it was evaluated at (nothing written).
 	Rev int64
+	// Call is when the transaction was sent (history time).
+	Call int64
 }
 
 func (w k8sWrite) String() string {
@@ -131,6 +133,7 @@ func (c *trafficClient) k8sOp(ctx context.Context, n int) {
 		c.k8sSeen[key] = seen
 	}
 	w := k8sWrite{Client: c.id, Key: key, Seen: seen}
+	defer func() { c.reads.k8sWrite(w) }()
 	var cmp clientv3.Cmp
 	var then clientv3.Op
 	switch {
@@ -147,7 +150,7 @@ func (c *trafficClient) k8sOp(ctx context.Context, n int) {
 		cmp = clientv3.Compare(clientv3.ModRevision(key), "=", seen)
 		then = clientv3.OpPut(key, w.Value)
 	}
-	call := c.h.now()
+	w.Call = c.h.now()
 	tctx, cancel := context.WithTimeout(ctx, opTimeout)
 	// The failure branch reads the object, as an API server does to tell
 	// the client what it conflicted with.
@@ -176,7 +179,7 @@ func (c *trafficClient) k8sOp(ctx context.Context, n int) {
 		// What the failure branch read is a linearizable read of the key
 		// at the revision the compare saw: checked like any other read.
 		rec := readRecord{What: "k8s " + w.Kind + " conflict get", Client: c.id, Key: key, End: key + "\x00", Rev: w.Rev,
-			Count: -1, Linearizable: true, Call: call, Return: c.h.now()}
+			Count: -1, Linearizable: true, Call: w.Call, Return: c.h.now()}
 		if len(resp.Responses) != 1 || resp.Responses[0].GetResponseRange() == nil {
 			c.reads.violation("%s: the failure branch answered %v, not one range", w, resp.Responses)
 		} else {
@@ -191,7 +194,6 @@ func (c *trafficClient) k8sOp(ctx context.Context, n int) {
 		}
 		c.h.count("k8s " + w.Kind + " conflict")
 	}
-	c.reads.k8sWrite(w)
 }
 
 // reflect runs a reflector until ctx ends: list the objects at one
@@ -352,10 +354,12 @@ func checkReflections(writes []watchcheck.Write, rs []reflection) []error {
 // and its write; a delete's previous version at the mod revision some
 // delete compared (the acknowledged one at that revision, if any; an
 // unknown one otherwise, as a delete event does not name its writer). An
-// acknowledged write must be in the replay at its revision, and a write
-// whose compare failed must have failed on the state at its response's
-// revision.
-func checkK8s(rp *replay, writes []k8sWrite) []error {
+// acknowledged write must be in the replay at its revision, above every
+// write of its key acknowledged before it was sent (a write whose compare
+// failed is a read at its revision, which checkReads holds to the same),
+// and a write whose compare failed must have failed on the state at its
+// response's revision.
+func checkK8s(rp *replay, writes []k8sWrite, acks []ack) []error {
 	var errs []error
 	report := func(format string, args ...any) {
 		if len(errs) < 30 {
@@ -427,6 +431,12 @@ func checkK8s(rp *replay, writes []k8sWrite) []error {
 			e, ok := rp.changedIn(w.Key, w.Rev-1, w.Rev)
 			if !ok || e.Delete != (w.Kind == "delete") || (!e.Delete && e.KV.Value != w.Value) {
 				report("%s: the watches have no such write at %d", w, w.Rev)
+			}
+			for _, a := range acks {
+				if a.Key == w.Key && a.Return < w.Call && a.Rev >= w.Rev {
+					report("%s, at or below the write of its key acknowledged at %d before it was sent", w, a.Rev)
+					break
+				}
 			}
 		default:
 			cur, exists := rp.at(w.Key, w.Rev)

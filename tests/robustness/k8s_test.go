@@ -28,7 +28,8 @@ func errorsContain(errs []error, want string) bool {
 // update that succeeded though another write came between, a create over
 // an existing key, a delete of a version nobody compared, a conflict
 // reported where the compare held, a write reported failed that took
-// effect, an acknowledged write the watches never saw.
+// effect, an acknowledged write the watches never saw or saw at another
+// revision, one below a write of its key acknowledged before it was sent.
 func TestK8sCheck(t *testing.T) {
 	a := k8sPrefix + "a"
 	create := evPut(a, "v1", 10, 10, 1, 0)
@@ -50,19 +51,20 @@ func TestK8sCheck(t *testing.T) {
 	}
 	rp := replayOf(events...)
 	good := []k8sWrite{
-		{Kind: "create", Client: 0, Key: a, Value: "v1", Succeeded: true, Rev: 10},
-		{Kind: "update", Client: 1, Key: a, Value: "v2", Seen: 10, Succeeded: true, Rev: 20},
+		{Kind: "create", Client: 0, Key: a, Value: "v1", Succeeded: true, Rev: 10, Call: 100},
+		{Kind: "update", Client: 1, Key: a, Value: "v2", Seen: 10, Succeeded: true, Rev: 20, Call: 110},
 		// Lost the race to v2: at 25 the key's mod revision is 20.
 		{Kind: "update", Client: 2, Key: a, Value: "x", Seen: 10, Rev: 25},
 		{Kind: "update", Client: 2, Key: a, Value: "v3", Seen: 20, Unknown: true},
 		// An unknown update that did not take effect.
 		{Kind: "update", Client: 3, Key: a, Value: "y", Seen: 20, Unknown: true},
-		{Kind: "delete", Client: 0, Key: a, Seen: 30, Succeeded: true, Rev: 40},
+		{Kind: "delete", Client: 0, Key: a, Seen: 30, Succeeded: true, Rev: 40, Call: 300},
 		{Kind: "create", Client: 1, Key: a, Value: "z", Rev: 35}, // existed at 35
 		{Kind: "delete", Client: 1, Key: a, Seen: 20, Rev: 45},   // absent at 45
-		{Kind: "create", Client: 2, Key: a, Value: "v4", Succeeded: true, Rev: 50},
+		{Kind: "create", Client: 2, Key: a, Value: "v4", Succeeded: true, Rev: 50, Call: 500},
 	}
-	if errs := checkK8s(rp, good); len(errs) > 0 {
+	acks := []ack{{a, 10, 105}, {a, 20, 205}, {a, 40, 405}, {a, 50, 505}}
+	if errs := checkK8s(rp, good, acks); len(errs) > 0 {
 		t.Fatalf("a correct history failed the check: %v", errs)
 	}
 	with := func(i int, w k8sWrite) []k8sWrite {
@@ -94,8 +96,11 @@ func TestK8sCheck(t *testing.T) {
 		"acknowledged at another revision": {rp, with(1, k8sWrite{Kind: "update", Client: 1, Key: a, Value: "v2", Seen: 10, Succeeded: true, Rev: 22}),
 			"was written at 20"},
 		"put by no conditional write": {rp, good[1:], "no conditional write put it"},
+		// v2's update was sent at 600, after the writes at 40 and 50 returned.
+		"a write in the past": {rp, with(1, k8sWrite{Kind: "update", Client: 1, Key: a, Value: "v2", Seen: 10, Succeeded: true, Rev: 20, Call: 600}),
+			"before it was sent"},
 	} {
-		if errs := checkK8s(tc.rp, tc.writes); !errorsContain(errs, tc.want) {
+		if errs := checkK8s(tc.rp, tc.writes, acks); !errorsContain(errs, tc.want) {
 			t.Errorf("%s: want an error containing %q, got %v", name, tc.want, errs)
 		}
 	}

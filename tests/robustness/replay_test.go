@@ -120,7 +120,7 @@ func checkReplay(t *testing.T, seed uint64, cli *clientv3.Client, watches []*rec
 	errs = append(errs, werrs...)
 	errs = append(errs, checkReads(rp, reads, acks)...)
 	errs = append(errs, checkLeaseDeletes(rp, leases)...)
-	errs = append(errs, checkK8s(rp, k8s)...)
+	errs = append(errs, checkK8s(rp, k8s, acks)...)
 	for _, err := range errs {
 		t.Errorf("seed %d: %v", seed, err)
 	}
