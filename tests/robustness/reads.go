@@ -104,6 +104,10 @@ type readLog struct {
 	reads  []readRecord
 	acks   []ack
 	leases map[int64]*leaseRecord
+	// k8s are the Kubernetes-like profile's conditional writes, reflections
+	// its reflectors' watches (k8s.go).
+	k8s         []k8sWrite
+	reflections []reflection
 	// errs are violations seen as they happened (a page longer than its
 	// limit, a revoked lease's key still there).
 	errs []error
@@ -155,7 +159,7 @@ func (c *trafficClient) list(ctx context.Context) {
 		pause = time.Duration(100+c.rng.IntN(300)) * time.Millisecond
 	}
 	for attempt := 0; attempt < 3 && ctx.Err() == nil; attempt++ {
-		rec, err := c.listOnce(ctx, what, serializable, limit, pause)
+		rec, err := c.listOnce(ctx, listPrefix, what, serializable, limit, pause)
 		switch {
 		case err == nil:
 			c.h.count(what + " ok")
@@ -172,10 +176,12 @@ func (c *trafficClient) list(ctx context.Context) {
 	}
 }
 
-func (c *trafficClient) listOnce(ctx context.Context, what string, serializable bool, limit int64, pause time.Duration) (readRecord, error) {
-	end := clientv3.GetPrefixRangeEnd(listPrefix)
-	rec := readRecord{What: what, Client: c.id, Key: listPrefix, End: end, Count: -1, Linearizable: !serializable, Call: c.h.now()}
-	from := listPrefix
+// listOnce reads prefix (the traffic's, or the Kubernetes-like keys' for a
+// reflector, k8s.go) in pages of limit keys at the first page's revision.
+func (c *trafficClient) listOnce(ctx context.Context, prefix, what string, serializable bool, limit int64, pause time.Duration) (readRecord, error) {
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	rec := readRecord{What: what, Client: c.id, Key: prefix, End: end, Count: -1, Linearizable: !serializable, Call: c.h.now()}
+	from := prefix
 	for page := 0; ; page++ {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(limit)}
 		if serializable {

@@ -84,6 +84,7 @@ func checkReplay(t *testing.T, seed uint64, cli *clientv3.Client, watches []*rec
 		leases[id] = &c
 	}
 	errs := append([]error(nil), l.errs...)
+	k8s := append([]k8sWrite(nil), l.k8s...)
 	l.mu.Unlock()
 
 	var until int64
@@ -119,6 +120,7 @@ func checkReplay(t *testing.T, seed uint64, cli *clientv3.Client, watches []*rec
 	errs = append(errs, werrs...)
 	errs = append(errs, checkReads(rp, reads, acks)...)
 	errs = append(errs, checkLeaseDeletes(rp, leases)...)
+	errs = append(errs, checkK8s(rp, k8s, acks)...)
 	for _, err := range errs {
 		t.Errorf("seed %d: %v", seed, err)
 	}
@@ -128,18 +130,40 @@ func checkReplay(t *testing.T, seed uint64, cli *clientv3.Client, watches []*rec
 		kinds[r.What]++
 		keys += len(r.KVs)
 	}
-	t.Logf("replay: %d reads checked (%s; %d keys in all) against %d keys' writes, %d leases",
-		len(reads), summary(kinds), keys, len(rp.keys), len(leases))
+	t.Logf("replay: %d reads checked (%s; %d keys in all) against %d keys' writes, %d leases, %d conditional writes of the Kubernetes-like objects",
+		len(reads), summary(kinds), keys, len(rp.keys), len(leases), len(k8s))
 }
 
-// presplit cuts the traffic's prefix into three regions before the run, so
-// lists span several from the start (the nemesis splits and merges them
+// checkReflectorWatches checks every reflector's watch on its own
+// (checkReflections), once the traffic stopped and every write is logged.
+func checkReflectorWatches(t *testing.T, seed uint64, wlog *watchcheck.Log, l *readLog) {
+	l.mu.Lock()
+	rs := append([]reflection(nil), l.reflections...)
+	l.mu.Unlock()
+	for _, err := range checkReflections(wlog.All(), rs) {
+		t.Errorf("seed %d: %v", seed, err)
+	}
+	events, progress := 0, 0
+	for _, r := range rs {
+		for _, resp := range r.Resps {
+			events += len(resp.Events)
+			if resp.Progress {
+				progress++
+			}
+		}
+	}
+	t.Logf("reflectors: %d watches checked from their lists' revisions (%d events, %d progress notifications)", len(rs), events, progress)
+}
+
+// presplit cuts the traffic's prefix into four regions before the run, so
+// lists span several from the start, the reflectors' lists of the
+// Kubernetes-like objects two (the nemesis splits and merges them
 // further).
 func presplit(t *testing.T, c *procs.Cluster, pd *pdclient.Client) {
 	t.Helper()
-	out, err := exec.Command(procs.Binary(t), "ctl", "--pd", c.PDEndpoints(), "region", "split", "rob/c", "rob/e").CombinedOutput()
+	out, err := exec.Command(procs.Binary(t), "ctl", "--pd", c.PDEndpoints(), "region", "split", "rob/c", "rob/e", k8sPrefix+"c").CombinedOutput()
 	if err != nil {
-		t.Fatalf("split rob/c rob/e: %v: %s", err, out)
+		t.Fatalf("split rob/c rob/e %sc: %v: %s", k8sPrefix, err, out)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -84,6 +84,7 @@ func TestRobustness(t *testing.T) {
 	presplit(t, c, pd)
 
 	keys := []string{"rob/a", "rob/b", "rob/c", "rob/d", "rob/e", "rob/f"}
+	k8sKeys := k8sKeysOf()
 	h := newHistory()
 	wlog := &watchcheck.Log{}
 	reads := newReadLog(h)
@@ -132,15 +133,27 @@ func TestRobustness(t *testing.T) {
 	}()
 	for i, cli := range clis {
 		tc := &trafficClient{id: i, cli: cli, keys: keys, rng: rand.New(rand.NewPCG(rng.Uint64(), uint64(i))), h: h, log: wlog, last: map[string]string{},
-			reads: reads, leaseKeys: leaseKeysOf(keys)}
+			reads: reads, leaseKeys: leaseKeysOf(keys), k8sKeys: k8sKeys, k8sSeen: map[string]int64{}}
 		wg.Add(1)
 		go func() { defer wg.Done(); tc.run(ctx) }()
+	}
+	// Four reflectors of the Kubernetes-like objects (k8s.go), one through
+	// each store, so that, with the writes the traffic clients make now
+	// and then, about four in five of the profile's requests are lists,
+	// watches and gets. Their seeds are not drawn from rng: the nemesis
+	// keeps its schedule.
+	const reflectors = 4
+	for i := range reflectors {
+		rc := &trafficClient{id: clients + i, cli: clis[(2+i)%len(clis)], rng: rand.New(rand.NewPCG(seed, 20+uint64(i))), h: h, log: wlog, reads: reads}
+		wg.Add(1)
+		go func() { defer wg.Done(); rc.reflect(ctx) }()
 	}
 	compactRng := rand.New(rand.NewPCG(seed, 11)) // not from rng: the nemesis keeps its schedule
 	wg.Add(1)
 	go func() { defer wg.Done(); compact(ctx, clis, watches, compactRng, h) }()
 
-	n := &nemesis{t: t, c: c, pd: pd, net: netw, rng: rand.New(rand.NewPCG(rng.Uint64(), 7)), keys: keys, counts: map[string]int{}}
+	n := &nemesis{t: t, c: c, pd: pd, net: netw, rng: rand.New(rand.NewPCG(rng.Uint64(), 7)),
+		keys: append(append([]string(nil), keys...), k8sKeys...), counts: map[string]int{}}
 	deadline := time.Now().Add(duration)
 	for time.Now().Before(deadline) {
 		sleep(ctx, time.Duration(500+n.rng.IntN(1500))*time.Millisecond)
@@ -159,6 +172,7 @@ func TestRobustness(t *testing.T) {
 	checkProxied(t, netw, stores)
 	checkWatches(t, seed, c, watches, wlog, start)
 	checkReplay(t, seed, clis[0], watches, reads)
+	checkReflectorWatches(t, seed, wlog, reads)
 	wcancel()
 	<-progressDone
 	for _, w := range watches {

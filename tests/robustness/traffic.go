@@ -60,6 +60,11 @@ type trafficClient struct {
 	// the replay check (reads.go); leaseKeys are the keys put with leases.
 	reads     *readLog
 	leaseKeys []string
+	// k8sKeys are the Kubernetes-like objects; k8sSeen the mod revision
+	// this client last saw of each (0: absent), as a controller's cache
+	// holds it (k8s.go).
+	k8sKeys []string
+	k8sSeen map[string]int64
 }
 
 // write logs a write for the watch checks and, once acknowledged, for the
@@ -75,10 +80,11 @@ const opTimeout = 3 * time.Second
 
 func (c *trafficClient) run(ctx context.Context) {
 	for n := 0; ctx.Err() == nil; n++ {
-		// Multi-key and leased traffic, checked by replay (reads.go). Rare:
-		// a list of a few pages takes about 5 single-key operations' time,
-		// a lease's grant, puts and revoke (which waits out the lease's
-		// attach window, docs/leases.md) about 20.
+		// Multi-key, leased and Kubernetes-like traffic, checked by replay
+		// (reads.go, k8s.go). Rare: a list of a few pages takes about 5
+		// single-key operations' time, a lease's grant, puts and revoke
+		// (which waits out the lease's attach window, docs/leases.md)
+		// about 20.
 		switch p := c.rng.IntN(1000); {
 		case p < 25:
 			c.list(ctx)
@@ -88,6 +94,11 @@ func (c *trafficClient) run(ctx context.Context) {
 			continue
 		case p < 58:
 			c.leaseGet(ctx)
+			continue
+		case p < 88:
+			// Two round trips at most: a get (half the time or more) and the
+			// conditional write.
+			c.k8sOp(ctx, n)
 			continue
 		}
 		key := c.keys[c.rng.IntN(len(c.keys))]
