@@ -15,13 +15,6 @@ import (
 	"github.com/basaltdb/basalt/tests/watchcheck"
 )
 
-// responses is a copy of what the watch delivered so far.
-func (w *recordedWatch) responses() []watchcheck.Response {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return append([]watchcheck.Response(nil), w.resps...)
-}
-
 // checkReplay ends the run's replay checks, once the traffic stopped: it
 // waits until no leased key is left (every lease ended), lists the prefix
 // once more (so the final state is checked too), waits until every watch

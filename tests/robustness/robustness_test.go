@@ -225,13 +225,7 @@ func checkWatches(t *testing.T, seed uint64, c *procs.Cluster, watches []*record
 	for i, w := range watches {
 		for w.lastRevision() < until {
 			if time.Now().After(deadline) {
-				for _, p := range append(append([]*procs.Proc{}, c.PDs...), c.Stores...) {
-					state := c.Exited(p)
-					if state == "" {
-						state = "running"
-					}
-					t.Logf("%s (%s) log (tail):\n%s", p.Name, state, tail(c.Log(p), 60))
-				}
+				c.DumpState(t, 8000)
 				t.Fatalf("seed %d: watch %d reached revision %d, the last acknowledged write is at %d", seed, i, w.lastRevision(), until)
 			}
 			time.Sleep(50 * time.Millisecond)
@@ -281,10 +275,4 @@ func checkProxied(t *testing.T, netw *network, stores int) {
 		}
 	}
 	t.Logf("bytes through the store-to-store proxies:%s", b.String())
-}
-
-// tail is the last n lines of a log.
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

@@ -118,3 +118,10 @@ func (w *recordedWatch) lastRevision() int64 {
 	}
 	return last
 }
+
+// responses is a copy of what the watch delivered so far.
+func (w *recordedWatch) responses() []watchcheck.Response {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]watchcheck.Response(nil), w.resps...)
+}
