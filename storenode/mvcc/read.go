@@ -37,6 +37,9 @@ func (m *MVCC) Range(r *Region, req *kvpb.RangeRequest, readable int64) (*kvpb.R
 		if err != nil {
 			return nil, err
 		}
+		if testHookRangeSnapshot != nil {
+			testHookRangeSnapshot()
+		}
 		resp, retry, err := m.countedRange(r, snap, desc, req, rev, total, known, attempt == 0 && req.GetRevision() == 0)
 		_ = snap.Close()
 		if retry {
@@ -45,12 +48,21 @@ func (m *MVCC) Range(r *Region, req *kvpb.RangeRequest, readable int64) (*kvpb.R
 		if err != nil {
 			return nil, err
 		}
-		// As in etcd, the header carries the store's current revision even
-		// for a read of the past.
-		resp.Header.Revision = max(rev, r.Revision())
+		// As in etcd, a read of the past carries the store's current
+		// revision; a latest read carries the revision it read, never a
+		// later one (writes may have applied since): a paginated list reads
+		// its next pages at the first page's revision, and a later one
+		// would show them writes the first page did not see.
+		if req.GetRevision() != 0 {
+			resp.Header.Revision = max(rev, r.Revision())
+		}
 		return resp, nil
 	}
 }
+
+// testHookRangeSnapshot, when set (tests only), runs in Range between
+// taking the read's snapshot and reading it.
+var testHookRangeSnapshot func()
 
 // snapshotAt returns a pebble snapshot from which r can be read at rev.
 // The compaction check comes after the snapshot is taken: a compaction
