@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"strings"
 	"syscall"
 	"testing"
@@ -61,11 +60,8 @@ func waitHibernating(t *testing.T, c *procs.Cluster) {
 	for {
 		asleep := true
 		for _, p := range c.Stores {
-			var regions []struct {
-				RegionID    uint64 `json:"region_id"`
-				Hibernating bool   `json:"hibernating"`
-			}
-			if err := json.Unmarshal([]byte(c.Regions(p)), &regions); err != nil || len(regions) == 0 {
+			regions, err := c.RegionStates(p)
+			if err != nil || len(regions) == 0 {
 				asleep = false
 				break
 			}

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -84,16 +83,9 @@ func TestMetricsEndpoints(t *testing.T) {
 		var leading int
 		terms := map[uint64]bool{}
 		for _, s := range c.Stores {
-			var regions []struct {
-				RegionID  uint64 `json:"region_id"`
-				RaftState string `json:"raft_state"`
-				Term      uint64 `json:"term"`
-				Peers     []struct {
-					Role string `json:"role"`
-				} `json:"peers"`
-			}
-			if err := json.Unmarshal([]byte(scrape(t, "http://"+s.Addr+"/debug/regions")), &regions); err != nil {
-				t.Fatalf("store %s /debug/regions: %v", s.Name, err)
+			regions, err := c.RegionStates(s)
+			if err != nil {
+				t.Fatal(err)
 			}
 			if len(regions) != 1 || len(regions[0].Peers) != 3 {
 				t.Fatalf("store %s /debug/regions: want one region with three peers, got %+v", s.Name, regions)

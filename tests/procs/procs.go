@@ -5,6 +5,7 @@ package procs
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -310,6 +311,28 @@ func (c *Cluster) Regions(p *Proc) string {
 		return err.Error()
 	}
 	return string(b)
+}
+
+// RegionState is one replica as a store's /debug/regions shows it (the
+// fields tests read).
+type RegionState struct {
+	RegionID    uint64 `json:"region_id"`
+	RaftState   string `json:"raft_state"`
+	Term        uint64 `json:"term"`
+	Hibernating bool   `json:"hibernating"`
+	Peers       []struct {
+		StoreID uint64 `json:"store_id"`
+		Role    string `json:"role"`
+	} `json:"peers"`
+}
+
+// RegionStates reads and decodes a running store's /debug/regions.
+func (c *Cluster) RegionStates(p *Proc) ([]RegionState, error) {
+	var out []RegionState
+	if err := json.Unmarshal([]byte(c.Regions(p)), &out); err != nil {
+		return nil, fmt.Errorf("%s /debug/regions: %w", p.Name, err)
+	}
+	return out, nil
 }
 
 // DumpState logs every process's log tail (the last tail bytes), then
