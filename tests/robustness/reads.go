@@ -94,6 +94,24 @@ type leaseRecord struct {
 	ID, TTL    int64
 	GrantCall  time.Time
 	RevokeCall time.Time // zero: never revoked
+	// RenewCall is when the last keep-alive that returned was called, and
+	// RenewTTL the TTL it returned: the lease cannot end before
+	// RenewCall+RenewTTL either. (One that failed may not have renewed
+	// anything, so it moves no bound.)
+	RenewCall time.Time
+	RenewTTL  int64
+}
+
+// earliestEnd is the first moment the lease could have ended.
+func (l *leaseRecord) earliestEnd() time.Time {
+	end := l.GrantCall.Add(time.Duration(l.TTL) * time.Second)
+	if renewed := l.RenewCall.Add(time.Duration(l.RenewTTL) * time.Second); !l.RenewCall.IsZero() && renewed.After(end) {
+		end = renewed
+	}
+	if !l.RevokeCall.IsZero() && l.RevokeCall.Before(end) {
+		end = l.RevokeCall
+	}
+	return end
 }
 
 // readLog collects what the lists and lease traffic did, for the replay
@@ -108,6 +126,9 @@ type readLog struct {
 	// its reflectors' watches (k8s.go).
 	k8s         []k8sWrite
 	reflections []reflection
+	// txns and rangeDeletes are the multi-key writes (multikey.go).
+	txns         []multiTxn
+	rangeDeletes []rangeDelete
 	// errs are violations seen as they happened (a page longer than its
 	// limit, a revoked lease's key still there).
 	errs []error
@@ -301,6 +322,9 @@ func (c *trafficClient) leaseOp(ctx context.Context) {
 		}
 		c.write(watchcheck.Write{Key: key, Delete: true})
 	}
+	if c.rng.IntN(2) == 0 {
+		c.renewLease(ctx, id)
+	}
 	if c.rng.IntN(2) == 0 || ctx.Err() != nil {
 		return
 	}
@@ -335,6 +359,32 @@ func (c *trafficClient) leaseOp(ctx context.Context) {
 				c.reads.violation("%s still holds %s after the revoke of lease %x returned", rec, k, id)
 			}
 		}
+	}
+}
+
+// renewLease sends one keep-alive for lease id and records it if it
+// returned: the lease's keys must then outlive the TTL it returned, counted
+// from the call.
+func (c *trafficClient) renewLease(ctx context.Context, id int64) {
+	call := time.Now()
+	kctx, cancel := context.WithTimeout(ctx, opTimeout)
+	resp, err := c.cli.KeepAliveOnce(kctx, clientv3.LeaseID(id))
+	cancel()
+	switch {
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		c.h.count("lease keep-alive found it expired")
+	case err != nil:
+		if ctx.Err() == nil {
+			c.h.count("lease keep-alive failed")
+		}
+	case resp.TTL <= 0:
+		c.h.count("lease keep-alive found it expired")
+	default:
+		c.h.count("lease keep-alive ok")
+		c.reads.mu.Lock()
+		l := c.reads.leases[id]
+		l.RenewCall, l.RenewTTL = call, resp.TTL
+		c.reads.mu.Unlock()
 	}
 }
 
@@ -559,14 +609,12 @@ func checkLeaseDeletes(rp *replay, leases map[int64]*leaseRecord) []error {
 				errs = append(errs, fmt.Errorf("%s carries lease %x, which no client was granted", prev.KV, prev.KV.Lease))
 				continue
 			}
-			end := l.GrantCall.Add(time.Duration(l.TTL) * time.Second)
-			if !l.RevokeCall.IsZero() && l.RevokeCall.Before(end) {
-				end = l.RevokeCall
-			}
+			end := l.earliestEnd()
 			ms, _ := pd.ParseTS(uint64(e.KV.Mod))
 			if deleted := time.UnixMilli(ms); deleted.Before(end.Add(-leaseEndMargin)) {
-				errs = append(errs, fmt.Errorf("%s deleted at %d (%s) before its lease %x (TTL %d s, granted %s, revoked %s) could end",
-					prev.KV, e.KV.Mod, deleted.Format("15:04:05.000"), l.ID, l.TTL, l.GrantCall.Format("15:04:05.000"), fmtTime(l.RevokeCall)))
+				errs = append(errs, fmt.Errorf("%s deleted at %d (%s) before its lease %x (TTL %d s, granted %s, renewed %s for %d s, revoked %s) could end",
+					prev.KV, e.KV.Mod, deleted.Format("15:04:05.000"), l.ID, l.TTL, l.GrantCall.Format("15:04:05.000"),
+					fmtTime(l.RenewCall), l.RenewTTL, fmtTime(l.RevokeCall)))
 			}
 		}
 	}

@@ -125,3 +125,26 @@ func TestLeaseDeleteCheck(t *testing.T) {
 		t.Error("a key with a lease never granted passed")
 	}
 }
+
+// A renewal moves the earliest end: a key deleted 3 s into a 2 s lease
+// renewed at 1.5 s for 2 s more ended too early.
+func TestLeaseDeleteCheckAfterRenewal(t *testing.T) {
+	granted := time.UnixMilli(1_000_000)
+	ts := func(ms int64) int64 { return int64(pd.ComposeTS(granted.UnixMilli()+ms, 0)) }
+	resps := []watchcheck.Response{
+		{Revision: ts(10), Events: []*kvpb.Event{evPut("rob/a/lease", "v", ts(10), ts(10), 1, 7)}},
+		{Revision: ts(3000), Events: []*kvpb.Event{evDel("rob/a/lease", ts(3000))}},
+	}
+	rp, errs := newReplay([][]watchcheck.Response{resps}, []int64{ts(3000)})
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	plain := map[int64]*leaseRecord{7: {ID: 7, TTL: 2, GrantCall: granted}}
+	if errs := checkLeaseDeletes(rp, plain); len(errs) > 0 {
+		t.Errorf("a key deleted after its 2 s lease ran out failed: %v", errs)
+	}
+	renewed := map[int64]*leaseRecord{7: {ID: 7, TTL: 2, GrantCall: granted, RenewCall: granted.Add(1500 * time.Millisecond), RenewTTL: 2}}
+	if errs := checkLeaseDeletes(rp, renewed); len(errs) == 0 {
+		t.Error("a key deleted 3 s into a lease renewed at 1.5 s for 2 s passed")
+	}
+}

@@ -78,6 +78,8 @@ func checkReplay(t *testing.T, seed uint64, cli *clientv3.Client, watches []*rec
 	}
 	errs := append([]error(nil), l.errs...)
 	k8s := append([]k8sWrite(nil), l.k8s...)
+	txns := append([]multiTxn(nil), l.txns...)
+	rangeDeletes := append([]rangeDelete(nil), l.rangeDeletes...)
 	l.mu.Unlock()
 
 	var until int64
@@ -114,6 +116,7 @@ func checkReplay(t *testing.T, seed uint64, cli *clientv3.Client, watches []*rec
 	errs = append(errs, checkReads(rp, reads, acks)...)
 	errs = append(errs, checkLeaseDeletes(rp, leases)...)
 	errs = append(errs, checkK8s(rp, k8s, acks)...)
+	errs = append(errs, checkMultiKey(rp, txns, rangeDeletes)...)
 	for _, err := range errs {
 		t.Errorf("seed %d: %v", seed, err)
 	}
@@ -123,8 +126,8 @@ func checkReplay(t *testing.T, seed uint64, cli *clientv3.Client, watches []*rec
 		kinds[r.What]++
 		keys += len(r.KVs)
 	}
-	t.Logf("replay: %d reads checked (%s; %d keys in all) against %d keys' writes, %d leases, %d conditional writes of the Kubernetes-like objects",
-		len(reads), summary(kinds), keys, len(rp.keys), len(leases), len(k8s))
+	t.Logf("replay: %d reads checked (%s; %d keys in all) against %d keys' writes, %d leases, %d conditional writes of the Kubernetes-like objects, %d multi-key transactions, %d range deletes",
+		len(reads), summary(kinds), keys, len(rp.keys), len(leases), len(k8s), len(txns), len(rangeDeletes))
 }
 
 // checkReflectorWatches checks every reflector's watch on its own

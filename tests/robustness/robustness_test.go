@@ -118,6 +118,9 @@ func TestRobustness(t *testing.T) {
 	// asking for bookmarks now and then: resumption and progress are
 	// checked under the faults too.
 	watches = append(watches, resumingWatch(wctx, clis[len(c.Stores)], "rob/", start, rand.New(rand.NewPCG(rng.Uint64(), 3))))
+	// And two with etcd's filters, one without puts and one without
+	// deletes, compared with the first watch at the end.
+	filtered := []*recordedWatch{filteredWatch(wctx, clis[1], "rob/", start, true), filteredWatch(wctx, clis[2], "rob/", start, false)}
 	progressDone := make(chan struct{})
 	defer func() { wcancel(); <-progressDone }()
 	go func() {
@@ -150,7 +153,7 @@ func TestRobustness(t *testing.T) {
 	}
 	compactRng := rand.New(rand.NewPCG(seed, 11)) // not from rng: the nemesis keeps its schedule
 	wg.Add(1)
-	go func() { defer wg.Done(); compact(ctx, clis, watches, compactRng, h) }()
+	go func() { defer wg.Done(); compact(ctx, clis, append(append([]*recordedWatch(nil), watches...), filtered...), compactRng, h) }()
 
 	n := &nemesis{t: t, c: c, pd: pd, net: netw, rng: rand.New(rand.NewPCG(rng.Uint64(), 7)),
 		keys: append(append([]string(nil), keys...), k8sKeys...), counts: map[string]int{}}
@@ -171,11 +174,12 @@ func TestRobustness(t *testing.T) {
 	}
 	checkProxied(t, netw, stores)
 	checkWatches(t, seed, c, watches, wlog, start)
+	checkFilteredWatches(t, seed, c, watches[0], filtered)
 	checkReplay(t, seed, clis[0], watches, reads)
 	checkReflectorWatches(t, seed, wlog, reads)
 	wcancel()
 	<-progressDone
-	for _, w := range watches {
+	for _, w := range append(watches, filtered...) {
 		<-w.done
 	}
 
@@ -255,6 +259,37 @@ func checkWatches(t *testing.T, seed uint64, c *procs.Cluster, watches []*record
 	}
 	t.Logf("watches: %d events and %d progress notifications checked in %d watches (one restarted %d times; all caught up %v after the traffic stopped)",
 		events, bookmarks, len(watches), restarts, caughtUp.Round(time.Millisecond))
+}
+
+// checkFilteredWatches compares each filtered watch with the unfiltered
+// reference (checked by checkWatches already), once both reached the
+// reference's last revision.
+func checkFilteredWatches(t *testing.T, seed uint64, c *procs.Cluster, ref *recordedWatch, filtered []*recordedWatch) {
+	until := ref.lastRevision()
+	deadline := time.Now().Add(time.Minute)
+	events := 0
+	for i, w := range filtered {
+		for w.lastRevision() < until && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		w.mu.Lock()
+		for _, e := range w.errs {
+			t.Errorf("seed %d: filtered watch %d: %v", seed, i, e)
+		}
+		w.mu.Unlock()
+		if last := w.lastRevision(); last < until {
+			c.DumpState(t, 8000)
+			t.Fatalf("seed %d: filtered watch %d reached revision %d, the reference %d", seed, i, last, until)
+		}
+		resps := w.responses()
+		for _, r := range resps {
+			events += len(r.Events)
+		}
+		for _, err := range watchcheck.CheckFiltered(ref.responses(), resps, i == 0, i == 1) {
+			t.Errorf("seed %d: %v", seed, err)
+		}
+	}
+	t.Logf("filtered watches: %d events checked against the first watch's (one without puts, one without deletes)", events)
 }
 
 // checkProxied fails the run if a store reached the others around the

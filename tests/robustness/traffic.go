@@ -81,7 +81,7 @@ const opTimeout = 3 * time.Second
 func (c *trafficClient) run(ctx context.Context) {
 	for n := 0; ctx.Err() == nil; n++ {
 		// Multi-key, leased and Kubernetes-like traffic, checked by replay
-		// (reads.go, k8s.go). Rare: a list of a few pages takes about 5
+		// (reads.go, k8s.go, multikey.go). Rare: a list of a few pages takes about 5
 		// single-key operations' time, a lease's grant, puts and revoke
 		// (which waits out the lease's attach window, docs/leases.md)
 		// about 20.
@@ -99,6 +99,12 @@ func (c *trafficClient) run(ctx context.Context) {
 			// Two round trips at most: a get (half the time or more) and the
 			// conditional write.
 			c.k8sOp(ctx, n)
+			continue
+		case p < 100:
+			c.multiTxnOp(ctx, n)
+			continue
+		case p < 106:
+			c.rangeDeleteOp(ctx)
 			continue
 		}
 		key := c.keys[c.rng.IntN(len(c.keys))]

@@ -41,6 +41,24 @@ func watchPrefix(ctx context.Context, cli *clientv3.Client, prefix string, start
 	return w
 }
 
+// filteredWatch watches prefix from start like watchPrefix, with etcd's
+// filter dropping puts (noPut) or deletes.
+func filteredWatch(ctx context.Context, cli *clientv3.Client, prefix string, start int64, noPut bool) *recordedWatch {
+	w := &recordedWatch{start: start, done: make(chan struct{})}
+	filter := clientv3.WithFilterDelete()
+	if noPut {
+		filter = clientv3.WithFilterPut()
+	}
+	ch := cli.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithRev(start), clientv3.WithProgressNotify(), filter)
+	go func() {
+		defer close(w.done)
+		for resp := range ch {
+			w.record(resp, true)
+		}
+	}()
+	return w
+}
+
 // resumingWatch watches prefix the way a Kubernetes reflector does: it
 // ends its watch every so often and starts a new one right after the last
 // revision it was given (an event's or a bookmark's). Its responses, all

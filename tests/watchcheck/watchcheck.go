@@ -192,3 +192,77 @@ func (l *Log) All() []Write {
 	defer l.mu.Unlock()
 	return append([]Write(nil), l.writes...)
 }
+
+// CheckFiltered checks a watch that asked to filter out puts (noPut) or
+// deletes (noDelete) against an unfiltered watch of the same range from the
+// same revision: up to the last revision both vouched for (an event's or a
+// progress notification's), it must have delivered exactly the unfiltered
+// watch's events of the other kind, in the same order, with the same
+// prev_kv, and a revision's events in one response.
+func CheckFiltered(all, filtered []Response, noPut, noDelete bool) []error {
+	upTo := min(vouched(all), vouched(filtered))
+	describe := func(e *kvpb.Event) string {
+		s := fmt.Sprintf("%s %s@%d=%q", e.GetType(), e.GetKv().GetKey(), e.GetKv().GetModRevision(), e.GetKv().GetValue())
+		if p := e.GetPrevKv(); p != nil {
+			s += fmt.Sprintf(" (prev %q@%d)", p.GetValue(), p.GetModRevision())
+		}
+		return s
+	}
+	kept := func(e *kvpb.Event) bool {
+		return !(noPut && e.GetType() == kvpb.Event_PUT) && !(noDelete && e.GetType() == kvpb.Event_DELETE)
+	}
+	var want, got []string
+	for _, r := range all {
+		for _, e := range r.Events {
+			if kept(e) && e.GetKv().GetModRevision() <= upTo {
+				want = append(want, describe(e))
+			}
+		}
+	}
+	var errs []error
+	var lastRev int64
+	for i, r := range filtered {
+		for j, e := range r.Events {
+			rev := e.GetKv().GetModRevision()
+			if rev < lastRev || (rev == lastRev && j == 0) {
+				errs = append(errs, fmt.Errorf("filtered watch, response %d: event %s after revision %d (out of order, or a revision split across responses)", i, describe(e), lastRev))
+			}
+			lastRev = max(lastRev, rev)
+			if !kept(e) {
+				errs = append(errs, fmt.Errorf("filtered watch, response %d: delivered %s, which its filter drops", i, describe(e)))
+			}
+			if rev <= upTo {
+				got = append(got, describe(e))
+			}
+		}
+	}
+	for i := 0; i < max(len(want), len(got)) && len(errs) < 5; i++ {
+		switch {
+		case i >= len(got):
+			errs = append(errs, fmt.Errorf("filtered watch (up to %d): missing %s, event %d of the unfiltered watch's", upTo, want[i], i))
+		case i >= len(want):
+			errs = append(errs, fmt.Errorf("filtered watch (up to %d): delivered %s, which the unfiltered watch did not", upTo, got[i]))
+		case got[i] != want[i]:
+			errs = append(errs, fmt.Errorf("filtered watch (up to %d): event %d is %s, the unfiltered watch's is %s", upTo, i, got[i], want[i]))
+		}
+		if i < len(got) && i < len(want) && got[i] != want[i] {
+			break
+		}
+	}
+	return errs
+}
+
+// vouched is the revision up to which a watch delivered everything: its
+// last event's or progress notification's.
+func vouched(resps []Response) int64 {
+	var rev int64
+	for _, r := range resps {
+		if r.Progress {
+			rev = max(rev, r.Revision)
+		}
+		for _, e := range r.Events {
+			rev = max(rev, e.GetKv().GetModRevision())
+		}
+	}
+	return rev
+}

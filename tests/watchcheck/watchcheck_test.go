@@ -72,3 +72,53 @@ func TestCheckCatchesEachViolation(t *testing.T) {
 		t.Error("a resumed watch that missed events passed")
 	}
 }
+
+// A filtered watch must match the unfiltered one's events of the kept kind.
+func TestCheckFiltered(t *testing.T) {
+	a1 := put("a", "1", 10, nil)
+	b1 := put("b", "1", 10, nil)
+	a2 := put("a", "2", 20, a1)
+	ad := del("a", 30, a2)
+	c1 := put("c", "1", 40, nil)
+	all := []Response{
+		{Revision: 10, Events: []*kvpb.Event{a1, b1}},
+		{Revision: 30, Events: []*kvpb.Event{a2, ad}},
+		{Revision: 40, Events: []*kvpb.Event{c1}},
+		{Revision: 60, Progress: true},
+	}
+	noDelete := []Response{
+		{Revision: 10, Events: []*kvpb.Event{a1, b1}},
+		{Revision: 20, Events: []*kvpb.Event{a2}},
+		{Revision: 35, Progress: true},
+	}
+	if errs := CheckFiltered(all, noDelete, false, true); len(errs) > 0 {
+		t.Fatalf("a correct delete-filtered watch failed: %v", errs)
+	}
+	if errs := CheckFiltered(all, []Response{{Revision: 30, Events: []*kvpb.Event{ad}}}, true, false); len(errs) > 0 {
+		t.Fatalf("a correct put-filtered watch failed: %v", errs)
+	}
+	for name, tc := range map[string]struct {
+		resps           []Response
+		noPut, noDelete bool
+		want            string
+	}{
+		"lost a put": {[]Response{{Revision: 10, Events: []*kvpb.Event{a1}}, {Revision: 35, Progress: true}}, false, true, "missing"},
+		"kept a delete": {[]Response{{Revision: 10, Events: []*kvpb.Event{a1, b1}}, {Revision: 30, Events: []*kvpb.Event{a2, ad}}},
+			false, true, "which its filter drops"},
+		"wrong prev_kv": {[]Response{{Revision: 10, Events: []*kvpb.Event{a1, b1}}, {Revision: 20, Events: []*kvpb.Event{put("a", "2", 20, nil)}}},
+			false, true, "the unfiltered watch's is"},
+		"split revision": {[]Response{{Revision: 10, Events: []*kvpb.Event{a1}}, {Revision: 10, Events: []*kvpb.Event{b1}}},
+			false, true, "split across"},
+		"phantom": {[]Response{{Revision: 30, Events: []*kvpb.Event{ad}}, {Revision: 50, Events: []*kvpb.Event{del("d", 50, nil)}}},
+			true, false, "which the unfiltered watch did not"},
+	} {
+		errs := CheckFiltered(all, tc.resps, tc.noPut, tc.noDelete)
+		found := false
+		for _, err := range errs {
+			found = found || strings.Contains(err.Error(), tc.want)
+		}
+		if !found {
+			t.Errorf("%s: want an error containing %q, got %v", name, tc.want, errs)
+		}
+	}
+}
