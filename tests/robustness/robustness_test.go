@@ -153,7 +153,10 @@ func TestRobustness(t *testing.T) {
 	}
 	compactRng := rand.New(rand.NewPCG(seed, 11)) // not from rng: the nemesis keeps its schedule
 	wg.Add(1)
-	go func() { defer wg.Done(); compact(ctx, clis, append(append([]*recordedWatch(nil), watches...), filtered...), compactRng, h) }()
+	go func() {
+		defer wg.Done()
+		compact(ctx, clis, append(append([]*recordedWatch(nil), watches...), filtered...), compactRng, h)
+	}()
 
 	n := &nemesis{t: t, c: c, pd: pd, net: netw, rng: rand.New(rand.NewPCG(rng.Uint64(), 7)),
 		keys: append(append([]string(nil), keys...), k8sKeys...), counts: map[string]int{}}
