@@ -47,7 +47,7 @@ type nemesis struct {
 const syncDelayFile = "sync-delay"
 
 var faults = []string{"kill-store", "pause-store", "transfer-leader", "split", "restart-pd", "merge", "move-replica",
-	"partition-store", "partition-pair", "one-way", "delay-store", "stall-disk", "kill-pd-leader"}
+	"partition-store", "partition-pair", "one-way", "delay-store", "stall-disk", "kill-pd-leader", "long-partition"}
 
 // inject runs one fault chosen by the seed and heals it.
 func (n *nemesis) inject(ctx context.Context) {
@@ -60,6 +60,11 @@ func (n *nemesis) inject(ctx context.Context) {
 	case "partition-store":
 		// Both ways between the store and every other.
 		n.netFault(ctx, linkState{blackhole: true}, hold, n.linksOf(si)...)
+	case "long-partition":
+		// Like partition-store, but held past the 15 s after which the
+		// stores' keepalives give a silent connection up: the links come
+		// back on new connections, dialed while the cut still held them.
+		n.netFault(ctx, linkState{blackhole: true}, time.Duration(16000+n.rng.IntN(4000))*time.Millisecond, n.linksOf(si)...)
 	case "partition-pair":
 		// Both ways between two stores, each still in touch with the others.
 		j := n.other(si)
