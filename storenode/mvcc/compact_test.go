@@ -138,3 +138,36 @@ func TestHistory(t *testing.T) {
 		t.Fatalf("history below the compaction revision: %v", err)
 	}
 }
+
+// A transaction's events reach watchers in key order, live and from
+// history alike, whatever the order of its operations.
+func TestRevisionEventsInKeyOrder(t *testing.T) {
+	tr := newTestRegion(t, "", "")
+	put := func(k string) *kvpb.RequestOp {
+		return &kvpb.RequestOp{Request: &kvpb.RequestOp_RequestPut{RequestPut: &kvpb.PutRequest{Key: []byte(k), Value: []byte("v")}}}
+	}
+	res := tr.apply(&kvpb.WriteCommand{Op: &kvpb.WriteCommand_Txn{Txn: &kvpb.TxnRequest{Success: []*kvpb.RequestOp{put("c"), put("a"), put("b")}}}})
+	if res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	keys := func(evs []*kvpb.Event) string {
+		var ks []string
+		for _, e := range evs {
+			ks = append(ks, string(e.GetKv().GetKey()))
+		}
+		return strings.Join(ks, ",")
+	}
+	if got := keys(tr.events); got != "a,b,c" {
+		t.Errorf("live events: %s, want a,b,c", got)
+	}
+	var hist []*kvpb.Event
+	if err := tr.m.History(tr.region(), []byte("a"), []byte{0}, 1, res.Revision, func(e *kvpb.Event) bool {
+		hist = append(hist, e)
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := keys(hist); got != "a,b,c" {
+		t.Errorf("history: %s, want a,b,c", got)
+	}
+}

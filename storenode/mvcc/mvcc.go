@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sort"
 	"sync"
 	"sync/atomic"
 
@@ -234,6 +235,12 @@ func (m *MVCC) Apply(ab *raftstore.ApplyBatch, c raftstore.Command) any {
 	*c.State = st.encode()
 	if reg != nil {
 		events := w.events
+		// A revision's events go to watchers in key order: the order a
+		// watch replaying history reads them in (versions are stored by
+		// key and revision, with no sub-revision), so a watch sees the
+		// same order live, from history, and when resumed. etcd orders
+		// them as the transaction's operations; docs/etcd-compatibility.md.
+		sortEventsByKey(events)
 		written := w.written
 		ver := c.Region.GetRegionEpoch().GetVersion()
 		ab.AfterCommit(func() {
@@ -773,4 +780,15 @@ func compareKV(c *kvpb.Compare, kv *kvpb.KeyValue) bool {
 		return r < 0
 	}
 	return false
+}
+
+// sortEventsByKey orders one revision's events by key. A key appears at
+// most once in a revision (etcd refuses a transaction writing a key twice).
+func sortEventsByKey(events []*kvpb.Event) {
+	if len(events) < 2 {
+		return
+	}
+	sort.SliceStable(events, func(i, j int) bool {
+		return bytes.Compare(events[i].GetKv().GetKey(), events[j].GetKv().GetKey()) < 0
+	})
 }
