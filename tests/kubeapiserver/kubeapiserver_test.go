@@ -29,12 +29,18 @@ const ns = "basalt-test"
 func TestKubeAPIServer(t *testing.T) {
 	bin := kubeAPIServerBinary(t)
 	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	// Runs after the apiserver's cleanup (which prints its log) and before
+	// the stores stop.
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.DumpState(t, 4000)
+		}
+	})
 	cl := c.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	pd := cl.PD()
 	if err := procs.WaitVoters(ctx, pd, []byte("a"), 3); err != nil {
-		c.DumpState(t, 4000)
 		t.Fatal(err)
 	}
 	// ConfigMaps in their own regions, the test namespace's cut in two
@@ -44,7 +50,6 @@ func TestKubeAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := procs.WaitSettled(ctx, pd, nil, nil, 3); err != nil {
-		c.DumpState(t, 4000)
 		t.Fatal(err)
 	}
 	nsPrefix := "/registry/configmaps/" + ns + "/"
@@ -62,9 +67,6 @@ func TestKubeAPIServer(t *testing.T) {
 		return
 	}
 	listRV, token := paginate(t, a, cl)
-	if t.Failed() {
-		return
-	}
 	compacted(t, a, cl, listRV, token)
 	consistentReadsFromCache(t, a)
 	eventsShareALease(t, a, cl)
