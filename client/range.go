@@ -352,3 +352,27 @@ func minEnd(a, b []byte) []byte {
 func regionHolds(r *metapb.Region, lo, hi []byte) bool {
 	return region.ContainsRange(r.GetStartKey(), r.GetEndKey(), lo, hi)
 }
+
+// ErrRegionChanged: ResolveRevision found the region holding the key is no
+// longer the one the caller named (split, merged or otherwise changed).
+var ErrRegionChanged = errors.New("client: the region changed")
+
+// ResolveRevision asks the leader of the region holding key for a resolved
+// revision T (kvpb.KV.ResolveRevision): every write acknowledged before the
+// call is below T, and every write of the region below T has applied by the
+// time it returns. want names the region as the caller knows it (a
+// replica's descriptor): if the region holding key has another ID or epoch
+// the call fails with ErrRegionChanged, since T would not be about the
+// caller's range.
+func (c *Client) ResolveRevision(ctx context.Context, key []byte, want *metapb.Region) (int64, error) {
+	var rev int64
+	err := c.do(ctx, key, true, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
+		if rt.region.GetId() != want.GetId() || !proto.Equal(rt.region.GetRegionEpoch(), want.GetRegionEpoch()) {
+			return nil, ErrRegionChanged
+		}
+		resp, err := rt.kv.ResolveRevision(ctx, &kvpb.ResolveRevisionRequest{Context: rt.context()})
+		rev = resp.GetHeader().GetRevision()
+		return resp.GetHeader(), err
+	})
+	return rev, err
+}

@@ -338,6 +338,29 @@ func (k *kvService) readTxn(ctx context.Context, c *kvpb.Context, t *kvpb.TxnReq
 	return &kvpb.TxnResponse{Header: h}, nil
 }
 
+// ResolveRevision draws a resolved revision of a region this store leads
+// (kvpb: every write acknowledged before the call is below it, and every
+// write of the region below it has applied): a follower's etcd front end
+// reads its own replica after it, at a revision that orders the whole
+// cluster.
+func (k *kvService) ResolveRevision(ctx context.Context, req *kvpb.ResolveRevisionRequest) (*kvpb.ResolveRevisionResponse, error) {
+	r, err := k.region(req.GetContext())
+	if err == nil {
+		var t int64
+		if t, _, err = k.s.resolve(ctx, r.ID, req.GetContext().GetRegionEpoch()); err == nil {
+			k.s.watches.progress(r.ID, t)
+			h := &kvpb.ResponseHeader{Revision: t}
+			k.s.stampTerm(h, r.ID)
+			return &kvpb.ResolveRevisionResponse{Header: h}, nil
+		}
+	}
+	h, gerr := regionHeader(err)
+	if gerr != nil {
+		return nil, gerr
+	}
+	return &kvpb.ResolveRevisionResponse{Header: h}, nil
+}
+
 // Compact raises the cluster's compaction revision through PD; every
 // region then drops older versions in the background. As in etcd, compacting
 // a revision not yet reached or already compacted is an error.

@@ -27,6 +27,10 @@ func (l localKV) Range(ctx context.Context, in *kvpb.RangeRequest, _ ...grpc.Cal
 	return l.k.Range(ctx, in)
 }
 
+func (l localKV) ResolveRevision(ctx context.Context, in *kvpb.ResolveRevisionRequest, _ ...grpc.CallOption) (*kvpb.ResolveRevisionResponse, error) {
+	return l.k.ResolveRevision(ctx, in)
+}
+
 func (l localKV) Put(ctx context.Context, in *kvpb.PutRequest, _ ...grpc.CallOption) (*kvpb.PutResponse, error) {
 	return l.k.Put(ctx, in)
 }

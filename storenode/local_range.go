@@ -35,6 +35,36 @@ func (s *Server) localReadIndex(ctx context.Context, r *mvcc.Region) (*raftstore
 	return s.store.ReadIndex(rctx, r.ID, r.Desc().GetRegionEpoch())
 }
 
+// resolvedRead confirms a linearizable read of the latest state of the
+// local replica of r, as localReadIndex does, and also returns a resolved
+// revision T of the region (drawn by this store if it leads the region,
+// else by its leader): every write acknowledged anywhere before the call
+// is below T and every write of the region below T is applied here once
+// the guard is returned. The state read is then the region's state at
+// max(T, the revision read), which is the header etcd's clients expect of
+// a latest read: a revision at or above every write acknowledged before it
+// in the whole cluster, not only in this region (the Kubernetes API server
+// takes it as the current revision of everything).
+func (s *Server) resolvedRead(ctx context.Context, r *mvcc.Region, key []byte) (int64, *raftstore.ReadGuard, error) {
+	rctx, cancel := context.WithTimeout(ctx, localReadIndexTimeout)
+	defer cancel()
+	desc := r.Desc()
+	if st := s.store.RegionStatus(r.ID); st != nil && st.IsLeader() {
+		t, guard, err := s.resolve(rctx, r.ID, desc.GetRegionEpoch())
+		if err == nil {
+			s.watches.progress(r.ID, t)
+			return t, guard, nil
+		}
+		// Leadership moved meanwhile: ask the new leader.
+	}
+	t, err := s.router.ResolveRevision(rctx, key, desc)
+	if err != nil {
+		return 0, nil, err
+	}
+	guard, err := s.store.ReadIndex(rctx, r.ID, desc.GetRegionEpoch())
+	return t, guard, err
+}
+
 // localRange serves an etcd range from this store's own replica, leader or
 // follower, as an etcd member serves one from its own state, so reads
 // spread over every store instead of queueing at the leader:
@@ -42,7 +72,9 @@ func (s *Server) localReadIndex(ctx context.Context, r *mvcc.Region) (*raftstore
 //     (which may trail the cluster's);
 //   - linearizable: after a ReadIndex (a follower asks the leader for its
 //     commit index and waits to apply it), so every write acknowledged
-//     before the call is seen.
+//     before the call is seen; a read of the latest revision also gets a
+//     resolved revision first (resolvedRead), which its header carries when
+//     above the revision read.
 //
 // It does so only when one region here holds the whole range, so the
 // answer is one region's state at one revision, and for a revision this
@@ -61,9 +93,13 @@ func (s *Server) localRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 		return nil, false
 	}
 	var guard *raftstore.ReadGuard
-	if req.GetSerializable() {
+	var resolved int64
+	switch {
+	case req.GetSerializable():
 		guard = s.store.LocalGuard(r.ID)
-	} else {
+	case req.GetRevision() == 0:
+		resolved, guard, _ = s.resolvedRead(ctx, r, key)
+	default:
 		guard, _ = s.localReadIndex(ctx, r)
 	}
 	if guard == nil {
@@ -89,13 +125,15 @@ func (s *Server) localRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 	if guard.Check() != nil {
 		return nil, false
 	}
+	resp.Header.Revision = max(resp.Header.Revision, resolved)
 	s.load.recordRead(r.ID, key, resp.GetKvs())
 	s.stampTerm(resp.GetHeader(), r.ID)
 	return resp, true
 }
 
 // localReadTxn serves a transaction that only reads, in one region, from
-// this store's replica after a ReadIndex, as localRange serves a range
+// this store's replica after a ReadIndex and with a resolved revision
+// (resolvedRead), as localRange serves a latest range
 // (etcd's benchmark and some clients read through Txn().Then(Get)). ok
 // false: the caller routes it.
 func (s *Server) localReadTxn(ctx context.Context, t *kvpb.TxnRequest) (*kvpb.TxnResponse, bool) {
@@ -114,7 +152,7 @@ func (s *Server) localReadTxn(ctx context.Context, t *kvpb.TxnRequest) (*kvpb.Tx
 	if r == nil {
 		return nil, false
 	}
-	guard, err := s.localReadIndex(ctx, r)
+	resolved, guard, err := s.resolvedRead(ctx, r, key)
 	if err != nil {
 		return nil, false
 	}
@@ -122,6 +160,7 @@ func (s *Server) localReadTxn(ctx context.Context, t *kvpb.TxnRequest) (*kvpb.Tx
 	if err != nil || guard.Check() != nil {
 		return nil, false
 	}
+	resp.Header.Revision = max(resp.Header.Revision, resolved)
 	s.load.recordRead(r.ID, key, nil)
 	s.stampTerm(resp.GetHeader(), r.ID)
 	return resp, true

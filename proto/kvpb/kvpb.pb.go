@@ -2107,6 +2107,95 @@ func (x *WatchResponse) GetResolvedRevision() int64 {
 	return 0
 }
 
+type ResolveRevisionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Context       *Context               `protobuf:"bytes,1,opt,name=context,proto3" json:"context,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResolveRevisionRequest) Reset() {
+	*x = ResolveRevisionRequest{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolveRevisionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolveRevisionRequest) ProtoMessage() {}
+
+func (x *ResolveRevisionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolveRevisionRequest.ProtoReflect.Descriptor instead.
+func (*ResolveRevisionRequest) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ResolveRevisionRequest) GetContext() *Context {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+type ResolveRevisionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision is the resolved revision T.
+	Header        *ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResolveRevisionResponse) Reset() {
+	*x = ResolveRevisionResponse{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolveRevisionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolveRevisionResponse) ProtoMessage() {}
+
+func (x *ResolveRevisionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolveRevisionResponse.ProtoReflect.Descriptor instead.
+func (*ResolveRevisionResponse) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ResolveRevisionResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
 type KeySpan struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Start []byte                 `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
@@ -2118,7 +2207,7 @@ type KeySpan struct {
 
 func (x *KeySpan) Reset() {
 	*x = KeySpan{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	mi := &file_kvpb_kvpb_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2130,7 +2219,7 @@ func (x *KeySpan) String() string {
 func (*KeySpan) ProtoMessage() {}
 
 func (x *KeySpan) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[22]
+	mi := &file_kvpb_kvpb_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2143,7 +2232,7 @@ func (x *KeySpan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeySpan.ProtoReflect.Descriptor instead.
 func (*KeySpan) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{22}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *KeySpan) GetStart() []byte {
@@ -2178,7 +2267,7 @@ type LeaseRecord struct {
 
 func (x *LeaseRecord) Reset() {
 	*x = LeaseRecord{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	mi := &file_kvpb_kvpb_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2190,7 +2279,7 @@ func (x *LeaseRecord) String() string {
 func (*LeaseRecord) ProtoMessage() {}
 
 func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[23]
+	mi := &file_kvpb_kvpb_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2203,7 +2292,7 @@ func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
 func (*LeaseRecord) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{23}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *LeaseRecord) GetId() int64 {
@@ -2245,7 +2334,7 @@ type LeaseGrantRequest struct {
 
 func (x *LeaseGrantRequest) Reset() {
 	*x = LeaseGrantRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[24]
+	mi := &file_kvpb_kvpb_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2257,7 +2346,7 @@ func (x *LeaseGrantRequest) String() string {
 func (*LeaseGrantRequest) ProtoMessage() {}
 
 func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[24]
+	mi := &file_kvpb_kvpb_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2270,7 +2359,7 @@ func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantRequest.ProtoReflect.Descriptor instead.
 func (*LeaseGrantRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{24}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *LeaseGrantRequest) GetId() int64 {
@@ -2305,7 +2394,7 @@ type LeaseGrantResponse struct {
 
 func (x *LeaseGrantResponse) Reset() {
 	*x = LeaseGrantResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[25]
+	mi := &file_kvpb_kvpb_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2317,7 +2406,7 @@ func (x *LeaseGrantResponse) String() string {
 func (*LeaseGrantResponse) ProtoMessage() {}
 
 func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[25]
+	mi := &file_kvpb_kvpb_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2419,7 @@ func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantResponse.ProtoReflect.Descriptor instead.
 func (*LeaseGrantResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{25}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *LeaseGrantResponse) GetHeader() *ResponseHeader {
@@ -2364,7 +2453,7 @@ type LeaseRevokeRequest struct {
 
 func (x *LeaseRevokeRequest) Reset() {
 	*x = LeaseRevokeRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[26]
+	mi := &file_kvpb_kvpb_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2376,7 +2465,7 @@ func (x *LeaseRevokeRequest) String() string {
 func (*LeaseRevokeRequest) ProtoMessage() {}
 
 func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[26]
+	mi := &file_kvpb_kvpb_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2389,7 +2478,7 @@ func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{26}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LeaseRevokeRequest) GetId() int64 {
@@ -2415,7 +2504,7 @@ type LeaseRevokeResponse struct {
 
 func (x *LeaseRevokeResponse) Reset() {
 	*x = LeaseRevokeResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[27]
+	mi := &file_kvpb_kvpb_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2427,7 +2516,7 @@ func (x *LeaseRevokeResponse) String() string {
 func (*LeaseRevokeResponse) ProtoMessage() {}
 
 func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[27]
+	mi := &file_kvpb_kvpb_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2440,7 +2529,7 @@ func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeResponse.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{27}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *LeaseRevokeResponse) GetHeader() *ResponseHeader {
@@ -2460,7 +2549,7 @@ type LeaseKeepAliveRequest struct {
 
 func (x *LeaseKeepAliveRequest) Reset() {
 	*x = LeaseKeepAliveRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[28]
+	mi := &file_kvpb_kvpb_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2472,7 +2561,7 @@ func (x *LeaseKeepAliveRequest) String() string {
 func (*LeaseKeepAliveRequest) ProtoMessage() {}
 
 func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[28]
+	mi := &file_kvpb_kvpb_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2485,7 +2574,7 @@ func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{28}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LeaseKeepAliveRequest) GetIds() []int64 {
@@ -2513,7 +2602,7 @@ type LeaseKeepAliveResponse struct {
 
 func (x *LeaseKeepAliveResponse) Reset() {
 	*x = LeaseKeepAliveResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[29]
+	mi := &file_kvpb_kvpb_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2525,7 +2614,7 @@ func (x *LeaseKeepAliveResponse) String() string {
 func (*LeaseKeepAliveResponse) ProtoMessage() {}
 
 func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[29]
+	mi := &file_kvpb_kvpb_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2538,7 +2627,7 @@ func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{29}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LeaseKeepAliveResponse) GetHeader() *ResponseHeader {
@@ -2565,7 +2654,7 @@ type LeaseTimeToLiveRequest struct {
 
 func (x *LeaseTimeToLiveRequest) Reset() {
 	*x = LeaseTimeToLiveRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[30]
+	mi := &file_kvpb_kvpb_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2577,7 +2666,7 @@ func (x *LeaseTimeToLiveRequest) String() string {
 func (*LeaseTimeToLiveRequest) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[30]
+	mi := &file_kvpb_kvpb_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2590,7 +2679,7 @@ func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{30}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *LeaseTimeToLiveRequest) GetId() int64 {
@@ -2621,7 +2710,7 @@ type LeaseTimeToLiveResponse struct {
 
 func (x *LeaseTimeToLiveResponse) Reset() {
 	*x = LeaseTimeToLiveResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[31]
+	mi := &file_kvpb_kvpb_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2633,7 +2722,7 @@ func (x *LeaseTimeToLiveResponse) String() string {
 func (*LeaseTimeToLiveResponse) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[31]
+	mi := &file_kvpb_kvpb_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2646,7 +2735,7 @@ func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{31}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *LeaseTimeToLiveResponse) GetHeader() *ResponseHeader {
@@ -2693,7 +2782,7 @@ type LeaseListRequest struct {
 
 func (x *LeaseListRequest) Reset() {
 	*x = LeaseListRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[32]
+	mi := &file_kvpb_kvpb_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2705,7 +2794,7 @@ func (x *LeaseListRequest) String() string {
 func (*LeaseListRequest) ProtoMessage() {}
 
 func (x *LeaseListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[32]
+	mi := &file_kvpb_kvpb_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2718,7 +2807,7 @@ func (x *LeaseListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseListRequest.ProtoReflect.Descriptor instead.
 func (*LeaseListRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{32}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *LeaseListRequest) GetContext() *Context {
@@ -2738,7 +2827,7 @@ type LeaseListResponse struct {
 
 func (x *LeaseListResponse) Reset() {
 	*x = LeaseListResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[33]
+	mi := &file_kvpb_kvpb_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2750,7 +2839,7 @@ func (x *LeaseListResponse) String() string {
 func (*LeaseListResponse) ProtoMessage() {}
 
 func (x *LeaseListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[33]
+	mi := &file_kvpb_kvpb_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2763,7 +2852,7 @@ func (x *LeaseListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseListResponse.ProtoReflect.Descriptor instead.
 func (*LeaseListResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{33}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *LeaseListResponse) GetHeader() *ResponseHeader {
@@ -2791,7 +2880,7 @@ type LeaseAttachRequest struct {
 
 func (x *LeaseAttachRequest) Reset() {
 	*x = LeaseAttachRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[34]
+	mi := &file_kvpb_kvpb_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2803,7 +2892,7 @@ func (x *LeaseAttachRequest) String() string {
 func (*LeaseAttachRequest) ProtoMessage() {}
 
 func (x *LeaseAttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[34]
+	mi := &file_kvpb_kvpb_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2816,7 +2905,7 @@ func (x *LeaseAttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseAttachRequest.ProtoReflect.Descriptor instead.
 func (*LeaseAttachRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{34}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *LeaseAttachRequest) GetId() int64 {
@@ -2851,7 +2940,7 @@ type LeaseAttachResponse struct {
 
 func (x *LeaseAttachResponse) Reset() {
 	*x = LeaseAttachResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[35]
+	mi := &file_kvpb_kvpb_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2863,7 +2952,7 @@ func (x *LeaseAttachResponse) String() string {
 func (*LeaseAttachResponse) ProtoMessage() {}
 
 func (x *LeaseAttachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[35]
+	mi := &file_kvpb_kvpb_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2876,7 +2965,7 @@ func (x *LeaseAttachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseAttachResponse.ProtoReflect.Descriptor instead.
 func (*LeaseAttachResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{35}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *LeaseAttachResponse) GetHeader() *ResponseHeader {
@@ -2903,7 +2992,7 @@ type LeaseRevokeKeysRequest struct {
 
 func (x *LeaseRevokeKeysRequest) Reset() {
 	*x = LeaseRevokeKeysRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[36]
+	mi := &file_kvpb_kvpb_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2915,7 +3004,7 @@ func (x *LeaseRevokeKeysRequest) String() string {
 func (*LeaseRevokeKeysRequest) ProtoMessage() {}
 
 func (x *LeaseRevokeKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[36]
+	mi := &file_kvpb_kvpb_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2928,7 +3017,7 @@ func (x *LeaseRevokeKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeKeysRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeKeysRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{36}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *LeaseRevokeKeysRequest) GetId() int64 {
@@ -2955,7 +3044,7 @@ type LeaseRevokeKeysResponse struct {
 
 func (x *LeaseRevokeKeysResponse) Reset() {
 	*x = LeaseRevokeKeysResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[37]
+	mi := &file_kvpb_kvpb_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2967,7 +3056,7 @@ func (x *LeaseRevokeKeysResponse) String() string {
 func (*LeaseRevokeKeysResponse) ProtoMessage() {}
 
 func (x *LeaseRevokeKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[37]
+	mi := &file_kvpb_kvpb_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2980,7 +3069,7 @@ func (x *LeaseRevokeKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeKeysResponse.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeKeysResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{37}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *LeaseRevokeKeysResponse) GetHeader() *ResponseHeader {
@@ -3007,7 +3096,7 @@ type LeaseKeysRequest struct {
 
 func (x *LeaseKeysRequest) Reset() {
 	*x = LeaseKeysRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[38]
+	mi := &file_kvpb_kvpb_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3019,7 +3108,7 @@ func (x *LeaseKeysRequest) String() string {
 func (*LeaseKeysRequest) ProtoMessage() {}
 
 func (x *LeaseKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[38]
+	mi := &file_kvpb_kvpb_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3032,7 +3121,7 @@ func (x *LeaseKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeysRequest.ProtoReflect.Descriptor instead.
 func (*LeaseKeysRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{38}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *LeaseKeysRequest) GetId() int64 {
@@ -3059,7 +3148,7 @@ type LeaseKeysResponse struct {
 
 func (x *LeaseKeysResponse) Reset() {
 	*x = LeaseKeysResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[39]
+	mi := &file_kvpb_kvpb_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3071,7 +3160,7 @@ func (x *LeaseKeysResponse) String() string {
 func (*LeaseKeysResponse) ProtoMessage() {}
 
 func (x *LeaseKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[39]
+	mi := &file_kvpb_kvpb_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3084,7 +3173,7 @@ func (x *LeaseKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeysResponse.ProtoReflect.Descriptor instead.
 func (*LeaseKeysResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{39}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *LeaseKeysResponse) GetHeader() *ResponseHeader {
@@ -3111,7 +3200,7 @@ type MergeRegionRequest struct {
 
 func (x *MergeRegionRequest) Reset() {
 	*x = MergeRegionRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[40]
+	mi := &file_kvpb_kvpb_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3123,7 +3212,7 @@ func (x *MergeRegionRequest) String() string {
 func (*MergeRegionRequest) ProtoMessage() {}
 
 func (x *MergeRegionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[40]
+	mi := &file_kvpb_kvpb_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3136,7 +3225,7 @@ func (x *MergeRegionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRegionRequest.ProtoReflect.Descriptor instead.
 func (*MergeRegionRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{40}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *MergeRegionRequest) GetContext() *Context {
@@ -3164,7 +3253,7 @@ type MergeRegionResponse struct {
 
 func (x *MergeRegionResponse) Reset() {
 	*x = MergeRegionResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[41]
+	mi := &file_kvpb_kvpb_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3176,7 +3265,7 @@ func (x *MergeRegionResponse) String() string {
 func (*MergeRegionResponse) ProtoMessage() {}
 
 func (x *MergeRegionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[41]
+	mi := &file_kvpb_kvpb_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3189,7 +3278,7 @@ func (x *MergeRegionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRegionResponse.ProtoReflect.Descriptor instead.
 func (*MergeRegionResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{41}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *MergeRegionResponse) GetHeader() *ResponseHeader {
@@ -3217,7 +3306,7 @@ type ReplicaStatusRequest struct {
 
 func (x *ReplicaStatusRequest) Reset() {
 	*x = ReplicaStatusRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[42]
+	mi := &file_kvpb_kvpb_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3229,7 +3318,7 @@ func (x *ReplicaStatusRequest) String() string {
 func (*ReplicaStatusRequest) ProtoMessage() {}
 
 func (x *ReplicaStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[42]
+	mi := &file_kvpb_kvpb_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3242,7 +3331,7 @@ func (x *ReplicaStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaStatusRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{42}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ReplicaStatusRequest) GetRegionId() uint64 {
@@ -3278,7 +3367,7 @@ type ReplicaStatusResponse struct {
 
 func (x *ReplicaStatusResponse) Reset() {
 	*x = ReplicaStatusResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[43]
+	mi := &file_kvpb_kvpb_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3290,7 +3379,7 @@ func (x *ReplicaStatusResponse) String() string {
 func (*ReplicaStatusResponse) ProtoMessage() {}
 
 func (x *ReplicaStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[43]
+	mi := &file_kvpb_kvpb_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3303,7 +3392,7 @@ func (x *ReplicaStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaStatusResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{43}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ReplicaStatusResponse) GetExists() bool {
@@ -3360,7 +3449,7 @@ type SplitRegionRequest struct {
 
 func (x *SplitRegionRequest) Reset() {
 	*x = SplitRegionRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[44]
+	mi := &file_kvpb_kvpb_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3372,7 +3461,7 @@ func (x *SplitRegionRequest) String() string {
 func (*SplitRegionRequest) ProtoMessage() {}
 
 func (x *SplitRegionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[44]
+	mi := &file_kvpb_kvpb_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3385,7 +3474,7 @@ func (x *SplitRegionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRegionRequest.ProtoReflect.Descriptor instead.
 func (*SplitRegionRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{44}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *SplitRegionRequest) GetContext() *Context {
@@ -3413,7 +3502,7 @@ type SplitRegionResponse struct {
 
 func (x *SplitRegionResponse) Reset() {
 	*x = SplitRegionResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[45]
+	mi := &file_kvpb_kvpb_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3425,7 +3514,7 @@ func (x *SplitRegionResponse) String() string {
 func (*SplitRegionResponse) ProtoMessage() {}
 
 func (x *SplitRegionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[45]
+	mi := &file_kvpb_kvpb_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3438,7 +3527,7 @@ func (x *SplitRegionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRegionResponse.ProtoReflect.Descriptor instead.
 func (*SplitRegionResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{45}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SplitRegionResponse) GetHeader() *ResponseHeader {
@@ -3482,7 +3571,7 @@ type WriteCommand struct {
 
 func (x *WriteCommand) Reset() {
 	*x = WriteCommand{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[46]
+	mi := &file_kvpb_kvpb_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3494,7 +3583,7 @@ func (x *WriteCommand) String() string {
 func (*WriteCommand) ProtoMessage() {}
 
 func (x *WriteCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[46]
+	mi := &file_kvpb_kvpb_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3507,7 +3596,7 @@ func (x *WriteCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteCommand.ProtoReflect.Descriptor instead.
 func (*WriteCommand) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{46}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *WriteCommand) GetRevision() int64 {
@@ -3701,7 +3790,7 @@ type LeaseCheck struct {
 
 func (x *LeaseCheck) Reset() {
 	*x = LeaseCheck{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[47]
+	mi := &file_kvpb_kvpb_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3713,7 +3802,7 @@ func (x *LeaseCheck) String() string {
 func (*LeaseCheck) ProtoMessage() {}
 
 func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[47]
+	mi := &file_kvpb_kvpb_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3726,7 +3815,7 @@ func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseCheck.ProtoReflect.Descriptor instead.
 func (*LeaseCheck) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{47}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *LeaseCheck) GetId() int64 {
@@ -3753,7 +3842,7 @@ type GCBatch struct {
 
 func (x *GCBatch) Reset() {
 	*x = GCBatch{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[48]
+	mi := &file_kvpb_kvpb_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3765,7 +3854,7 @@ func (x *GCBatch) String() string {
 func (*GCBatch) ProtoMessage() {}
 
 func (x *GCBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[48]
+	mi := &file_kvpb_kvpb_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3778,7 +3867,7 @@ func (x *GCBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCBatch.ProtoReflect.Descriptor instead.
 func (*GCBatch) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{48}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GCBatch) GetKeys() [][]byte {
@@ -3960,7 +4049,11 @@ const file_kvpb_kvpb_proto_rawDesc = "" +
 	"\x10compact_revision\x18\x05 \x01(\x03R\x0fcompactRevision\x12#\n" +
 	"\rcancel_reason\x18\x06 \x01(\tR\fcancelReason\x12#\n" +
 	"\x06events\x18\v \x03(\v2\v.kvpb.EventR\x06events\x12+\n" +
-	"\x11resolved_revision\x18\f \x01(\x03R\x10resolvedRevision\"1\n" +
+	"\x11resolved_revision\x18\f \x01(\x03R\x10resolvedRevision\"A\n" +
+	"\x16ResolveRevisionRequest\x12'\n" +
+	"\acontext\x18\x01 \x01(\v2\r.kvpb.ContextR\acontext\"G\n" +
+	"\x17ResolveRevisionResponse\x12,\n" +
+	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\"1\n" +
 	"\aKeySpan\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\fR\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\fR\x03end\"p\n" +
@@ -4068,14 +4161,15 @@ const file_kvpb_kvpb_proto_rawDesc = "" +
 	"\vvalid_until\x18\x02 \x01(\x03R\n" +
 	"validUntil\"\x1d\n" +
 	"\aGCBatch\x12\x12\n" +
-	"\x04keys\x18\x01 \x03(\fR\x04keys2\xf2\x06\n" +
+	"\x04keys\x18\x01 \x03(\fR\x04keys2\xc2\a\n" +
 	"\x02KV\x120\n" +
 	"\x05Range\x12\x12.kvpb.RangeRequest\x1a\x13.kvpb.RangeResponse\x12*\n" +
 	"\x03Put\x12\x10.kvpb.PutRequest\x1a\x11.kvpb.PutResponse\x12B\n" +
 	"\vDeleteRange\x12\x18.kvpb.DeleteRangeRequest\x1a\x19.kvpb.DeleteRangeResponse\x12*\n" +
 	"\x03Txn\x12\x10.kvpb.TxnRequest\x1a\x11.kvpb.TxnResponse\x126\n" +
 	"\aCompact\x12\x14.kvpb.CompactRequest\x1a\x15.kvpb.CompactResponse\x124\n" +
-	"\x05Watch\x12\x12.kvpb.WatchRequest\x1a\x13.kvpb.WatchResponse(\x010\x01\x12?\n" +
+	"\x05Watch\x12\x12.kvpb.WatchRequest\x1a\x13.kvpb.WatchResponse(\x010\x01\x12N\n" +
+	"\x0fResolveRevision\x12\x1c.kvpb.ResolveRevisionRequest\x1a\x1d.kvpb.ResolveRevisionResponse\x12?\n" +
 	"\n" +
 	"LeaseGrant\x12\x17.kvpb.LeaseGrantRequest\x1a\x18.kvpb.LeaseGrantResponse\x12B\n" +
 	"\vLeaseRevoke\x12\x18.kvpb.LeaseRevokeRequest\x1a\x19.kvpb.LeaseRevokeResponse\x12K\n" +
@@ -4103,7 +4197,7 @@ func file_kvpb_kvpb_proto_rawDescGZIP() []byte {
 }
 
 var file_kvpb_kvpb_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_kvpb_kvpb_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_kvpb_kvpb_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_kvpb_kvpb_proto_goTypes = []any{
 	(Event_EventType)(0),               // 0: kvpb.Event.EventType
 	(RangeRequest_SortOrder)(0),        // 1: kvpb.RangeRequest.SortOrder
@@ -4133,42 +4227,44 @@ var file_kvpb_kvpb_proto_goTypes = []any{
 	(*WatchProgressRequest)(nil),       // 25: kvpb.WatchProgressRequest
 	(*WatchRequest)(nil),               // 26: kvpb.WatchRequest
 	(*WatchResponse)(nil),              // 27: kvpb.WatchResponse
-	(*KeySpan)(nil),                    // 28: kvpb.KeySpan
-	(*LeaseRecord)(nil),                // 29: kvpb.LeaseRecord
-	(*LeaseGrantRequest)(nil),          // 30: kvpb.LeaseGrantRequest
-	(*LeaseGrantResponse)(nil),         // 31: kvpb.LeaseGrantResponse
-	(*LeaseRevokeRequest)(nil),         // 32: kvpb.LeaseRevokeRequest
-	(*LeaseRevokeResponse)(nil),        // 33: kvpb.LeaseRevokeResponse
-	(*LeaseKeepAliveRequest)(nil),      // 34: kvpb.LeaseKeepAliveRequest
-	(*LeaseKeepAliveResponse)(nil),     // 35: kvpb.LeaseKeepAliveResponse
-	(*LeaseTimeToLiveRequest)(nil),     // 36: kvpb.LeaseTimeToLiveRequest
-	(*LeaseTimeToLiveResponse)(nil),    // 37: kvpb.LeaseTimeToLiveResponse
-	(*LeaseListRequest)(nil),           // 38: kvpb.LeaseListRequest
-	(*LeaseListResponse)(nil),          // 39: kvpb.LeaseListResponse
-	(*LeaseAttachRequest)(nil),         // 40: kvpb.LeaseAttachRequest
-	(*LeaseAttachResponse)(nil),        // 41: kvpb.LeaseAttachResponse
-	(*LeaseRevokeKeysRequest)(nil),     // 42: kvpb.LeaseRevokeKeysRequest
-	(*LeaseRevokeKeysResponse)(nil),    // 43: kvpb.LeaseRevokeKeysResponse
-	(*LeaseKeysRequest)(nil),           // 44: kvpb.LeaseKeysRequest
-	(*LeaseKeysResponse)(nil),          // 45: kvpb.LeaseKeysResponse
-	(*MergeRegionRequest)(nil),         // 46: kvpb.MergeRegionRequest
-	(*MergeRegionResponse)(nil),        // 47: kvpb.MergeRegionResponse
-	(*ReplicaStatusRequest)(nil),       // 48: kvpb.ReplicaStatusRequest
-	(*ReplicaStatusResponse)(nil),      // 49: kvpb.ReplicaStatusResponse
-	(*SplitRegionRequest)(nil),         // 50: kvpb.SplitRegionRequest
-	(*SplitRegionResponse)(nil),        // 51: kvpb.SplitRegionResponse
-	(*WriteCommand)(nil),               // 52: kvpb.WriteCommand
-	(*LeaseCheck)(nil),                 // 53: kvpb.LeaseCheck
-	(*GCBatch)(nil),                    // 54: kvpb.GCBatch
-	(*metapb.RegionEpoch)(nil),         // 55: metapb.RegionEpoch
-	(*metapb.Peer)(nil),                // 56: metapb.Peer
-	(*errorpb.Error)(nil),              // 57: errorpb.Error
-	(*metapb.Region)(nil),              // 58: metapb.Region
+	(*ResolveRevisionRequest)(nil),     // 28: kvpb.ResolveRevisionRequest
+	(*ResolveRevisionResponse)(nil),    // 29: kvpb.ResolveRevisionResponse
+	(*KeySpan)(nil),                    // 30: kvpb.KeySpan
+	(*LeaseRecord)(nil),                // 31: kvpb.LeaseRecord
+	(*LeaseGrantRequest)(nil),          // 32: kvpb.LeaseGrantRequest
+	(*LeaseGrantResponse)(nil),         // 33: kvpb.LeaseGrantResponse
+	(*LeaseRevokeRequest)(nil),         // 34: kvpb.LeaseRevokeRequest
+	(*LeaseRevokeResponse)(nil),        // 35: kvpb.LeaseRevokeResponse
+	(*LeaseKeepAliveRequest)(nil),      // 36: kvpb.LeaseKeepAliveRequest
+	(*LeaseKeepAliveResponse)(nil),     // 37: kvpb.LeaseKeepAliveResponse
+	(*LeaseTimeToLiveRequest)(nil),     // 38: kvpb.LeaseTimeToLiveRequest
+	(*LeaseTimeToLiveResponse)(nil),    // 39: kvpb.LeaseTimeToLiveResponse
+	(*LeaseListRequest)(nil),           // 40: kvpb.LeaseListRequest
+	(*LeaseListResponse)(nil),          // 41: kvpb.LeaseListResponse
+	(*LeaseAttachRequest)(nil),         // 42: kvpb.LeaseAttachRequest
+	(*LeaseAttachResponse)(nil),        // 43: kvpb.LeaseAttachResponse
+	(*LeaseRevokeKeysRequest)(nil),     // 44: kvpb.LeaseRevokeKeysRequest
+	(*LeaseRevokeKeysResponse)(nil),    // 45: kvpb.LeaseRevokeKeysResponse
+	(*LeaseKeysRequest)(nil),           // 46: kvpb.LeaseKeysRequest
+	(*LeaseKeysResponse)(nil),          // 47: kvpb.LeaseKeysResponse
+	(*MergeRegionRequest)(nil),         // 48: kvpb.MergeRegionRequest
+	(*MergeRegionResponse)(nil),        // 49: kvpb.MergeRegionResponse
+	(*ReplicaStatusRequest)(nil),       // 50: kvpb.ReplicaStatusRequest
+	(*ReplicaStatusResponse)(nil),      // 51: kvpb.ReplicaStatusResponse
+	(*SplitRegionRequest)(nil),         // 52: kvpb.SplitRegionRequest
+	(*SplitRegionResponse)(nil),        // 53: kvpb.SplitRegionResponse
+	(*WriteCommand)(nil),               // 54: kvpb.WriteCommand
+	(*LeaseCheck)(nil),                 // 55: kvpb.LeaseCheck
+	(*GCBatch)(nil),                    // 56: kvpb.GCBatch
+	(*metapb.RegionEpoch)(nil),         // 57: metapb.RegionEpoch
+	(*metapb.Peer)(nil),                // 58: metapb.Peer
+	(*errorpb.Error)(nil),              // 59: errorpb.Error
+	(*metapb.Region)(nil),              // 60: metapb.Region
 }
 var file_kvpb_kvpb_proto_depIdxs = []int32{
-	55, // 0: kvpb.Context.region_epoch:type_name -> metapb.RegionEpoch
-	56, // 1: kvpb.Context.peer:type_name -> metapb.Peer
-	57, // 2: kvpb.ResponseHeader.region_error:type_name -> errorpb.Error
+	57, // 0: kvpb.Context.region_epoch:type_name -> metapb.RegionEpoch
+	58, // 1: kvpb.Context.peer:type_name -> metapb.Peer
+	59, // 2: kvpb.ResponseHeader.region_error:type_name -> errorpb.Error
 	0,  // 3: kvpb.Event.type:type_name -> kvpb.Event.EventType
 	8,  // 4: kvpb.Event.kv:type_name -> kvpb.KeyValue
 	8,  // 5: kvpb.Event.prev_kv:type_name -> kvpb.KeyValue
@@ -4207,79 +4303,83 @@ var file_kvpb_kvpb_proto_depIdxs = []int32{
 	25, // 38: kvpb.WatchRequest.progress_request:type_name -> kvpb.WatchProgressRequest
 	7,  // 39: kvpb.WatchResponse.header:type_name -> kvpb.ResponseHeader
 	9,  // 40: kvpb.WatchResponse.events:type_name -> kvpb.Event
-	28, // 41: kvpb.LeaseRecord.spans:type_name -> kvpb.KeySpan
-	6,  // 42: kvpb.LeaseGrantRequest.context:type_name -> kvpb.Context
-	7,  // 43: kvpb.LeaseGrantResponse.header:type_name -> kvpb.ResponseHeader
-	6,  // 44: kvpb.LeaseRevokeRequest.context:type_name -> kvpb.Context
-	7,  // 45: kvpb.LeaseRevokeResponse.header:type_name -> kvpb.ResponseHeader
-	6,  // 46: kvpb.LeaseKeepAliveRequest.context:type_name -> kvpb.Context
-	7,  // 47: kvpb.LeaseKeepAliveResponse.header:type_name -> kvpb.ResponseHeader
-	6,  // 48: kvpb.LeaseTimeToLiveRequest.context:type_name -> kvpb.Context
-	7,  // 49: kvpb.LeaseTimeToLiveResponse.header:type_name -> kvpb.ResponseHeader
-	28, // 50: kvpb.LeaseTimeToLiveResponse.spans:type_name -> kvpb.KeySpan
-	6,  // 51: kvpb.LeaseListRequest.context:type_name -> kvpb.Context
-	7,  // 52: kvpb.LeaseListResponse.header:type_name -> kvpb.ResponseHeader
-	28, // 53: kvpb.LeaseAttachRequest.span:type_name -> kvpb.KeySpan
-	6,  // 54: kvpb.LeaseAttachRequest.context:type_name -> kvpb.Context
-	7,  // 55: kvpb.LeaseAttachResponse.header:type_name -> kvpb.ResponseHeader
-	6,  // 56: kvpb.LeaseRevokeKeysRequest.context:type_name -> kvpb.Context
-	7,  // 57: kvpb.LeaseRevokeKeysResponse.header:type_name -> kvpb.ResponseHeader
-	6,  // 58: kvpb.LeaseKeysRequest.context:type_name -> kvpb.Context
-	7,  // 59: kvpb.LeaseKeysResponse.header:type_name -> kvpb.ResponseHeader
-	6,  // 60: kvpb.MergeRegionRequest.context:type_name -> kvpb.Context
-	7,  // 61: kvpb.MergeRegionResponse.header:type_name -> kvpb.ResponseHeader
-	58, // 62: kvpb.MergeRegionResponse.region:type_name -> metapb.Region
-	58, // 63: kvpb.ReplicaStatusResponse.region:type_name -> metapb.Region
-	55, // 64: kvpb.ReplicaStatusResponse.tombstone_epoch:type_name -> metapb.RegionEpoch
-	6,  // 65: kvpb.SplitRegionRequest.context:type_name -> kvpb.Context
-	7,  // 66: kvpb.SplitRegionResponse.header:type_name -> kvpb.ResponseHeader
-	58, // 67: kvpb.SplitRegionResponse.regions:type_name -> metapb.Region
-	12, // 68: kvpb.WriteCommand.put:type_name -> kvpb.PutRequest
-	14, // 69: kvpb.WriteCommand.delete_range:type_name -> kvpb.DeleteRangeRequest
-	19, // 70: kvpb.WriteCommand.txn:type_name -> kvpb.TxnRequest
-	54, // 71: kvpb.WriteCommand.gc:type_name -> kvpb.GCBatch
-	30, // 72: kvpb.WriteCommand.lease_grant:type_name -> kvpb.LeaseGrantRequest
-	40, // 73: kvpb.WriteCommand.lease_attach:type_name -> kvpb.LeaseAttachRequest
-	53, // 74: kvpb.WriteCommand.lease_checks:type_name -> kvpb.LeaseCheck
-	10, // 75: kvpb.KV.Range:input_type -> kvpb.RangeRequest
-	12, // 76: kvpb.KV.Put:input_type -> kvpb.PutRequest
-	14, // 77: kvpb.KV.DeleteRange:input_type -> kvpb.DeleteRangeRequest
-	19, // 78: kvpb.KV.Txn:input_type -> kvpb.TxnRequest
-	21, // 79: kvpb.KV.Compact:input_type -> kvpb.CompactRequest
-	26, // 80: kvpb.KV.Watch:input_type -> kvpb.WatchRequest
-	30, // 81: kvpb.KV.LeaseGrant:input_type -> kvpb.LeaseGrantRequest
-	32, // 82: kvpb.KV.LeaseRevoke:input_type -> kvpb.LeaseRevokeRequest
-	34, // 83: kvpb.KV.LeaseKeepAlive:input_type -> kvpb.LeaseKeepAliveRequest
-	36, // 84: kvpb.KV.LeaseTimeToLive:input_type -> kvpb.LeaseTimeToLiveRequest
-	38, // 85: kvpb.KV.LeaseList:input_type -> kvpb.LeaseListRequest
-	40, // 86: kvpb.KV.LeaseAttach:input_type -> kvpb.LeaseAttachRequest
-	42, // 87: kvpb.KV.LeaseRevokeKeys:input_type -> kvpb.LeaseRevokeKeysRequest
-	44, // 88: kvpb.KV.LeaseKeys:input_type -> kvpb.LeaseKeysRequest
-	50, // 89: kvpb.Admin.SplitRegion:input_type -> kvpb.SplitRegionRequest
-	46, // 90: kvpb.Admin.MergeRegion:input_type -> kvpb.MergeRegionRequest
-	48, // 91: kvpb.Admin.ReplicaStatus:input_type -> kvpb.ReplicaStatusRequest
-	11, // 92: kvpb.KV.Range:output_type -> kvpb.RangeResponse
-	13, // 93: kvpb.KV.Put:output_type -> kvpb.PutResponse
-	15, // 94: kvpb.KV.DeleteRange:output_type -> kvpb.DeleteRangeResponse
-	20, // 95: kvpb.KV.Txn:output_type -> kvpb.TxnResponse
-	22, // 96: kvpb.KV.Compact:output_type -> kvpb.CompactResponse
-	27, // 97: kvpb.KV.Watch:output_type -> kvpb.WatchResponse
-	31, // 98: kvpb.KV.LeaseGrant:output_type -> kvpb.LeaseGrantResponse
-	33, // 99: kvpb.KV.LeaseRevoke:output_type -> kvpb.LeaseRevokeResponse
-	35, // 100: kvpb.KV.LeaseKeepAlive:output_type -> kvpb.LeaseKeepAliveResponse
-	37, // 101: kvpb.KV.LeaseTimeToLive:output_type -> kvpb.LeaseTimeToLiveResponse
-	39, // 102: kvpb.KV.LeaseList:output_type -> kvpb.LeaseListResponse
-	41, // 103: kvpb.KV.LeaseAttach:output_type -> kvpb.LeaseAttachResponse
-	43, // 104: kvpb.KV.LeaseRevokeKeys:output_type -> kvpb.LeaseRevokeKeysResponse
-	45, // 105: kvpb.KV.LeaseKeys:output_type -> kvpb.LeaseKeysResponse
-	51, // 106: kvpb.Admin.SplitRegion:output_type -> kvpb.SplitRegionResponse
-	47, // 107: kvpb.Admin.MergeRegion:output_type -> kvpb.MergeRegionResponse
-	49, // 108: kvpb.Admin.ReplicaStatus:output_type -> kvpb.ReplicaStatusResponse
-	92, // [92:109] is the sub-list for method output_type
-	75, // [75:92] is the sub-list for method input_type
-	75, // [75:75] is the sub-list for extension type_name
-	75, // [75:75] is the sub-list for extension extendee
-	0,  // [0:75] is the sub-list for field type_name
+	6,  // 41: kvpb.ResolveRevisionRequest.context:type_name -> kvpb.Context
+	7,  // 42: kvpb.ResolveRevisionResponse.header:type_name -> kvpb.ResponseHeader
+	30, // 43: kvpb.LeaseRecord.spans:type_name -> kvpb.KeySpan
+	6,  // 44: kvpb.LeaseGrantRequest.context:type_name -> kvpb.Context
+	7,  // 45: kvpb.LeaseGrantResponse.header:type_name -> kvpb.ResponseHeader
+	6,  // 46: kvpb.LeaseRevokeRequest.context:type_name -> kvpb.Context
+	7,  // 47: kvpb.LeaseRevokeResponse.header:type_name -> kvpb.ResponseHeader
+	6,  // 48: kvpb.LeaseKeepAliveRequest.context:type_name -> kvpb.Context
+	7,  // 49: kvpb.LeaseKeepAliveResponse.header:type_name -> kvpb.ResponseHeader
+	6,  // 50: kvpb.LeaseTimeToLiveRequest.context:type_name -> kvpb.Context
+	7,  // 51: kvpb.LeaseTimeToLiveResponse.header:type_name -> kvpb.ResponseHeader
+	30, // 52: kvpb.LeaseTimeToLiveResponse.spans:type_name -> kvpb.KeySpan
+	6,  // 53: kvpb.LeaseListRequest.context:type_name -> kvpb.Context
+	7,  // 54: kvpb.LeaseListResponse.header:type_name -> kvpb.ResponseHeader
+	30, // 55: kvpb.LeaseAttachRequest.span:type_name -> kvpb.KeySpan
+	6,  // 56: kvpb.LeaseAttachRequest.context:type_name -> kvpb.Context
+	7,  // 57: kvpb.LeaseAttachResponse.header:type_name -> kvpb.ResponseHeader
+	6,  // 58: kvpb.LeaseRevokeKeysRequest.context:type_name -> kvpb.Context
+	7,  // 59: kvpb.LeaseRevokeKeysResponse.header:type_name -> kvpb.ResponseHeader
+	6,  // 60: kvpb.LeaseKeysRequest.context:type_name -> kvpb.Context
+	7,  // 61: kvpb.LeaseKeysResponse.header:type_name -> kvpb.ResponseHeader
+	6,  // 62: kvpb.MergeRegionRequest.context:type_name -> kvpb.Context
+	7,  // 63: kvpb.MergeRegionResponse.header:type_name -> kvpb.ResponseHeader
+	60, // 64: kvpb.MergeRegionResponse.region:type_name -> metapb.Region
+	60, // 65: kvpb.ReplicaStatusResponse.region:type_name -> metapb.Region
+	57, // 66: kvpb.ReplicaStatusResponse.tombstone_epoch:type_name -> metapb.RegionEpoch
+	6,  // 67: kvpb.SplitRegionRequest.context:type_name -> kvpb.Context
+	7,  // 68: kvpb.SplitRegionResponse.header:type_name -> kvpb.ResponseHeader
+	60, // 69: kvpb.SplitRegionResponse.regions:type_name -> metapb.Region
+	12, // 70: kvpb.WriteCommand.put:type_name -> kvpb.PutRequest
+	14, // 71: kvpb.WriteCommand.delete_range:type_name -> kvpb.DeleteRangeRequest
+	19, // 72: kvpb.WriteCommand.txn:type_name -> kvpb.TxnRequest
+	56, // 73: kvpb.WriteCommand.gc:type_name -> kvpb.GCBatch
+	32, // 74: kvpb.WriteCommand.lease_grant:type_name -> kvpb.LeaseGrantRequest
+	42, // 75: kvpb.WriteCommand.lease_attach:type_name -> kvpb.LeaseAttachRequest
+	55, // 76: kvpb.WriteCommand.lease_checks:type_name -> kvpb.LeaseCheck
+	10, // 77: kvpb.KV.Range:input_type -> kvpb.RangeRequest
+	12, // 78: kvpb.KV.Put:input_type -> kvpb.PutRequest
+	14, // 79: kvpb.KV.DeleteRange:input_type -> kvpb.DeleteRangeRequest
+	19, // 80: kvpb.KV.Txn:input_type -> kvpb.TxnRequest
+	21, // 81: kvpb.KV.Compact:input_type -> kvpb.CompactRequest
+	26, // 82: kvpb.KV.Watch:input_type -> kvpb.WatchRequest
+	28, // 83: kvpb.KV.ResolveRevision:input_type -> kvpb.ResolveRevisionRequest
+	32, // 84: kvpb.KV.LeaseGrant:input_type -> kvpb.LeaseGrantRequest
+	34, // 85: kvpb.KV.LeaseRevoke:input_type -> kvpb.LeaseRevokeRequest
+	36, // 86: kvpb.KV.LeaseKeepAlive:input_type -> kvpb.LeaseKeepAliveRequest
+	38, // 87: kvpb.KV.LeaseTimeToLive:input_type -> kvpb.LeaseTimeToLiveRequest
+	40, // 88: kvpb.KV.LeaseList:input_type -> kvpb.LeaseListRequest
+	42, // 89: kvpb.KV.LeaseAttach:input_type -> kvpb.LeaseAttachRequest
+	44, // 90: kvpb.KV.LeaseRevokeKeys:input_type -> kvpb.LeaseRevokeKeysRequest
+	46, // 91: kvpb.KV.LeaseKeys:input_type -> kvpb.LeaseKeysRequest
+	52, // 92: kvpb.Admin.SplitRegion:input_type -> kvpb.SplitRegionRequest
+	48, // 93: kvpb.Admin.MergeRegion:input_type -> kvpb.MergeRegionRequest
+	50, // 94: kvpb.Admin.ReplicaStatus:input_type -> kvpb.ReplicaStatusRequest
+	11, // 95: kvpb.KV.Range:output_type -> kvpb.RangeResponse
+	13, // 96: kvpb.KV.Put:output_type -> kvpb.PutResponse
+	15, // 97: kvpb.KV.DeleteRange:output_type -> kvpb.DeleteRangeResponse
+	20, // 98: kvpb.KV.Txn:output_type -> kvpb.TxnResponse
+	22, // 99: kvpb.KV.Compact:output_type -> kvpb.CompactResponse
+	27, // 100: kvpb.KV.Watch:output_type -> kvpb.WatchResponse
+	29, // 101: kvpb.KV.ResolveRevision:output_type -> kvpb.ResolveRevisionResponse
+	33, // 102: kvpb.KV.LeaseGrant:output_type -> kvpb.LeaseGrantResponse
+	35, // 103: kvpb.KV.LeaseRevoke:output_type -> kvpb.LeaseRevokeResponse
+	37, // 104: kvpb.KV.LeaseKeepAlive:output_type -> kvpb.LeaseKeepAliveResponse
+	39, // 105: kvpb.KV.LeaseTimeToLive:output_type -> kvpb.LeaseTimeToLiveResponse
+	41, // 106: kvpb.KV.LeaseList:output_type -> kvpb.LeaseListResponse
+	43, // 107: kvpb.KV.LeaseAttach:output_type -> kvpb.LeaseAttachResponse
+	45, // 108: kvpb.KV.LeaseRevokeKeys:output_type -> kvpb.LeaseRevokeKeysResponse
+	47, // 109: kvpb.KV.LeaseKeys:output_type -> kvpb.LeaseKeysResponse
+	53, // 110: kvpb.Admin.SplitRegion:output_type -> kvpb.SplitRegionResponse
+	49, // 111: kvpb.Admin.MergeRegion:output_type -> kvpb.MergeRegionResponse
+	51, // 112: kvpb.Admin.ReplicaStatus:output_type -> kvpb.ReplicaStatusResponse
+	95, // [95:113] is the sub-list for method output_type
+	77, // [77:95] is the sub-list for method input_type
+	77, // [77:77] is the sub-list for extension type_name
+	77, // [77:77] is the sub-list for extension extendee
+	0,  // [0:77] is the sub-list for field type_name
 }
 
 func init() { file_kvpb_kvpb_proto_init() }
@@ -4311,7 +4411,7 @@ func file_kvpb_kvpb_proto_init() {
 		(*WatchRequest_CancelRequest)(nil),
 		(*WatchRequest_ProgressRequest)(nil),
 	}
-	file_kvpb_kvpb_proto_msgTypes[46].OneofWrappers = []any{
+	file_kvpb_kvpb_proto_msgTypes[48].OneofWrappers = []any{
 		(*WriteCommand_Put)(nil),
 		(*WriteCommand_DeleteRange)(nil),
 		(*WriteCommand_Txn)(nil),
@@ -4329,7 +4429,7 @@ func file_kvpb_kvpb_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvpb_kvpb_proto_rawDesc), len(file_kvpb_kvpb_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   49,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

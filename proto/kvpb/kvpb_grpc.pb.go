@@ -30,6 +30,7 @@ const (
 	KV_Txn_FullMethodName             = "/kvpb.KV/Txn"
 	KV_Compact_FullMethodName         = "/kvpb.KV/Compact"
 	KV_Watch_FullMethodName           = "/kvpb.KV/Watch"
+	KV_ResolveRevision_FullMethodName = "/kvpb.KV/ResolveRevision"
 	KV_LeaseGrant_FullMethodName      = "/kvpb.KV/LeaseGrant"
 	KV_LeaseRevoke_FullMethodName     = "/kvpb.KV/LeaseRevoke"
 	KV_LeaseKeepAlive_FullMethodName  = "/kvpb.KV/LeaseKeepAlive"
@@ -52,6 +53,13 @@ type KVClient interface {
 	// region then garbage-collects older versions in the background.
 	Compact(ctx context.Context, in *CompactRequest, opts ...grpc.CallOption) (*CompactResponse, error)
 	Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchRequest, WatchResponse], error)
+	// ResolveRevision is served by the region's leader: it draws a revision
+	// T now and answers once every write of the region below T has applied.
+	// Every write acknowledged anywhere before the call is below T, and no
+	// write at or below T can appear in the region later, so a replica read
+	// after a ReadIndex begun once this answered holds the region's state
+	// at T (the etcd front end's latest reads carry such a T).
+	ResolveRevision(ctx context.Context, in *ResolveRevisionRequest, opts ...grpc.CallOption) (*ResolveRevisionResponse, error)
 	// ---- leases (docs/leases.md) ----
 	// Served by the leader of the region holding the lease's record
 	// (LeaseKey(id) in the reserved system range).
@@ -143,6 +151,16 @@ func (c *kVClient) Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.Bid
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type KV_WatchClient = grpc.BidiStreamingClient[WatchRequest, WatchResponse]
+
+func (c *kVClient) ResolveRevision(ctx context.Context, in *ResolveRevisionRequest, opts ...grpc.CallOption) (*ResolveRevisionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResolveRevisionResponse)
+	err := c.cc.Invoke(ctx, KV_ResolveRevision_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
 
 func (c *kVClient) LeaseGrant(ctx context.Context, in *LeaseGrantRequest, opts ...grpc.CallOption) (*LeaseGrantResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -236,6 +254,13 @@ type KVServer interface {
 	// region then garbage-collects older versions in the background.
 	Compact(context.Context, *CompactRequest) (*CompactResponse, error)
 	Watch(grpc.BidiStreamingServer[WatchRequest, WatchResponse]) error
+	// ResolveRevision is served by the region's leader: it draws a revision
+	// T now and answers once every write of the region below T has applied.
+	// Every write acknowledged anywhere before the call is below T, and no
+	// write at or below T can appear in the region later, so a replica read
+	// after a ReadIndex begun once this answered holds the region's state
+	// at T (the etcd front end's latest reads carry such a T).
+	ResolveRevision(context.Context, *ResolveRevisionRequest) (*ResolveRevisionResponse, error)
 	// ---- leases (docs/leases.md) ----
 	// Served by the leader of the region holding the lease's record
 	// (LeaseKey(id) in the reserved system range).
@@ -282,6 +307,9 @@ func (UnimplementedKVServer) Compact(context.Context, *CompactRequest) (*Compact
 }
 func (UnimplementedKVServer) Watch(grpc.BidiStreamingServer[WatchRequest, WatchResponse]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedKVServer) ResolveRevision(context.Context, *ResolveRevisionRequest) (*ResolveRevisionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResolveRevision not implemented")
 }
 func (UnimplementedKVServer) LeaseGrant(context.Context, *LeaseGrantRequest) (*LeaseGrantResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method LeaseGrant not implemented")
@@ -424,6 +452,24 @@ func _KV_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type KV_WatchServer = grpc.BidiStreamingServer[WatchRequest, WatchResponse]
+
+func _KV_ResolveRevision_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResolveRevisionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).ResolveRevision(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_ResolveRevision_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).ResolveRevision(ctx, req.(*ResolveRevisionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
 
 func _KV_LeaseGrant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(LeaseGrantRequest)
@@ -595,6 +641,10 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Compact",
 			Handler:    _KV_Compact_Handler,
+		},
+		{
+			MethodName: "ResolveRevision",
+			Handler:    _KV_ResolveRevision_Handler,
 		},
 		{
 			MethodName: "LeaseGrant",

@@ -63,12 +63,32 @@ func (k *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 			return out, k.s.toEtcd(resp, resp.GetHeader(), out)
 		}
 	}
+	// A latest read routed to the regions' leaders is read at a timestamp
+	// drawn now, which its header carries: as in etcd, a latest read's
+	// revision is at or above every write acknowledged before it anywhere
+	// in the cluster (a region's own latest revision may be far below, or
+	// 0 for a region never written). The local path does the same with a
+	// resolved revision.
+	latest := r.GetRevision() == 0 && !r.GetSerializable()
+	if latest {
+		rev, err := k.s.currentRevision(ctx)
+		if err != nil {
+			return nil, etcdError(err)
+		}
+		r.Revision = rev
+	}
 	resp, err := k.s.cfg.Client.Range(ctx, &r)
 	if err != nil {
 		return nil, etcdError(err)
 	}
+	h := resp.GetHeader()
+	if latest {
+		// A read of a past revision carries the region's current one;
+		// this one was asked for the latest, and was read at r.Revision.
+		h = &kvpb.ResponseHeader{Revision: r.GetRevision(), RaftTerm: h.GetRaftTerm()}
+	}
 	out := &pb.RangeResponse{}
-	return out, k.s.toEtcd(resp, resp.GetHeader(), out)
+	return out, k.s.toEtcd(resp, h, out)
 }
 
 // RangeStream sends a range in chunks of at most rangeStreamChunk keys,

@@ -430,3 +430,88 @@ func TestEtcdLocalReads(t *testing.T) {
 		}
 	}
 }
+
+// A latest linearizable read through any store, leader or follower, of any
+// region, carries a revision at or above every write acknowledged before
+// it anywhere in the cluster, as etcd's header does, and what it returned
+// is the state at that revision. Before, a read served by one region
+// carried that region's own latest revision: 0 for a region never written
+// (the Kubernetes API server refused it: "the current resource version
+// must be greater than 0"), and below writes acknowledged in other regions.
+func TestEtcdLatestReadRevisionIsClusterWide(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	pd := waitReplicated(t, c)
+	splitPrefix(t, cl, "r/", 3) // r/[a-i) r/[i-r) r/[r-...)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := procs.WaitSettled(ctx, pd, []byte("r/"), []byte("r0"), 3); err != nil {
+		t.Fatal(err)
+	}
+	var ones []*clientv3.Client
+	for _, s := range c.Stores {
+		one, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Addr}, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer one.Close()
+		ones = append(ones, one)
+	}
+	// Writes to the first region go on throughout, so its reads race them.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := ones[i%3].Put(ctx, fmt.Sprintf("r/c%d", i%20), fmt.Sprint(i)); err != nil && ctx.Err() == nil {
+				t.Errorf("background put: %v", err)
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+
+	for i := 0; i < 20; i++ {
+		// A write in the middle region, then reads through every store of
+		// the last region (never written), of the middle one, and of the
+		// first while it is written.
+		put, err := ones[i%3].Put(ctx, "r/k", fmt.Sprint(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		acked := put.Header.Revision
+		for s, one := range ones {
+			name := c.Stores[s].Name
+			for _, key := range []string{"r/z", "r/k"} {
+				get, err := one.Get(ctx, key)
+				if err != nil || get.Header.Revision < acked {
+					t.Fatalf("get %s through %s after a put at %d: header %v, %v", key, name, acked, get, err)
+				}
+				txn, err := one.Txn(ctx).Then(clientv3.OpGet(key)).Commit()
+				if err != nil || txn.Header.Revision < acked {
+					t.Fatalf("read-only txn of %s through %s after a put at %d: header %v, %v", key, name, acked, txn, err)
+				}
+			}
+			// What a latest read returned is the state at its header's
+			// revision: a read pinned there returns the same.
+			latest, err := one.Get(ctx, "r/c", clientv3.WithPrefix())
+			if err != nil || latest.Header.Revision < acked {
+				t.Fatalf("prefix get through %s after a put at %d: header %v, %v", name, acked, latest, err)
+			}
+			at, err := one.Get(ctx, "r/c", clientv3.WithPrefix(), clientv3.WithRev(latest.Header.Revision))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(latest.Kvs) != fmt.Sprint(at.Kvs) || latest.Count != at.Count {
+				t.Fatalf("through %s, a latest read at header revision %d and a read pinned there differ:\n%v\n%v",
+					name, latest.Header.Revision, latest.Kvs, at.Kvs)
+			}
+		}
+	}
+}
