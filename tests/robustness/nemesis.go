@@ -54,6 +54,16 @@ type nemesis struct {
 	counts map[string]int
 	// dropped is the frames each kind of cut dropped, in all.
 	dropped map[string]uint64
+	// h and windows: when each cut held, on the history's clock, for the
+	// log of what got through meanwhile (logCutWindows).
+	h       *history
+	windows []cutWindow
+}
+
+// cutWindow is one cut: its fault, what it cut off, when it held.
+type cutWindow struct {
+	fault, target string
+	start, end    int64
 }
 
 // syncDelayFile is each store's --fault-sync-delay-file, in its data
@@ -86,16 +96,16 @@ func (n *nemesis) inject(ctx context.Context) {
 	case "isolate-store":
 		// Cut off from everything: its clients, PD, the gossip, the other
 		// stores.
-		n.cut(ctx, f, hold, netns.Isolate(n.ns.stores[si])...)
+		n.cut(ctx, f, store.Name, hold, netns.Isolate(n.ns.stores[si])...)
 	case "long-isolate-store":
 		// The same, past the 15 s after which keepalives give a silent
 		// connection up (the stores' raft transport's; PD's and the
 		// clients' own), and past the gossip's suspicion timeout.
-		n.cut(ctx, f, time.Duration(16000+n.rng.IntN(4000))*time.Millisecond, netns.Isolate(n.ns.stores[si])...)
+		n.cut(ctx, f, store.Name, time.Duration(16000+n.rng.IntN(4000))*time.Millisecond, netns.Isolate(n.ns.stores[si])...)
 	case "isolate-pd":
 		// Any member: with three, a follower two times in three.
 		p := n.c.PDs[n.rng.IntN(len(n.c.PDs))]
-		n.cut(ctx, f, hold, netns.Isolate(n.ns.pdNode(n.c, p))...)
+		n.cut(ctx, f, p.Name, hold, netns.Isolate(n.ns.pdNode(n.c, p))...)
 	case "isolate-pd-leader":
 		// The leader, alive but unreachable: the other two elect another,
 		// and the cut-off one must stop handing out timestamps once its
@@ -106,25 +116,25 @@ func (n *nemesis) inject(ctx context.Context) {
 			n.counts[f+" skipped"]++
 			return
 		}
-		n.cut(ctx, f, hold, netns.Isolate(n.ns.pdNode(n.c, p))...)
+		n.cut(ctx, f, p.Name, hold, netns.Isolate(n.ns.pdNode(n.c, p))...)
 	case "cut-from-stores":
 		// Cut from the other stores (raft, forwarded requests, gossip)
 		// while its clients and PD still reach it: a leader there keeps
 		// being asked, and must not answer from a lease it lost.
-		n.cut(ctx, f, hold, netns.Between(n.ns.stores[si:si+1], n.ns.others(si))...)
+		n.cut(ctx, f, store.Name, hold, netns.Between(n.ns.stores[si:si+1], n.ns.others(si))...)
 	case "cut-from-pd":
 		// Cut from every PD member only: no heartbeats, no timestamps,
 		// while clients and the other stores still reach it.
-		n.cut(ctx, f, hold, netns.Between(n.ns.stores[si:si+1], n.ns.pds)...)
+		n.cut(ctx, f, store.Name, hold, netns.Between(n.ns.stores[si:si+1], n.ns.pds)...)
 	case "cut-pair":
 		// Two stores apart, each still reaching everything else.
 		j := n.other(si)
-		n.cut(ctx, f, hold, netns.Between(n.ns.stores[si:si+1], n.ns.stores[j:j+1])...)
+		n.cut(ctx, f, store.Name+"|"+n.c.Stores[j].Name, hold, netns.Between(n.ns.stores[si:si+1], n.ns.stores[j:j+1])...)
 	case "cut-outbound":
 		// Everything the store sends is lost, what it is sent arrives:
 		// requests reach it, its answers and TCP acknowledgements do not,
 		// so every connection with it stalls both ways.
-		n.cut(ctx, f, hold, netns.Rule{From: n.ns.stores[si]})
+		n.cut(ctx, f, store.Name, hold, netns.Rule{From: n.ns.stores[si]})
 	case "partition-store":
 		// Both ways between the store and every other.
 		n.netFault(ctx, linkState{blackhole: true}, hold, n.linksOf(si)...)
@@ -248,16 +258,20 @@ func (n *nemesis) inject(ctx context.Context) {
 	}
 }
 
-// cut sets the namespaces' network's rules to rs for hold, then heals it.
-func (n *nemesis) cut(ctx context.Context, f string, hold time.Duration, rs ...netns.Rule) {
+// cut sets the namespaces' network's rules to rs for hold, then heals it;
+// target names what it cut off, for the log.
+func (n *nemesis) cut(ctx context.Context, f, target string, hold time.Duration, rs ...netns.Rule) {
 	if err := n.ns.net.Cut(rs...); err != nil {
 		n.t.Fatalf("%s: %v", f, err)
 	}
+	w := cutWindow{fault: f, target: target, start: n.h.now()}
 	sleep(ctx, hold)
 	d, err := n.ns.net.Heal()
 	if err != nil {
 		n.t.Fatalf("%s: heal: %v", f, err)
 	}
+	w.end = n.h.now()
+	n.windows = append(n.windows, w)
 	n.dropped[f] += d
 }
 

@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
 
 	"github.com/basaltdb/basalt/tests/netns"
 	"github.com/basaltdb/basalt/tests/procs"
@@ -95,4 +98,31 @@ func checkCuts(t *testing.T, n *nemesis) {
 		}
 	}
 	t.Logf("frames dropped by the cuts:%s", b.String())
+}
+
+// logCutWindows logs, for each cut, how many single-key writes and reads
+// returned successfully while it held: not a check (a cut may stall
+// writes everywhere for a while, which is liveness, not safety), but what
+// to read when asking how the cluster rode a partition out.
+func logCutWindows(t *testing.T, n *nemesis) {
+	n.h.mu.Lock()
+	ops := append([]porcupine.Operation(nil), n.h.ops...)
+	n.h.mu.Unlock()
+	var b strings.Builder
+	for _, w := range n.windows {
+		writes, reads := 0, 0
+		for _, op := range ops {
+			if op.Output.(kvOutput).Unknown || op.Return < w.start || op.Return > w.end {
+				continue
+			}
+			if op.Input.(kvInput).Op == "get" {
+				reads++
+			} else {
+				writes++
+			}
+		}
+		fmt.Fprintf(&b, "\n  at %.1fs %s %s for %.1fs: %d writes, %d reads",
+			time.Duration(w.start).Seconds(), w.fault, w.target, time.Duration(w.end-w.start).Seconds(), writes, reads)
+	}
+	t.Logf("single-key operations that returned ok during each cut:%s", b.String())
 }

@@ -198,7 +198,7 @@ func runRobustness(t *testing.T, faults []string, startCluster func(t *testing.T
 	}()
 
 	n := &nemesis{t: t, c: c, pd: pd, faults: faults, net: fnet.proxies, ns: fnet.ns, rng: rand.New(rand.NewPCG(rng.Uint64(), 7)),
-		keys: append(append([]string(nil), keys...), k8sKeys...), counts: map[string]int{}, dropped: map[string]uint64{}}
+		keys: append(append([]string(nil), keys...), k8sKeys...), counts: map[string]int{}, dropped: map[string]uint64{}, h: h}
 	deadline := time.Now().Add(duration)
 	for time.Now().Before(deadline) {
 		sleep(ctx, time.Duration(500+n.rng.IntN(1500))*time.Millisecond)
@@ -219,6 +219,7 @@ func runRobustness(t *testing.T, faults []string, startCluster func(t *testing.T
 	}
 	if fnet.ns != nil {
 		checkCuts(t, n)
+		logCutWindows(t, n)
 	}
 	checkWatches(t, seed, c, watches, wlog, start)
 	checkFilteredWatches(t, seed, c, watches[0], filtered)
