@@ -97,6 +97,12 @@ func TestCheckFiltered(t *testing.T) {
 	if errs := CheckFiltered(all, []Response{{Revision: 30, Events: []*kvpb.Event{ad}}}, true, false); len(errs) > 0 {
 		t.Fatalf("a correct put-filtered watch failed: %v", errs)
 	}
+	// A revision's events in another order (replayed in key order, the
+	// other watch's live in write order) are the same events.
+	reordered := []Response{{Revision: 10, Events: []*kvpb.Event{b1, a1}}, {Revision: 20, Events: []*kvpb.Event{a2}}, {Revision: 35, Progress: true}}
+	if errs := CheckFiltered(all, reordered, false, true); len(errs) > 0 {
+		t.Fatalf("a revision's events in another order failed: %v", errs)
+	}
 	for name, tc := range map[string]struct {
 		resps           []Response
 		noPut, noDelete bool
@@ -111,6 +117,10 @@ func TestCheckFiltered(t *testing.T) {
 			false, true, "split across"},
 		"phantom": {[]Response{{Revision: 30, Events: []*kvpb.Event{ad}}, {Revision: 50, Events: []*kvpb.Event{del("d", 50, nil)}}},
 			true, false, "which the unfiltered watch did not"},
+		"revisions swapped": {[]Response{{Revision: 20, Events: []*kvpb.Event{a2}}, {Revision: 10, Events: []*kvpb.Event{a1, b1}}, {Revision: 35, Progress: true}},
+			false, true, "out of order"},
+		"another event in a revision": {[]Response{{Revision: 10, Events: []*kvpb.Event{a1, put("b", "2", 10, nil)}}, {Revision: 20, Events: []*kvpb.Event{a2}}},
+			false, true, "the unfiltered watch's is"},
 	} {
 		errs := CheckFiltered(all, tc.resps, tc.noPut, tc.noDelete)
 		found := false
