@@ -3,7 +3,9 @@ package integration
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -126,5 +128,115 @@ func TestWritesGoOnWhilePDLeaderIsCutOff(t *testing.T) {
 	t.Logf("20 writes %v after the cut", took.Round(time.Millisecond))
 	if took > 12*time.Second {
 		t.Fatalf("writes stopped for %v with the PD leader cut off", took.Round(time.Millisecond))
+	}
+}
+
+// A store cut off from everything (clients, PD, gossip, the other stores)
+// must not stop writes to the regions it led for longer than an election
+// and the rerouting take: the other two replicas of each region elect a
+// leader, and the stores and clients find it. The cut holds until every
+// key took a write, 20 s at most; every key must within 10 s.
+func TestWritesGoOnWhileAStoreIsCutOff(t *testing.T) {
+	c, nw, _, storeNodes := namespacedCluster(t, 1, 4, "--raft-tick", "50ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	pd, err := pdclient.New(ctx, strings.Split(c.PDEndpoints(), ","), pdclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pd.Close()
+	keys := []string{"k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"}
+	if out, err := exec.Command(procs.Binary(t), "ctl", "--pd", c.PDEndpoints(), "region", "split", "k2", "k4", "k6").CombinedOutput(); err != nil {
+		t.Fatalf("split: %v: %s", err, out)
+	}
+	if err := procs.WaitSettled(ctx, pd, []byte("k"), []byte("l"), 3); err != nil {
+		t.Fatal(err)
+	}
+	// The victim leads one of the keys' regions (PD's view; checked again
+	// on the store just before the cut).
+	victim := leaderStoreOf(t, c, pd, []byte("k5"))
+	vi := -1
+	var eps []string
+	for i, s := range c.Stores {
+		if s == victim {
+			vi = i
+		} else {
+			eps = append(eps, s.Addr)
+		}
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	put := func(k string, i int) error {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := cli.Put(pctx, k, fmt.Sprint(i))
+		return err
+	}
+	for _, k := range keys {
+		for put(k, 0) != nil {
+			if ctx.Err() != nil {
+				t.Fatalf("no write to %s before the cut", k)
+			}
+		}
+	}
+	led := 0
+	states, err := c.RegionStates(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range states {
+		if r.RaftState == "StateLeader" {
+			led++
+		}
+	}
+	if led == 0 {
+		t.Fatalf("%s leads no region: the cut would test nothing", victim.Name)
+	}
+	if err := nw.Cut(netns.Isolate(storeNodes[vi])...); err != nil {
+		t.Fatal(err)
+	}
+	cut := time.Now()
+	t.Logf("%s (leading %d regions, k5's among them by PD's account) cut off", victim.Name, led)
+	// Each key, in turn, until it takes a write.
+	back := map[string]time.Duration{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, k := range keys {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 1; time.Since(cut) < 20*time.Second; i++ {
+				if put(k, i) == nil {
+					mu.Lock()
+					back[k] = time.Since(cut)
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	var regions []string
+	for i, s := range c.Stores {
+		if i != vi {
+			regions = append(regions, fmt.Sprintf("%s: %s", s.Name, c.Regions(s)))
+		}
+	}
+	if d, err := nw.Heal(); err != nil || d == 0 {
+		t.Fatalf("heal: %d frames dropped, %v", d, err)
+	}
+	t.Logf("first write after the cut, per key: %v", back)
+	for _, k := range keys {
+		if d, ok := back[k]; !ok {
+			t.Errorf("%s took no write in the 20 s %s was cut off", k, victim.Name)
+		} else if d > 10*time.Second {
+			t.Errorf("%s took no write for %v after %s was cut off", k, d.Round(time.Millisecond), victim.Name)
+		}
+	}
+	if t.Failed() {
+		t.Logf("regions as the other stores saw them, 20 s into the cut:\n%s", strings.Join(regions, "\n"))
 	}
 }
