@@ -57,7 +57,7 @@ test-short: kube-apiserver
 	$(GO) test -p 1 -tags invariants -count=1 ./...
 
 # test: everything CI checks.
-test: fmt-check vet proto-check test-short race
+test: fmt-check vet build proto-check test-short race
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 5s ./raftstore/
@@ -69,8 +69,12 @@ bench-vs-etcd:
 	$(GO) run ./tests/bench -rounds 3 -write
 
 # robustness: the randomized fault suite, RUNS runs of DURATION each
-# (tests/robustness, docs/robustness.md); SEED=... replays one schedule.
+# (tests/robustness, docs/robustness.md); SEED=... replays one schedule;
+# TEST=TestRobustnessFullPartitions runs the network-namespace variant
+# (full partitions) instead of TestRobustness. test-short runs one 20 s run
+# of each.
 RUNS ?= 10
 DURATION ?= 30s
+TEST ?= TestRobustness
 robustness:
-	./scripts/robustness.sh $(RUNS) $(DURATION)
+	TEST=$(TEST) ./scripts/robustness.sh $(RUNS) $(DURATION)

@@ -16,6 +16,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/basaltdb/basalt/proto/metapb"
 	"github.com/basaltdb/basalt/proto/pdpb"
@@ -57,7 +58,11 @@ type Options struct {
 	RetryBudget time.Duration
 	// MaxTSOBatch bounds timestamps per TSO RPC. Default 10,000.
 	MaxTSOBatch int
-	Logger      *slog.Logger
+	// TSOTimeout bounds one TSO round trip: a leader that has not
+	// answered by then is given up (its stream cancelled) and the leader
+	// looked for again. Default 3 s.
+	TSOTimeout time.Duration
+	Logger     *slog.Logger
 }
 
 // Client is safe for concurrent use.
@@ -89,6 +94,9 @@ func New(ctx context.Context, endpoints []string, opts Options) (*Client, error)
 	}
 	if opts.MaxTSOBatch == 0 {
 		opts.MaxTSOBatch = 10000
+	}
+	if opts.TSOTimeout == 0 {
+		opts.TSOTimeout = 3 * time.Second
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -122,6 +130,21 @@ func (c *Client) Close() {
 	c.mu.Unlock()
 }
 
+// Keepalives on the connections to PD members. A member cut off by the
+// network (no reset, no error) leaves its connection looking open: the
+// streams on it (timestamps, region heartbeats, region watches) would
+// wait on it until the kernel gave up, a quarter of an hour later. A ping
+// unanswered for keepaliveTimeout, sent after keepaliveTime with nothing
+// received, closes it, and gRPC also sets the socket's TCP user timeout
+// to keepaliveTimeout, so the kernel closes it once data sent has gone
+// unacknowledged that long; the streams then fail and are opened again
+// on the leader. PD's servers accept pings this often
+// (raftstore.ServerOptions).
+const (
+	keepaliveTime    = 10 * time.Second
+	keepaliveTimeout = 5 * time.Second
+)
+
 // ClusterID is the cluster's ID, known once a PD answered.
 func (c *Client) ClusterID() uint64 { return c.clusterID.Load() }
 
@@ -135,7 +158,8 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 		return cc, nil
 	}
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, PermitWithoutStream: true}))
 	if err != nil {
 		return nil, err
 	}

@@ -154,17 +154,31 @@ func (b *tsoBatcher) run() {
 				want += r.count
 			}
 			start := time.Now()
+			// A leader that does not answer within TSOTimeout is given up:
+			// one cut off by the network answers nothing and reports no
+			// error, and every write of every region this client serves
+			// would wait on it until the cut healed.
+			timeout := time.AfterFunc(b.c.opts.TSOTimeout, cancelStream)
 			last, err := b.fetch(stream, want)
+			timedOut := !timeout.Stop()
 			b.rpcSeconds.Observe(time.Since(start).Seconds())
 			b.batchSize.Observe(float64(want))
-			if err != nil {
+			if err != nil || timedOut {
+				// (An answer that came as the timeout cancelled the stream
+				// is used; the stream is not.)
 				cancelStream()
 				stream, cancelStream = nil, nil
 				hint := ""
 				if e, ok := err.(*hintError); ok {
 					hint = e.hint
 				}
+				if timedOut {
+					b.c.log.Warn("PD leader did not answer a timestamp request in time; looking for the leader again",
+						"pd", streamAddr, "timeout", b.c.opts.TSOTimeout)
+				}
 				b.c.leaderGone(streamAddr, hint)
+			}
+			if err != nil {
 				if !b.backoff(attempt) {
 					b.fail(batch, ErrClosed)
 					return

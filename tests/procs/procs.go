@@ -92,6 +92,20 @@ var (
 // (a store once drew its PD's peer port).
 func FreeAddr(t testing.TB) string {
 	t.Helper()
+	return freeAddr(t, "")
+}
+
+// FreeAddrOn is FreeAddr's port on host: an address for a process in a
+// network namespace of its own (tests/netns), whose ports nothing else
+// binds. The port is drawn and checked as FreeAddr's, so it is also
+// unique in this test binary.
+func FreeAddrOn(t testing.TB, host string) string {
+	t.Helper()
+	return freeAddr(t, host)
+}
+
+func freeAddr(t testing.TB, host string) string {
+	t.Helper()
 	lo, hi := ephemeralRange()
 	for try := 0; try < 1000; try++ {
 		port := 10000 + rand.IntN(lo-10000)
@@ -111,6 +125,9 @@ func FreeAddr(t testing.TB) string {
 		}
 		addr := l.Addr().String()
 		l.Close()
+		if host != "" {
+			addr = net.JoinHostPort(host, strconv.Itoa(port))
+		}
 		return addr
 	}
 	t.Fatal("no free port below the ephemeral range")
@@ -138,8 +155,12 @@ type Proc struct {
 	Args []string
 	Addr string
 	Dir  string
-	cmd  *exec.Cmd
-	done chan struct{}
+	// Netns is the network namespace the process runs in ("": the test's
+	// own): it is started as `ip netns exec Netns basalt ...`, which execs
+	// in place, so PID and signals are basalt's own.
+	Netns string
+	cmd   *exec.Cmd
+	done  chan struct{}
 }
 
 // PID returns the process's ID while it runs, or 0.
@@ -175,7 +196,18 @@ type Options struct {
 	StoreArgsFor func(i int) []string
 	// PDArgs are added to every PD member's command line.
 	PDArgs []string
+	// StoreNetns, when set (one per store), runs store i in network
+	// namespace StoreNetns[i], listening on its IP (a port from
+	// FreeAddrOn, unless StoreAddrs gives the address). The test reaches
+	// it over the namespaces' network (tests/netns builds one).
+	StoreNetns []Netns
+	// PDNetns, when set (one per PD member), does the same for the PD
+	// members: client and peer addresses on the namespace's IP.
+	PDNetns []Netns
 }
+
+// Netns is a network namespace a process runs in, and its address there.
+type Netns struct{ Name, IP string }
 
 // Start runs a cluster and waits for it to serve.
 func Start(t testing.TB, o Options) *Cluster {
@@ -183,11 +215,21 @@ func Start(t testing.TB, o Options) *Cluster {
 	c := &Cluster{t: t, bin: Binary(t), dir: t.TempDir()}
 	t.Cleanup(c.Stop)
 	var initial []string
+	if o.PDNetns != nil && len(o.PDNetns) != o.PDs {
+		t.Fatalf("procs: %d PD namespaces for %d PD members", len(o.PDNetns), o.PDs)
+	}
+	if o.StoreNetns != nil && len(o.StoreNetns) != o.Stores {
+		t.Fatalf("procs: %d store namespaces for %d stores", len(o.StoreNetns), o.Stores)
+	}
 	for i := 0; i < o.PDs; i++ {
 		name := fmt.Sprintf("pd%d", i+1)
-		peer := FreeAddr(t)
+		host, ns := "", ""
+		if o.PDNetns != nil {
+			host, ns = o.PDNetns[i].IP, o.PDNetns[i].Name
+		}
+		peer := freeAddr(t, host)
 		initial = append(initial, name+"="+peer)
-		c.PDs = append(c.PDs, &Proc{Name: name, Addr: FreeAddr(t), Dir: filepath.Join(c.dir, name)})
+		c.PDs = append(c.PDs, &Proc{Name: name, Addr: freeAddr(t, host), Dir: filepath.Join(c.dir, name), Netns: ns})
 		c.PDs[i].Args = []string{"pd", "--name", name, "--data-dir", c.PDs[i].Dir, "--client-addr", c.PDs[i].Addr,
 			"--peer-addr", peer, "--max-replicas", strconv.Itoa(min(3, o.Stores))}
 		if o.MaxStoreDownTime > 0 {
@@ -204,13 +246,17 @@ func Start(t testing.TB, o Options) *Cluster {
 	}
 	for i := 0; i < o.Stores; i++ {
 		name := fmt.Sprintf("store%d", i+1)
+		host, ns := "", ""
+		if o.StoreNetns != nil {
+			host, ns = o.StoreNetns[i].IP, o.StoreNetns[i].Name
+		}
 		addr := ""
 		if o.StoreAddrs != nil {
 			addr = o.StoreAddrs[i]
 		} else {
-			addr = FreeAddr(t)
+			addr = freeAddr(t, host)
 		}
-		p := &Proc{Name: name, Addr: addr, Dir: filepath.Join(c.dir, name)}
+		p := &Proc{Name: name, Addr: addr, Dir: filepath.Join(c.dir, name), Netns: ns}
 		p.Args = []string{"store", "--data-dir", p.Dir, "--addr", p.Addr, "--pd", c.PDEndpoints(),
 			"--heartbeat-interval", "1s", "--log-level", "warn"}
 		p.Args = append(p.Args, o.StoreArgs...)
@@ -238,7 +284,11 @@ func (c *Cluster) start(p *Proc) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	p.cmd = exec.Command(c.bin, p.Args...)
+	if p.Netns != "" {
+		p.cmd = exec.Command("ip", append([]string{"netns", "exec", p.Netns, c.bin}, p.Args...)...)
+	} else {
+		p.cmd = exec.Command(c.bin, p.Args...)
+	}
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
@@ -250,6 +300,35 @@ func (c *Cluster) start(p *Proc) {
 		logf.Close()
 		close(done)
 	}(p.cmd, p.done)
+	if p.Netns != "" {
+		c.waitExec(p)
+	}
+}
+
+// waitExec waits until a process started through `ip netns exec` has
+// exec'd basalt, so what the test does to its PID next (SIGSTOP, say)
+// reaches basalt, not ip. A process that exits first is left for the
+// test to notice.
+func (c *Cluster) waitExec(p *Proc) {
+	c.t.Helper()
+	bin, err := filepath.EvalSymlinks(c.bin) // /proc's link is resolved
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.cmd.Process.Pid)); exe == bin {
+			return
+		}
+		select {
+		case <-p.done:
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s: ip netns exec %s did not exec %s within 30 s", p.Name, p.Netns, c.bin)
+		}
+	}
 }
 
 // Signal sends sig to a process and, for SIGTERM and SIGKILL, waits for it

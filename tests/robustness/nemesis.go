@@ -18,6 +18,7 @@ import (
 	"github.com/basaltdb/basalt/client/pdclient"
 	"github.com/basaltdb/basalt/proto/pdpb"
 	"github.com/basaltdb/basalt/region"
+	"github.com/basaltdb/basalt/tests/netns"
 	"github.com/basaltdb/basalt/tests/procs"
 )
 
@@ -31,15 +32,49 @@ import (
 // one store at a time: a store cut off from the rest, or links between two
 // stores cut, in one direction or both, leave every region's other two
 // replicas in touch with each other.
+//
+// In TestRobustnessFullPartitions the network faults are cuts of the
+// namespaces' network instead (nsnet.go), again touching one store or
+// one PD member at a time: a store cut off, from everything or from the
+// other stores, leaves each region two replicas in touch, as a killed
+// one does, and a PD member cut off leaves the other two a quorum.
 type nemesis struct {
-	t   *testing.T
-	c   *procs.Cluster
-	pd  *pdclient.Client
+	t  *testing.T
+	c  *procs.Cluster
+	pd *pdclient.Client
+	// faults is the list to draw from: faults or nsFaults.
+	faults []string
+	// net is TestRobustness's proxies, ns the full-partition test's
+	// namespaces; the other is nil.
 	net *network
+	ns  *nsNetwork
 	rng *rand.Rand
 	// keys the traffic uses: splits cut between them.
 	keys   []string
 	counts map[string]int
+	// dropped is the frames each kind of cut dropped, in all.
+	dropped map[string]uint64
+	// h and windows: when each cut held, on the history's clock, for the
+	// log of what got through meanwhile (logCutWindows).
+	h       *history
+	windows []cutWindow
+}
+
+// cutWindow is one cut: its fault, what it cut off, when it held.
+type cutWindow struct {
+	fault, target string
+	start, end    int64
+}
+
+// storeArgs are every store's arguments in both tests.
+var storeArgs = []string{"--raft-tick", "50ms", "--etcd-progress-notify-interval", "300ms", "--fault-sync-delay-file", syncDelayFile}
+
+// faultNet is what a run's network faults act on: the proxies between the
+// stores (TestRobustness) or the namespaces' network (the full
+// partitions).
+type faultNet struct {
+	proxies *network
+	ns      *nsNetwork
 }
 
 // syncDelayFile is each store's --fault-sync-delay-file, in its data
@@ -49,14 +84,68 @@ const syncDelayFile = "sync-delay"
 var faults = []string{"kill-store", "pause-store", "transfer-leader", "split", "restart-pd", "merge", "move-replica",
 	"partition-store", "partition-pair", "one-way", "delay-store", "stall-disk", "kill-pd-leader", "long-partition"}
 
+// nsFaults is TestRobustnessFullPartitions's list: the faults above that
+// need no proxies, and the cuts of the namespaces' network in place of
+// the proxies' faults (there is no delay: the kernel has no netem). The
+// cuts are listed twice, isolate-store three times, so about three faults
+// in five cut the network; the long isolation once, as long-partition
+// above.
+var nsFaults = []string{"kill-store", "pause-store", "transfer-leader", "split", "restart-pd", "merge", "move-replica",
+	"stall-disk", "kill-pd-leader",
+	"isolate-store", "isolate-store", "isolate-store", "long-isolate-store",
+	"isolate-pd", "isolate-pd", "isolate-pd-leader", "isolate-pd-leader",
+	"cut-from-stores", "cut-from-stores", "cut-from-pd", "cut-from-pd", "cut-pair", "cut-pair", "cut-outbound", "cut-outbound"}
+
 // inject runs one fault chosen by the seed and heals it.
 func (n *nemesis) inject(ctx context.Context) {
-	f := faults[n.rng.IntN(len(faults))]
+	f := n.faults[n.rng.IntN(len(n.faults))]
 	n.counts[f]++
 	si := n.rng.IntN(len(n.c.Stores))
 	store := n.c.Stores[si]
 	hold := time.Duration(500+n.rng.IntN(2500)) * time.Millisecond
 	switch f {
+	case "isolate-store":
+		// Cut off from everything: its clients, PD, the gossip, the other
+		// stores.
+		n.cut(ctx, f, store.Name, hold, netns.Isolate(n.ns.stores[si])...)
+	case "long-isolate-store":
+		// The same, past the 15 s after which keepalives give a silent
+		// connection up (the stores' raft transport's; PD's and the
+		// clients' own), and past the gossip's suspicion timeout.
+		n.cut(ctx, f, store.Name, time.Duration(16000+n.rng.IntN(4000))*time.Millisecond, netns.Isolate(n.ns.stores[si])...)
+	case "isolate-pd":
+		// Any member: with three, a follower two times in three.
+		p := n.c.PDs[n.rng.IntN(len(n.c.PDs))]
+		n.cut(ctx, f, p.Name, hold, netns.Isolate(n.ns.pdNode(n.c, p))...)
+	case "isolate-pd-leader":
+		// The leader, alive but unreachable: the other two elect another,
+		// and the cut-off one must stop handing out timestamps once its
+		// lease runs out, though stores and clients may still be waiting
+		// on it.
+		p := n.pdLeader()
+		if p == nil {
+			n.counts[f+" skipped"]++
+			return
+		}
+		n.cut(ctx, f, p.Name, hold, netns.Isolate(n.ns.pdNode(n.c, p))...)
+	case "cut-from-stores":
+		// Cut from the other stores (raft, forwarded requests, gossip)
+		// while its clients and PD still reach it: a leader there keeps
+		// being asked, and must not answer from a lease it lost.
+		n.cut(ctx, f, store.Name, hold, netns.Between(n.ns.stores[si:si+1], n.ns.others(si))...)
+	case "cut-from-pd":
+		// Cut from every PD member only: no heartbeats, no timestamps,
+		// while clients and the other stores still reach it.
+		n.cut(ctx, f, store.Name, hold, netns.Between(n.ns.stores[si:si+1], n.ns.pds)...)
+	case "cut-pair":
+		// Two stores apart, each still reaching everything else.
+		j := n.other(si)
+		n.cut(ctx, f, store.Name+"|"+n.c.Stores[j].Name, hold, netns.Between(n.ns.stores[si:si+1], n.ns.stores[j:j+1])...)
+	case "cut-outbound":
+		// Everything the store sends is lost, what it is sent arrives:
+		// requests reach it, its answers and TCP acknowledgements do not,
+		// so every connection with it stalls both ways.
+		n.cut(ctx, f, store.Name, hold, netns.Rule{From: n.ns.stores[si]})
 	case "partition-store":
 		// Both ways between the store and every other.
 		n.netFault(ctx, linkState{blackhole: true}, hold, n.linksOf(si)...)
@@ -178,6 +267,23 @@ func (n *nemesis) inject(ctx context.Context) {
 		}
 		n.operator(f, fmt.Sprintf(`{"name": "add-peer", "region_id": %d, "store_id": %d}`, r.GetId(), to))
 	}
+}
+
+// cut sets the namespaces' network's rules to rs for hold, then heals it;
+// target names what it cut off, for the log.
+func (n *nemesis) cut(ctx context.Context, f, target string, hold time.Duration, rs ...netns.Rule) {
+	if err := n.ns.net.Cut(rs...); err != nil {
+		n.t.Fatalf("%s: %v", f, err)
+	}
+	w := cutWindow{fault: f, target: target, start: n.h.now()}
+	sleep(ctx, hold)
+	d, err := n.ns.net.Heal()
+	if err != nil {
+		n.t.Fatalf("%s: heal: %v", f, err)
+	}
+	w.end = n.h.now()
+	n.windows = append(n.windows, w)
+	n.dropped[f] += d
 }
 
 // netFault sets the links to st for hold, then heals the network.

@@ -66,20 +66,47 @@ func waitServing(t *testing.T, c *procs.Cluster) *pdclient.Client {
 // history must be linearizable. A failure names the seed and leaves the
 // history's visualization behind.
 func TestRobustness(t *testing.T) {
-	seed, duration := settings(t)
-	t.Logf("seed %d, duration %v (BASALT_ROBUSTNESS_SEED=%d replays the schedule)", seed, duration, seed)
-	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	// The stores' addresses are picked first: the proxies between the
-	// stores must listen before the stores start dialing each other.
+	runRobustness(t, faults, startProxied)
+}
+
+// TestRobustnessFullPartitions is TestRobustness's traffic and checks
+// with every store and PD member in a network namespace of its own
+// (tests/netns), so the network faults cut everything a real partition
+// would: a store isolated from clients, PD, the gossip and the other
+// stores at once; a PD member, the leader among them, isolated; a store
+// cut from the other stores (gossip included) or from PD while its
+// clients still reach it; two stores cut apart; everything a store sends
+// lost. The other faults that need no proxies run too (nsFaults).
+func TestRobustnessFullPartitions(t *testing.T) {
+	runRobustness(t, nsFaults, startNamespaced)
+}
+
+// startProxied runs TestRobustness's cluster on loopback, the stores
+// reaching each other through the proxies. The stores' addresses are
+// picked first: the proxies between the stores must listen before the
+// stores start dialing each other.
+func startProxied(t *testing.T) (*procs.Cluster, faultNet) {
 	const stores = 4
 	var addrs []string
 	for range stores {
 		addrs = append(addrs, procs.FreeAddr(t))
 	}
 	netw := newNetwork(t, addrs)
-	c := procs.Start(t, procs.Options{PDs: 3, Stores: stores, StoreAddrs: addrs, StoreArgs: []string{"--raft-tick", "50ms",
-		"--etcd-progress-notify-interval", "300ms", "--fault-sync-delay-file", syncDelayFile},
+	c := procs.Start(t, procs.Options{PDs: 3, Stores: stores, StoreAddrs: addrs, StoreArgs: storeArgs,
 		StoreArgsFor: func(i int) []string { return []string{"--peer-addr-map", netw.peerAddrMap(i, addrs)} }})
+	return c, faultNet{proxies: netw}
+}
+
+// runRobustness is the suite: a cluster from startCluster, the traffic, watches
+// and compactor, a nemesis drawing from faults, and every check. Its
+// draws from the seed come in the same order whatever the faults, so
+// TestRobustness's seeds keep their schedules.
+func runRobustness(t *testing.T, faults []string, startCluster func(t *testing.T) (*procs.Cluster, faultNet)) {
+	seed, duration := settings(t)
+	t.Logf("seed %d, duration %v (BASALT_ROBUSTNESS_SEED=%d replays the schedule)", seed, duration, seed)
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	c, fnet := startCluster(t)
+	stores := len(c.Stores)
 	pd := waitServing(t, c)
 	presplit(t, c, pd)
 
@@ -90,6 +117,7 @@ func TestRobustness(t *testing.T) {
 	reads := newReadLog(h)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }() // a failure before the traffic stops
 	const clients = 6
 	var clis []*clientv3.Client
 	for i := 0; i < clients; i++ {
@@ -158,8 +186,8 @@ func TestRobustness(t *testing.T) {
 		compact(ctx, clis, append(append([]*recordedWatch(nil), watches...), filtered...), compactRng, h)
 	}()
 
-	n := &nemesis{t: t, c: c, pd: pd, net: netw, rng: rand.New(rand.NewPCG(rng.Uint64(), 7)),
-		keys: append(append([]string(nil), keys...), k8sKeys...), counts: map[string]int{}}
+	n := &nemesis{t: t, c: c, pd: pd, faults: faults, net: fnet.proxies, ns: fnet.ns, rng: rand.New(rand.NewPCG(rng.Uint64(), 7)),
+		keys: append(append([]string(nil), keys...), k8sKeys...), counts: map[string]int{}, dropped: map[string]uint64{}, h: h}
 	deadline := time.Now().Add(duration)
 	for time.Now().Before(deadline) {
 		sleep(ctx, time.Duration(500+n.rng.IntN(1500))*time.Millisecond)
@@ -175,7 +203,13 @@ func TestRobustness(t *testing.T) {
 	if h.counts["get ok"] == 0 || h.counts["put ok"] == 0 {
 		t.Fatalf("the traffic did not get through: %s", summary(h.counts))
 	}
-	checkProxied(t, netw, stores)
+	if fnet.proxies != nil {
+		checkProxied(t, fnet.proxies, stores)
+	}
+	if fnet.ns != nil {
+		checkCuts(t, n)
+		logCutWindows(t, n)
+	}
 	checkWatches(t, seed, c, watches, wlog, start)
 	checkFilteredWatches(t, seed, c, watches[0], filtered)
 	checkReplay(t, seed, clis[0], watches, reads)

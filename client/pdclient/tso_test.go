@@ -1,0 +1,108 @@
+package pdclient
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/basaltdb/basalt/proto/pdpb"
+)
+
+// fakePD is a PD member for the client's tests: it names a leader, hands
+// out timestamps from its own counter, and, once silent, answers nothing
+// at all, as a member cut off by the network would (no error, no reset).
+type fakePD struct {
+	pdpb.UnimplementedPDServer
+	addr   string
+	leader atomic.Pointer[string]
+	silent atomic.Bool
+	ts     atomic.Uint64
+}
+
+func startFakePD(t *testing.T, firstTS uint64) *fakePD {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakePD{addr: l.Addr().String()}
+	f.leader.Store(&f.addr)
+	f.ts.Store(firstTS)
+	srv := grpc.NewServer()
+	pdpb.RegisterPDServer(srv, f)
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop) // ends the handlers a silent member holds
+	return f
+}
+
+func (f *fakePD) GetMembers(ctx context.Context, _ *pdpb.GetMembersRequest) (*pdpb.GetMembersResponse, error) {
+	if f.silent.Load() {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	l := *f.leader.Load()
+	return &pdpb.GetMembersResponse{Header: &pdpb.ResponseHeader{ClusterId: 1},
+		Leader: &pdpb.Member{Name: l, ClientAddr: l}}, nil
+}
+
+func (f *fakePD) Tso(stream pdpb.PD_TsoServer) error {
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if f.silent.Load() {
+			<-stream.Context().Done() // the request is never answered
+			return stream.Context().Err()
+		}
+		ts := f.ts.Add(uint64(req.GetCount()))
+		if err := stream.Send(&pdpb.TsoResponse{Header: &pdpb.ResponseHeader{ClusterId: 1}, Count: req.GetCount(), Timestamp: ts}); err != nil {
+			return err
+		}
+	}
+}
+
+// A leader that stops answering (cut off, not dead: its connection stays
+// open) must not hold timestamps up past TSOTimeout: the client gives its
+// stream up and finds the new leader, which another member names. Before
+// the timeout, a stores' writes all waited on the old leader for as long
+// as the cut lasted (TestWritesGoOnWhilePDLeaderIsCutOff in
+// tests/integration).
+func TestTSOLeavesASilentLeader(t *testing.T) {
+	a, b := startFakePD(t, 1000), startFakePD(t, 1<<40)
+	b.leader.Store(&a.addr) // both name a
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := New(ctx, []string{a.addr, b.addr}, Options{TSOTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ts, err := c.GetTS(ctx)
+	if err != nil || ts >= 1<<40 {
+		t.Fatalf("from the first leader: %d, %v", ts, err)
+	}
+
+	// a goes silent mid-stream; b takes over.
+	a.silent.Store(true)
+	b.leader.Store(&b.addr)
+	start := time.Now()
+	gctx, gcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer gcancel()
+	ts, err = c.GetTS(gctx)
+	if err != nil {
+		t.Fatalf("no timestamp within 10 s of the leader going silent: %v", err)
+	}
+	if ts < 1<<40 {
+		t.Fatalf("timestamp %d, not from the new leader", ts)
+	}
+	// The timeout, then asking a (silent: a 1 s GetMembers timeout) and b
+	// who leads.
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the new leader's timestamp took %v", took)
+	}
+}
