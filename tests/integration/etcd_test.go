@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -187,6 +188,7 @@ func TestEtcdClientWatchAcrossSplit(t *testing.T) {
 	const writers, perWriter = 4, 60
 	var wg sync.WaitGroup
 	var mu sync.Mutex
+	var putFailed atomic.Bool
 	acked := map[int64]string{}
 	for w := 0; w < writers; w++ {
 		wg.Add(1)
@@ -197,6 +199,7 @@ func TestEtcdClientWatchAcrossSplit(t *testing.T) {
 				resp, err := cli.Put(ctx, key, fmt.Sprint(i))
 				if err != nil {
 					t.Error(err)
+					putFailed.Store(true)
 					return
 				}
 				mu.Lock()
@@ -207,6 +210,12 @@ func TestEtcdClientWatchAcrossSplit(t *testing.T) {
 	}
 	splitAt(t, cl, 2, func(int) string { return "w/p" })
 	wg.Wait()
+	if putFailed.Load() {
+		// Once seen (a connection reset by a store) on a busy machine:
+		// the stores' logs, regions and goroutines say which and why.
+		c.DumpState(t, 4000)
+		t.FailNow()
+	}
 	var last int64
 	seen := 0
 	for seen < writers*perWriter {
@@ -229,6 +238,7 @@ func TestEtcdClientWatchAcrossSplit(t *testing.T) {
 				seen++
 			}
 		case <-ctx.Done():
+			c.DumpState(t, 4000)
 			t.Fatalf("%d of %d events", seen, writers*perWriter)
 		}
 	}
