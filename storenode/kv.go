@@ -151,7 +151,7 @@ func (s *Server) serveRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 		if t, guard, err = s.resolve(ctx, r.ID, c.GetRegionEpoch()); err != nil {
 			return nil, err
 		}
-		s.watches.progress(r.ID, t)
+		s.watches.noteResolved(r.ID, t)
 		readable = max(readable, t)
 	} else if guard, err = s.store.ReadIndex(ctx, r.ID, c.GetRegionEpoch()); err != nil {
 		return nil, err
@@ -348,7 +348,7 @@ func (k *kvService) ResolveRevision(ctx context.Context, req *kvpb.ResolveRevisi
 	if err == nil {
 		var t int64
 		if t, _, err = k.s.resolve(ctx, r.ID, req.GetContext().GetRegionEpoch()); err == nil {
-			k.s.watches.progress(r.ID, t)
+			k.s.watches.noteResolved(r.ID, t)
 			h := &kvpb.ResponseHeader{Revision: t}
 			k.s.stampTerm(h, r.ID)
 			return &kvpb.ResolveRevisionResponse{Header: h}, nil

@@ -52,7 +52,7 @@ func (s *Server) resolvedRead(ctx context.Context, r *mvcc.Region, key []byte) (
 	if st := s.store.RegionStatus(r.ID); st != nil && st.IsLeader() {
 		t, guard, err := s.resolve(rctx, r.ID, desc.GetRegionEpoch())
 		if err == nil {
-			s.watches.progress(r.ID, t)
+			s.watches.noteResolved(r.ID, t)
 			return t, guard, nil
 		}
 		// Leadership moved meanwhile: ask the new leader.

@@ -38,10 +38,14 @@ type watchHub struct {
 	byRegion    map[uint64]map[*watcher]struct{}
 	resolvedMu  sync.Mutex
 	resolvedRev map[uint64]int64
+	// notifiedRev is the last resolved revision the region's watchers were
+	// told (resolvedRev may be ahead: reads note theirs silently).
+	notifiedRev map[uint64]int64
 }
 
 func newWatchHub(s *Server) *watchHub {
-	return &watchHub{s: s, byRegion: map[uint64]map[*watcher]struct{}{}, resolvedRev: map[uint64]int64{}}
+	return &watchHub{s: s, byRegion: map[uint64]map[*watcher]struct{}{}, resolvedRev: map[uint64]int64{},
+		notifiedRev: map[uint64]int64{}}
 }
 
 type watcher struct {
@@ -227,15 +231,35 @@ func (w *watcher) filter(events []*kvpb.Event) []*kvpb.Event {
 	return out
 }
 
+// noteResolved records a resolved revision a read drew, without telling
+// the watchers: reads at or below it need no resolve of their own, and a
+// progress request is answered with it, but a notification per read to
+// every watcher of a busy region would cost a stream message per read per
+// watcher. The resolver's next round (at most 100 ms away while the
+// region has watchers) draws a later revision and notifies.
+func (h *watchHub) noteResolved(regionID uint64, rev int64) {
+	h.resolvedMu.Lock()
+	if rev > h.resolvedRev[regionID] {
+		h.resolvedRev[regionID] = rev
+	}
+	h.resolvedMu.Unlock()
+}
+
 // progress tells watchers that asked for progress notifications the
 // region's new resolved revision.
+//
+// A revision a read noted (noteResolved) above rev is told instead, so
+// reads drawing revisions all the time never starve the watchers of
+// notifications.
 func (h *watchHub) progress(regionID uint64, rev int64) {
 	h.resolvedMu.Lock()
-	if rev <= h.resolvedRev[regionID] {
+	rev = max(rev, h.resolvedRev[regionID])
+	if rev <= h.notifiedRev[regionID] {
 		h.resolvedMu.Unlock()
 		return
 	}
 	h.resolvedRev[regionID] = rev
+	h.notifiedRev[regionID] = rev
 	h.resolvedMu.Unlock()
 	for _, w := range h.watchers(regionID) {
 		if w.progress {
@@ -274,6 +298,7 @@ func (h *watchHub) regionChanged(regionID uint64) {
 	}
 	h.resolvedMu.Lock()
 	delete(h.resolvedRev, regionID)
+	delete(h.notifiedRev, regionID)
 	h.resolvedMu.Unlock()
 }
 
