@@ -41,7 +41,6 @@ func TestMultiKeyCheck(t *testing.T) {
 		t.Fatalf("correct multi-key writes failed the check: %v", errs)
 	}
 
-	with := func(m multiTxn, f func(*multiTxn)) multiTxn { f(&m); return m }
 	for name, tc := range map[string]struct {
 		txns []multiTxn
 		dels []rangeDelete
@@ -70,8 +69,8 @@ func TestMultiKeyCheck(t *testing.T) {
 			want: "several revisions"},
 		"unknown, applied without its partner": {txns: []multiTxn{{Puts: map[string]string{"rob/m/1": "f", "rob/m/3": "h"}, Unknown: true}},
 			want: "applied at 50"},
-		"range delete count": {dels: []rangeDelete{with2(del, func(d *rangeDelete) { d.Deleted = 3 })}, want: "2 keys existed"},
-		"range delete prev_kv": {dels: []rangeDelete{with2(del, func(d *rangeDelete) { d.Prev = d.Prev[:1]; d.Deleted = 1 })},
+		"range delete count": {dels: []rangeDelete{with(del, func(d *rangeDelete) { d.Deleted = 3 })}, want: "2 keys existed"},
+		"range delete prev_kv": {dels: []rangeDelete{with(del, func(d *rangeDelete) { d.Prev = d.Prev[:1]; d.Deleted = 1 })},
 			want: "prev_kv missing"},
 		"range delete deleting nothing over a key": {dels: []rangeDelete{{Prefix: "rob/m/", Rev: 45}}, want: "prev_kv missing"},
 		"range delete missing a key": {dels: []rangeDelete{{Prefix: "rob/m/", Rev: 50, Deleted: 1,
@@ -88,4 +87,5 @@ func TestMultiKeyCheck(t *testing.T) {
 	}
 }
 
-func with2(d rangeDelete, f func(*rangeDelete)) rangeDelete { f(&d); return d }
+// with is a copy of v changed by f.
+func with[T any](v T, f func(*T)) T { f(&v); return v }
