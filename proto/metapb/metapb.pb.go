@@ -251,8 +251,13 @@ type Store struct {
 	StatusAddress string `protobuf:"bytes,8,opt,name=status_address,json=statusAddress,proto3" json:"status_address,omitempty"`
 	// memberlist address for liveness gossip between stores.
 	GossipAddress string `protobuf:"bytes,9,opt,name=gossip_address,json=gossipAddress,proto3" json:"gossip_address,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// URLs of the store's own etcd API listener (https:// when it serves
+	// TLS), as etcd clients should dial them; MemberList reports them as
+	// the member's client URLs. Empty: the etcd API is served on address
+	// only, as http://address.
+	EtcdClientUrls []string `protobuf:"bytes,10,rep,name=etcd_client_urls,json=etcdClientUrls,proto3" json:"etcd_client_urls,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Store) Reset() {
@@ -346,6 +351,13 @@ func (x *Store) GetGossipAddress() string {
 		return x.GossipAddress
 	}
 	return ""
+}
+
+func (x *Store) GetEtcdClientUrls() []string {
+	if x != nil {
+		return x.EtcdClientUrls
+	}
+	return nil
 }
 
 // RegionEpoch versions a region descriptor. conf_ver grows on every membership
@@ -552,7 +564,7 @@ const file_metapb_metapb_proto_rawDesc = "" +
 	"\n" +
 	"StoreLabel\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xbb\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xe5\x02\n" +
 	"\x05Store\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12!\n" +
@@ -562,7 +574,9 @@ const file_metapb_metapb_proto_rawDesc = "" +
 	"\aversion\x18\x06 \x01(\tR\aversion\x12'\n" +
 	"\x0fstart_timestamp\x18\a \x01(\x03R\x0estartTimestamp\x12%\n" +
 	"\x0estatus_address\x18\b \x01(\tR\rstatusAddress\x12%\n" +
-	"\x0egossip_address\x18\t \x01(\tR\rgossipAddress\"B\n" +
+	"\x0egossip_address\x18\t \x01(\tR\rgossipAddress\x12(\n" +
+	"\x10etcd_client_urls\x18\n" +
+	" \x03(\tR\x0eetcdClientUrls\"B\n" +
 	"\vRegionEpoch\x12\x19\n" +
 	"\bconf_ver\x18\x01 \x01(\x04R\aconfVer\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\"W\n" +
