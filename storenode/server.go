@@ -6,6 +6,7 @@ package storenode
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -77,6 +78,19 @@ type Config struct {
 	// gossip, which finds its members by the addresses they gossip.
 	PeerAddrMap map[string]string
 
+	// EtcdListenURL, when set, serves the etcd v3 API, and only it, on a
+	// second listener: "https://host:port" with EtcdTLS, "http://host:port"
+	// without. The etcd API stays on Addr as well: Addr is the cluster's
+	// own address (peers, Basalt clients, no authentication) and belongs
+	// on a private network.
+	EtcdListenURL string
+	// EtcdAdvertiseURLs are the URLs etcd clients are told to dial
+	// (MemberList); default: EtcdListenURL with its actual port.
+	EtcdAdvertiseURLs []string
+	// EtcdTLS is the etcd listener's TLS configuration (internal/tlsutil
+	// builds it from --etcd-cert-file and the others).
+	EtcdTLS *tls.Config
+
 	// Listener, when set, is used instead of listening on Addr.
 	Listener net.Listener
 	FS       vfs.FS
@@ -117,6 +131,11 @@ type Server struct {
 	pd    *pdclient.Client
 	grpc  *grpc.Server
 	lis   net.Listener
+	// etcdGRPC serves the etcd API alone on etcdLis (EtcdListenURL), whose
+	// published URLs are etcdURLs.
+	etcdGRPC *grpc.Server
+	etcdLis  net.Listener
+	etcdURLs []string
 	// mux splits lis: gRPC (clients, raft, etcd) and HTTP/1 (/metrics).
 	mux    *status.ListenMux
 	status *status.Server
@@ -172,6 +191,9 @@ func (s *Server) start(ctx context.Context) error {
 	s.addr = s.cfg.AdvertiseAddr
 	if s.addr == "" {
 		s.addr = s.lis.Addr().String()
+	}
+	if err := s.listenEtcd(); err != nil {
+		return err
 	}
 	if s.eng, err = raftstore.OpenEngine(s.cfg.DataDir, s.cfg.FS); err != nil {
 		return err
@@ -234,7 +256,7 @@ func (s *Server) start(ctx context.Context) error {
 		labels = append(labels, &metapb.StoreLabel{Key: k, Value: v})
 	}
 	if err := s.pd.PutStore(ctx, &metapb.Store{Id: s.storeID, Address: s.addr, PeerAddress: s.addr, Labels: labels,
-		Version: Version, StartTimestamp: time.Now().Unix(), GossipAddress: s.gossip.addr}); err != nil {
+		Version: Version, StartTimestamp: time.Now().Unix(), GossipAddress: s.gossip.addr, EtcdClientUrls: s.etcdURLs}); err != nil {
 		return fmt.Errorf("storenode: register with PD: %w", err)
 	}
 
@@ -243,8 +265,9 @@ func (s *Server) start(ctx context.Context) error {
 	rspb.RegisterRaftTransportServer(s.grpc, raftstore.NewRaftServer(s.store))
 	kvpb.RegisterKVServer(s.grpc, &kvService{s: s})
 	kvpb.RegisterAdminServer(s.grpc, &adminService{s: s})
-	etcdapi.Register(s.grpc, etcdapi.Config{Client: s.router, PD: s.pd, StoreID: s.storeID, Info: s.etcdInfo, LocalRange: s.localRange, LocalReadTxn: s.localReadTxn,
-		MaxRequestBytes: s.mvcc.Limits().MaxRequestBytes, ProgressNotifyInterval: s.cfg.EtcdProgressNotifyInterval})
+	etcdCfg := etcdapi.Config{Client: s.router, PD: s.pd, StoreID: s.storeID, Info: s.etcdInfo, LocalRange: s.localRange, LocalReadTxn: s.localReadTxn,
+		MaxRequestBytes: s.mvcc.Limits().MaxRequestBytes, ProgressNotifyInterval: s.cfg.EtcdProgressNotifyInterval}
+	etcdapi.Register(s.grpc, etcdCfg)
 	s.mux = status.NewListenMux(s.lis)
 	s.status = status.Serve(s.mux.HTTP(), reg, s.cfg.EnablePprof, s.registerDebugRoutes)
 	s.seq = newSequencer(s)
@@ -252,6 +275,7 @@ func (s *Server) start(ctx context.Context) error {
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.mux.Serve() }()
 	go func() { defer s.wg.Done(); _ = s.grpc.Serve(s.mux.GRPC()) }()
+	s.serveEtcd(gm, etcdCfg)
 	for _, fn := range []func(){s.seq.run, s.hb.run, s.resolveLoop, s.compactionLoop, s.splitCheckLoop, s.loadSplitLoop, s.mergeResumeLoop, s.gossip.joinLoop, s.leases.run} {
 		s.wg.Add(1)
 		go func(fn func()) { defer s.wg.Done(); fn() }(fn)
@@ -422,6 +446,13 @@ func (s *Server) Close() {
 	}
 	if s.grpc != nil {
 		s.grpc.Stop()
+	} else if s.lis != nil {
+		_ = s.lis.Close() // Start failed before serving it
+	}
+	if s.etcdGRPC != nil {
+		s.etcdGRPC.Stop()
+	} else if s.etcdLis != nil {
+		_ = s.etcdLis.Close()
 	}
 	if s.seq != nil {
 		s.seq.stop()

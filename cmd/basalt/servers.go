@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/basaltdb/basalt/internal/faultfs"
+	"github.com/basaltdb/basalt/internal/tlsutil"
 	"github.com/basaltdb/basalt/pd"
 	"github.com/basaltdb/basalt/raftstore"
 	"github.com/basaltdb/basalt/storenode"
@@ -113,6 +115,9 @@ func storeCmd() *cobra.Command {
 		gossipAddr                                          string
 		syncDelayFile                                       string
 		peerAddrMap                                         string
+		etcdListen                                          string
+		etcdAdvertise                                       []string
+		etcdTLS                                             tlsutil.ServerFiles
 	)
 	cmd := &cobra.Command{
 		Use:   "store",
@@ -150,6 +155,12 @@ func storeCmd() *cobra.Command {
 			if splitQPS == 0 {
 				loadSplit.QPSThreshold = -1 // off
 			}
+			var etcdTLSConfig *tls.Config
+			if !etcdTLS.Empty() {
+				if etcdTLSConfig, err = etcdTLS.ServerConfig(); err != nil {
+					return fmt.Errorf("the etcd listener's TLS files: %w", err)
+				}
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			rcfg := raftstore.Config{TickInterval: tick}
@@ -175,12 +186,15 @@ func storeCmd() *cobra.Command {
 				DataDir: dataDir, Addr: addr, AdvertiseAddr: advertise, PD: strings.Split(pdAddrs, ","), FS: fs,
 				Labels: lbl, Raft: rcfg, StoreHeartbeat: heartbeat, RegionHeartbeat: heartbeat, Logger: log,
 				Split: split, LoadSplit: loadSplit, EtcdProgressNotifyInterval: etcdProgress, EnablePprof: pprof, GossipAddr: gossipAddr,
-				PeerAddrMap: peerMap,
+				PeerAddrMap: peerMap, EtcdListenURL: etcdListen, EtcdAdvertiseURLs: etcdAdvertise, EtcdTLS: etcdTLSConfig,
 			})
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "store %d serving on %s\n", s.StoreID(), s.Addr())
+			for _, u := range s.EtcdURLs() {
+				fmt.Fprintf(cmd.OutOrStdout(), "store %d serving the etcd API on %s\n", s.StoreID(), u)
+			}
 			untilSignal()
 			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer scancel()
@@ -209,6 +223,12 @@ func storeCmd() *cobra.Command {
 	f.StringVar(&gossipAddr, "gossip-addr", "", "address for the liveness gossip (default: --advertise-addr's host, any port)")
 	f.StringVar(&syncDelayFile, "fault-sync-delay-file", "", "for fault-injection tests: while this file holds a duration (\"800ms\"), every fsync of the store's data waits that long first (a relative path is in --data-dir)")
 	f.StringVar(&peerAddrMap, "peer-addr-map", "", "FROM=TO pairs, comma separated: dial TO for another store that published address FROM (NAT, fault-injection proxies; the gossip is not mapped)")
+	f.StringVar(&etcdListen, "etcd-listen-url", "", "serve the etcd v3 API, and only it, here too: https://host:port with --etcd-cert-file and --etcd-key-file, or http://host:port (--addr always serves it, unencrypted)")
+	f.StringSliceVar(&etcdAdvertise, "etcd-advertise-urls", nil, "the etcd listener's URLs as clients reach them, comma separated; etcd's member list reports them (default: --etcd-listen-url)")
+	f.StringVar(&etcdTLS.CertFile, "etcd-cert-file", "", "PEM certificate of the etcd listener (reloaded when the file changes)")
+	f.StringVar(&etcdTLS.KeyFile, "etcd-key-file", "", "PEM key of --etcd-cert-file")
+	f.StringVar(&etcdTLS.TrustedCAFile, "etcd-trusted-ca-file", "", "PEM CA bundle that etcd clients' certificates must chain to (checked whenever a client presents one)")
+	f.BoolVar(&etcdTLS.ClientCertAuth, "etcd-client-cert-auth", false, "require every etcd client to present a certificate of --etcd-trusted-ca-file")
 	addConfigFlag(cmd)
 	return cmd
 }

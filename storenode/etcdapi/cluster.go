@@ -17,7 +17,10 @@ type clusterServer struct {
 }
 
 // MemberList lists the stores as etcd members: each serves the etcd API on
-// its address, so clientv3's endpoint auto-sync spreads over them.
+// its address, so clientv3's endpoint auto-sync spreads over them. A store
+// with an etcd listener of its own (--etcd-listen-url, TLS) is listed by
+// that listener's URLs alone, so a TLS client syncing its endpoints is
+// never sent to a plain one.
 func (c *clusterServer) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.MemberListResponse, error) {
 	stores, err := c.s.cfg.PD.GetAllStores(ctx, true)
 	if err != nil {
@@ -32,8 +35,12 @@ func (c *clusterServer) MemberList(ctx context.Context, _ *pb.MemberListRequest)
 		if st.GetState() == metapb.StoreState_Tombstone {
 			continue
 		}
+		clientURLs := st.GetEtcdClientUrls()
+		if len(clientURLs) == 0 {
+			clientURLs = []string{"http://" + st.GetAddress()}
+		}
 		out.Members = append(out.Members, &pb.Member{ID: st.GetId(), Name: fmt.Sprintf("store-%d", st.GetId()),
-			PeerURLs: []string{"http://" + st.GetPeerAddress()}, ClientURLs: []string{"http://" + st.GetAddress()}})
+			PeerURLs: []string{"http://" + st.GetPeerAddress()}, ClientURLs: clientURLs})
 	}
 	return out, nil
 }
