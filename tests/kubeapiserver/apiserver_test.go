@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/basaltdb/basalt/internal/tlsutil/tlstest"
 	"github.com/basaltdb/basalt/tests/procs"
 )
 
@@ -84,17 +85,20 @@ type apiServer struct {
 	done chan struct{}
 }
 
+// etcdTLS is how the apiserver reaches the stores' etcd listeners: their
+// https URLs, and the CA and client certificate they trust.
+type etcdTLS struct {
+	urls  []string
+	files tlstest.Files
+}
+
 // startAPIServer runs kube-apiserver against the cluster's stores (each
-// store's etcd API, over plain HTTP/2) on a loopback port, with args added
+// store's etcd listener, over TLS with a client certificate) on a loopback port, with args added
 // to its command line, and waits until /readyz, etcd's checks included,
 // answers ok.
-func startAPIServer(t *testing.T, c *procs.Cluster, bin string, args ...string) *apiServer {
+func startAPIServer(t *testing.T, bin string, etcd etcdTLS, args ...string) *apiServer {
 	t.Helper()
 	dir := t.TempDir()
-	var etcd []string
-	for _, s := range c.Stores {
-		etcd = append(etcd, "http://"+s.Addr)
-	}
 	certPool, certFile, keyFile := servingCert(t, dir)
 	saKey := filepath.Join(dir, "sa.key")
 	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -112,7 +116,8 @@ func startAPIServer(t *testing.T, c *procs.Cluster, bin string, args ...string) 
 	a.hc = &http.Client{Transport: &bearer{token: adminToken, rt: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: certPool}, ForceAttemptHTTP2: true}}}
 	cmdArgs := append([]string{
-		"--etcd-servers=" + strings.Join(etcd, ","),
+		"--etcd-servers=" + strings.Join(etcd.urls, ","),
+		"--etcd-cafile=" + etcd.files.CA, "--etcd-certfile=" + etcd.files.ClientCert, "--etcd-keyfile=" + etcd.files.ClientKey,
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port=" + port,
 		"--cert-dir=" + filepath.Join(dir, "certs"),
 		"--tls-cert-file=" + certFile, "--tls-private-key-file=" + keyFile,

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/basaltdb/basalt/client"
+	"github.com/basaltdb/basalt/internal/tlsutil/tlstest"
 	"github.com/basaltdb/basalt/tests/procs"
 )
 
@@ -28,7 +29,18 @@ const ns = "basalt-test"
 // asks it for progress notifications to serve consistent reads.
 func TestKubeAPIServer(t *testing.T) {
 	bin := kubeAPIServerBinary(t)
-	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	// The apiserver reaches the stores as it reaches a production etcd:
+	// over TLS, with a client certificate the stores require.
+	etcd := etcdTLS{files: tlstest.Write(t, t.TempDir(), "etcd")}
+	var etcdAddrs []string
+	for range 3 {
+		etcdAddrs = append(etcdAddrs, procs.FreeAddr(t))
+		etcd.urls = append(etcd.urls, "https://"+etcdAddrs[len(etcdAddrs)-1])
+	}
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3,
+		StoreArgs: []string{"--etcd-cert-file", etcd.files.ServerCert, "--etcd-key-file", etcd.files.ServerKey,
+			"--etcd-trusted-ca-file", etcd.files.CA, "--etcd-client-cert-auth"},
+		StoreArgsFor: func(i int) []string { return []string{"--etcd-listen-url", etcd.urls[i]} }})
 	// Runs after the apiserver's cleanup (which prints its log) and before
 	// the stores stop.
 	t.Cleanup(func() {
@@ -57,7 +69,7 @@ func TestKubeAPIServer(t *testing.T) {
 		t.Fatalf("the namespace's ConfigMaps span %d regions (%v), want 2", len(rs), err)
 	}
 
-	a := startAPIServer(t, c, bin, "--watch-cache-sizes=configmaps#0")
+	a := startAPIServer(t, bin, etcd, "--watch-cache-sizes=configmaps#0")
 	a.must(http.StatusCreated, http.MethodPost, "/api/v1/namespaces", "",
 		object{APIVersion: "v1", Kind: "Namespace", Metadata: objectMeta{Name: ns}}, nil)
 
