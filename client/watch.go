@@ -125,6 +125,12 @@ type subWatch struct {
 	lo, hi  []byte
 	cancel  context.CancelFunc
 	created bool
+	// resolveNow takes a request for the region to resolve at once; its
+	// stream's sender sends it (cap 1: requests coalesce).
+	resolveNow chan struct{}
+	// asked: the lowest held revision the last such request was for. Only
+	// the merging goroutine touches it.
+	asked int64
 }
 
 type subMsg struct {
@@ -297,7 +303,34 @@ func (m *mergedWatch) handle(ctx context.Context, msg subMsg) bool {
 	}
 	top = max(top, resp.GetResolvedRevision())
 	m.raise(s, top)
-	return m.release(ctx)
+	if !m.release(ctx) {
+		return false
+	}
+	m.askLaggards()
+	return true
+}
+
+// askLaggards asks every region whose frontier holds back a buffered event
+// to resolve now: without it the event waits for the region's periodic
+// resolved revision (every 100 ms), with it one resolve. A region is asked
+// once per held revision, so a busy stream of events asks no more often
+// than the region answers.
+func (m *mergedWatch) askLaggards() {
+	if len(m.revs) == 0 {
+		return
+	}
+	low := m.revs[0]
+	for _, seg := range m.segs {
+		s := seg.sub
+		if seg.frontier >= low || s == nil || !s.created || s.asked >= low {
+			continue
+		}
+		s.asked = low
+		select {
+		case s.resolveNow <- struct{}{}:
+		default: // one is queued already; its answer covers low too
+		}
+	}
 }
 
 func (m *mergedWatch) owns(s *subWatch) bool {
@@ -438,7 +471,7 @@ func (m *mergedWatch) subscribe(ctx context.Context) {
 				m.splitAt(phi)
 			}
 			sctx, cancel := context.WithCancel(ctx)
-			s := &subWatch{lo: plo, hi: phi, cancel: cancel}
+			s := &subWatch{lo: plo, hi: phi, cancel: cancel, resolveNow: make(chan struct{}, 1)}
 			start := int64(-1)
 			for _, seg := range m.segs {
 				if bytes.Compare(seg.lo, plo) >= 0 && keyBefore(seg.lo, phi) {
@@ -502,6 +535,23 @@ func (m *mergedWatch) runSub(ctx context.Context, s *subWatch, start int64) {
 		report(subMsg{rt: rt, err: err})
 		return
 	}
+	// The stream's only sender from here on: requests to resolve now. A
+	// failed send shows as a failed Recv below.
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		ask := &kvpb.WatchRequest{RequestUnion: &kvpb.WatchRequest_ProgressRequest{ProgressRequest: &kvpb.WatchProgressRequest{Resolve: true}}}
+		for {
+			select {
+			case <-s.resolveNow:
+				if stream.Send(ask) != nil {
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	for {
 		resp, err := stream.Recv()
 		if err != nil {

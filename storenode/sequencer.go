@@ -287,29 +287,58 @@ func (q *sequencer) waitBelow(ctx context.Context, regionID uint64, rev int64) e
 
 // resolveLoop publishes, for every region this store leads that has
 // watchers, a resolved revision every ResolveInterval: a revision T such
-// that no write at or below T can appear in the region any more.
+// that no write at or below T can appear in the region any more. Regions a
+// client asked to resolve now (resolveDemands) are resolved between ticks.
 func (s *Server) resolveLoop() {
 	t := time.NewTicker(s.cfg.ResolveInterval)
 	defer t.Stop()
 	// Regions are resolved concurrently and a region still resolving is
 	// skipped: one whose writes hang (its leader lost its quorum) holds up
-	// no other region and no later tick.
+	// no other region and no later tick. A demanded region that is busy
+	// stays demanded, and is served when its resolve in flight ends: that
+	// one may have drawn its revision before the writes the demand is
+	// about.
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	var mu sync.Mutex
 	busy := map[uint64]bool{}
 	sem := make(chan struct{}, resolveConcurrency)
+	// A region resolves on demand at most once per demandedResolveGap;
+	// later serves the demands held back by it.
+	lastDemanded := map[uint64]time.Time{}
+	var later <-chan time.Time
 	for {
+		var ids []uint64
+		demanded := false
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-t.C:
+			ids = s.watches.watchedRegions()
+			for id, at := range lastDemanded {
+				if time.Since(at) >= demandedResolveGap {
+					delete(lastDemanded, id)
+				}
+			}
+		case <-s.demands.wake:
+			ids, demanded = s.demands.take(), true
+		case <-later:
+			later = nil
+			ids, demanded = s.demands.take(), true
 		}
-		for _, id := range s.watches.watchedRegions() {
+		now := time.Now()
+		for _, id := range ids {
 			st := s.store.RegionStatus(id)
 			// A merge source resolves nothing: it takes no reads until its
 			// merge ends, and then its watchers move to the target.
 			if st == nil || !st.IsLeader() || st.Merge != nil {
+				continue
+			}
+			if demanded && now.Sub(lastDemanded[id]) < demandedResolveGap {
+				s.demands.keep(id)
+				if later == nil {
+					later = time.After(demandedResolveGap - now.Sub(lastDemanded[id]))
+				}
 				continue
 			}
 			mu.Lock()
@@ -317,7 +346,13 @@ func (s *Server) resolveLoop() {
 			busy[id] = true
 			mu.Unlock()
 			if skip {
+				if demanded {
+					s.demands.keep(id)
+				}
 				continue
+			}
+			if demanded {
+				lastDemanded[id] = now
 			}
 			select {
 			case sem <- struct{}{}:
@@ -330,6 +365,7 @@ func (s *Server) resolveLoop() {
 					mu.Lock()
 					delete(busy, id)
 					mu.Unlock()
+					s.demands.wakeIfPending(id)
 					<-sem
 					wg.Done()
 				}()
@@ -340,6 +376,12 @@ func (s *Server) resolveLoop() {
 		}
 	}
 }
+
+// demandedResolveGap bounds how often one region resolves because a watch
+// asked: a watch across regions asks whenever it holds an event, and under
+// a stream of writes every resolve (a timestamp, a wait for the writes
+// before it, a ReadIndex round) would otherwise follow the last at once.
+const demandedResolveGap = 10 * time.Millisecond
 
 // resolveConcurrency bounds the regions resolved at once.
 const resolveConcurrency = 64

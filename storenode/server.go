@@ -153,6 +153,7 @@ type Server struct {
 	merges      merges
 
 	compactWake chan struct{}
+	demands     *resolveDemands
 	gcMu        sync.Mutex
 	gc          map[uint64]*gcProgress
 
@@ -171,7 +172,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.DataDir == "" || len(cfg.PD) == 0 {
 		return nil, errors.New("storenode: --data-dir and --pd are required")
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, addrs: map[uint64]string{}, compactWake: make(chan struct{}, 1), gc: map[uint64]*gcProgress{},
+	s := &Server{cfg: cfg, log: cfg.Logger, addrs: map[uint64]string{}, compactWake: make(chan struct{}, 1), gc: map[uint64]*gcProgress{}, demands: newResolveDemands(),
 		load: newLoadTracker()}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.start(ctx); err != nil {

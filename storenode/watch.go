@@ -404,6 +404,13 @@ func (k *kvService) Watch(stream kvpb.KV_WatchServer) error {
 				}
 				mineMu.Unlock()
 				for _, w := range ws2 {
+					if x.ProgressRequest.GetResolve() {
+						// Answered by the resolver's notification, which
+						// every watcher of the region asking for progress
+						// gets.
+						k.s.demands.add(w.regionID)
+						continue
+					}
 					if rev := h.resolved(w.regionID); rev > 0 {
 						h.notify(w, rev, true)
 					}

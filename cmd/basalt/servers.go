@@ -105,6 +105,7 @@ func storeCmd() *cobra.Command {
 		dataDir, addr, advertise, pdAddrs, labels, logLevel string
 		tick                                                time.Duration
 		heartbeat                                           time.Duration
+		resolveInterval                                     time.Duration
 		maxSize, splitSize                                  string
 		maxKeys, splitKeys                                  int64
 		splitCheck                                          time.Duration
@@ -148,6 +149,9 @@ func storeCmd() *cobra.Command {
 			if split.RegionSplitSize > split.RegionMaxSize || split.RegionSplitKeys > split.RegionMaxKeys {
 				return errors.New("a region's split size (keys) cannot exceed its max size (keys)")
 			}
+			if resolveInterval <= 0 {
+				return errors.New("--resolve-interval must be positive")
+			}
 			if splitQPS < 0 || splitLoadFor <= 0 {
 				return errors.New("--split-qps-threshold cannot be negative and --split-load-duration must be positive")
 			}
@@ -186,7 +190,7 @@ func storeCmd() *cobra.Command {
 				DataDir: dataDir, Addr: addr, AdvertiseAddr: advertise, PD: strings.Split(pdAddrs, ","), FS: fs,
 				Labels: lbl, Raft: rcfg, StoreHeartbeat: heartbeat, RegionHeartbeat: heartbeat, Logger: log,
 				Split: split, LoadSplit: loadSplit, EtcdProgressNotifyInterval: etcdProgress, EnablePprof: pprof, GossipAddr: gossipAddr,
-				PeerAddrMap: peerMap, EtcdListenURL: etcdListen, EtcdAdvertiseURLs: etcdAdvertise, EtcdTLS: etcdTLSConfig,
+				PeerAddrMap: peerMap, ResolveInterval: resolveInterval, EtcdListenURL: etcdListen, EtcdAdvertiseURLs: etcdAdvertise, EtcdTLS: etcdTLSConfig,
 			})
 			if err != nil {
 				return err
@@ -210,6 +214,7 @@ func storeCmd() *cobra.Command {
 	f.StringVar(&labels, "labels", "", "store labels as key=value, comma separated (zone=a,host=h1)")
 	f.DurationVar(&tick, "raft-tick", 100*time.Millisecond, "raft tick; elections take 10 ticks, heartbeats 1")
 	f.DurationVar(&heartbeat, "heartbeat-interval", 10*time.Second, "how often the store reports itself and its regions to PD")
+	f.DurationVar(&resolveInterval, "resolve-interval", 100*time.Millisecond, "how often a led region with watchers publishes a resolved revision unasked (a watch across regions asks for one when it holds events)")
 	f.StringVar(&maxSize, "region-max-size", "144MiB", "split a region that grows past this size")
 	f.StringVar(&splitSize, "region-split-size", "96MiB", "into pieces of this size")
 	f.Int64Var(&maxKeys, "region-max-keys", 1_440_000, "split a region holding more stored versions than this")

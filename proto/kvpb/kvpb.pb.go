@@ -1870,7 +1870,12 @@ func (x *WatchCancelRequest) GetWatchId() int64 {
 }
 
 type WatchProgressRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// resolve: draw a fresh resolved revision for every region this stream
+	// watches and notify it, rather than answer with the last one drawn. A
+	// client holding another region's events until this region vouches for
+	// their revision asks so, instead of waiting for the next periodic one.
+	Resolve       bool `protobuf:"varint,1,opt,name=resolve,proto3" json:"resolve,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1903,6 +1908,13 @@ func (x *WatchProgressRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use WatchProgressRequest.ProtoReflect.Descriptor instead.
 func (*WatchProgressRequest) Descriptor() ([]byte, []int) {
 	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *WatchProgressRequest) GetResolve() bool {
+	if x != nil {
+		return x.Resolve
+	}
+	return false
 }
 
 type WatchRequest struct {
@@ -4034,8 +4046,9 @@ const file_kvpb_kvpb_proto_rawDesc = "" +
 	"\x05NOPUT\x10\x00\x12\f\n" +
 	"\bNODELETE\x10\x01\"/\n" +
 	"\x12WatchCancelRequest\x12\x19\n" +
-	"\bwatch_id\x18\x01 \x01(\x03R\awatchId\"\x16\n" +
-	"\x14WatchProgressRequest\"\xee\x01\n" +
+	"\bwatch_id\x18\x01 \x01(\x03R\awatchId\"0\n" +
+	"\x14WatchProgressRequest\x12\x18\n" +
+	"\aresolve\x18\x01 \x01(\bR\aresolve\"\xee\x01\n" +
 	"\fWatchRequest\x12A\n" +
 	"\x0ecreate_request\x18\x01 \x01(\v2\x18.kvpb.WatchCreateRequestH\x00R\rcreateRequest\x12A\n" +
 	"\x0ecancel_request\x18\x02 \x01(\v2\x18.kvpb.WatchCancelRequestH\x00R\rcancelRequest\x12G\n" +

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -343,5 +344,43 @@ func watchLeadersMove(ctx context.Context, pd *pdclient.Client, victim *procs.Pr
 			return "the killed store led none of the regions"
 		}
 		return strings.Join(parts, "; ")
+	}
+}
+
+// TestWatchAcrossRegionsAsksForResolvedRevisions: the stores publish
+// resolved revisions unasked only once an hour here, so an event in one
+// region of a two-region watch is released only because the watch asks
+// the other region to resolve when it holds the event.
+func TestWatchAcrossRegionsAsksForResolvedRevisions(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3, StoreArgs: []string{"--resolve-interval", "1h"}})
+	cl := c.Client(t)
+	waitReplicated(t, c)
+	splitPrefix(t, cl, "od/", 2)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rw := startWatch(t, cl, &kvpb.WatchCreateRequest{Key: []byte("od/"), RangeEnd: []byte("od0")})
+	var revs []int64
+	for _, k := range []string{"od/a", "od/z", "od/b"} {
+		resp, err := cl.Put(ctx, &kvpb.PutRequest{Key: []byte(k), Value: []byte("v")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		revs = append(revs, resp.GetHeader().GetRevision())
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var got []int64
+		for _, r := range rw.responses() {
+			for _, e := range r.Events {
+				got = append(got, e.GetKv().GetModRevision())
+			}
+		}
+		if slices.Equal(got, revs) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("events at %v delivered, want %v", got, revs)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
