@@ -61,6 +61,13 @@ type Client struct {
 	stores  map[uint64]string
 	conns   map[string]*grpc.ClientConn
 
+	// resolveAsks: per region, the highest revision some watch of this
+	// client asked the region to resolve past (mergedWatch.askLaggards).
+	// The region's answer reaches every watcher it has, so the client's
+	// other watches need not ask again.
+	resolveAsksMu sync.Mutex
+	resolveAsks   map[uint64]int64
+
 	stop context.CancelFunc
 	bg   sync.WaitGroup
 }
@@ -78,7 +85,7 @@ func New(ctx context.Context, pdEndpoints []string, opts Options) (*Client, erro
 		return nil, err
 	}
 	c := &Client{opts: opts, pd: pd, regions: region.NewRegionTree(), leaders: map[uint64]*metapb.Peer{},
-		stores: map[uint64]string{}, conns: map[string]*grpc.ClientConn{}}
+		stores: map[uint64]string{}, conns: map[string]*grpc.ClientConn{}, resolveAsks: map[uint64]int64{}}
 	bg, stop := context.WithCancel(context.Background())
 	c.stop = stop
 	c.bg.Add(1)

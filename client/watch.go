@@ -128,9 +128,11 @@ type subWatch struct {
 	// resolveNow takes a request for the region to resolve at once; its
 	// stream's sender sends it (cap 1: requests coalesce).
 	resolveNow chan struct{}
-	// asked: the lowest held revision the last such request was for. Only
-	// the merging goroutine touches it.
-	asked int64
+	// asked: the lowest held revision the last such request was for;
+	// regionID: the region watched, from the created response. Only the
+	// merging goroutine touches them.
+	asked    int64
+	regionID uint64
 }
 
 type subMsg struct {
@@ -286,6 +288,7 @@ func (m *mergedWatch) handle(ctx context.Context, msg subMsg) bool {
 		return true
 	case resp.GetCreated():
 		s.created = true
+		s.regionID = msg.rt.region.GetId()
 		m.failures = 0
 		return m.announce(ctx)
 	}
@@ -313,8 +316,9 @@ func (m *mergedWatch) handle(ctx context.Context, msg subMsg) bool {
 // askLaggards asks every region whose frontier holds back a buffered event
 // to resolve now: without it the event waits for the region's periodic
 // resolved revision (every 100 ms), with it one resolve. A region is asked
-// once per held revision, so a busy stream of events asks no more often
-// than the region answers.
+// once per held revision by the whole client, not per watch: the region
+// answers every watcher it has, and the etcd front end runs one watch per
+// etcd watcher, hundreds of them over the same regions.
 func (m *mergedWatch) askLaggards() {
 	if len(m.revs) == 0 {
 		return
@@ -326,11 +330,26 @@ func (m *mergedWatch) askLaggards() {
 			continue
 		}
 		s.asked = low
+		if !m.c.claimResolveAsk(s.regionID, low) {
+			continue
+		}
 		select {
 		case s.resolveNow <- struct{}{}:
 		default: // one is queued already; its answer covers low too
 		}
 	}
+}
+
+// claimResolveAsk reports whether a watch should ask the region to resolve
+// past rev: no other watch of the client asked it for rev or more.
+func (c *Client) claimResolveAsk(regionID uint64, rev int64) bool {
+	c.resolveAsksMu.Lock()
+	defer c.resolveAsksMu.Unlock()
+	if c.resolveAsks[regionID] >= rev {
+		return false
+	}
+	c.resolveAsks[regionID] = rev
+	return true
 }
 
 func (m *mergedWatch) owns(s *subWatch) bool {

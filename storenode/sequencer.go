@@ -381,7 +381,7 @@ func (s *Server) resolveLoop() {
 // asked: a watch across regions asks whenever it holds an event, and under
 // a stream of writes every resolve (a timestamp, a wait for the writes
 // before it, a ReadIndex round) would otherwise follow the last at once.
-const demandedResolveGap = 10 * time.Millisecond
+const demandedResolveGap = 25 * time.Millisecond
 
 // resolveConcurrency bounds the regions resolved at once.
 const resolveConcurrency = 64

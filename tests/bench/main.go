@@ -30,10 +30,12 @@ import (
 	"github.com/basaltdb/basalt/tests/procs"
 )
 
-// workload is one benchmark invocation, the same for both systems.
+// workload is one benchmark invocation, the same for both systems: the
+// benchmark tool's arguments, or the harness's own run.
 type workload struct {
 	name string
 	args []string
+	run  func(c *cluster) (result, error)
 }
 
 // The workloads of issue 11. Keys are the benchmark tool's (8-byte
@@ -46,17 +48,24 @@ func workloads(quick bool) []workload {
 		return strconv.Itoa(full)
 	}
 	return []workload{
-		{"put, 1 client", []string{"--conns=1", "--clients=1", "put", "--key-size=8", "--sequential-keys", "--key-space-size=100000", "--val-size=256", "--total=" + n(2000, 300)}},
-		{"put, 1,000 clients", []string{"--conns=100", "--clients=1000", "put", "--key-size=8", "--sequential-keys", "--key-space-size=100000", "--val-size=256", "--total=" + n(50000, 5000)}},
-		{"range (linearizable), 1,000 clients", []string{"--conns=100", "--clients=1000", "range", "foo", "--consistency=l", "--total=" + n(50000, 5000)}},
-		{"range (serializable), 1,000 clients", []string{"--conns=100", "--clients=1000", "range", "foo", "--consistency=s", "--total=" + n(50000, 5000)}},
-		{"txn-put, 1,000 clients", []string{"--conns=100", "--clients=1000", "txn-put", "--key-size=8", "--key-space-size=100000", "--val-size=256", "--total=" + n(20000, 3000)}},
-		{"watch latency (100 watchers)", []string{"--conns=10", "--clients=10", "watch-latency", "--put-total=" + n(1000, 200), "--put-rate=100", "--streams=10", "--watchers-per-stream=10"}},
-		{"range 100,000 keys, limit 1,000", []string{"--conns=10", "--clients=100", "range", "\x01", "\xfe", "--limit=1000", "--consistency=l", "--total=" + n(2000, 300)}},
+		{name: "put, 1 client", args: []string{"--conns=1", "--clients=1", "put", "--key-size=8", "--sequential-keys", "--key-space-size=100000", "--val-size=256", "--total=" + n(2000, 300)}},
+		{name: "put, 1,000 clients", args: []string{"--conns=100", "--clients=1000", "put", "--key-size=8", "--sequential-keys", "--key-space-size=100000", "--val-size=256", "--total=" + n(50000, 5000)}},
+		{name: "range (linearizable), 1,000 clients", args: []string{"--conns=100", "--clients=1000", "range", "foo", "--consistency=l", "--total=" + n(50000, 5000)}},
+		{name: "range (serializable), 1,000 clients", args: []string{"--conns=100", "--clients=1000", "range", "foo", "--consistency=s", "--total=" + n(50000, 5000)}},
+		{name: "txn-put, 1,000 clients", args: []string{"--conns=100", "--clients=1000", "txn-put", "--key-size=8", "--key-space-size=100000", "--val-size=256", "--total=" + n(20000, 3000)}},
+		{name: "watch latency (100 watchers)", args: []string{"--conns=10", "--clients=10", "watch-latency", "--put-total=" + n(1000, 200), "--put-rate=100", "--streams=10", "--watchers-per-stream=10"}},
+		{name: "watch latency, prefix over 16 regions (100 watchers)", run: func(c *cluster) (result, error) {
+			total := 1000
+			if quick {
+				total = 200
+			}
+			return runWatchSpan(c.endpoints, total)
+		}},
+		{name: "range 100,000 keys, limit 1,000", args: []string{"--conns=10", "--clients=100", "range", "\x01", "\xfe", "--limit=1000", "--consistency=l", "--total=" + n(2000, 300)}},
 		// Each read is a list of the whole key space with limit 500 (and its
 		// count): Basalt counts by walking versions, so this is its slowest
 		// workload (docs/benchmarks.md); the totals keep a run finite.
-		{"Kubernetes-shaped mix (80% ranges of 500, 20% puts)", []string{"--conns=100", "--clients=1000", "txn-mixed", "--rw-ratio=4", "--limit=500", "--key-size=8", "--key-space-size=100000", "--val-size=256", "--total=" + n(1000, 100)}},
+		{name: "Kubernetes-shaped mix (80% ranges of 500, 20% puts)", args: []string{"--conns=100", "--clients=1000", "txn-mixed", "--rw-ratio=4", "--limit=500", "--key-size=8", "--key-space-size=100000", "--val-size=256", "--total=" + n(1000, 100)}},
 	}
 }
 
@@ -78,6 +87,9 @@ type cluster struct {
 	// layout, when set, describes the cluster's regions (Basalt's split
 	// for load during the preload; the log says so).
 	layout func() string
+	// split, when set, cuts the cluster's key space at these keys (Basalt's
+	// regions; etcd has one raft group).
+	split func(keys []string) error
 }
 
 func main() {
@@ -123,6 +135,11 @@ func main() {
 		if _, err := runBenchmark(benchBin, c, preload); err != nil {
 			log.Fatalf("%s: preload: %v", c.name, err)
 		}
+		if c.split != nil {
+			if err := c.split(watchSpanSplits()); err != nil {
+				log.Fatalf("%s: split %s into %d regions: %v", c.name, watchSpanPrefix, watchSpanRegions, err)
+			}
+		}
 		if c.layout != nil {
 			log.Printf("%s after the preload: %s", c.name, c.layout())
 		}
@@ -149,7 +166,11 @@ func main() {
 		}
 		for _, w := range wls {
 			for _, c := range order {
-				res, err := runBenchmark(benchBin, c, w.args)
+				run := func() (result, error) { return runBenchmark(benchBin, c, w.args) }
+				if w.run != nil {
+					run = func() (result, error) { return w.run(c) }
+				}
+				res, err := measure(c, run)
 				if err != nil {
 					log.Printf("round %d, %s, %s: %v", r+1, w.name, c.name, err)
 					continue
@@ -179,12 +200,9 @@ func main() {
 	}
 }
 
-// runBenchmark runs the benchmark tool against a cluster and samples the
-// cluster's resident memory meanwhile.
-func runBenchmark(bin string, c *cluster, args []string) (result, error) {
-	cmd := exec.Command(bin, append([]string{"--endpoints=" + c.endpoints}, args...)...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+// measure runs one workload against a cluster and samples the cluster's
+// resident memory meanwhile.
+func measure(c *cluster, run func() (result, error)) (result, error) {
 	done := make(chan struct{})
 	var peak int64
 	var wg sync.WaitGroup
@@ -204,15 +222,22 @@ func runBenchmark(bin string, c *cluster, args []string) (result, error) {
 			}
 		}
 	}()
-	err := cmd.Run()
+	res, err := run()
 	close(done)
 	wg.Wait()
-	if err != nil {
-		return result{}, fmt.Errorf("%v: %s", err, tail(stderr.String()+stdout.String()))
-	}
-	res, err := parseSummary(stdout.String())
 	res.peakRSS = peak
 	return res, err
+}
+
+// runBenchmark runs the benchmark tool against a cluster.
+func runBenchmark(bin string, c *cluster, args []string) (result, error) {
+	cmd := exec.Command(bin, append([]string{"--endpoints=" + c.endpoints}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return result{}, fmt.Errorf("%v: %s", err, tail(stderr.String()+stdout.String()))
+	}
+	return parseSummary(stdout.String())
 }
 
 var (
@@ -341,6 +366,13 @@ func startBasalt(bin, dir string) *cluster {
 		out, err := exec.Command(bin, "ctl", "--pd", pdAddr, "status").Output()
 		return err == nil && bytes.Contains(out, []byte("stores: 3 up")) && bytes.Contains(out, []byte(", 0 without a leader, 0 under-replicated"))
 	})
+	c.split = func(keys []string) error {
+		out, err := exec.Command(bin, append([]string{"ctl", "--pd", pdAddr, "region", "split"}, keys...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
 	c.layout = func() string {
 		out, err := exec.Command(bin, "ctl", "--pd", pdAddr, "status").Output()
 		if err != nil {
@@ -402,7 +434,7 @@ func render(wls []workload, results map[string]map[string][]result, rounds int, 
 	}
 	fmt.Fprintf(&b, "### %s, %s\n\n", title, time.Now().Format("2006-01-02"))
 	fmt.Fprintf(&b, "    go run ./tests/bench %s\n\n", strings.Join(os.Args[1:], " "))
-	fmt.Fprintf(&b, "Machine: %d cores, %s memory, fsync of 4 KiB p50 %v / p99 %v. etcd: 3 members (heartbeat 100 ms, election 1 s). Basalt: 1 PD, 3 stores, 3 replicas (raft tick 100 ms, election 10 ticks). Medians of %d rounds, systems alternating; the same `benchmark` (etcd v3.6.8 tools) command against each.\n\n",
+	fmt.Fprintf(&b, "Machine: %d cores, %s memory, fsync of 4 KiB p50 %v / p99 %v. etcd: 3 members (heartbeat 100 ms, election 1 s). Basalt: 1 PD, 3 stores, 3 replicas (raft tick 100 ms, election 10 ticks). Medians of %d rounds, systems alternating; the same `benchmark` (etcd v3.6.8 tools) command against each, except the 16-region watch row: the harness's own clientv3 workload (tests/bench/watchspan.go; 10 clients × 10 prefix watches, 100 puts/s round the 16 regions, latency from a put's start to each watcher's event as etcd's watch-latency; on Basalt the prefix is split into 16 regions first).\n\n",
 		runtime.NumCPU(), mem, fsync50.Round(time.Microsecond), fsync99.Round(time.Microsecond), rounds)
 	b.WriteString("| workload | etcd req/s | Basalt req/s | Basalt/etcd | etcd p50 / p99 ms | Basalt p50 / p99 ms | etcd peak RSS | Basalt peak RSS |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|\n")
