@@ -62,7 +62,14 @@ type Options struct {
 	// answered by then is given up (its stream cancelled) and the leader
 	// looked for again. Default 3 s.
 	TSOTimeout time.Duration
-	Logger     *slog.Logger
+	// CallTimeout bounds one attempt of a unary call (AllocID, GetRegion,
+	// PutStore...): a leader that has not answered by then is treated as
+	// gone and the call asks the leader again, within the call's own
+	// deadline or retry budget. A leader cut off by the network answers
+	// nothing and resets nothing, so without it a call would wait for the
+	// connection's keepalive (5–15 s) or its whole budget. Default 3 s.
+	CallTimeout time.Duration
+	Logger      *slog.Logger
 }
 
 // Client is safe for concurrent use.
@@ -97,6 +104,9 @@ func New(ctx context.Context, endpoints []string, opts Options) (*Client, error)
 	}
 	if opts.TSOTimeout == 0 {
 		opts.TSOTimeout = 3 * time.Second
+	}
+	if opts.CallTimeout == 0 {
+		opts.CallTimeout = 3 * time.Second
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -302,7 +312,9 @@ func (c *Client) call(ctx context.Context, fn func(context.Context, pdpb.PDClien
 		pc, addr, err := c.leaderClient(ctx)
 		if err == nil {
 			var h *pdpb.ResponseHeader
-			h, err = fn(ctx, pc)
+			actx, acancel := context.WithTimeout(ctx, c.opts.CallTimeout)
+			h, err = fn(actx, pc)
+			acancel()
 			if err == nil {
 				if id := h.GetClusterId(); id != 0 {
 					c.clusterID.Store(id)

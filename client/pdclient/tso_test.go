@@ -106,3 +106,44 @@ func TestTSOLeavesASilentLeader(t *testing.T) {
 		t.Fatalf("the new leader's timestamp took %v", took)
 	}
 }
+
+func (f *fakePD) AllocID(ctx context.Context, req *pdpb.AllocIDRequest) (*pdpb.AllocIDResponse, error) {
+	if f.silent.Load() {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	if l := *f.leader.Load(); l != f.addr {
+		return &pdpb.AllocIDResponse{Header: &pdpb.ResponseHeader{ClusterId: 1,
+			Error: &pdpb.Error{Type: pdpb.ErrorType_NOT_LEADER, LeaderAddr: l}}}, nil
+	}
+	return &pdpb.AllocIDResponse{Header: &pdpb.ResponseHeader{ClusterId: 1}, Id: f.ts.Add(uint64(req.GetCount()))}, nil
+}
+
+// A unary call to a leader that stops answering gives that attempt up
+// after CallTimeout and asks the new leader, within the call's deadline.
+// Before CallTimeout the attempt held the whole deadline.
+func TestUnaryCallLeavesASilentLeader(t *testing.T) {
+	a, b := startFakePD(t, 1000), startFakePD(t, 1<<40)
+	b.leader.Store(&a.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := New(ctx, []string{a.addr, b.addr}, Options{CallTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if id, err := c.AllocID(ctx, 1); err != nil || id >= 1<<40 {
+		t.Fatalf("from the first leader: %d, %v", id, err)
+	}
+	a.silent.Store(true)
+	b.leader.Store(&b.addr)
+	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+	defer acancel()
+	id, err := c.AllocID(actx, 1)
+	if err != nil {
+		t.Fatalf("no ID within 10 s of the leader going silent: %v", err)
+	}
+	if id < 1<<40 {
+		t.Fatalf("ID %d, not from the new leader", id)
+	}
+}
