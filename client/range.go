@@ -364,15 +364,14 @@ var ErrRegionChanged = errors.New("client: the region changed")
 // replica's descriptor): if the region holding key has another ID or epoch
 // the call fails with ErrRegionChanged, since T would not be about the
 // caller's range.
-func (c *Client) ResolveRevision(ctx context.Context, key []byte, want *metapb.Region) (int64, error) {
-	var rev int64
-	err := c.do(ctx, key, true, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
+func (c *Client) ResolveRevision(ctx context.Context, key []byte, want *metapb.Region) (rev int64, readIndex uint64, err error) {
+	err = c.do(ctx, key, true, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
 		if rt.region.GetId() != want.GetId() || !proto.Equal(rt.region.GetRegionEpoch(), want.GetRegionEpoch()) {
 			return nil, ErrRegionChanged
 		}
 		resp, err := rt.kv.ResolveRevision(ctx, &kvpb.ResolveRevisionRequest{Context: rt.context()})
-		rev = resp.GetHeader().GetRevision()
+		rev, readIndex = resp.GetHeader().GetRevision(), resp.GetReadIndex()
 		return resp.GetHeader(), err
 	})
-	return rev, err
+	return rev, readIndex, err
 }

@@ -33,7 +33,9 @@ type readRequest struct {
 	epoch *metapb.RegionEpoch
 	// force skips the lease: the read goes through a ReadIndex round (and so
 	// renews the lease).
-	force  bool
+	force bool
+	// known: index came with the request (ReadAtIndex), from the leader.
+	known  bool
 	index  uint64 // the index applied must reach; 0 until known
 	done   chan struct{}
 	region *metapb.Region
@@ -77,8 +79,13 @@ func (rs *readState) empty() bool {
 type ReadGuard struct {
 	// Region is the descriptor to read under.
 	Region *metapb.Region
-	p      *peer
-	gen    uint64
+	// Index is the read's index: the leader's commit index at a moment
+	// after the read arrived, which this replica has applied. Handed to
+	// another replica of the region, it lets that one read linearizably
+	// once it applied Index too (ReadAtIndex).
+	Index uint64
+	p     *peer
+	gen   uint64
 }
 
 // Check reports whether what was read under the guard is still valid: the
@@ -112,21 +119,42 @@ func (s *Store) ReadIndex(ctx context.Context, regionID uint64, epoch *metapb.Re
 			return nil, region.ProposalInMergingMode(regionID)
 		}
 		// Fast path: a valid lease and nothing committed left to apply.
-		if monoNow() < p.leaseExpiry.Load() && p.appliedIdx.Load() >= p.commitIdx.Load() {
+		if commit := p.commitIdx.Load(); monoNow() < p.leaseExpiry.Load() && p.appliedIdx.Load() >= commit {
 			s.stats.LeaseReads.Add(1)
-			return &ReadGuard{Region: st.Region, p: p, gen: gen}, nil
+			return &ReadGuard{Region: st.Region, Index: commit, p: p, gen: gen}, nil
 		}
 	}
-	r := &readRequest{epoch: epoch, done: make(chan struct{})}
-	if !p.push(func(mb *mailbox) { mb.reads = append(mb.reads, r) }) {
+	return p.read(ctx, &readRequest{epoch: epoch, done: make(chan struct{})}, gen)
+}
+
+// ReadAtIndex is ReadIndex with the read's index already known: index is a
+// ReadGuard.Index another replica of the region (its leader) handed over,
+// so this replica only waits to apply it. Committed entries are the same
+// on every replica, so having applied index, it holds every write the
+// leader had acknowledged when the read arrived there.
+func (s *Store) ReadAtIndex(ctx context.Context, regionID uint64, epoch *metapb.RegionEpoch, index uint64) (*ReadGuard, error) {
+	if index == 0 {
+		panic("raftstore: ReadAtIndex without an index")
+	}
+	p := s.getPeer(regionID)
+	if p == nil {
 		return nil, region.RegionNotFound(regionID)
+	}
+	gen := p.dataGen.Load()
+	return p.read(ctx, &readRequest{epoch: epoch, index: index, known: true, done: make(chan struct{})}, gen)
+}
+
+// read hands r to the peer's worker and waits for it to be granted.
+func (p *peer) read(ctx context.Context, r *readRequest, gen uint64) (*ReadGuard, error) {
+	if !p.push(func(mb *mailbox) { mb.reads = append(mb.reads, r) }) {
+		return nil, region.RegionNotFound(p.regionID)
 	}
 	select {
 	case <-r.done:
 		if r.err != nil {
 			return nil, r.err
 		}
-		return &ReadGuard{Region: r.region, p: p, gen: gen}, nil
+		return &ReadGuard{Region: r.region, Index: r.index, p: p, gen: gen}, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -192,6 +220,10 @@ func (p *peer) handleRead(r *readRequest) {
 	}
 	if p.isMerging() {
 		r.finish(nil, region.ProposalInMergingMode(p.regionID))
+		return
+	}
+	if r.known {
+		p.waitApplied(r)
 		return
 	}
 	if !r.force && p.isLeader() && monoNow() < p.leaseExpiry.Load() {

@@ -347,11 +347,12 @@ func (k *kvService) ResolveRevision(ctx context.Context, req *kvpb.ResolveRevisi
 	r, err := k.region(req.GetContext())
 	if err == nil {
 		var t int64
-		if t, _, err = k.s.resolve(ctx, r.ID, req.GetContext().GetRegionEpoch()); err == nil {
+		var guard *raftstore.ReadGuard
+		if t, guard, err = k.s.resolve(ctx, r.ID, req.GetContext().GetRegionEpoch()); err == nil {
 			k.s.watches.noteResolved(r.ID, t)
 			h := &kvpb.ResponseHeader{Revision: t}
 			k.s.stampTerm(h, r.ID)
-			return &kvpb.ResolveRevisionResponse{Header: h}, nil
+			return &kvpb.ResolveRevisionResponse{Header: h, ReadIndex: guard.Index}, nil
 		}
 	}
 	h, gerr := regionHeader(err)

@@ -57,11 +57,18 @@ func (s *Server) resolvedRead(ctx context.Context, r *mvcc.Region, key []byte) (
 		}
 		// Leadership moved meanwhile: ask the new leader.
 	}
-	t, err := s.router.ResolveRevision(rctx, key, desc)
+	t, index, err := s.router.ResolveRevision(rctx, key, desc)
 	if err != nil {
 		return 0, nil, err
 	}
-	guard, err := s.store.ReadIndex(rctx, r.ID, desc.GetRegionEpoch())
+	// The leader's read index spares this replica a ReadIndex round of
+	// its own (a message to the leader and back).
+	var guard *raftstore.ReadGuard
+	if index > 0 {
+		guard, err = s.store.ReadAtIndex(rctx, r.ID, desc.GetRegionEpoch(), index)
+	} else {
+		guard, err = s.store.ReadIndex(rctx, r.ID, desc.GetRegionEpoch())
+	}
 	return t, guard, err
 }
 

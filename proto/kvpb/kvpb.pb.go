@@ -2166,7 +2166,12 @@ func (x *ResolveRevisionRequest) GetContext() *Context {
 type ResolveRevisionResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// revision is the resolved revision T.
-	Header        *ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Header *ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// read_index: a raft index of the region that was the leader's commit
+	// index after the request arrived, and that the leader has applied. A
+	// follower that has applied it may serve a linearizable read without a
+	// ReadIndex round of its own. 0: not known (an older store).
+	ReadIndex     uint64 `protobuf:"varint,2,opt,name=read_index,json=readIndex,proto3" json:"read_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2206,6 +2211,13 @@ func (x *ResolveRevisionResponse) GetHeader() *ResponseHeader {
 		return x.Header
 	}
 	return nil
+}
+
+func (x *ResolveRevisionResponse) GetReadIndex() uint64 {
+	if x != nil {
+		return x.ReadIndex
+	}
+	return 0
 }
 
 type KeySpan struct {
@@ -4064,9 +4076,11 @@ const file_kvpb_kvpb_proto_rawDesc = "" +
 	"\x06events\x18\v \x03(\v2\v.kvpb.EventR\x06events\x12+\n" +
 	"\x11resolved_revision\x18\f \x01(\x03R\x10resolvedRevision\"A\n" +
 	"\x16ResolveRevisionRequest\x12'\n" +
-	"\acontext\x18\x01 \x01(\v2\r.kvpb.ContextR\acontext\"G\n" +
+	"\acontext\x18\x01 \x01(\v2\r.kvpb.ContextR\acontext\"f\n" +
 	"\x17ResolveRevisionResponse\x12,\n" +
-	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\"1\n" +
+	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\x12\x1d\n" +
+	"\n" +
+	"read_index\x18\x02 \x01(\x04R\treadIndex\"1\n" +
 	"\aKeySpan\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\fR\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\fR\x03end\"p\n" +
