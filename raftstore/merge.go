@@ -297,7 +297,7 @@ func (p *peer) absorbMerged() {
 		} else {
 			old = nil
 		}
-		s.tombstones[src.GetId()] = tombstone{peerID: self.GetId(), epoch: src.GetRegionEpoch()}
+		s.tombstones[src.GetId()] = tombstone{peerID: self.GetId(), region: src}
 		if s.peers[p.regionID] == p {
 			if _, err := s.ranges.Update(p.region); err != nil {
 				s.mu.Unlock()

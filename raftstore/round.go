@@ -393,15 +393,21 @@ func (p *peer) keepEarlyVote(rm *rspb.RaftMessage) {
 
 // isStaleSender: the sender is not in our region and its descriptor is older
 // than ours, so it was removed and does not know.
-func (p *peer) isStaleSender(rm *rspb.RaftMessage) bool {
+func (p *peer) isStaleSender(rm *rspb.RaftMessage) bool { return staleSender(p.region, rm) }
+
+// staleSender: rm's sender is not a member of reg and its own descriptor
+// is older than reg, so it was removed and does not know. A peer ID is
+// never reused: a peer removed and added again gets a new one, and a peer
+// added after reg knows a newer configuration than reg.
+func staleSender(reg *metapb.Region, rm *rspb.RaftMessage) bool {
 	from := rm.GetFromPeer()
-	if from == nil || region.FindPeerByID(p.region, from.GetId()) != nil {
+	if from == nil || region.FindPeerByID(reg, from.GetId()) != nil {
 		return false
 	}
 	e := rm.GetRegionEpoch()
 	// An uninitialized sender (no epoch yet) is a new peer we have not heard
 	// of, not a removed one.
-	return e.GetConfVer() > 0 && e.GetConfVer() < p.region.GetRegionEpoch().GetConfVer()
+	return e.GetConfVer() > 0 && e.GetConfVer() < reg.GetRegionEpoch().GetConfVer()
 }
 
 // onGcPeer: a member of a newer configuration says we were removed.

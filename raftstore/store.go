@@ -79,7 +79,10 @@ type Store struct {
 
 type tombstone struct {
 	peerID uint64
-	epoch  *metapb.RegionEpoch
+	// region is the descriptor the replica had when it ended: a merge
+	// source's last (it takes no membership change once merging), or what
+	// a removed replica knew.
+	region *metapb.Region
 }
 
 // Options are what a Store is built from.
@@ -176,7 +179,7 @@ func (s *Store) load() error {
 		id := ids[i]
 		switch rs.GetState() {
 		case rspb.PeerState_Tombstone:
-			s.tombstones[id] = tombstone{peerID: rs.GetTombstonePeerId(), epoch: rs.GetRegion().GetRegionEpoch()}
+			s.tombstones[id] = tombstone{peerID: rs.GetTombstonePeerId(), region: rs.GetRegion()}
 			if err := s.sweepRaftState(id); err != nil {
 				return err
 			}
@@ -418,6 +421,15 @@ func (s *Store) canTakeRange(regionID uint64, reg *metapb.Region) (absorbed []*m
 		}
 		if st == nil || st.Merge == nil || st.Merge.Target.GetId() != regionID ||
 			st.Region.GetRegionEpoch().GetVersion() >= reg.GetRegionEpoch().GetVersion() {
+			if op := s.peers[o.GetId()]; op != nil && st != nil && st.Initialized &&
+				st.Region.GetRegionEpoch().GetVersion() < reg.GetRegionEpoch().GetVersion() {
+				// An older region in the way: if it is a leftover, removed
+				// while this store was away, waking it makes it campaign,
+				// and its former peers then tell it to go
+				// (collectFromTombstone, isStaleSender). A hibernating one
+				// would otherwise sleep on and block this range for good.
+				op.pushOp(func(p *peer) { p.wake() })
+			}
 			return nil, false
 		}
 		absorbed = append(absorbed, st.Region)
@@ -537,12 +549,45 @@ func (s *Store) HandleRaftMessage(rm *rspb.RaftMessage) {
 	}
 	s.stats.MsgsReceived.Add(1)
 	p := s.getPeer(rm.GetRegionId())
+	if p == nil && s.collectFromTombstone(rm) {
+		return
+	}
 	if p == nil || p.peerID != rm.GetToPeer().GetId() {
 		if p = s.maybeCreatePeer(rm); p == nil {
 			return
 		}
 	}
 	p.push(func(mb *mailbox) { mb.msgs = append(mb.msgs, rm) })
+}
+
+// collectFromTombstone answers a message to a replica this store no longer
+// has, from a replica that was removed from the region before this store's
+// replica ended, with GcPeer: the sender destroys itself, as it would on
+// hearing from a live member (isStaleSender). A region merged away has no
+// live member left to say so, and the leftover replica's range would
+// otherwise block, forever, the replicas of the regions that now cover it
+// on its store (canTakeRange refuses their snapshots).
+func (s *Store) collectFromTombstone(rm *rspb.RaftMessage) bool {
+	s.mu.RLock()
+	t, ok := s.tombstones[rm.GetRegionId()]
+	s.mu.RUnlock()
+	if !ok || rm.GetToPeer().GetId() > t.peerID || !staleSender(t.region, rm) {
+		return false
+	}
+	if rm.GetExtra().GetType() == rspb.ExtraMessageType_GcPeer {
+		return true // never answer an answer
+	}
+	s.stats.MsgsSent.Add(1)
+	s.trans.Send(rm.GetFromPeer().GetStoreId(), &rspb.RaftMessage{
+		RegionId:    rm.GetRegionId(),
+		FromPeer:    &metapb.Peer{Id: t.peerID, StoreId: s.cfg.StoreID},
+		ToPeer:      rm.GetFromPeer(),
+		RegionEpoch: t.region.GetRegionEpoch(),
+		StartKey:    t.region.GetStartKey(),
+		EndKey:      t.region.GetEndKey(),
+		Extra:       &rspb.ExtraMessage{Type: rspb.ExtraMessageType_GcPeer},
+	})
+	return true
 }
 
 // maybeCreatePeer decides what to do with a message for a replica this store
@@ -660,7 +705,7 @@ func (p *peer) destroyWith(reason string, merged bool) {
 		delete(s.peers, p.regionID)
 		s.ranges.Remove(p.regionID)
 	}
-	s.tombstones[p.regionID] = tombstone{peerID: p.peerID, epoch: p.region.GetRegionEpoch()}
+	s.tombstones[p.regionID] = tombstone{peerID: p.peerID, region: p.region}
 	s.mu.Unlock()
 	s.setAwake(p, false)
 	s.cache.drop(p.regionID)
@@ -720,7 +765,7 @@ func (s *Store) TombstoneEpoch(regionID uint64) *metapb.RegionEpoch {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if t, ok := s.tombstones[regionID]; ok {
-		return t.epoch
+		return t.region.GetRegionEpoch()
 	}
 	return nil
 }
