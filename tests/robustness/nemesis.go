@@ -103,6 +103,9 @@ func (n *nemesis) inject(ctx context.Context) {
 	si := n.rng.IntN(n.cl.storeCount())
 	name := n.cl.storeName(si)
 	hold := time.Duration(500+n.rng.IntN(2500)) * time.Millisecond
+	if n.injectInProcess(ctx, f, si, hold) {
+		return
+	}
 	switch f {
 	case "isolate-store":
 		// Cut off from everything: its clients, PD, the gossip, the other
