@@ -29,6 +29,12 @@ import (
 // stores' raft and forwarded requests while memberlist still finds the
 // cut-off store alive, directly or through a third store's indirect
 // probe. That is a partial partition, the kind a real network also makes.
+//
+// In TestRobustnessInProcessCrash the clients and PD are nodes of the
+// network too (inprocess.go): each store's clients reach it through a
+// proxy, and it reaches PD through one, so crash can cut a store off from
+// everything; the network faults still touch the links between stores
+// only, as here.
 type network struct {
 	mu    sync.Mutex
 	links map[link]linkState
