@@ -21,6 +21,7 @@ import (
 	"github.com/basaltdb/basalt/internal/faultfs"
 	"github.com/basaltdb/basalt/pd"
 	"github.com/basaltdb/basalt/raftstore"
+	"github.com/basaltdb/basalt/region"
 	"github.com/basaltdb/basalt/storenode"
 )
 
@@ -86,14 +87,15 @@ type inprocStore struct {
 const inprocStoreCount = 4
 
 // inprocFaults is TestRobustnessInProcessCrash's list: the crashes
-// (crash-store three times and crash-stalled-store, so about two faults
-// in seven are crashes that lose unsynced data; crash-stalled-store
-// crashes a store whose fsyncs are stalled, so much more of what it wrote
-// is unsynced), kill-store (a
+// (crash-store three times, crash-stalled-store, crash-in-move and
+// crash-in-merge, so about three faults in eight are crashes that lose
+// unsynced data; crash-stalled-store crashes a store whose fsyncs are
+// stalled, so much more of what it wrote is unsynced; the other two crash
+// a store in the middle of a replica move or a merge), kill-store (a
 // crash that keeps everything, as a SIGKILL does), and the faults of
 // TestRobustness that need no process: leader transfers, splits, merges,
 // replica moves, the proxies' network faults between stores, stall-disk.
-var inprocFaults = []string{"crash-store", "crash-store", "crash-store", "crash-stalled-store", "kill-store",
+var inprocFaults = []string{"crash-store", "crash-store", "crash-store", "crash-stalled-store", "crash-in-move", "crash-in-merge", "kill-store",
 	"transfer-leader", "split", "merge", "move-replica", "partition-store", "partition-pair", "one-way", "delay-store", "stall-disk"}
 
 // startInProcess starts the in-process cluster; everything stops when
@@ -363,6 +365,54 @@ func (n *nemesis) injectInProcess(ctx context.Context, f string, si int, hold ti
 		sleep(ctx, stalled)
 		n.t.Logf("%s: %s crashed after its syncs stalled %v each for %v, keeping %d%% of its unsynced data, down %v",
 			f, c.stores[si].name, delay, stalled, keep, hold)
+		c.crash(ctx, si, keep, rng, hold)
+	case "crash-in-move":
+		// A replica added to a store that had none, and that store
+		// crashed 0–1 s later: often while the snapshot it is sent is
+		// being received or ingested, or before the new replica's first
+		// appends are synced.
+		rs := n.trafficRegions(ctx)
+		if len(rs) == 0 {
+			n.counts[f+" skipped"]++
+			return true
+		}
+		r := rs[n.rng.IntN(len(rs))].GetRegion()
+		to := -1
+		for k, st := range c.stores {
+			if region.FindPeer(r, st.srv.StoreID()) == nil {
+				to = k
+			}
+		}
+		after := time.Duration(n.rng.IntN(1000)) * time.Millisecond
+		keep := 25 * n.rng.IntN(4)
+		rng := rand.New(rand.NewPCG(n.rng.Uint64(), 13))
+		if to < 0 {
+			n.counts[f+" skipped"]++
+			return true
+		}
+		n.operator(f, fmt.Sprintf(`{"name": "add-peer", "region_id": %d, "store_id": %d}`, r.GetId(), c.stores[to].srv.StoreID()))
+		sleep(ctx, after)
+		n.t.Logf("%s: %s crashed %v after region %d was given a replica there, keeping %d%% of its unsynced data, down %v",
+			f, c.stores[to].name, after, r.GetId(), keep, hold)
+		c.crash(ctx, to, keep, rng, hold)
+	case "crash-in-merge":
+		// A merge of two neighbouring regions of the traffic's, and a
+		// store crashed 0–1 s later: often one holding their replicas
+		// while PD aligns them or the merge's prepare and commit apply.
+		rs := n.trafficRegions(ctx)
+		if len(rs) < 2 {
+			n.counts[f+" skipped"]++
+			return true
+		}
+		i := n.rng.IntN(len(rs) - 1)
+		after := time.Duration(n.rng.IntN(1000)) * time.Millisecond
+		keep := 25 * n.rng.IntN(4)
+		rng := rand.New(rand.NewPCG(n.rng.Uint64(), 13))
+		n.operator(f, fmt.Sprintf(`{"name": "merge-region", "source_region_id": %d, "target_region_id": %d}`,
+			rs[i+1].GetRegion().GetId(), rs[i].GetRegion().GetId()))
+		sleep(ctx, after)
+		n.t.Logf("%s: %s crashed %v after regions %d and %d were to merge, keeping %d%% of its unsynced data, down %v",
+			f, c.stores[si].name, after, rs[i+1].GetRegion().GetId(), rs[i].GetRegion().GetId(), keep, hold)
 		c.crash(ctx, si, keep, rng, hold)
 	default:
 		return false
