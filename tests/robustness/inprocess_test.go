@@ -24,18 +24,28 @@ func TestRobustnessInProcessCrash(t *testing.T) {
 }
 
 // checkNoGoroutinesLeft fails t if, once everything else t set up was
-// cleaned up, goroutines running Basalt's code (or the suite's) remain
-// after 30 s.
+// cleaned up, goroutines running Basalt's code (or the suite's) that t
+// started remain after 30 s.
 func checkNoGoroutinesLeft(t *testing.T) {
+	before := map[string]bool{}
+	for _, g := range ourGoroutines() {
+		before[goroutineID(g)] = true
+	}
 	t.Cleanup(func() {
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			left := ourGoroutines()
-			if left == "" {
+			var left strings.Builder
+			for _, g := range ourGoroutines() {
+				if !before[goroutineID(g)] {
+					left.WriteString("\n")
+					left.WriteString(g)
+				}
+			}
+			if left.Len() == 0 {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Errorf("goroutines left running 30 s after the test:%s", left)
+				t.Errorf("goroutines left running 30 s after the test:%s", left.String())
 				return
 			}
 			time.Sleep(100 * time.Millisecond)
@@ -44,19 +54,21 @@ func checkNoGoroutinesLeft(t *testing.T) {
 }
 
 // ourGoroutines is the stacks of the goroutines running Basalt's code,
-// but this one's.
-func ourGoroutines() string {
+// but the caller's and the tests' own.
+func ourGoroutines() []string {
 	buf := make([]byte, 16<<20)
 	buf = buf[:runtime.Stack(buf, true)]
-	var b strings.Builder
+	var out []string
 	for i, g := range strings.Split(string(buf), "\n\n") {
-		if i == 0 { // the caller's own
-			continue
-		}
-		if strings.Contains(g, "github.com/basaltdb/basalt/") && !strings.Contains(g, "testing.tRunner") {
-			b.WriteString("\n")
-			b.WriteString(g)
+		if i > 0 && strings.Contains(g, "github.com/basaltdb/basalt/") && !strings.Contains(g, "testing.tRunner") {
+			out = append(out, g)
 		}
 	}
-	return b.String()
+	return out
+}
+
+// goroutineID is the "goroutine N" a stack starts with.
+func goroutineID(stack string) string {
+	id, _, _ := strings.Cut(stack, " [")
+	return id
 }
