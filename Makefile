@@ -71,8 +71,9 @@ bench-vs-etcd:
 # robustness: the randomized fault suite, RUNS runs of DURATION each
 # (tests/robustness, docs/robustness.md); SEED=... replays one schedule;
 # TEST=TestRobustnessFullPartitions runs the network-namespace variant
-# (full partitions) instead of TestRobustness. test-short runs one 20 s run
-# of each.
+# (full partitions) instead of TestRobustness, TEST=TestRobustnessInProcessCrash
+# the in-process one whose stores crash losing unsynced data. test-short
+# runs one 20 s run of each.
 RUNS ?= 10
 DURATION ?= 30s
 TEST ?= TestRobustness

@@ -43,10 +43,11 @@ type Options struct {
 	// stopped advancing). Default: discarded.
 	Logger *slog.Logger
 
-	// DialAddr maps a store's published address to the address to dial,
-	// for a client that reaches stores through NAT or a proxy (a store
-	// started with --peer-addr-map). Connections are still cached by the
-	// published address. Default: dial the published address.
+	// DialAddr maps a store's published address, or a PD member's client
+	// address, to the address to dial, for a client that reaches stores
+	// and PD through NAT or a proxy (a store started with
+	// --peer-addr-map). Connections are still cached by the published
+	// address. Default: dial the published address.
 	DialAddr func(addr string) string
 }
 
@@ -80,7 +81,7 @@ func New(ctx context.Context, pdEndpoints []string, opts Options) (*Client, erro
 	if opts.RetryBudget == 0 {
 		opts.RetryBudget = 20 * time.Second
 	}
-	pd, err := pdclient.New(ctx, pdEndpoints, pdclient.Options{})
+	pd, err := pdclient.New(ctx, pdEndpoints, pdclient.Options{DialAddr: opts.DialAddr})
 	if err != nil {
 		return nil, err
 	}

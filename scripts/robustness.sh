@@ -3,30 +3,38 @@
 # with a new seed per run unless SEED is given, and prints one line per run
 # and a verdict. A failed run's seed replays its fault schedule. TEST picks
 # the test: TestRobustness (default; network faults through proxies between
-# the stores) or TestRobustnessFullPartitions (stores and PD in network
-# namespaces, full partitions; needs root, iproute2 and nftables):
+# the stores), TestRobustnessFullPartitions (stores and PD in network
+# namespaces, full partitions; needs root, iproute2 and nftables) or
+# TestRobustnessInProcessCrash (PD and the stores in the test's process,
+# stores crashed on pebble's in-memory file system, losing unsynced data):
 #
 #   scripts/robustness.sh [RUNS] [DURATION]     # default 1 run of 30s
 #   SEED=1234 scripts/robustness.sh 1 30s
 #   TEST=TestRobustnessFullPartitions scripts/robustness.sh 5 30s
+#   TEST=TestRobustnessInProcessCrash scripts/robustness.sh 5 30s
 set -uo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-1}
 duration=${2:-30s}
 test=${TEST:-TestRobustness}
 case $test in
-TestRobustness | TestRobustnessFullPartitions) ;;
+TestRobustness | TestRobustnessFullPartitions | TestRobustnessInProcessCrash) ;;
 *)
-	echo "TEST=$test: want TestRobustness or TestRobustnessFullPartitions" >&2
+	echo "TEST=$test: want TestRobustness, TestRobustnessFullPartitions or TestRobustnessInProcessCrash" >&2
 	exit 2
 	;;
 esac
 failed=0
-go test -c -o /tmp/basalt-robustness.test ./tests/robustness/ || exit 1
+# A test binary of its own: batches from other checkouts may run beside
+# this one.
+bindir=$(mktemp -d "${TMPDIR:-/tmp}/basalt-robustness-bin.XXXXXX") || exit 1
+trap 'rm -rf "$bindir"' EXIT
+bin=$bindir/basalt-robustness.test
+go test -c -o "$bin" ./tests/robustness/ || exit 1
 for i in $(seq 1 "$runs"); do
 	seed=${SEED:-$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')}
 	out=$(cd tests/robustness && BASALT_ROBUSTNESS_SEED=$seed BASALT_ROBUSTNESS_DURATION=$duration \
-		/tmp/basalt-robustness.test -test.run "^$test\$" -test.count=1 -test.v -test.timeout 30m 2>&1)
+		"$bin" -test.run "^$test\$" -test.count=1 -test.v -test.timeout 30m 2>&1)
 	status=$?
 	faults=$(grep -o 'faults: .*' <<<"$out" | head -1)
 	ops=$(grep -o 'operations: .*' <<<"$out" | head -1)

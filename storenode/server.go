@@ -72,10 +72,12 @@ type Config struct {
 	GossipAddr string
 
 	// PeerAddrMap: when this store dials another store whose published
-	// address is a key, it dials the value instead (NAT'd deployments,
-	// fault-injection proxies). It covers every store-to-store connection
-	// (the raft transport, requests forwarded to region leaders), not the
-	// gossip, which finds its members by the addresses they gossip.
+	// address is a key, or a PD member whose client address is a key, it
+	// dials the value instead (NAT'd deployments, fault-injection
+	// proxies). It covers every store-to-store connection (the raft
+	// transport, requests forwarded to region leaders) and every
+	// connection to PD (the store's own PD client and its router's), not
+	// the gossip, which finds its members by the addresses they gossip.
 	PeerAddrMap map[string]string
 
 	// EtcdListenURL, when set, serves the etcd v3 API, and only it, on a
@@ -199,7 +201,7 @@ func (s *Server) start(ctx context.Context) error {
 	if s.eng, err = raftstore.OpenEngine(s.cfg.DataDir, s.cfg.FS); err != nil {
 		return err
 	}
-	if s.pd, err = pdclient.New(ctx, s.cfg.PD, pdclient.Options{Logger: s.log}); err != nil {
+	if s.pd, err = pdclient.New(ctx, s.cfg.PD, pdclient.Options{Logger: s.log, DialAddr: s.dialAddr}); err != nil {
 		return err
 	}
 	if s.storeID, err = s.storeIdent(ctx); err != nil {

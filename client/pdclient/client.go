@@ -70,6 +70,11 @@ type Options struct {
 	// connection's keepalive (5–15 s) or its whole budget. Default 3 s.
 	CallTimeout time.Duration
 	Logger      *slog.Logger
+	// DialAddr maps a member's client address (an endpoint, or one PD
+	// named in its members list) to the address to dial, for a client
+	// that reaches PD through NAT or a proxy. Connections are still kept
+	// under the member's address. Default: dial the member's address.
+	DialAddr func(addr string) string
 }
 
 // Client is safe for concurrent use.
@@ -167,7 +172,11 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if cc := c.conns[addr]; cc != nil {
 		return cc, nil
 	}
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	target := addr
+	if c.opts.DialAddr != nil {
+		target = c.opts.DialAddr(addr)
+	}
+	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, PermitWithoutStream: true}))
 	if err != nil {

@@ -3,6 +3,7 @@ package pdclient
 import (
 	"context"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -145,5 +146,37 @@ func TestUnaryCallLeavesASilentLeader(t *testing.T) {
 	}
 	if id < 1<<40 {
 		t.Fatalf("ID %d, not from the new leader", id)
+	}
+}
+
+// A member is dialed where DialAddr says, the endpoints given and the
+// leader PD names alike: a store behind a proxy reaches PD only through it
+// (tests/robustness's in-process crashes cut a store's PD connections
+// there).
+func TestDialAddrMapsMemberAddresses(t *testing.T) {
+	a := startFakePD(t, 1000)
+	published := "10.0.0.9:2379" // what a names as leader; nothing listens there
+	a.leader.Store(&published)
+	var mu sync.Mutex
+	dialed := map[string]int{}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := New(ctx, []string{"10.0.0.8:2379"}, Options{DialAddr: func(addr string) string {
+		mu.Lock()
+		dialed[addr]++
+		mu.Unlock()
+		return a.addr
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.GetTS(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if dialed["10.0.0.8:2379"] != 1 || dialed[published] != 1 || len(dialed) != 2 {
+		t.Fatalf("dialed %v, want the endpoint and the leader's published address once each", dialed)
 	}
 }

@@ -227,7 +227,7 @@ func storeCmd() *cobra.Command {
 	f.BoolVar(&pprof, "enable-pprof", false, "serve Go's profiler at /debug/pprof on --addr (/metrics is always there)")
 	f.StringVar(&gossipAddr, "gossip-addr", "", "address for the liveness gossip (default: --advertise-addr's host, any port)")
 	f.StringVar(&syncDelayFile, "fault-sync-delay-file", "", "for fault-injection tests: while this file holds a duration (\"800ms\"), every fsync of the store's data waits that long first (a relative path is in --data-dir)")
-	f.StringVar(&peerAddrMap, "peer-addr-map", "", "FROM=TO pairs, comma separated: dial TO for another store that published address FROM (NAT, fault-injection proxies; the gossip is not mapped)")
+	f.StringVar(&peerAddrMap, "peer-addr-map", "", "FROM=TO pairs, comma separated: dial TO for another store that published address FROM, or a PD member whose client address is FROM (NAT, fault-injection proxies; the gossip is not mapped)")
 	f.StringVar(&etcdListen, "etcd-listen-url", "", "serve the etcd v3 API, and only it, here too: https://host:port with --etcd-cert-file and --etcd-key-file, or http://host:port (--addr always serves it, unencrypted)")
 	f.StringSliceVar(&etcdAdvertise, "etcd-advertise-urls", nil, "the etcd listener's URLs as clients reach them, comma separated; etcd's member list reports them (default: --etcd-listen-url)")
 	f.StringVar(&etcdTLS.CertFile, "etcd-cert-file", "", "PEM certificate of the etcd listener (reloaded when the file changes)")

@@ -7,9 +7,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -39,7 +36,10 @@ import (
 // other stores, leaves each region two replicas in touch, as a killed
 // one does, and a PD member cut off leaves the other two a quorum.
 type nemesis struct {
-	t  *testing.T
+	t *testing.T
+	// cl is the cluster; c the same when its stores are processes (the
+	// faults that signal them or cut their namespaces need it), else nil.
+	cl cluster
 	c  *procs.Cluster
 	pd *pdclient.Client
 	// faults is the list to draw from: faults or nsFaults.
@@ -100,19 +100,22 @@ var nsFaults = []string{"kill-store", "pause-store", "transfer-leader", "split",
 func (n *nemesis) inject(ctx context.Context) {
 	f := n.faults[n.rng.IntN(len(n.faults))]
 	n.counts[f]++
-	si := n.rng.IntN(len(n.c.Stores))
-	store := n.c.Stores[si]
+	si := n.rng.IntN(n.cl.storeCount())
+	name := n.cl.storeName(si)
 	hold := time.Duration(500+n.rng.IntN(2500)) * time.Millisecond
+	if n.injectInProcess(ctx, f, si, hold) {
+		return
+	}
 	switch f {
 	case "isolate-store":
 		// Cut off from everything: its clients, PD, the gossip, the other
 		// stores.
-		n.cut(ctx, f, store.Name, hold, netns.Isolate(n.ns.stores[si])...)
+		n.cut(ctx, f, name, hold, netns.Isolate(n.ns.stores[si])...)
 	case "long-isolate-store":
 		// The same, past the 15 s after which keepalives give a silent
 		// connection up (the stores' raft transport's; PD's and the
 		// clients' own), and past the gossip's suspicion timeout.
-		n.cut(ctx, f, store.Name, time.Duration(16000+n.rng.IntN(4000))*time.Millisecond, netns.Isolate(n.ns.stores[si])...)
+		n.cut(ctx, f, name, time.Duration(16000+n.rng.IntN(4000))*time.Millisecond, netns.Isolate(n.ns.stores[si])...)
 	case "isolate-pd":
 		// Any member: with three, a follower two times in three.
 		p := n.c.PDs[n.rng.IntN(len(n.c.PDs))]
@@ -132,20 +135,20 @@ func (n *nemesis) inject(ctx context.Context) {
 		// Cut from the other stores (raft, forwarded requests, gossip)
 		// while its clients and PD still reach it: a leader there keeps
 		// being asked, and must not answer from a lease it lost.
-		n.cut(ctx, f, store.Name, hold, netns.Between(n.ns.stores[si:si+1], n.ns.others(si))...)
+		n.cut(ctx, f, name, hold, netns.Between(n.ns.stores[si:si+1], n.ns.others(si))...)
 	case "cut-from-pd":
 		// Cut from every PD member only: no heartbeats, no timestamps,
 		// while clients and the other stores still reach it.
-		n.cut(ctx, f, store.Name, hold, netns.Between(n.ns.stores[si:si+1], n.ns.pds)...)
+		n.cut(ctx, f, name, hold, netns.Between(n.ns.stores[si:si+1], n.ns.pds)...)
 	case "cut-pair":
 		// Two stores apart, each still reaching everything else.
 		j := n.other(si)
-		n.cut(ctx, f, store.Name+"|"+n.c.Stores[j].Name, hold, netns.Between(n.ns.stores[si:si+1], n.ns.stores[j:j+1])...)
+		n.cut(ctx, f, name+"|"+n.cl.storeName(j), hold, netns.Between(n.ns.stores[si:si+1], n.ns.stores[j:j+1])...)
 	case "cut-outbound":
 		// Everything the store sends is lost, what it is sent arrives:
 		// requests reach it, its answers and TCP acknowledgements do not,
 		// so every connection with it stalls both ways.
-		n.cut(ctx, f, store.Name, hold, netns.Rule{From: n.ns.stores[si]})
+		n.cut(ctx, f, name, hold, netns.Rule{From: n.ns.stores[si]})
 	case "partition-store":
 		// Both ways between the store and every other.
 		n.netFault(ctx, linkState{blackhole: true}, hold, n.linksOf(si)...)
@@ -172,23 +175,20 @@ func (n *nemesis) inject(ctx context.Context) {
 		// raft rounds block in the sync, so it falls behind as a follower
 		// and loses what it leads, without crashing or losing anything.
 		delay := time.Duration(200+n.rng.IntN(1301)) * time.Millisecond
-		control := filepath.Join(store.Dir, syncDelayFile)
-		if err := os.WriteFile(control, []byte(delay.String()), 0o644); err != nil {
+		if err := n.cl.stallDisk(si, delay); err != nil {
 			n.t.Errorf("stall-disk: %v", err)
 			return
 		}
 		sleep(ctx, hold)
-		if err := os.Remove(control); err != nil {
+		if err := n.cl.stallDisk(si, 0); err != nil {
 			n.t.Errorf("stall-disk: %v", err)
 		}
 	case "kill-store":
-		n.c.Signal(store, syscall.SIGKILL)
-		sleep(ctx, hold)
-		n.c.Restart(store)
+		n.cl.killStore(ctx, si, hold)
 	case "pause-store":
-		n.c.Signal(store, syscall.SIGSTOP)
+		n.c.Signal(n.c.Stores[si], syscall.SIGSTOP)
 		sleep(ctx, hold)
-		n.c.Signal(store, syscall.SIGCONT)
+		n.c.Signal(n.c.Stores[si], syscall.SIGCONT)
 	case "restart-pd":
 		// Any member (with three, a follower two times in three).
 		pd := n.c.PDs[n.rng.IntN(len(n.c.PDs))]
@@ -225,13 +225,13 @@ func (n *nemesis) inject(ctx context.Context) {
 			n.counts[f+" skipped"]++
 			return
 		}
-		if out, err := n.ctl("region", "transfer-leader", fmt.Sprint(r.GetRegion().GetId()), fmt.Sprint(to[n.rng.IntN(len(to))])); err != nil {
+		if out, err := n.cl.transferLeader(r.GetRegion().GetId(), to[n.rng.IntN(len(to))]); err != nil {
 			n.counts[f+" failed"]++
 			n.t.Logf("transfer-leader: %v: %s", err, strings.TrimSpace(out))
 		}
 	case "split":
 		key := n.keys[1+n.rng.IntN(len(n.keys)-1)]
-		if out, err := n.ctl("region", "split", key); err != nil {
+		if out, err := n.cl.split(key); err != nil {
 			n.counts[f+" failed"]++
 			n.t.Logf("split at %s: %v: %s", key, err, strings.TrimSpace(out))
 		}
@@ -297,7 +297,7 @@ func (n *nemesis) netFault(ctx context.Context, st linkState, hold time.Duration
 // linksOf is every link into and out of store si.
 func (n *nemesis) linksOf(si int) []link {
 	var ls []link
-	for j := range n.c.Stores {
+	for j := range n.cl.storeCount() {
 		if j != si {
 			ls = append(ls, link{si, j}, link{j, si})
 		}
@@ -306,7 +306,7 @@ func (n *nemesis) linksOf(si int) []link {
 }
 
 func (n *nemesis) other(i int) int {
-	return (i + 1 + n.rng.IntN(len(n.c.Stores)-1)) % len(n.c.Stores)
+	return (i + 1 + n.rng.IntN(n.cl.storeCount()-1)) % n.cl.storeCount()
 }
 
 // trafficRegions are the regions holding the traffic's keys, in key order.
@@ -342,8 +342,8 @@ func (n *nemesis) operator(fault, body string) {
 	// down.
 	var resp *http.Response
 	var err error
-	for _, pd := range n.c.PDs {
-		if resp, err = pdHTTP.Post("http://"+pd.Addr+"/pd/api/v1/operators", "application/json", strings.NewReader(body)); err == nil {
+	for _, addr := range n.cl.pdEndpoints() {
+		if resp, err = pdHTTP.Post("http://"+addr+"/pd/api/v1/operators", "application/json", strings.NewReader(body)); err == nil {
 			break
 		}
 	}
@@ -387,12 +387,6 @@ func (n *nemesis) pdLeader() *procs.Proc {
 		}
 	}
 	return nil
-}
-
-func (n *nemesis) ctl(args ...string) (string, error) {
-	cmd := exec.Command(procs.Binary(n.t), append([]string{"ctl", "--pd", n.c.PDEndpoints()}, args...)...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -29,6 +29,12 @@ import (
 // stores' raft and forwarded requests while memberlist still finds the
 // cut-off store alive, directly or through a third store's indirect
 // probe. That is a partial partition, the kind a real network also makes.
+//
+// In TestRobustnessInProcessCrash the clients and PD are nodes of the
+// network too (inprocess.go): each store's clients reach it through a
+// proxy, and it reaches PD through one, so crash can cut a store off from
+// everything; the network faults still touch the links between stores
+// only, as here.
 type network struct {
 	mu    sync.Mutex
 	links map[link]linkState
@@ -37,8 +43,20 @@ type network struct {
 	changed chan struct{}
 	stop    chan struct{}
 	stopped bool
+	// targets is where each node listens: a proxy into node j dials
+	// targets[j] (an in-process store listens somewhere new after a crash).
+	targets map[int]string
+	// gen is each node's incarnation, bumped by crash: a connection
+	// carries bytes only while both its ends are in the incarnations it
+	// was made in, so nothing the crashed incarnation sent, or was sent,
+	// gets through once its incarnation ended.
+	gen map[int]uint64
 
+	// proxies is the proxy of each link now (a crash retires the crashed
+	// node's own, and restart gives it new ones); counts the bytes each
+	// link carried, across its proxies.
 	proxies map[link]*proxy
+	counts  map[link]*atomic.Int64
 	wg      sync.WaitGroup
 }
 
@@ -55,24 +73,48 @@ type linkState struct {
 // and stops them, and every connection through them, when the test ends.
 func newNetwork(t *testing.T, addrs []string) *network {
 	t.Helper()
-	n := &network{links: map[link]linkState{}, changed: make(chan struct{}), stop: make(chan struct{}), proxies: map[link]*proxy{}}
-	t.Cleanup(n.close)
+	n := emptyNetwork(t)
+	for j, a := range addrs {
+		n.targets[j] = a
+	}
 	for i := range addrs {
 		for j := range addrs {
-			if i == j {
-				continue
+			if i != j {
+				n.addProxy(t, i, j)
 			}
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			p := &proxy{n: n, from: i, to: j, target: addrs[j], l: l, conns: map[net.Conn]bool{}}
-			n.proxies[link{i, j}] = p
-			n.wg.Add(1)
-			go func() { defer n.wg.Done(); p.serve() }()
 		}
 	}
 	return n
+}
+
+// emptyNetwork is a network with no proxies yet (addProxy adds them),
+// stopped when the test ends.
+func emptyNetwork(t *testing.T) *network {
+	n := &network{links: map[link]linkState{}, changed: make(chan struct{}), stop: make(chan struct{}), targets: map[int]string{},
+		gen: map[int]uint64{}, proxies: map[link]*proxy{}, counts: map[link]*atomic.Int64{}}
+	t.Cleanup(n.close)
+	return n
+}
+
+// addProxy starts the proxy of node from's connections to node to (in
+// from's current incarnation) and returns its address.
+func (n *network) addProxy(t testing.TB, from, to int) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	lk := link{from, to}
+	if n.counts[lk] == nil {
+		n.counts[lk] = &atomic.Int64{}
+	}
+	p := &proxy{n: n, from: from, to: to, fromGen: n.gen[from], l: l, conns: map[net.Conn]bool{}, bytes: n.counts[lk]}
+	n.proxies[lk] = p
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); p.serve() }()
+	return l.Addr().String()
 }
 
 // peerAddrMap is store i's --peer-addr-map: every other store's address
@@ -106,14 +148,53 @@ func (n *network) heal() {
 	n.changed = make(chan struct{})
 }
 
-// open waits until link l is not a blackhole and returns its delay; false
-// when the connection (done) or the network closed first.
-func (n *network) open(l link, done <-chan struct{}) (time.Duration, bool) {
+// epoch is the incarnations of a connection's two ends when it was made.
+type epoch struct {
+	from, to       int
+	fromGen, toGen uint64
+}
+
+// current reports whether both ends are still in e's incarnations; n.mu
+// is held.
+func (n *network) current(e epoch) bool {
+	return n.gen[e.from] == e.fromGen && n.gen[e.to] == e.toGen
+}
+
+// admit waits until proxy p's link is not a blackhole, then returns where
+// to dial and the connection's epoch; false when the connection (done),
+// the proxy's incarnation or the network ended first.
+func (n *network) admit(p *proxy, done <-chan struct{}) (string, epoch, bool) {
 	for {
 		n.mu.Lock()
-		st, changed, stopped := n.links[l], n.changed, n.stopped
+		st, changed, stopped := n.links[link{p.from, p.to}], n.changed, n.stopped
+		e := epoch{from: p.from, to: p.to, fromGen: p.fromGen, toGen: n.gen[p.to]}
+		ok, target := n.current(e), n.targets[p.to]
 		n.mu.Unlock()
-		if stopped {
+		if stopped || !ok {
+			return "", e, false
+		}
+		if !st.blackhole {
+			return target, e, true
+		}
+		select {
+		case <-changed:
+		case <-done:
+			return "", e, false
+		case <-n.stop:
+			return "", e, false
+		}
+	}
+}
+
+// open waits until link l is not a blackhole and returns its delay; false
+// when the connection (done) or the network closed first, or an end of
+// the connection (epoch e) crashed.
+func (n *network) open(l link, e epoch, done <-chan struct{}) (time.Duration, bool) {
+	for {
+		n.mu.Lock()
+		st, changed, stopped, ok := n.links[l], n.changed, n.stopped, n.current(e)
+		n.mu.Unlock()
+		if stopped || !ok {
 			return 0, false
 		}
 		if !st.blackhole {
@@ -129,9 +210,60 @@ func (n *network) open(l link, done <-chan struct{}) (time.Duration, bool) {
 	}
 }
 
+// crash ends node's incarnation in the network: every link into and out
+// of it becomes a blackhole (what it is sent, and connections to it, wait
+// for restart's heal), the proxies of its own connections are closed for
+// good (what it dials from now on is refused), and every connection it
+// was an end of is closed. Once crash returns, no byte the node sends
+// reaches anyone: a chunk already passed on was read from it before, and
+// any other fails the epoch check before it is written.
+func (n *network) crash(node int) {
+	n.mu.Lock()
+	var torn []*proxy
+	for l, p := range n.proxies {
+		if p.from != node && p.to != node {
+			continue
+		}
+		n.links[l] = linkState{blackhole: true}
+		n.links[link{l.to, l.from}] = linkState{blackhole: true}
+		torn = append(torn, p)
+		if p.from == node {
+			delete(n.proxies, l)
+		}
+	}
+	n.gen[node]++
+	close(n.changed)
+	n.changed = make(chan struct{})
+	n.mu.Unlock()
+	for _, p := range torn {
+		if p.from == node {
+			_ = p.l.Close()
+		}
+		p.tear(p.from == node)
+	}
+}
+
+// retarget makes the proxies into node dial addr from now on.
+func (n *network) retarget(node int, addr string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.targets[node] = addr
+}
+
+// proxyAddr is the address of link l's proxy now.
+func (n *network) proxyAddr(l link) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.proxies[l].l.Addr().String()
+}
+
 // bytes is how many bytes store i's connections to store j carried, both
 // ways.
-func (n *network) bytes(i, j int) int64 { return n.proxies[link{i, j}].bytes.Load() }
+func (n *network) bytes(i, j int) int64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.counts[link{i, j}].Load()
+}
 
 func (n *network) close() {
 	n.mu.Lock()
@@ -141,21 +273,26 @@ func (n *network) close() {
 	}
 	n.stopped = true
 	close(n.stop)
-	n.mu.Unlock()
+	ps := make([]*proxy, 0, len(n.proxies))
 	for _, p := range n.proxies {
+		ps = append(ps, p)
+	}
+	n.mu.Unlock()
+	for _, p := range ps {
 		_ = p.l.Close()
-		p.closeAll()
+		p.tear(true)
 	}
 	n.wg.Wait()
 }
 
-// proxy carries store from's connections to store to.
+// proxy carries node from's connections to node to, in incarnation
+// fromGen of from.
 type proxy struct {
 	n        *network
 	from, to int
-	target   string
+	fromGen  uint64
 	l        net.Listener
-	bytes    atomic.Int64
+	bytes    *atomic.Int64
 
 	mu    sync.Mutex
 	conns map[net.Conn]bool
@@ -183,13 +320,19 @@ func (p *proxy) track(c net.Conn) bool {
 	return true
 }
 
-func (p *proxy) closeAll() {
+// tear closes every connection through p; retire also closes the ones
+// it accepts from now on (p is done).
+func (p *proxy) tear(retire bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for c := range p.conns {
 		_ = c.Close()
 	}
-	p.conns = nil
+	if retire {
+		p.conns = nil
+	} else if p.conns != nil {
+		clear(p.conns)
+	}
 }
 
 // handle carries one connection. One opened during a blackhole is
@@ -214,11 +357,12 @@ func (p *proxy) handle(down net.Conn) {
 			}
 		})
 	}
-	if _, ok := p.n.open(link{p.from, p.to}, done); !ok {
+	target, e, ok := p.n.admit(p, done)
+	if !ok {
 		closeBoth()
 		return
 	}
-	c, err := net.Dial("tcp", p.target)
+	c, err := net.Dial("tcp", target)
 	if err != nil {
 		closeBoth() // the store is down: the dialer sees a reset, as it would
 		return
@@ -231,8 +375,8 @@ func (p *proxy) handle(down net.Conn) {
 	up = c
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); p.pipe(down, up, link{p.from, p.to}, done, closeBoth) }()
-	go func() { defer wg.Done(); p.pipe(up, down, link{p.to, p.from}, done, closeBoth) }()
+	go func() { defer wg.Done(); p.pipe(down, up, link{p.from, p.to}, e, done, closeBoth) }()
+	go func() { defer wg.Done(); p.pipe(up, down, link{p.to, p.from}, e, done, closeBoth) }()
 	wg.Wait()
 }
 
@@ -254,7 +398,11 @@ type chunk struct {
 // late bytes on the old connections are what a healed network delivers.
 // A source's close is held like its bytes: the end of the stream arrives
 // in order, after everything sent before it.
-func (p *proxy) pipe(src, dst net.Conn, l link, done chan struct{}, closeBoth func()) {
+//
+// A chunk is written only after open found both ends in the connection's
+// incarnations (epoch e), and was read before that: after a crash of
+// either end, nothing more is passed on.
+func (p *proxy) pipe(src, dst net.Conn, l link, e epoch, done chan struct{}, closeBoth func()) {
 	// The queue is the network's buffer: when it is full the reader stops
 	// reading and the sender's TCP window closes, as it would behind a
 	// real cut.
@@ -282,7 +430,7 @@ func (p *proxy) pipe(src, dst net.Conn, l link, done chan struct{}, closeBoth fu
 	}()
 	defer closeBoth()
 	for c := range q {
-		delay, ok := p.n.open(l, done)
+		delay, ok := p.n.open(l, e, done)
 		if !ok {
 			return
 		}
@@ -304,7 +452,7 @@ func (p *proxy) pipe(src, dst net.Conn, l link, done chan struct{}, closeBoth fu
 		p.bytes.Add(int64(len(c.b)))
 	}
 	// The source ended: its end waits for the link like its bytes did.
-	p.n.open(l, done)
+	p.n.open(l, e, done)
 }
 
 func (l link) String() string { return fmt.Sprintf("%d→%d", l.from+1, l.to+1) }

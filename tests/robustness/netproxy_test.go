@@ -139,3 +139,73 @@ func TestNetworkProxy(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A crash of a node ends its connections, holds new ones to it until the
+// heal, which takes them to where it listens now, and refuses what its old
+// incarnation dials; nothing the old incarnation sends after the crash
+// arrives.
+func TestNetworkCrash(t *testing.T) {
+	// Node 1's first incarnation: it writes on the connection it accepted
+	// only after the crash.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	n := emptyNetwork(t)
+	n.targets[0], n.targets[1] = echoServer(t), l.Addr().String()
+	to1, from1 := n.addProxy(t, 0, 1), n.addProxy(t, 1, 0)
+	c, err := net.Dial("tcp", to1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	old := <-accepted // the proxy dials on accepting
+	n.crash(1)
+	_, _ = old.Write([]byte("late"))
+	old.Close()
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	if k, err := c.Read(make([]byte, 16)); err == nil || k > 0 {
+		t.Fatalf("read %d bytes from a crashed incarnation (err %v)", k, err)
+	}
+	// Its own proxies are closed: what the old incarnation dials is
+	// refused, or carries nothing.
+	if c2, err := net.Dial("tcp", from1); err == nil {
+		if _, ok := roundTrip(t, c2, "hello", 500*time.Millisecond); ok {
+			t.Fatal("the crashed incarnation's dial reached the other node")
+		}
+		c2.Close()
+	}
+	// A connection to it now waits for the heal, then reaches the new
+	// incarnation with what it held.
+	c3, err := net.Dial("tcp", to1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close()
+	if _, ok := roundTrip(t, c3, "held", 300*time.Millisecond); ok {
+		t.Fatal("a connection to a crashed node got through before the heal")
+	}
+	n.retarget(1, echoServer(t))
+	n.heal()
+	buf := make([]byte, 4)
+	_ = c3.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c3, buf); err != nil || string(buf) != "held" {
+		t.Fatalf("after the heal read %q, %v; want the held bytes echoed by the new incarnation", buf, err)
+	}
+	// And the new incarnation dials out through new proxies.
+	c4, err := net.Dial("tcp", n.addProxy(t, 1, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c4.Close()
+	if _, ok := roundTrip(t, c4, "new", 5*time.Second); !ok {
+		t.Fatal("the new incarnation's connection carried nothing")
+	}
+}

@@ -28,7 +28,7 @@ type nsNetwork struct {
 // startNamespaced runs the full-partition test's cluster: 3 PD members
 // and 4 stores, each in its own namespace, with the stores' arguments of
 // TestRobustness but no proxies.
-func startNamespaced(t *testing.T) (*procs.Cluster, faultNet) {
+func startNamespaced(t *testing.T) (cluster, faultNet) {
 	const pds, stores = 3, 4
 	ns := &nsNetwork{net: netns.New(t)}
 	var pdNS, storeNS []procs.Netns
@@ -49,7 +49,7 @@ func startNamespaced(t *testing.T) (*procs.Cluster, faultNet) {
 		fmt.Fprintf(&b, " %s=%s(%s)", p.Name, p.Addr, nd.Netns)
 	}
 	t.Logf("network %s: the test at %s;%s", ns.net.Prefix(), ns.net.Host.IP, b.String())
-	return c, faultNet{ns: ns}
+	return procCluster{t: t, Cluster: c}, faultNet{ns: ns}
 }
 
 // pdNode is PD member p's node.

@@ -3,7 +3,6 @@ package robustness
 import (
 	"context"
 	"errors"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -155,9 +154,9 @@ func checkReflectorWatches(t *testing.T, seed uint64, wlog *watchcheck.Log, l *r
 // lists span several from the start, the reflectors' lists of the
 // Kubernetes-like objects two (the nemesis splits and merges them
 // further).
-func presplit(t *testing.T, c *procs.Cluster, pd *pdclient.Client) {
+func presplit(t *testing.T, c cluster, pd *pdclient.Client) {
 	t.Helper()
-	out, err := exec.Command(procs.Binary(t), "ctl", "--pd", c.PDEndpoints(), "region", "split", "rob/c", "rob/e", k8sPrefix+"c").CombinedOutput()
+	out, err := c.split("rob/c", "rob/e", k8sPrefix+"c")
 	if err != nil {
 		t.Fatalf("split rob/c rob/e %sc: %v: %s", k8sPrefix, err, out)
 	}

@@ -44,11 +44,11 @@ func settings(t *testing.T) (seed uint64, d time.Duration) {
 }
 
 // waitServing waits until the first region has three voters and a leader.
-func waitServing(t *testing.T, c *procs.Cluster) *pdclient.Client {
+func waitServing(t *testing.T, c cluster) *pdclient.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	pd, err := pdclient.New(ctx, strings.Split(c.PDEndpoints(), ","), pdclient.Options{})
+	pd, err := pdclient.New(ctx, c.pdEndpoints(), pdclient.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +85,7 @@ func TestRobustnessFullPartitions(t *testing.T) {
 // reaching each other through the proxies. The stores' addresses are
 // picked first: the proxies between the stores must listen before the
 // stores start dialing each other.
-func startProxied(t *testing.T) (*procs.Cluster, faultNet) {
+func startProxied(t *testing.T) (cluster, faultNet) {
 	const stores = 4
 	var addrs []string
 	for range stores {
@@ -94,19 +94,19 @@ func startProxied(t *testing.T) (*procs.Cluster, faultNet) {
 	netw := newNetwork(t, addrs)
 	c := procs.Start(t, procs.Options{PDs: 3, Stores: stores, StoreAddrs: addrs, StoreArgs: storeArgs,
 		StoreArgsFor: func(i int) []string { return []string{"--peer-addr-map", netw.peerAddrMap(i, addrs)} }})
-	return c, faultNet{proxies: netw}
+	return procCluster{t: t, Cluster: c}, faultNet{proxies: netw}
 }
 
 // runRobustness is the suite: a cluster from startCluster, the traffic, watches
 // and compactor, a nemesis drawing from faults, and every check. Its
 // draws from the seed come in the same order whatever the faults, so
 // TestRobustness's seeds keep their schedules.
-func runRobustness(t *testing.T, faults []string, startCluster func(t *testing.T) (*procs.Cluster, faultNet)) {
+func runRobustness(t *testing.T, faults []string, startCluster func(t *testing.T) (cluster, faultNet)) {
 	seed, duration := settings(t)
 	t.Logf("seed %d, duration %v (BASALT_ROBUSTNESS_SEED=%d replays the schedule)", seed, duration, seed)
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	c, fnet := startCluster(t)
-	stores := len(c.Stores)
+	stores := c.storeCount()
 	pd := waitServing(t, c)
 	presplit(t, c, pd)
 
@@ -121,8 +121,7 @@ func runRobustness(t *testing.T, faults []string, startCluster func(t *testing.T
 	const clients = 6
 	var clis []*clientv3.Client
 	for i := 0; i < clients; i++ {
-		store := c.Stores[i%len(c.Stores)]
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{store.Addr}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.clientAddr(i % stores)}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -139,13 +138,13 @@ func runRobustness(t *testing.T, faults []string, startCluster func(t *testing.T
 	wctx, wcancel := context.WithCancel(context.Background())
 	defer wcancel()
 	var watches []*recordedWatch
-	for i := range c.Stores {
+	for i := range stores {
 		watches = append(watches, watchPrefix(wctx, clis[i], "rob/", start))
 	}
 	// And one that keeps restarting from where it got to, and clients
 	// asking for bookmarks now and then: resumption and progress are
 	// checked under the faults too.
-	watches = append(watches, resumingWatch(wctx, clis[len(c.Stores)], "rob/", start, rand.New(rand.NewPCG(rng.Uint64(), 3))))
+	watches = append(watches, resumingWatch(wctx, clis[stores], "rob/", start, rand.New(rand.NewPCG(rng.Uint64(), 3))))
 	// And two with etcd's filters, one without puts and one without
 	// deletes, compared with the first watch at the end.
 	filtered := []*recordedWatch{filteredWatch(wctx, clis[1], "rob/", start, true), filteredWatch(wctx, clis[2], "rob/", start, false)}
@@ -155,7 +154,7 @@ func runRobustness(t *testing.T, faults []string, startCluster func(t *testing.T
 		defer close(progressDone)
 		for wctx.Err() == nil {
 			sleep(wctx, 400*time.Millisecond)
-			for _, cli := range clis[:len(c.Stores)] {
+			for _, cli := range clis[:stores] {
 				rctx, cancel := context.WithTimeout(wctx, time.Second)
 				_ = cli.RequestProgress(rctx)
 				cancel()
@@ -186,8 +185,11 @@ func runRobustness(t *testing.T, faults []string, startCluster func(t *testing.T
 		compact(ctx, clis, append(append([]*recordedWatch(nil), watches...), filtered...), compactRng, h)
 	}()
 
-	n := &nemesis{t: t, c: c, pd: pd, faults: faults, net: fnet.proxies, ns: fnet.ns, rng: rand.New(rand.NewPCG(rng.Uint64(), 7)),
+	n := &nemesis{t: t, cl: c, pd: pd, faults: faults, net: fnet.proxies, ns: fnet.ns, rng: rand.New(rand.NewPCG(rng.Uint64(), 7)),
 		keys: append(append([]string(nil), keys...), k8sKeys...), counts: map[string]int{}, dropped: map[string]uint64{}, h: h}
+	if pc, ok := c.(procCluster); ok {
+		n.c = pc.Cluster
+	}
 	deadline := time.Now().Add(duration)
 	for time.Now().Before(deadline) {
 		sleep(ctx, time.Duration(500+n.rng.IntN(1500))*time.Millisecond)
@@ -255,7 +257,7 @@ func summary(m map[string]int) string {
 // checkWatches waits until every watch delivered the last acknowledged
 // write, then checks each against the writes: ordered, unique, atomic,
 // reliable, prev_kv right (tests/watchcheck).
-func checkWatches(t *testing.T, seed uint64, c *procs.Cluster, watches []*recordedWatch, wlog *watchcheck.Log, start int64) {
+func checkWatches(t *testing.T, seed uint64, c cluster, watches []*recordedWatch, wlog *watchcheck.Log, start int64) {
 	writes := wlog.All()
 	var until int64
 	for _, w := range writes {
@@ -266,7 +268,7 @@ func checkWatches(t *testing.T, seed uint64, c *procs.Cluster, watches []*record
 	for i, w := range watches {
 		for w.lastRevision() < until {
 			if time.Now().After(deadline) {
-				c.DumpState(t, 8000)
+				c.dumpState(t, 8000)
 				t.Fatalf("seed %d: watch %d reached revision %d, the last acknowledged write is at %d", seed, i, w.lastRevision(), until)
 			}
 			time.Sleep(50 * time.Millisecond)
@@ -301,7 +303,7 @@ func checkWatches(t *testing.T, seed uint64, c *procs.Cluster, watches []*record
 // checkFilteredWatches compares each filtered watch with the unfiltered
 // reference (checked by checkWatches already), once both reached the
 // reference's last revision.
-func checkFilteredWatches(t *testing.T, seed uint64, c *procs.Cluster, ref *recordedWatch, filtered []*recordedWatch) {
+func checkFilteredWatches(t *testing.T, seed uint64, c cluster, ref *recordedWatch, filtered []*recordedWatch) {
 	until := ref.lastRevision()
 	deadline := time.Now().Add(time.Minute)
 	events := 0
@@ -315,7 +317,7 @@ func checkFilteredWatches(t *testing.T, seed uint64, c *procs.Cluster, ref *reco
 		}
 		w.mu.Unlock()
 		if last := w.lastRevision(); last < until {
-			c.DumpState(t, 8000)
+			c.dumpState(t, 8000)
 			t.Fatalf("seed %d: filtered watch %d reached revision %d, the reference %d", seed, i, last, until)
 		}
 		resps := w.responses()
