@@ -2,17 +2,11 @@ package kubeapiserver
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -24,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/basaltdb/basalt/internal/tlsutil"
 	"github.com/basaltdb/basalt/internal/tlsutil/tlstest"
 	"github.com/basaltdb/basalt/tests/procs"
 )
@@ -99,13 +94,17 @@ type etcdTLS struct {
 func startAPIServer(t *testing.T, bin string, etcd etcdTLS, args ...string) *apiServer {
 	t.Helper()
 	dir := t.TempDir()
-	certPool, certFile, keyFile := servingCert(t, dir)
+	serving := tlstest.Write(t, dir, "apiserver")
+	servingTLS, err := tlsutil.ClientConfig(serving.CA, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
 	saKey := filepath.Join(dir, "sa.key")
 	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
 	}
-	writePEM(t, saKey, "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(rsaKey))
+	tlstest.WritePEM(t, saKey, "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(rsaKey))
 	tokens := filepath.Join(dir, "tokens.csv")
 	if err := os.WriteFile(tokens, []byte(adminToken+`,admin,admin-uid,"system:masters"`+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -114,13 +113,13 @@ func startAPIServer(t *testing.T, bin string, etcd etcdTLS, args ...string) *api
 	_, port, _ := net.SplitHostPort(addr)
 	a := &apiServer{t: t, base: "https://" + addr, log: filepath.Join(dir, "kube-apiserver.log"), done: make(chan struct{})}
 	a.hc = &http.Client{Transport: &bearer{token: adminToken, rt: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: certPool}, ForceAttemptHTTP2: true}}}
+		TLSClientConfig: servingTLS, ForceAttemptHTTP2: true}}}
 	cmdArgs := append([]string{
 		"--etcd-servers=" + strings.Join(etcd.urls, ","),
 		"--etcd-cafile=" + etcd.files.CA, "--etcd-certfile=" + etcd.files.ClientCert, "--etcd-keyfile=" + etcd.files.ClientKey,
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port=" + port,
 		"--cert-dir=" + filepath.Join(dir, "certs"),
-		"--tls-cert-file=" + certFile, "--tls-private-key-file=" + keyFile,
+		"--tls-cert-file=" + serving.ServerCert, "--tls-private-key-file=" + serving.ServerKey,
 		"--service-account-key-file=" + saKey, "--service-account-signing-key-file=" + saKey,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--token-auth-file=" + tokens,
@@ -199,53 +198,6 @@ func (b *bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	r.Header.Set("Authorization", "Bearer "+b.token)
 	return b.rt.RoundTrip(r)
-}
-
-// servingCert writes a self-signed certificate for 127.0.0.1 and its key,
-// and returns a pool that trusts it.
-func servingCert(t *testing.T, dir string) (pool *x509.CertPool, certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "basalt-test-apiserver"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames:              []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "serving.crt"), filepath.Join(dir, "serving.key")
-	writePEM(t, certFile, "CERTIFICATE", der)
-	writePEM(t, keyFile, "EC PRIVATE KEY", keyDER)
-	pool = x509.NewCertPool()
-	pool.AddCert(cert)
-	return pool, certFile, keyFile
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // on returns the client reporting failures to t (a subtest's).

@@ -46,7 +46,7 @@ func Write(t testing.TB, dir, prefix string, ips ...net.IP) Files {
 		t.Fatal(err)
 	}
 	f := Files{CA: filepath.Join(dir, prefix+"-ca.pem")}
-	writePEM(t, f.CA, "CERTIFICATE", caDER)
+	WritePEM(t, f.CA, "CERTIFICATE", caDER)
 	leaf := func(serial int64, name string, usage x509.ExtKeyUsage) (string, string) {
 		key := newKey(t)
 		tmpl := &x509.Certificate{
@@ -64,8 +64,8 @@ func Write(t testing.TB, dir, prefix string, ips ...net.IP) Files {
 			t.Fatal(err)
 		}
 		certPath, keyPath := filepath.Join(dir, prefix+"-"+name+".pem"), filepath.Join(dir, prefix+"-"+name+"-key.pem")
-		writePEM(t, certPath, "CERTIFICATE", der)
-		writePEM(t, keyPath, "EC PRIVATE KEY", keyDER)
+		WritePEM(t, certPath, "CERTIFICATE", der)
+		WritePEM(t, keyPath, "EC PRIVATE KEY", keyDER)
 		return certPath, keyPath
 	}
 	f.ServerCert, f.ServerKey = leaf(2, "server", x509.ExtKeyUsageServerAuth)
@@ -81,9 +81,9 @@ func newKey(t testing.TB) *ecdsa.PrivateKey {
 	return k
 }
 
-// writePEM writes through a temporary file and a rename, so a server
-// reloading the path never reads half a file.
-func writePEM(t testing.TB, path, typ string, der []byte) {
+// WritePEM writes one PEM block through a temporary file and a rename, so
+// a server reloading the path never reads half a file.
+func WritePEM(t testing.TB, path, typ string, der []byte) {
 	t.Helper()
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
