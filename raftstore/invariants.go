@@ -13,7 +13,7 @@ func (s *Store) checkInvariants() {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	// Initialized replicas on one store never overlap: the range index
-	// holds exactly them.
+	// holds every one of them.
 	n := 0
 	for id, p := range s.peers {
 		st := p.status.Load()
@@ -37,7 +37,20 @@ func (s *Store) checkInvariants() {
 			panic(fmt.Sprintf("raftstore: invariant: region %d descriptor lacks its own peer %d", id, st.PeerID))
 		}
 	}
-	if n != s.ranges.Len() {
+	// Every region in the index has its replica here. (Not "only the
+	// initialized ones": a replica being destroyed is unpublished first and
+	// unindexed only once its tombstone is on disk, and other workers check
+	// meanwhile. Two race runs of ~30 failed the old count check; the one
+	// with the details found no mismatch, so this window is the known
+	// cause, not necessarily the only one.)
+	if n > s.ranges.Len() {
 		panic(fmt.Sprintf("raftstore: invariant: %d initialized regions but %d in the range index", n, s.ranges.Len()))
 	}
+	s.ranges.Ascend(nil, func(r *metapb.Region) bool {
+		if s.peers[r.GetId()] == nil {
+			panic(fmt.Sprintf("raftstore: invariant: store %d: region %d [%q, %q) is in the range index without a replica here",
+				s.cfg.StoreID, r.GetId(), r.GetStartKey(), r.GetEndKey()))
+		}
+		return true
+	})
 }
