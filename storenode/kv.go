@@ -348,7 +348,7 @@ func (k *kvService) ResolveRevision(ctx context.Context, req *kvpb.ResolveRevisi
 	if err == nil {
 		var t int64
 		var guard *raftstore.ReadGuard
-		if t, guard, err = k.s.resolve(ctx, r.ID, req.GetContext().GetRegionEpoch()); err == nil {
+		if t, guard, err = k.s.sharedResolve(ctx, r.ID, req.GetContext().GetRegionEpoch()); err == nil {
 			k.s.watches.noteResolved(r.ID, t)
 			h := &kvpb.ResponseHeader{Revision: t}
 			k.s.stampTerm(h, r.ID)

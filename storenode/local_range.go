@@ -50,26 +50,30 @@ func (s *Server) resolvedRead(ctx context.Context, r *mvcc.Region, key []byte) (
 	defer cancel()
 	desc := r.Desc()
 	if st := s.store.RegionStatus(r.ID); st != nil && st.IsLeader() {
-		t, guard, err := s.resolve(rctx, r.ID, desc.GetRegionEpoch())
+		t, guard, err := s.sharedResolve(rctx, r.ID, desc.GetRegionEpoch())
 		if err == nil {
 			s.watches.noteResolved(r.ID, t)
 			return t, guard, nil
 		}
 		// Leadership moved meanwhile: ask the new leader.
 	}
-	t, index, err := s.router.ResolveRevision(rctx, key, desc)
-	if err != nil {
-		return 0, nil, err
-	}
-	// The leader's read index spares this replica a ReadIndex round of
-	// its own (a message to the leader and back).
-	var guard *raftstore.ReadGuard
-	if index > 0 {
-		guard, err = s.store.ReadAtIndex(rctx, r.ID, desc.GetRegionEpoch(), index)
-	} else {
-		guard, err = s.store.ReadIndex(rctx, r.ID, desc.GetRegionEpoch())
-	}
-	return t, guard, err
+	return s.remoteResolves.join(rctx, r.ID, desc.GetRegionEpoch(), func(ctx context.Context) (int64, *raftstore.ReadGuard, error) {
+		ctx, cancel := context.WithTimeout(ctx, localReadIndexTimeout)
+		defer cancel()
+		t, index, err := s.router.ResolveRevision(ctx, key, desc)
+		if err != nil {
+			return 0, nil, err
+		}
+		// The leader's read index spares this replica a ReadIndex round of
+		// its own (a message to the leader and back).
+		var guard *raftstore.ReadGuard
+		if index > 0 {
+			guard, err = s.store.ReadAtIndex(ctx, r.ID, desc.GetRegionEpoch(), index)
+		} else {
+			guard, err = s.store.ReadIndex(ctx, r.ID, desc.GetRegionEpoch())
+		}
+		return t, guard, err
+	})
 }
 
 // localRange serves an etcd range from this store's own replica, leader or

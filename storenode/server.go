@@ -156,8 +156,12 @@ type Server struct {
 
 	compactWake chan struct{}
 	demands     *resolveDemands
-	gcMu        sync.Mutex
-	gc          map[uint64]*gcProgress
+	// resolves: latest reads of regions this store leads share resolves;
+	// remoteResolves: reads of regions led elsewhere share ResolveRevision
+	// calls to the leader.
+	resolves, remoteResolves *resolveShares
+	gcMu                     sync.Mutex
+	gc                       map[uint64]*gcProgress
 
 	addrMu sync.Mutex
 	addrs  map[uint64]string
@@ -177,6 +181,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, addrs: map[uint64]string{}, compactWake: make(chan struct{}, 1), gc: map[uint64]*gcProgress{}, demands: newResolveDemands(),
 		load: newLoadTracker()}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.resolves, s.remoteResolves = newResolveShares(s.ctx), newResolveShares(s.ctx)
 	if err := s.start(ctx); err != nil {
 		s.Close()
 		return nil, err
