@@ -25,11 +25,13 @@ type resolveKey struct {
 
 // resolveFlight is one shared resolve.
 type resolveFlight struct {
-	fn    resolveFunc
-	done  chan struct{}
-	t     int64
-	guard *raftstore.ReadGuard
-	err   error
+	fn resolveFunc
+	// readers counts the reads that joined (guarded by resolveShares.mu).
+	readers int
+	done    chan struct{}
+	t       int64
+	guard   *raftstore.ReadGuard
+	err     error
 }
 
 // resolveShares holds, per region and epoch, the resolve in flight and the
@@ -75,6 +77,7 @@ func (rs *resolveShares) join(ctx context.Context, regionID uint64, epoch *metap
 			rs.startLocked(k)
 		}
 	}
+	f.readers++
 	rs.mu.Unlock()
 	select {
 	case <-f.done:

@@ -52,12 +52,13 @@ func TestReadsShareTheNextResolve(t *testing.T) {
 			later <- got
 		})
 	}
-	// They queue behind resolve 1 until it ends (polled: they are
+	// All five queue behind resolve 1 until it ends (polled: they are
 	// goroutines starting).
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		rs.mu.Lock()
-		queued := rs.waiting[resolveKey{7, 1, 1}] != nil
+		w := rs.waiting[resolveKey{7, 1, 1}]
+		queued := w != nil && w.readers == 5
 		rs.mu.Unlock()
 		if queued {
 			break
