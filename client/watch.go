@@ -25,8 +25,8 @@ import (
 // revision, so each response from a region raises the frontier of the
 // segments it watches. An event is released only once every segment's
 // frontier reached its revision; the released stream is therefore ordered,
-// and each revision (a write is single-region, so one region sends all of
-// a revision's events in one response) arrives whole.
+// and each revision arrives whole and in key order (a write is one
+// region's, but a region that split since sends its part from each half).
 //
 // When a region's watch ends (split, merge, leader change, store restart,
 // a slow consumer), its segments are watched again from their own
@@ -418,7 +418,13 @@ func (m *mergedWatch) release(ctx context.Context) bool {
 	var top int64
 	for len(m.revs) > 0 && m.revs[0] <= f {
 		rev := heap.Pop(&m.revs).(int64)
-		evs = append(evs, m.buffered[rev]...)
+		// A revision's events in key order, as a store sends them: one
+		// write is one region's, but a region that split after it sends
+		// its part from each half, in whatever order the halves answer (a
+		// watch resumed from history after the split).
+		at := m.buffered[rev]
+		sort.SliceStable(at, func(i, j int) bool { return bytes.Compare(at[i].GetKv().GetKey(), at[j].GetKv().GetKey()) < 0 })
+		evs = append(evs, at...)
 		delete(m.buffered, rev)
 		top = rev
 	}
