@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -423,7 +424,9 @@ func (m *mergedWatch) release(ctx context.Context) bool {
 		// its part from each half, in whatever order the halves answer (a
 		// watch resumed from history after the split).
 		at := m.buffered[rev]
-		sort.SliceStable(at, func(i, j int) bool { return bytes.Compare(at[i].GetKv().GetKey(), at[j].GetKv().GetKey()) < 0 })
+		if len(at) > 1 { // nearly always one event: no sort, no allocation
+			slices.SortStableFunc(at, func(a, b *kvpb.Event) int { return bytes.Compare(a.GetKv().GetKey(), b.GetKv().GetKey()) })
+		}
 		evs = append(evs, at...)
 		delete(m.buffered, rev)
 		top = rev
