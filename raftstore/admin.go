@@ -66,6 +66,9 @@ func (p *peer) checkAdmin(pr *proposal) (result any, err error) {
 		if err := p.checkPrepareMerge(x.PrepareMerge); err != nil {
 			return err, nil
 		}
+		if err := p.checkSourceCaughtUp(); err != nil {
+			return err, nil
+		}
 	case *raftcmdpb.AdminRequest_CommitMerge:
 		if !region.CheckEpoch(region.CmdCommitMerge, pr.epoch, cur) {
 			return nil, region.EpochNotMatch(p.region)

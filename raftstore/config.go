@@ -52,6 +52,12 @@ type Config struct {
 	// LogMaxLagEntries: a leader keeps entries for a lagging follower until
 	// the log holds this many; beyond it the follower gets a snapshot.
 	LogMaxLagEntries uint64
+	// MergeMaxLogGap: a source region is frozen for a merge only while
+	// each of its replicas has matched the leader's log to within this
+	// many entries of the commit index (a replica further behind, or one
+	// waiting for a snapshot, would keep the frozen source from taking
+	// writes until it caught up).
+	MergeMaxLogGap uint64
 
 	// SnapshotChunkBytes is the size of one snapshot stream chunk.
 	SnapshotChunkBytes int
@@ -79,6 +85,7 @@ func DefaultConfig() Config {
 		EntryCacheBytes:        64 << 20,
 		LogGCThreshold:         1024,
 		LogMaxLagEntries:       64 * 1024,
+		MergeMaxLogGap:         128,
 		SnapshotChunkBytes:     1 << 20,
 		MaxConcurrentSnapshots: 4,
 		SnapshotTTL:            5 * time.Minute,
@@ -123,6 +130,9 @@ func (c *Config) fillDefaults() {
 	}
 	if c.LogMaxLagEntries == 0 {
 		c.LogMaxLagEntries = d.LogMaxLagEntries
+	}
+	if c.MergeMaxLogGap == 0 {
+		c.MergeMaxLogGap = d.MergeMaxLogGap
 	}
 	setInt(&c.SnapshotChunkBytes, d.SnapshotChunkBytes)
 	setInt(&c.MaxConcurrentSnapshots, d.MaxConcurrentSnapshots)

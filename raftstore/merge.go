@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/raft/v3/tracker"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/basaltdb/basalt/proto/metapb"
@@ -55,6 +56,14 @@ type PreparedMerge struct {
 // ErrMergeNotAligned is the ErrBadMerge of two regions whose voters are
 // not on the same stores (PD moves replicas to fix it).
 var ErrMergeNotAligned = fmt.Errorf("%w: the regions' voters are not on the same stores", ErrBadMerge)
+
+// ErrMergeReplicaBehind is the ErrBadMerge of a source with a replica that
+// has not caught up with its leader: not heard from lately, waiting for a
+// snapshot, or more than MergeMaxLogGap entries behind the commit index.
+// Frozen, the source would take no writes until that replica applied the
+// PrepareMerge. It passes once the replica catches up; the merge driver
+// retries for a while.
+var ErrMergeReplicaBehind = fmt.Errorf("%w: a replica of the source is not caught up", ErrBadMerge)
 
 // CheckMergePair: source and target are distinct and adjacent, and their
 // replicas are voters on the same stores, neither in a joint
@@ -168,6 +177,39 @@ func (p *peer) checkPrepareMerge(req *raftcmdpb.PrepareMergeRequest) error {
 		return fmt.Errorf("%w: region %d is already being merged", ErrBadMerge, p.regionID)
 	}
 	return CheckMergePair(p.region, req.GetTarget())
+}
+
+// checkSourceCaughtUp is the leader's check, when a PrepareMerge is
+// proposed, that every other replica of the source keeps up. It reads the
+// leader's progress, so it runs at propose time only, never at apply time,
+// where every replica must decide the same from the log alone.
+func (p *peer) checkSourceCaughtUp() error {
+	st := p.rn.Status()
+	first, _ := p.storage.FirstIndex()
+	maxGap := p.store.cfg.MergeMaxLogGap
+	for _, m := range p.region.GetPeers() {
+		id := m.GetId()
+		if id == p.peerID {
+			continue
+		}
+		pr, ok := st.Progress[id]
+		heardAt, heard := p.hib.lastHeard[id]
+		var why string
+		switch {
+		case !ok:
+			why = "has no progress at the leader"
+		case !heard || p.hib.ticks-heardAt >= uint64(p.store.cfg.ElectionTicks):
+			why = "has not been heard from for an election timeout"
+		case pr.State == tracker.StateSnapshot || pr.Match+1 < first:
+			why = fmt.Sprintf("needs a snapshot (matched %d, the log starts at %d)", pr.Match, first)
+		case pr.Match+maxGap < st.GetCommit():
+			why = fmt.Sprintf("is %d entries behind (matched %d, committed %d; at most %d allowed)", st.GetCommit()-pr.Match, pr.Match, st.GetCommit(), maxGap)
+		default:
+			continue
+		}
+		return fmt.Errorf("%w: region %d's replica %d on store %d %s", ErrMergeReplicaBehind, p.regionID, id, m.GetStoreId(), why)
+	}
+	return nil
 }
 
 func (p *peer) checkCommitMerge(req *raftcmdpb.CommitMergeRequest) error {

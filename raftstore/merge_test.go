@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,9 +39,11 @@ func (c *testCluster) prepareMerge(sourceID, targetID uint64) (*testStore, *Prep
 			})
 			return l, pm
 		}
-		if !errors.Is(err, region.ErrNotLeader) || ctx.Err() != nil {
+		// A replica of the new source may not have caught up yet.
+		if !errors.Is(err, region.ErrNotLeader) && !errors.Is(err, ErrMergeReplicaBehind) || ctx.Err() != nil {
 			c.t.Fatalf("prepare merge: %v", err)
 		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -133,6 +136,62 @@ func TestMerge(t *testing.T) {
 	}
 	c.put(1, "z", "4")
 	c.waitReplicated("z", "4", 1, 2, 3)
+}
+
+// A source with a replica cut off from its leader is not frozen: the
+// PrepareMerge is refused, naming the replica, and the source goes on
+// taking writes. Once the replica catches up, the merge goes through and
+// the writes made meanwhile are in the target.
+func TestPrepareMergeWaitsForLaggingReplica(t *testing.T) {
+	cfg := testConfig()
+	cfg.MergeMaxLogGap = 4
+	c, _ := newSplitPair(t, cfg)
+	c.put(2, "x", "0")
+	c.waitReplicated("x", "0", 1, 2, 3)
+	l := c.leader(2)
+	var behind uint64
+	for _, id := range c.ids {
+		if id != l.id {
+			behind = id
+			break
+		}
+	}
+	c.net.partition([]uint64{l.id}, []uint64{behind})
+	for i := 1; i <= 10; i++ {
+		c.put(2, "x", fmt.Sprint(i))
+	}
+	if l2 := c.leader(2); l2 != l {
+		t.Fatalf("leadership of region 2 moved from store %d to %d under a one-link cut", l.id, l2.id)
+	}
+	src := l.st.RegionStatus(2).Region
+	tgt := c.leader(1).st.RegionStatus(1).Region
+	_, err := l.st.PrepareMerge(context.Background(), 2, src.GetRegionEpoch(), tgt)
+	if !errors.Is(err, ErrMergeReplicaBehind) || !errors.Is(err, ErrBadMerge) {
+		t.Fatalf("PrepareMerge with a replica cut off: %v, want ErrMergeReplicaBehind", err)
+	}
+	if want := fmt.Sprintf("on store %d ", behind); !strings.Contains(err.Error(), want) {
+		t.Fatalf("the refusal %q does not name the replica %q", err, want)
+	}
+	// Nothing was frozen.
+	if st := l.st.RegionStatus(2); st.Merge != nil || !region.EpochEqual(st.Region.GetRegionEpoch(), src.GetRegionEpoch()) {
+		t.Fatalf("a refused PrepareMerge changed the source: merge %v, epoch %v", st.Merge, st.Region.GetRegionEpoch())
+	}
+	c.put(2, "x", "11")
+
+	c.net.heal()
+	c.waitReplicated("x", "11", behind)
+	on, pm := c.prepareMerge(2, 1)
+	merged, err := c.commitMerge(on, pm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.everyStoreAgrees([]*metapb.Region{merged}, 1, 2, 3)
+	for _, id := range c.ids {
+		waitFor(t, fmt.Sprintf("store %d to hold the source's last write in the target", id), 10*time.Second, func() bool {
+			v, _ := c.store(id).localGet("x")
+			return v == "11" && c.store(id).st.RegionStatus(2) == nil
+		})
+	}
 }
 
 // The target changed after PrepareMerge: CommitMerge cannot apply, and
