@@ -34,9 +34,12 @@ import (
 //     roll back a merge some lagging replica is about to commit.)
 //
 // A merge whose source has a replica on a store that is down waits for it;
-// the source takes no writes meanwhile. PD only merges regions without
-// down or pending peers, and the driver checks every replica answers
-// before it freezes the source.
+// the source takes no writes meanwhile. So the source is frozen only when
+// every replica is there to follow: PD merges only regions without down or
+// pending peers, the driver checks every replica answers, and the source's
+// leader refuses the PrepareMerge while a replica is not caught up with its
+// log (raftstore.ErrMergeReplicaBehind), which the driver retries for
+// mergeCatchUpWait.
 
 // ErrCannotMerge rejects merges that cannot start: the regions are not
 // adjacent, their replicas are not on the same stores, or a replica does
@@ -139,23 +142,51 @@ func (s *Server) driveMerge(ctx context.Context, sourceID uint64, epoch *metapb.
 			return nil, fmt.Errorf("%w: the replica of region %d on store %d does not answer: %v", ErrCannotMerge, sourceID, m.GetStoreId(), err)
 		}
 	}
-	target, err := s.leadHere(ctx, targetID)
-	if err != nil {
-		return nil, err
-	}
-	if err := mergePairError(st.Region, target); err != nil {
-		return nil, err
-	}
-	pm, err = s.store.PrepareMerge(ctx, sourceID, st.Region.GetRegionEpoch(), target)
-	if errors.Is(err, raftstore.ErrBadMerge) {
-		return nil, fmt.Errorf("%w: %v", ErrCannotMerge, err)
-	}
+	pm, err := s.prepareMerge(ctx, st.Region, targetID)
 	if err != nil {
 		return nil, err
 	}
 	s.log.Info("merge prepared", "source", sourceID, "target", targetID, "commit", pm.Commit)
 	s.hb.mark(sourceID)
 	return s.finishMerge(ctx, pm)
+}
+
+// mergeCatchUpWait bounds how long the driver waits for the source's
+// replicas to catch up with its leader before it gives up on a merge. A
+// region split a moment ago has followers the leader is still probing, so
+// a merge right after a split waits here rather than failing.
+const mergeCatchUpWait = 10 * time.Second
+
+// prepareMerge freezes the source for a merge into targetID, which it
+// leads here first. The source's leader refuses while a replica lags
+// (raftstore.ErrMergeReplicaBehind): it is retried, with the target's
+// leadership and descriptor taken afresh, until mergeCatchUpWait passes.
+func (s *Server) prepareMerge(ctx context.Context, source *metapb.Region, targetID uint64) (*raftstore.PreparedMerge, error) {
+	deadline := time.Now().Add(mergeCatchUpWait)
+	for {
+		target, err := s.leadHere(ctx, targetID)
+		if err != nil {
+			return nil, err
+		}
+		if err := mergePairError(source, target); err != nil {
+			return nil, err
+		}
+		pm, err := s.store.PrepareMerge(ctx, source.GetId(), source.GetRegionEpoch(), target)
+		switch {
+		case err == nil:
+			return pm, nil
+		case errors.Is(err, raftstore.ErrMergeReplicaBehind) && time.Now().Before(deadline):
+			if serr := sleepCtx(ctx, mergeRetryInterval); serr != nil {
+				return nil, fmt.Errorf("%w: %v (%v)", ErrCannotMerge, err, serr)
+			}
+		case errors.Is(err, raftstore.ErrMergeReplicaBehind):
+			return nil, fmt.Errorf("%w: %v, still after %v", ErrCannotMerge, err, mergeCatchUpWait)
+		case errors.Is(err, raftstore.ErrBadMerge):
+			return nil, fmt.Errorf("%w: %v", ErrCannotMerge, err)
+		default:
+			return nil, err
+		}
+	}
 }
 
 // mergePairError checks what a merge needs of its two regions, with an
