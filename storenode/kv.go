@@ -129,14 +129,7 @@ func (s *Server) serveRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 	}
 	c := req.GetContext()
 	if c.GetStaleRead() {
-		if !region.CheckEpoch(region.CmdRead, c.GetRegionEpoch(), r.Desc().GetRegionEpoch()) {
-			return nil, region.EpochNotMatch(r.Desc())
-		}
-		readable := s.watches.resolved(r.ID)
-		if req.GetRevision() == 0 || req.GetRevision() > readable {
-			return nil, mvcc.ErrFutureRev
-		}
-		return s.mvcc.Range(r, req, readable)
+		return s.serveStaleRange(r, req)
 	}
 	readable := max(r.Revision(), s.watches.resolved(r.ID))
 	var guard *raftstore.ReadGuard
@@ -165,6 +158,36 @@ func (s *Server) serveRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 	}
 	s.load.recordRead(r.ID, req.GetKey(), resp.GetKvs())
 	s.stampTerm(resp.GetHeader(), r.ID)
+	return resp, nil
+}
+
+// serveStaleRange serves a serializable read from this replica, leader or
+// not, without asking anyone: at the request's revision, or at its
+// region's last applied revision when it asks for none. It vouches for
+// every revision up to that one (apply refuses an entry whose revision is
+// not above it, so no write at or below it can still arrive here) or up to
+// a resolved revision this store established, whichever is higher. The
+// answer may trail the cluster's, as an etcd member's serializable read
+// may. ErrFutureRev: the request's revision is above what this replica can
+// vouch for; the caller reads at the leader instead.
+func (s *Server) serveStaleRange(r *mvcc.Region, req *kvpb.RangeRequest) (*kvpb.RangeResponse, error) {
+	guard := s.store.LocalGuard(r.ID)
+	if guard == nil {
+		return nil, region.RegionNotFound(r.ID)
+	}
+	if !region.CheckEpoch(region.CmdRead, req.GetContext().GetRegionEpoch(), guard.Region.GetRegionEpoch()) {
+		return nil, region.EpochNotMatch(guard.Region)
+	}
+	resp, err := s.mvcc.Range(r, req, max(r.Revision(), s.watches.resolved(r.ID)))
+	if err != nil {
+		return nil, err
+	}
+	// The replica must not have been destroyed, replaced by a snapshot or
+	// reshaped while it was read.
+	if err := guard.Check(); err != nil {
+		return nil, err
+	}
+	s.load.recordRead(r.ID, req.GetKey(), resp.GetKvs())
 	return resp, nil
 }
 

@@ -338,8 +338,11 @@ type Context struct {
 	RegionId    uint64                 `protobuf:"varint,1,opt,name=region_id,json=regionId,proto3" json:"region_id,omitempty"`
 	RegionEpoch *metapb.RegionEpoch    `protobuf:"bytes,2,opt,name=region_epoch,json=regionEpoch,proto3" json:"region_epoch,omitempty"`
 	Peer        *metapb.Peer           `protobuf:"bytes,3,opt,name=peer,proto3" json:"peer,omitempty"`
-	// Serve from this replica without confirming leadership, at a revision
-	// at or below the region's resolved revision.
+	// Serve a read from this replica without confirming leadership (a
+	// serializable read): at the request's revision if the replica has
+	// every write at or below it (its last applied revision, or a resolved
+	// revision it knows, is not below it), else FutureRev; a request for
+	// revision 0 is read at the replica's last applied revision.
 	StaleRead     bool `protobuf:"varint,4,opt,name=stale_read,json=staleRead,proto3" json:"stale_read,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
