@@ -29,6 +29,7 @@ type op struct {
 	maxCreateRev  int64
 	prefix        bool
 	fromKey       bool
+	serializable  bool
 	// watch only
 	progressNotify bool
 	createdNotify  bool
@@ -108,6 +109,12 @@ func WithMaxModRev(rev int64) OpOption    { return func(o *op) { o.maxModRev = r
 func WithMinCreateRev(rev int64) OpOption { return func(o *op) { o.minCreateRev = rev } }
 func WithMaxCreateRev(rev int64) OpOption { return func(o *op) { o.maxCreateRev = rev } }
 
+// WithSerializable: a Get may be served by any replica of the region,
+// follower or leader, from what that replica has applied, without a round
+// to the leader: as etcd's serializable read, it may miss the latest
+// writes (see Client.Range).
+func WithSerializable() OpOption { return func(o *op) { o.serializable = true } }
+
 // WithProgressNotify: a watch sends progress notifications.
 func WithProgressNotify() OpOption { return func(o *op) { o.progressNotify = true } }
 
@@ -121,7 +128,8 @@ func WithFilterDelete() OpOption { return func(o *op) { o.filterDelete = true } 
 func (o *op) rangeRequest() *kvpb.RangeRequest {
 	return &kvpb.RangeRequest{Key: o.key, RangeEnd: o.end, Revision: o.rev, Limit: o.limit,
 		SortTarget: o.sortTarget, SortOrder: o.sortOrder, KeysOnly: o.keysOnly, CountOnly: o.countOnly,
-		MinModRevision: o.minModRev, MaxModRevision: o.maxModRev, MinCreateRevision: o.minCreateRev, MaxCreateRevision: o.maxCreateRev}
+		MinModRevision: o.minModRev, MaxModRevision: o.maxModRev, MinCreateRevision: o.minCreateRev, MaxCreateRevision: o.maxCreateRev,
+		Serializable: o.serializable}
 }
 
 func (o *op) putRequest() *kvpb.PutRequest {

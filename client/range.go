@@ -37,7 +37,16 @@ var errRouteChanged = errors.New("client: region changed under a range read")
 // applies them on one store, and Count covers the whole range whatever
 // the limit. The result is held in memory: use Scan to stream a large
 // range.
+//
+// A serializable range that one region holds is served by one of its
+// replicas from what it has applied (rangeFromReplica), or by the leader
+// when none can; over several regions it is the snapshot above.
 func (c *Client) Range(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.RangeResponse, error) {
+	if req.GetSerializable() {
+		if resp, ok := c.rangeFromReplica(ctx, req); ok {
+			return resp, nil
+		}
+	}
 	if resp, err := c.rangeOneRegion(ctx, req); !errors.Is(err, errRouteChanged) {
 		return resp, err
 	}
