@@ -63,18 +63,22 @@ func ctlCmd() *cobra.Command {
 	put.Flags().StringVar(&leaseHex, "lease", "", "attach the key to this lease (hexadecimal ID, as etcdctl)")
 
 	var prefix, keysOnly, countOnly bool
-	var rangeEnd string
+	var rangeEnd, consistency string
 	var rev, limit int64
 	get := &cobra.Command{
 		Use: "get KEY", Short: "Read a key or a range", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if consistency != "l" && consistency != "s" {
+				return fmt.Errorf("--consistency %q: want l (linearizable) or s (serializable)", consistency)
+			}
 			c, ctx, cancel, err := connect()
 			if err != nil {
 				return err
 			}
 			defer cancel()
 			defer c.Close()
-			req := &kvpb.RangeRequest{Key: []byte(args[0]), Revision: rev, Limit: limit, KeysOnly: keysOnly, CountOnly: countOnly}
+			req := &kvpb.RangeRequest{Key: []byte(args[0]), Revision: rev, Limit: limit, KeysOnly: keysOnly, CountOnly: countOnly,
+				Serializable: consistency == "s"}
 			switch {
 			case prefix:
 				req.RangeEnd = client.PrefixEnd([]byte(args[0]))
@@ -108,6 +112,7 @@ func ctlCmd() *cobra.Command {
 	gf.Int64Var(&limit, "limit", 0, "return at most this many keys")
 	gf.BoolVar(&keysOnly, "keys-only", false, "print keys only")
 	gf.BoolVar(&countOnly, "count-only", false, "print the number of keys only")
+	gf.StringVar(&consistency, "consistency", "l", "l: linearizable; s: serializable, served by any replica from what it has applied (may trail the latest writes)")
 
 	var delPrefix, delPrev bool
 	del := &cobra.Command{

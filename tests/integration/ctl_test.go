@@ -104,6 +104,18 @@ func TestCtlLease(t *testing.T) {
 	if out, err := ctl("put", "lk", "v", "--lease", "2a"); err != nil || out != "OK\n" {
 		t.Fatalf("put --lease: %v: %q", err, out)
 	}
+	// A serializable get is served by any replica, which may not have
+	// applied the put yet.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		out, err := ctl("get", "lk", "--consistency", "s")
+		if err == nil && out == "lk\nv\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("get --consistency s: %v: %q", err, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if out, err := ctl("lease", "timetolive", "2a", "--keys"); err != nil || !strings.Contains(out, "granted with TTL(60s)") || !strings.Contains(out, "attached keys([lk])") {
 		t.Fatalf("timetolive: %v: %q", err, out)
 	}
@@ -172,7 +184,7 @@ func TestCtlStatusRegionShowTransferLeader(t *testing.T) {
 	if err != nil || out != fmt.Sprintf("region %d is led from store %d\n", r.GetRegion().GetId(), to) {
 		t.Fatalf("transfer-leader: %v: %s", err, out)
 	}
-	for _, bad := range [][]string{{"region", "transfer-leader", "x", "1"}, {"lease", "grant", "-5"}, {"get"}} {
+	for _, bad := range [][]string{{"region", "transfer-leader", "x", "1"}, {"lease", "grant", "-5"}, {"get"}, {"get", "k", "--consistency", "x"}} {
 		out, err := ctl(bad...)
 		if err == nil || strings.Count(strings.TrimSpace(out), "\n") > 0 && !strings.Contains(out, "Usage") {
 			t.Fatalf("ctl %v: want one error line and a failure: %v: %q", bad, err, out)
