@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/basaltdb/basalt/proto/kvpb"
 	"github.com/basaltdb/basalt/region"
 )
@@ -33,6 +35,22 @@ import (
 // a slow consumer), its segments are watched again from their own
 // frontiers: an event at or below the frontier of its key's segment was
 // received already and is dropped, so nothing is lost or repeated.
+//
+// Events wait in memory for the slowest piece. A piece that stops
+// advancing (its region lost its quorum, say) would have the others' events
+// pile up without end, so the buffer is bounded (MaxBufferedBytes). When
+// it is full, the watch keeps the lowest revisions, up to half the bound,
+// and sheds the rest from the top: every event above the highest revision
+// X it keeps is dropped, and every piece whose frontier is above X goes
+// back to X and is parked (its region watch ends). Once every other piece
+// has reached X, everything up to X is released and the parked pieces are
+// watched again from X+1; the events they dropped come back from the
+// stores' history (or the watch ends with ErrCompacted if the history was
+// compacted meanwhile, as a resumed etcd watch would). X is at or above
+// the lowest buffered revision, which is above the frontier, so the pieces
+// at the frontier are never parked and each round releases at least one
+// revision: a backlog larger than the bound is worked through in rounds
+// instead of filling the buffer again and again with nothing released.
 
 // WatchOptions adjust a watch.
 type WatchOptions struct {
@@ -42,7 +60,13 @@ type WatchOptions struct {
 	// ProgressInterval: with progress_notify, the longest quiet time before
 	// a progress notification. Default 1 s (etcd's server uses 10 min).
 	ProgressInterval time.Duration
+	// MaxBufferedBytes bounds the events held back for a piece of the
+	// range that lags (see above). Default DefaultWatchBufferBytes.
+	MaxBufferedBytes int
 }
+
+// DefaultWatchBufferBytes is the default WatchOptions.MaxBufferedBytes.
+const DefaultWatchBufferBytes = 64 << 20
 
 // ErrCompacted ends a watch whose start revision was compacted away; the
 // response carries the compaction revision.
@@ -99,6 +123,9 @@ func (c *Client) Watch(ctx context.Context, req *kvpb.WatchCreateRequest, opts W
 	if opts.ProgressInterval == 0 {
 		opts.ProgressInterval = time.Second
 	}
+	if opts.MaxBufferedBytes <= 0 {
+		opts.MaxBufferedBytes = DefaultWatchBufferBytes
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	out := make(chan *WatchResponse, 16)
 	w := &Watch{C: out, progress: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
@@ -119,6 +146,9 @@ type watchSegment struct {
 	// frontier: every event of the piece at or below it was received.
 	frontier int64
 	sub      *subWatch // nil: waiting to be watched again
+	// parked: shed while the buffer was full; not watched again until
+	// every unparked piece reached its frontier (unparkIfPassed).
+	parked bool
 }
 
 // subWatch is one region's part of the watch.
@@ -154,6 +184,11 @@ type mergedWatch struct {
 	segs     []*watchSegment // sorted, covering the range
 	buffered map[int64][]*kvpb.Event
 	revs     revHeap
+	// bufferedBytes: the encoded size of the events in buffered.
+	bufferedBytes int
+	// parkedAt: the revision the parked pieces wait at for the others to
+	// reach (0: none parked).
+	parkedAt int64
 	// sent: the highest revision delivered (events or progress); nothing
 	// at or below it is sent again.
 	sent     int64
@@ -188,6 +223,9 @@ func (m *mergedWatch) noteStall(now time.Time) {
 	var b strings.Builder
 	for _, seg := range m.segs {
 		state := "unwatched (retry pending)"
+		if seg.parked {
+			state = "parked while the buffer was full"
+		}
 		if seg.sub != nil {
 			state = "watched"
 			if !seg.sub.created {
@@ -304,14 +342,88 @@ func (m *mergedWatch) handle(ctx context.Context, msg subMsg) bool {
 			heap.Push(&m.revs, rev)
 		}
 		m.buffered[rev] = append(m.buffered[rev], e)
+		m.bufferedBytes += proto.Size(e)
 	}
 	top = max(top, resp.GetResolvedRevision())
 	m.raise(s, top)
 	if !m.release(ctx) {
 		return false
 	}
+	if limit := m.opts.MaxBufferedBytes; m.bufferedBytes > limit && limit > 0 {
+		m.park()
+	}
+	m.unparkIfPassed()
 	m.askLaggards()
 	return true
+}
+
+// park sheds the buffer from the top, as the comment at the top of this
+// file says.
+func (m *mergedWatch) park() {
+	revs := slices.Clone(m.revs)
+	slices.Sort(revs)
+	keep, kept := revs[0], 0
+	for _, rev := range revs {
+		size := 0
+		for _, e := range m.buffered[rev] {
+			size += proto.Size(e)
+		}
+		if kept > 0 && kept+size > m.opts.MaxBufferedBytes/2 {
+			break
+		}
+		keep, kept = rev, kept+size
+	}
+	dropped := m.bufferedBytes - kept
+	m.revs = m.revs[:0]
+	for _, rev := range revs {
+		if rev <= keep {
+			m.revs = append(m.revs, rev) // ascending: a valid heap
+		} else {
+			delete(m.buffered, rev)
+		}
+	}
+	m.bufferedBytes = kept
+	if dropped == 0 {
+		return // one revision over the bound: kept whole, nothing to shed
+	}
+	var subs []*subWatch
+	parked := 0
+	for _, seg := range m.segs {
+		if seg.frontier <= keep {
+			continue
+		}
+		if seg.sub != nil && !slices.Contains(subs, seg.sub) {
+			subs = append(subs, seg.sub)
+		}
+		seg.frontier, seg.parked = keep, true
+		parked++
+	}
+	// A region watch that also covers a piece below keep ends too; that
+	// piece is watched again at once (it is not parked).
+	for _, s := range subs {
+		m.drop(s)
+	}
+	m.parkedAt = keep
+	m.c.opts.Logger.Warn("watch buffer full: pieces ahead parked until the others reach the highest revision kept",
+		"frontier", m.frontier(), "kept up to", keep, "parked", parked, "dropped bytes", dropped, "limit", m.opts.MaxBufferedBytes)
+}
+
+// unparkIfPassed schedules the parked pieces to be watched again once
+// every other piece reached the revision they were parked at.
+func (m *mergedWatch) unparkIfPassed() {
+	if m.parkedAt == 0 {
+		return
+	}
+	for _, seg := range m.segs {
+		if !seg.parked && seg.frontier < m.parkedAt {
+			return
+		}
+	}
+	for _, seg := range m.segs {
+		seg.parked = false
+	}
+	m.parkedAt = 0
+	m.retryLater()
 }
 
 // askLaggards asks every region whose frontier holds back a buffered event
@@ -419,6 +531,9 @@ func (m *mergedWatch) release(ctx context.Context) bool {
 	var top int64
 	for len(m.revs) > 0 && m.revs[0] <= f {
 		rev := heap.Pop(&m.revs).(int64)
+		for _, e := range m.buffered[rev] {
+			m.bufferedBytes -= proto.Size(e)
+		}
 		// A revision's events in key order, as a store sends them: one
 		// write is one region's, but a region that split after it sends
 		// its part from each half, in whatever order the halves answer (a
@@ -478,12 +593,12 @@ func (m *mergedWatch) segmentOf(key []byte) *watchSegment {
 // region, each from the lowest frontier among its segments.
 func (m *mergedWatch) subscribe(ctx context.Context) {
 	for i := 0; i < len(m.segs); {
-		if m.segs[i].sub != nil {
+		if !m.segs[i].unwatched() {
 			i++
 			continue
 		}
 		j := i
-		for j < len(m.segs) && m.segs[j].sub == nil {
+		for j < len(m.segs) && m.segs[j].unwatched() {
 			j++
 		}
 		lo, hi := m.segs[i].lo, m.segs[j-1].hi
@@ -515,6 +630,9 @@ func (m *mergedWatch) subscribe(ctx context.Context) {
 		i = 0 // segments were split; start over (the ones just watched are skipped)
 	}
 }
+
+// unwatched: the piece waits to be watched again (and is not parked).
+func (seg *watchSegment) unwatched() bool { return seg.sub == nil && !seg.parked }
 
 // splitAt makes key a segment boundary.
 func (m *mergedWatch) splitAt(key []byte) {
