@@ -1,9 +1,11 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"sort"
@@ -31,6 +33,24 @@ type recordedWatch struct {
 	done    chan struct{}
 }
 
+// lockedBuffer is a bytes.Buffer safe for a logger's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 // prefixChaos splits, merges and moves the leaders of prefix's regions.
 func prefixChaos(prefix string) chaos {
 	return chaos{
@@ -45,8 +65,16 @@ func prefixChaos(prefix string) chaos {
 
 func startWatch(t *testing.T, cl *client.Client, req *kvpb.WatchCreateRequest) *recordedWatch {
 	t.Helper()
+	return startWatchWith(t, cl, req, client.WatchOptions{})
+}
+
+// startWatchWith is startWatch with options (created notifications and a
+// 200 ms progress interval are always on).
+func startWatchWith(t *testing.T, cl *client.Client, req *kvpb.WatchCreateRequest, opts client.WatchOptions) *recordedWatch {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	rw := &recordedWatch{w: cl.Watch(ctx, req, client.WatchOptions{CreatedNotify: true, ProgressInterval: 200 * time.Millisecond}), done: make(chan struct{})}
+	opts.CreatedNotify, opts.ProgressInterval = true, 200*time.Millisecond
+	rw := &recordedWatch{w: cl.Watch(ctx, req, opts), done: make(chan struct{})}
 	t.Cleanup(func() { cancel(); rw.w.Close() })
 	createdc := make(chan int64, 1)
 	go func() {
@@ -104,7 +132,9 @@ func (rw *recordedWatch) responses() []watchcheck.Response {
 // merge and change leaders under writes: it delivers every acknowledged
 // write once, in revision order, whole revisions per response, never
 // below a bookmark, with correct prev_kv; a second watch resumed from a
-// revision in the middle sees exactly the same events from there.
+// revision in the middle sees exactly the same events from there. A third
+// watch, with a buffer of 1 KiB, parks the pieces ahead whenever one lags
+// (client/watch.go) and must keep every guarantee too.
 func TestWatchAcrossRegionsUnderSplitMergeAndLeaderMoves(t *testing.T) {
 	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
 	cl := c.Client(t)
@@ -114,6 +144,9 @@ func TestWatchAcrossRegionsUnderSplitMergeAndLeaderMoves(t *testing.T) {
 	defer cancel()
 	req := &kvpb.WatchCreateRequest{Key: []byte("w/"), RangeEnd: []byte("w0"), PrevKv: true, ProgressNotify: true}
 	first := startWatch(t, cl, req)
+	tightLog := &lockedBuffer{}
+	tightClient := c.ClientWith(t, client.Options{Logger: slog.New(slog.NewTextHandler(tightLog, nil))})
+	tight := startWatchWith(t, tightClient, req, client.WatchOptions{MaxBufferedBytes: 1 << 10})
 	log := &watchcheck.Log{}
 	stop := make(chan struct{})
 	writers := runPrefixWriters(ctx, cl, "w/", 4, 0, log, stop)
@@ -141,10 +174,19 @@ func TestWatchAcrossRegionsUnderSplitMergeAndLeaderMoves(t *testing.T) {
 	}
 	first.waitPast(t, top)
 	second.waitPast(t, top)
+	tight.waitPast(t, top)
 	h := watchcheck.NewHistory(writes)
 	resps := first.responses()
 	for _, err := range watchcheck.Check(h, first.created+1, top, true, resps) {
 		t.Error(err)
+	}
+	for _, err := range watchcheck.Check(h, tight.created+1, top, true, tight.responses()) {
+		t.Errorf("the watch with a 1 KiB buffer: %v", err)
+	}
+	parks := strings.Count(tightLog.String(), "watch buffer full")
+	t.Logf("the watch with a 1 KiB buffer parked pieces %d times", parks)
+	if parks == 0 {
+		t.Error("the watch with a 1 KiB buffer never filled it: the test did not exercise parking")
 	}
 	for _, err := range watchcheck.CheckResumed(resps, second.responses(), mid) {
 		t.Error(err)

@@ -471,12 +471,18 @@ func (c *Cluster) stacks(p *Proc) string {
 // Client connects a client and waits until the cluster serves a write.
 func (c *Cluster) Client(t testing.TB) *client.Client {
 	t.Helper()
+	return c.ClientWith(t, client.Options{})
+}
+
+// ClientWith is Client with options.
+func (c *Cluster) ClientWith(t testing.TB, opts client.Options) *client.Client {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var cl *client.Client
 	var err error
 	for ctx.Err() == nil {
-		if cl, err = client.New(ctx, strings.Split(c.PDEndpoints(), ","), client.Options{}); err == nil {
+		if cl, err = client.New(ctx, strings.Split(c.PDEndpoints(), ","), opts); err == nil {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
