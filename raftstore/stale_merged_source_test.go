@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -78,10 +79,16 @@ func leftoverOfAMergedRegion(t *testing.T, asleep bool) {
 	moveOff3(1)
 	moveOff3(2)
 	l := c.leader(2)
-	pm, err := l.st.PrepareMerge(ctx, 2, l.st.RegionStatus(2).Region.GetRegionEpoch(), c.leader(1).st.RegionStatus(1).Region)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The replica just added on store 4 may not be caught up yet.
+	var pm *PreparedMerge
+	waitFor(t, "region 2's leader to prepare the merge", 20*time.Second, func() bool {
+		var err error
+		pm, err = l.st.PrepareMerge(ctx, 2, l.st.RegionStatus(2).Region.GetRegionEpoch(), c.leader(1).st.RegionStatus(1).Region)
+		if err != nil && !errors.Is(err, ErrMergeReplicaBehind) {
+			t.Fatal(err)
+		}
+		return err == nil
+	})
 	waitFor(t, "the prepare on stores 1, 2 and 4", 20*time.Second, func() bool {
 		for _, id := range []uint64{1, 2, 4} {
 			if st := c.store(id).st.RegionStatus(2); st == nil || st.Merge == nil || st.Applied < pm.Commit {
