@@ -177,7 +177,7 @@ func (s *Server) prepareMerge(ctx context.Context, source *metapb.Region, target
 			return pm, nil
 		case errors.Is(err, raftstore.ErrMergeReplicaBehind) && time.Now().Before(deadline):
 			if serr := sleepCtx(ctx, mergeRetryInterval); serr != nil {
-				return nil, fmt.Errorf("%w: %v (%v)", ErrCannotMerge, err, serr)
+				return nil, fmt.Errorf("waiting for region %d's replicas to catch up before a merge (%v): %w", source.GetId(), err, serr)
 			}
 		case errors.Is(err, raftstore.ErrMergeReplicaBehind):
 			return nil, fmt.Errorf("%w: %v, still after %v", ErrCannotMerge, err, mergeCatchUpWait)
