@@ -188,6 +188,7 @@ func (s *Server) serveStaleRange(r *mvcc.Region, req *kvpb.RangeRequest) (*kvpb.
 		return nil, err
 	}
 	s.load.recordRead(r.ID, req.GetKey(), resp.GetKvs())
+	s.stampTerm(resp.GetHeader(), r.ID)
 	return resp, nil
 }
 
