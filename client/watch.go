@@ -184,8 +184,10 @@ type mergedWatch struct {
 	segs     []*watchSegment // sorted, covering the range
 	buffered map[int64][]*kvpb.Event
 	revs     revHeap
-	// bufferedBytes: the encoded size of the events in buffered.
+	// bufferedBytes: the encoded size of the events in buffered;
+	// revBytes: the same per buffered revision.
 	bufferedBytes int
+	revBytes      map[int64]int
 	// parkedAt: the revision the parked pieces wait at for the others to
 	// reach (0: none parked).
 	parkedAt int64
@@ -329,7 +331,7 @@ func (m *mergedWatch) handle(ctx context.Context, msg subMsg) bool {
 		s.created = true
 		s.regionID = msg.rt.region.GetId()
 		m.failures = 0
-		return m.announce(ctx)
+		return m.announce(ctx) && m.release(ctx)
 	}
 	top := resp.GetHeader().GetRevision()
 	for _, e := range resp.GetEvents() {
@@ -342,7 +344,12 @@ func (m *mergedWatch) handle(ctx context.Context, msg subMsg) bool {
 			heap.Push(&m.revs, rev)
 		}
 		m.buffered[rev] = append(m.buffered[rev], e)
-		m.bufferedBytes += proto.Size(e)
+		size := proto.Size(e)
+		if m.revBytes == nil {
+			m.revBytes = map[int64]int{}
+		}
+		m.revBytes[rev] += size
+		m.bufferedBytes += size
 	}
 	top = max(top, resp.GetResolvedRevision())
 	m.raise(s, top)
@@ -364,10 +371,7 @@ func (m *mergedWatch) park() {
 	slices.Sort(revs)
 	keep, kept := revs[0], 0
 	for _, rev := range revs {
-		size := 0
-		for _, e := range m.buffered[rev] {
-			size += proto.Size(e)
-		}
+		size := m.revBytes[rev]
 		if kept > 0 && kept+size > m.opts.MaxBufferedBytes/2 {
 			break
 		}
@@ -380,6 +384,7 @@ func (m *mergedWatch) park() {
 			m.revs = append(m.revs, rev) // ascending: a valid heap
 		} else {
 			delete(m.buffered, rev)
+			delete(m.revBytes, rev)
 		}
 	}
 	m.bufferedBytes = kept
@@ -399,11 +404,15 @@ func (m *mergedWatch) park() {
 		parked++
 	}
 	// A region watch that also covers a piece below keep ends too; that
-	// piece is watched again at once (it is not parked).
+	// piece is watched again soon (it is not parked). Parking is no
+	// failure: the backoff does not grow.
 	for _, s := range subs {
-		m.drop(s)
+		m.endSub(s)
 	}
-	m.parkedAt = keep
+	m.subscribeSoon()
+	if m.parkedAt == 0 || keep < m.parkedAt {
+		m.parkedAt = keep
+	}
 	m.c.opts.Logger.Warn("watch buffer full: pieces ahead parked until the others reach the highest revision kept",
 		"frontier", m.frontier(), "kept up to", keep, "parked", parked, "dropped bytes", dropped, "limit", m.opts.MaxBufferedBytes)
 }
@@ -423,7 +432,7 @@ func (m *mergedWatch) unparkIfPassed() {
 		seg.parked = false
 	}
 	m.parkedAt = 0
-	m.retryLater()
+	m.subscribeSoon()
 }
 
 // askLaggards asks every region whose frontier holds back a buffered event
@@ -477,13 +486,26 @@ func (m *mergedWatch) owns(s *subWatch) bool {
 // drop ends a region's watch; its segments are watched again after a
 // backoff.
 func (m *mergedWatch) drop(s *subWatch) {
+	m.endSub(s)
+	m.retryLater()
+}
+
+// endSub ends a region's watch and leaves its segments unwatched.
+func (m *mergedWatch) endSub(s *subWatch) {
 	s.cancel()
 	for _, seg := range m.segs {
 		if seg.sub == s {
 			seg.sub = nil
 		}
 	}
-	m.retryLater()
+}
+
+// subscribeSoon schedules watching the unwatched segments again without
+// counting a failure (the watch shed them itself).
+func (m *mergedWatch) subscribeSoon() {
+	if m.retry == nil {
+		m.retry = time.After(backoffDelay(0))
+	}
 }
 
 // retryLater schedules watching the unwatched segments again, backing off
@@ -524,16 +546,19 @@ func (m *mergedWatch) frontier() int64 {
 	return f
 }
 
-// release delivers every buffered revision at or below the frontier.
+// release delivers every buffered revision at or below the frontier,
+// once the created response (when asked for) went out.
 func (m *mergedWatch) release(ctx context.Context) bool {
+	if !m.announced {
+		return true
+	}
 	f := m.frontier()
 	var evs []*kvpb.Event
 	var top int64
 	for len(m.revs) > 0 && m.revs[0] <= f {
 		rev := heap.Pop(&m.revs).(int64)
-		for _, e := range m.buffered[rev] {
-			m.bufferedBytes -= proto.Size(e)
-		}
+		m.bufferedBytes -= m.revBytes[rev]
+		delete(m.revBytes, rev)
 		// A revision's events in key order, as a store sends them: one
 		// write is one region's, but a region that split after it sends
 		// its part from each half, in whatever order the halves answer (a
@@ -559,6 +584,9 @@ func (m *mergedWatch) release(ctx context.Context) bool {
 // progressNotify sends a bookmark at the frontier when it moved past what
 // was sent; one asked for is sent even when it did not.
 func (m *mergedWatch) progressNotify(ctx context.Context, requested bool) bool {
+	if !m.announced {
+		return true // the created response goes first
+	}
 	f := m.frontier()
 	if f <= m.sent && !requested {
 		return true
@@ -573,7 +601,8 @@ func (m *mergedWatch) announce(ctx context.Context) bool {
 		return true
 	}
 	for _, seg := range m.segs {
-		if seg.sub == nil || !seg.sub.created {
+		// A parked piece was watched (its frontier rose) before it was shed.
+		if !seg.parked && (seg.sub == nil || !seg.sub.created) {
 			return true
 		}
 	}

@@ -27,7 +27,7 @@ func TestWatchBufferIsBoundedWhileAPieceLags(t *testing.T) {
 	}
 	stuck, _ := subCtx()
 	ahead, aheadCtx := subCtx()
-	m := &mergedWatch{c: c, out: out, buffered: map[int64][]*kvpb.Event{}, sent: 10, opts: WatchOptions{MaxBufferedBytes: 1000},
+	m := &mergedWatch{c: c, out: out, buffered: map[int64][]*kvpb.Event{}, sent: 10, announced: true, opts: WatchOptions{MaxBufferedBytes: 1000},
 		segs: []*watchSegment{{lo: []byte("a"), hi: []byte("m"), frontier: 10, sub: stuck}, {lo: []byte("m"), frontier: 10, sub: ahead}}}
 	ctx := context.Background()
 	ev := func(key string, rev int64) *kvpb.Event {
@@ -103,5 +103,46 @@ func TestWatchBufferIsBoundedWhileAPieceLags(t *testing.T) {
 		if got[i] < got[i-1] || (got[i] == got[i-1] && got[i] != 12) {
 			t.Fatalf("released out of order or twice: %v", got)
 		}
+	}
+}
+
+// With CreatedNotify, the created response comes before any event, even
+// when a piece was parked (and so is unwatched) by the time the last
+// region watch is created.
+func TestWatchCreatedComesFirstWhenAPieceIsParked(t *testing.T) {
+	out := make(chan *WatchResponse, 16)
+	c := &Client{opts: Options{Logger: slog.New(slog.DiscardHandler)}}
+	newSub := func() *subWatch {
+		_, cancel := context.WithCancel(context.Background())
+		return &subWatch{cancel: cancel}
+	}
+	early, late := newSub(), newSub()
+	m := &mergedWatch{c: c, out: out, buffered: map[int64][]*kvpb.Event{}, sent: 10, opts: WatchOptions{MaxBufferedBytes: 1000, CreatedNotify: true},
+		segs: []*watchSegment{{lo: []byte("a"), hi: []byte("m"), frontier: 10, sub: early}, {lo: []byte("m"), frontier: 10, sub: late}}}
+	ctx := context.Background()
+	handle := func(s *subWatch, resp *kvpb.WatchResponse) {
+		t.Helper()
+		if !m.handle(ctx, subMsg{sub: s, resp: resp}) {
+			t.Fatal("the watch ended")
+		}
+	}
+	handle(early, &kvpb.WatchResponse{Created: true})
+	for rev := int64(11); rev <= 30; rev++ {
+		handle(early, &kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: rev},
+			Events: []*kvpb.Event{{Kv: &kvpb.KeyValue{Key: []byte("b"), Value: bytes.Repeat([]byte("v"), 100), ModRevision: rev}}}})
+	}
+	if !m.segs[0].parked {
+		t.Fatal("the piece ahead was not parked")
+	}
+	handle(late, &kvpb.WatchResponse{Created: true})
+	handle(late, &kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: 40}})
+	if len(out) < 2 {
+		t.Fatalf("%d responses, want the created one and events", len(out))
+	}
+	if first := <-out; !first.Created || len(first.Events) > 0 {
+		t.Fatalf("first response %+v, want the created one", first)
+	}
+	if next := <-out; len(next.Events) == 0 || next.Events[0].GetKv().GetModRevision() != 11 {
+		t.Fatalf("second response %+v, want events from revision 11", next)
 	}
 }

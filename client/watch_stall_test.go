@@ -49,7 +49,7 @@ func TestWatchStallIsLoggedOnce(t *testing.T) {
 func TestRevisionReleasedInKeyOrder(t *testing.T) {
 	out := make(chan *WatchResponse, 1)
 	s1, s2 := &subWatch{}, &subWatch{}
-	m := &mergedWatch{out: out, buffered: map[int64][]*kvpb.Event{}, sent: 1,
+	m := &mergedWatch{out: out, buffered: map[int64][]*kvpb.Event{}, sent: 1, announced: true,
 		segs: []*watchSegment{{lo: []byte("a"), hi: []byte("m"), frontier: 1, sub: s1}, {lo: []byte("m"), frontier: 1, sub: s2}}}
 	ev := func(key string) *kvpb.Event {
 		return &kvpb.Event{Kv: &kvpb.KeyValue{Key: []byte(key), ModRevision: 5}}
