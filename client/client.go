@@ -61,6 +61,9 @@ type Client struct {
 	leaders map[uint64]*metapb.Peer
 	stores  map[uint64]string
 	conns   map[string]*grpc.ClientConn
+	// slowStores: stores that timed out a replica read, until when they
+	// are tried last (replica_read.go).
+	slowStores map[uint64]time.Time
 
 	// resolveAsks: per region, the highest revision some watch of this
 	// client asked the region to resolve past (mergedWatch.askLaggards).

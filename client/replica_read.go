@@ -24,13 +24,20 @@ import (
 
 // replicaReadTimeout bounds one replica's answer: a replica paused or cut
 // off gives way to the next instead of taking the call's whole budget.
-const replicaReadTimeout = 2 * time.Second
+// One that timed out is tried last for slowReplicaPenalty.
+const (
+	replicaReadTimeout = 2 * time.Second
+	slowReplicaPenalty = 10 * time.Second
+)
 
 // rangeFromReplica tries the region's replicas in turn, this process's
-// own store first and the rest from a random one on (so reads spread).
-// Their region errors do not correct the cache: a follower's view of the
-// region may be older than ours. ok false: the range spans regions (as
-// far as the cache knows) or no replica could serve it; the caller reads
+// own store first and the rest from a random one on (so reads spread),
+// those that lately timed out last. A region error or an unreachable
+// replica moves on to the next; any other error (a future or compacted
+// revision, a bad request) would be the same everywhere, so the leader is
+// asked at once. Region errors do not correct the cache: a follower's view
+// of the region may be older than ours. ok false: the range spans regions
+// (as far as the cache knows) or no replica served it; the caller reads
 // through the leader, which also puts the cache right.
 func (c *Client) rangeFromReplica(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.RangeResponse, bool) {
 	lo := req.GetKey()
@@ -51,15 +58,33 @@ func (c *Client) rangeFromReplica(ctx context.Context, req *kvpb.RangeRequest) (
 		r.Context = &kvpb.Context{RegionId: rt.region.GetId(), RegionEpoch: rt.region.GetRegionEpoch(), Peer: p, StaleRead: true}
 		actx, cancel := context.WithTimeout(ctx, replicaReadTimeout)
 		resp, err := kv.Range(actx, r)
+		timedOut := actx.Err() != nil
 		cancel()
-		if err == nil && resp.GetHeader().GetRegionError() == nil {
+		switch {
+		case ctx.Err() != nil:
+			return nil, false
+		case err == nil && resp.GetHeader().GetRegionError() == nil:
 			return resp, true
-		}
-		if ctx.Err() != nil {
+		case err == nil:
+			continue // a region error: this replica cannot serve it
+		case timedOut:
+			c.markSlow(p.GetStoreId())
+		case !notSent(err) && !retryableTransport(err):
 			return nil, false
 		}
 	}
 	return nil, false
+}
+
+// markSlow puts a store that did not answer a replica read in time last
+// in the order for a while.
+func (c *Client) markSlow(storeID uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.slowStores == nil {
+		c.slowStores = map[uint64]time.Time{}
+	}
+	c.slowStores[storeID] = time.Now().Add(slowReplicaPenalty)
 }
 
 // replicaOrder is the order rangeFromReplica tries a region's replicas in.
@@ -68,15 +93,21 @@ func (c *Client) replicaOrder(r *metapb.Region) []*metapb.Peer {
 	if len(peers) == 0 {
 		return nil
 	}
-	out := make([]*metapb.Peer, 0, len(peers))
+	var local, others, slow []*metapb.Peer
+	now := time.Now()
+	c.mu.Lock()
 	start := rand.IntN(len(peers))
 	for i := range peers {
 		p := peers[(start+i)%len(peers)]
-		if c.opts.LocalStoreID != 0 && p.GetStoreId() == c.opts.LocalStoreID {
-			out = append([]*metapb.Peer{p}, out...)
-		} else {
-			out = append(out, p)
+		switch {
+		case now.Before(c.slowStores[p.GetStoreId()]):
+			slow = append(slow, p)
+		case c.opts.LocalStoreID != 0 && p.GetStoreId() == c.opts.LocalStoreID:
+			local = append(local, p)
+		default:
+			others = append(others, p)
 		}
 	}
-	return out
+	c.mu.Unlock()
+	return append(append(local, others...), slow...)
 }
