@@ -62,6 +62,11 @@ func (h *heartbeater) run() {
 	h.markAll()
 	var stream pdpb.PD_RegionHeartbeatClient
 	var cancel context.CancelFunc
+	// ended closes when the stream's receiver stops: the stream broke, or
+	// PD answered that the member is no longer the leader (a member cut
+	// off for a moment comes back a follower and keeps the stream open,
+	// answering every heartbeat so; pdclient ends the stream then).
+	var ended chan struct{}
 	defer func() {
 		if cancel != nil {
 			cancel()
@@ -76,6 +81,14 @@ func (h *heartbeater) run() {
 			continue
 		case <-regionTick.C:
 			h.markAll()
+		case <-ended:
+			// Everything again on the next stream: what was sent on this
+			// one since the leader moved reached no leader.
+			cancel()
+			stream, cancel, ended = nil, nil, nil
+			h.markAll()
+			h.retryLater() // reopened in 200 ms, not in a loop with a flapping PD
+			continue
 		case <-h.wake:
 		}
 		if stream == nil {
@@ -88,15 +101,17 @@ func (h *heartbeater) run() {
 				continue
 			}
 			cancel = c
+			ended = make(chan struct{})
 			h.s.wg.Add(1)
-			go func(st pdpb.PD_RegionHeartbeatClient) {
+			go func(st pdpb.PD_RegionHeartbeatClient, ended chan struct{}) {
 				defer h.s.wg.Done()
+				defer close(ended)
 				h.receive(st)
-			}(stream)
+			}(stream, ended)
 		}
 		if err := h.sendDirty(stream); err != nil {
 			cancel()
-			stream, cancel = nil, nil
+			stream, cancel, ended = nil, nil, nil
 			h.s.pd.LeaderGone()
 			h.markAll()
 			h.retryLater()

@@ -503,17 +503,52 @@ func (c *Client) UpdateCompactRevision(ctx context.Context, rev uint64) (uint64,
 
 // OpenRegionHeartbeat opens a region heartbeat stream to the PD leader.
 // The caller reopens it when it breaks (the leader may have moved).
+//
+// A member that lost its leadership but stays reachable (cut off for a
+// moment, back as a follower) keeps the stream open and answers each
+// heartbeat with NOT_LEADER: nothing breaks, and the new leader would
+// never hear of the regions the caller leads (no leaders, no operator
+// steps, routing frozen at what it loaded). The first such answer ends the
+// stream: Recv returns the error, the stream's context is cancelled so the
+// caller's next Send fails too, and the next OpenRegionHeartbeat goes to
+// the leader the member named.
 func (c *Client) OpenRegionHeartbeat(ctx context.Context) (pdpb.PD_RegionHeartbeatClient, error) {
 	pc, addr, err := c.leaderClient(ctx)
 	if err != nil {
 		return nil, err
 	}
-	s, err := pc.RegionHeartbeat(ctx)
+	sctx, cancel := context.WithCancel(ctx)
+	s, err := pc.RegionHeartbeat(sctx)
 	if err != nil {
+		cancel()
 		c.leaderGone(addr, "")
 		return nil, err
 	}
-	return s, nil
+	return &heartbeatStream{PD_RegionHeartbeatClient: s, c: c, addr: addr, cancel: cancel}, nil
+}
+
+// heartbeatStream is a region heartbeat stream that ends at the first
+// NOT_LEADER answer (OpenRegionHeartbeat).
+type heartbeatStream struct {
+	pdpb.PD_RegionHeartbeatClient
+	c      *Client
+	addr   string
+	cancel context.CancelFunc
+}
+
+func (s *heartbeatStream) Recv() (*pdpb.RegionHeartbeatResponse, error) {
+	resp, err := s.PD_RegionHeartbeatClient.Recv()
+	if err != nil {
+		s.c.leaderGone(s.addr, "")
+		s.cancel()
+		return nil, err
+	}
+	if e := resp.GetHeader().GetError(); e.GetType() == pdpb.ErrorType_NOT_LEADER {
+		s.c.leaderGone(s.addr, e.GetLeaderAddr())
+		s.cancel()
+		return nil, &Error{Type: e.GetType(), Message: e.GetMessage()}
+	}
+	return resp, nil
 }
 
 // LeaderGone tells the client the stream it opened to the leader broke, so

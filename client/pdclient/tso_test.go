@@ -26,6 +26,13 @@ type fakePD struct {
 
 func startFakePD(t *testing.T, firstTS uint64) *fakePD {
 	t.Helper()
+	return startFakePDWith(t, firstTS, nil)
+}
+
+// startFakePDWith starts a fakePD served as wrap makes it (a type
+// embedding it that implements more of PD), or as itself when wrap is nil.
+func startFakePDWith(t *testing.T, firstTS uint64, wrap func(*fakePD) pdpb.PDServer) *fakePD {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -33,10 +40,14 @@ func startFakePD(t *testing.T, firstTS uint64) *fakePD {
 	f := &fakePD{addr: l.Addr().String()}
 	f.leader.Store(&f.addr)
 	f.ts.Store(firstTS)
-	srv := grpc.NewServer()
-	pdpb.RegisterPDServer(srv, f)
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(srv.Stop) // ends the handlers a silent member holds
+	var srv pdpb.PDServer = f
+	if wrap != nil {
+		srv = wrap(f)
+	}
+	gs := grpc.NewServer()
+	pdpb.RegisterPDServer(gs, srv)
+	go func() { _ = gs.Serve(l) }()
+	t.Cleanup(gs.Stop) // ends the handlers a silent member holds
 	return f
 }
 

@@ -131,6 +131,77 @@ func TestWritesGoOnWhilePDLeaderIsCutOff(t *testing.T) {
 	}
 }
 
+// A PD leader cut off for a moment comes back a follower, reachable, and
+// answers the region heartbeats the stores still send it with NOT_LEADER.
+// The stores must take their heartbeats to the new leader: before, they
+// kept the stream to the old one, and the new leader never heard of a
+// region's leader again (GetRegion gave none for the 20 s this test
+// watched), nor sent an operator step; a client that took its stale view
+// for a region whose first peer had been removed asked that peer for as
+// long as the run lasted (robustness seed 3904404337035378111: a watch
+// stuck for a minute).
+func TestNewPDLeaderHearsRegionHeartbeatsAfterACut(t *testing.T) {
+	c, nw, pdNodes, _ := namespacedCluster(t, 3, 3, "--raft-tick", "50ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pd, err := pdclient.New(ctx, strings.Split(c.PDEndpoints(), ","), pdclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pd.Close()
+	if err := procs.WaitVoters(ctx, pd, []byte("a"), 3); err != nil {
+		t.Fatal(err)
+	}
+	m, err := pd.Members(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader := -1
+	for i, p := range c.PDs {
+		if p.Addr == m.GetLeader().GetClientAddr() {
+			leader = i
+		}
+	}
+	if leader < 0 {
+		t.Fatalf("the PD leader %v is not ours", m.GetLeader())
+	}
+	if err := nw.Cut(netns.Isolate(pdNodes[leader])...); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond) // past the election, short of any keepalive
+	if _, err := nw.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	var eps []string
+	for _, s := range c.Stores {
+		eps = append(eps, s.Addr)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	healed := time.Now()
+	// The stores heartbeat every second (procs); writes keep the region
+	// awake.
+	for {
+		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, _ = cli.Put(pctx, "a", "x")
+		pcancel()
+		r, err := pd.GetRegion(ctx, []byte("a"))
+		if err == nil && r.GetLeader() != nil {
+			m, _ := pd.Members(ctx)
+			t.Logf("%s, the new PD leader, names the region's leader %v after the heal", m.GetLeader().GetName(),
+				time.Since(healed).Round(time.Millisecond))
+			return
+		}
+		if time.Since(healed) > 15*time.Second {
+			t.Fatalf("15 s after the old PD leader came back, PD names no leader of the region (%v)", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // A store cut off from everything (clients, PD, gossip, the other stores)
 // must not stop writes to the regions it led for longer than an election
 // and the rerouting take: the other two replicas of each region elect a
