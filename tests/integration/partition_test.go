@@ -168,7 +168,22 @@ func TestNewPDLeaderHearsRegionHeartbeatsAfterACut(t *testing.T) {
 	if err := nw.Cut(netns.Isolate(pdNodes[leader])...); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2500 * time.Millisecond) // past the election, short of any keepalive
+	// Heal once another member leads, long before any keepalive gives the
+	// old streams up.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		// Long enough for the client to give the silent member up (its
+		// CallTimeout) and ask the others.
+		mctx, mcancel := context.WithTimeout(ctx, 8*time.Second)
+		m, err := pd.Members(mctx)
+		mcancel()
+		if err == nil && m.GetLeader() != nil && m.GetLeader().GetClientAddr() != c.PDs[leader].Addr {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no other PD member took over from the cut-off leader within 30 s (%v, %v)", m.GetLeader(), err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if _, err := nw.Heal(); err != nil {
 		t.Fatal(err)
 	}
