@@ -79,19 +79,7 @@ func TestWritesGoOnWhilePDLeaderIsCutOff(t *testing.T) {
 			t.Fatalf("no writes before the cut: %v", err)
 		}
 	}
-	m, err := pd.Members(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leader := -1
-	for i, p := range c.PDs {
-		if p.Addr == m.GetLeader().GetClientAddr() {
-			leader = i
-		}
-	}
-	if leader < 0 {
-		t.Fatalf("the PD leader %v is not ours", m.GetLeader())
-	}
+	leader := pdLeaderIndex(ctx, t, c, pd)
 	if err := nw.Cut(netns.Isolate(pdNodes[leader])...); err != nil {
 		t.Fatal(err)
 	}
@@ -152,19 +140,7 @@ func TestNewPDLeaderHearsRegionHeartbeatsAfterACut(t *testing.T) {
 	if err := procs.WaitVoters(ctx, pd, []byte("a"), 3); err != nil {
 		t.Fatal(err)
 	}
-	m, err := pd.Members(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leader := -1
-	for i, p := range c.PDs {
-		if p.Addr == m.GetLeader().GetClientAddr() {
-			leader = i
-		}
-	}
-	if leader < 0 {
-		t.Fatalf("the PD leader %v is not ours", m.GetLeader())
-	}
+	leader := pdLeaderIndex(ctx, t, c, pd)
 	if err := nw.Cut(netns.Isolate(pdNodes[leader])...); err != nil {
 		t.Fatal(err)
 	}
@@ -325,4 +301,20 @@ func TestWritesGoOnWhileAStoreIsCutOff(t *testing.T) {
 	if t.Failed() {
 		t.Logf("regions as the other stores saw them, 20 s into the cut:\n%s", strings.Join(regions, "\n"))
 	}
+}
+
+// pdLeaderIndex is the index in c.PDs of the member PD names its leader.
+func pdLeaderIndex(ctx context.Context, t *testing.T, c *procs.Cluster, pd *pdclient.Client) int {
+	t.Helper()
+	m, err := pd.Members(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range c.PDs {
+		if p.Addr == m.GetLeader().GetClientAddr() {
+			return i
+		}
+	}
+	t.Fatalf("the PD leader %v is not ours", m.GetLeader())
+	return -1
 }
