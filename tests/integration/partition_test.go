@@ -130,16 +130,9 @@ func TestWritesGoOnWhilePDLeaderIsCutOff(t *testing.T) {
 // stuck for a minute).
 func TestNewPDLeaderHearsRegionHeartbeatsAfterACut(t *testing.T) {
 	c, nw, pdNodes, _ := namespacedCluster(t, 3, 3, "--raft-tick", "50ms")
+	pd := waitReplicated(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	pd, err := pdclient.New(ctx, strings.Split(c.PDEndpoints(), ","), pdclient.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pd.Close()
-	if err := procs.WaitVoters(ctx, pd, []byte("a"), 3); err != nil {
-		t.Fatal(err)
-	}
 	leader := pdLeaderIndex(ctx, t, c, pd)
 	if err := nw.Cut(netns.Isolate(pdNodes[leader])...); err != nil {
 		t.Fatal(err)
@@ -163,15 +156,7 @@ func TestNewPDLeaderHearsRegionHeartbeatsAfterACut(t *testing.T) {
 	if _, err := nw.Heal(); err != nil {
 		t.Fatal(err)
 	}
-	var eps []string
-	for _, s := range c.Stores {
-		eps = append(eps, s.Addr)
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := etcdClient(t, c)
 	healed := time.Now()
 	// The stores heartbeat every second (procs); writes keep the region
 	// awake.
