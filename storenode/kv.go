@@ -149,6 +149,13 @@ func (s *Server) serveRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 	} else if guard, err = s.store.ReadIndex(ctx, r.ID, c.GetRegionEpoch()); err != nil {
 		return nil, err
 	}
+	return s.rangeUnderGuard(r, req, readable, guard)
+}
+
+// rangeUnderGuard reads under guard, which must still hold afterwards:
+// the replica was not destroyed, replaced by a snapshot or reshaped while
+// it was read.
+func (s *Server) rangeUnderGuard(r *mvcc.Region, req *kvpb.RangeRequest, readable int64, guard *raftstore.ReadGuard) (*kvpb.RangeResponse, error) {
 	resp, err := s.mvcc.Range(r, req, readable)
 	if err != nil {
 		return nil, err
@@ -178,18 +185,7 @@ func (s *Server) serveStaleRange(r *mvcc.Region, req *kvpb.RangeRequest) (*kvpb.
 	if !region.CheckEpoch(region.CmdRead, req.GetContext().GetRegionEpoch(), guard.Region.GetRegionEpoch()) {
 		return nil, region.EpochNotMatch(guard.Region)
 	}
-	resp, err := s.mvcc.Range(r, req, max(r.Revision(), s.watches.resolved(r.ID)))
-	if err != nil {
-		return nil, err
-	}
-	// The replica must not have been destroyed, replaced by a snapshot or
-	// reshaped while it was read.
-	if err := guard.Check(); err != nil {
-		return nil, err
-	}
-	s.load.recordRead(r.ID, req.GetKey(), resp.GetKvs())
-	s.stampTerm(resp.GetHeader(), r.ID)
-	return resp, nil
+	return s.rangeUnderGuard(r, req, max(r.Revision(), s.watches.resolved(r.ID)), guard)
 }
 
 // emptyRange answers a read that lies wholly in the system range: no user
