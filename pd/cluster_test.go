@@ -381,3 +381,64 @@ func TestWatchRegions(t *testing.T) {
 		t.Fatalf("watch event: %v %v", ev, err)
 	}
 }
+
+// A leader that steps down but stays reachable ends its routing
+// subscriptions with NOT_LEADER, so subscribers move to the new leader
+// instead of waiting on a member that publishes nothing.
+func TestWatchRegionsEndsWhenTheLeaderStepsDown(t *testing.T) {
+	p := newTestPD(t, 3)
+	cl := p.client()
+	bootstrapCluster(t, cl)
+	old := p.leader()
+	cc, err := grpc.NewClient(p.server(old).ClientAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	// Long enough for an election on a loaded machine; without the step-down
+	// handling Recv below blocks until this deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w, err := pdpb.NewPDClient(cc).WatchRegions(ctx, &pdpb.WatchRegionsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first, err := w.Recv(); err != nil || first.GetHeader().GetError() != nil {
+		t.Fatalf("first watch message: %v %v", first, err)
+	}
+	var next string
+	for _, n := range p.names {
+		if n != old {
+			next = n
+			break
+		}
+	}
+	// A transfer, not a kill: the old leader stays up and reachable.
+	waitFor(t, next+" to take the lead", 20*time.Second, func() bool {
+		if p.server(next).IsLeader() {
+			return true
+		}
+		if st := p.server(old).store.RegionStatus(pdRegionID); st != nil && st.IsLeader() {
+			_ = p.server(old).store.TransferLeader(ctx, pdRegionID, st.Region.GetRegionEpoch(), p.server(next).MemberID())
+		}
+		return false
+	})
+	resp, err := w.Recv()
+	if err != nil {
+		t.Fatalf("the old leader's subscription ended with %v, want a NOT_LEADER answer", err)
+	}
+	if e := resp.GetHeader().GetError(); e.GetType() != pdpb.ErrorType_NOT_LEADER {
+		t.Fatalf("the old leader's subscription got %v, want NOT_LEADER", resp)
+	}
+	if p.server(old).IsLeader() {
+		t.Fatalf("%s still leads", old)
+	}
+	// A new subscription at the old leader is refused at once.
+	w2, err := pdpb.NewPDClient(cc).WatchRegions(ctx, &pdpb.WatchRegionsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := w2.Recv(); err != nil || resp.GetHeader().GetError().GetType() != pdpb.ErrorType_NOT_LEADER {
+		t.Fatalf("a subscription at the deposed leader: %v %v, want NOT_LEADER", resp, err)
+	}
+}

@@ -334,6 +334,11 @@ func (g *grpcService) WatchRegions(req *pdpb.WatchRegionsRequest, stream pdpb.PD
 	}
 	w := g.s.watch.subscribe()
 	defer g.s.watch.unsubscribe(w)
+	// Leadership may have ended since the header check, and stopLeader
+	// closed only the subscribers registered before it cleared leading.
+	if !g.s.IsLeader() {
+		return stream.Send(&pdpb.WatchRegionsResponse{Header: g.notLeader()})
+	}
 	// An empty first message tells the subscriber it is registered: every
 	// change after it will be sent.
 	if err := stream.Send(&pdpb.WatchRegionsResponse{Header: g.header(nil)}); err != nil {
@@ -344,6 +349,11 @@ func (g *grpcService) WatchRegions(req *pdpb.WatchRegionsRequest, stream pdpb.PD
 		case <-stream.Context().Done():
 			return nil
 		case <-w.dropped:
+			if !g.s.IsLeader() {
+				// Closed by stopLeader: a follower would publish nothing,
+				// so the subscriber must follow the leader.
+				return stream.Send(&pdpb.WatchRegionsResponse{Header: g.notLeader()})
+			}
 			return errors.New("pd: region watch fell behind; rescan and watch again")
 		case ev := <-w.ch:
 			if !g.s.IsLeader() {

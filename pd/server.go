@@ -358,6 +358,10 @@ func (s *Server) stopLeader() {
 		return
 	}
 	s.leading.Store(false)
+	// Routing subscribers must move to the next leader: this member
+	// publishes nothing from now on. Done after leading is cleared, so a
+	// subscriber that registers later sees IsLeader false (WatchRegions).
+	s.watch.closeAll()
 	s.tso.reset()
 	s.ids.reset()
 	cancel()
