@@ -64,6 +64,10 @@ type Client struct {
 	// slowStores: stores that timed out a replica read, until when they
 	// are tried last (replica_read.go).
 	slowStores map[uint64]time.Time
+	// missingPeers: per region, the peers of its cached descriptor whose
+	// stores answered RegionNotFound; cleared when the region is learned
+	// again or dropped (onRegionNotFound).
+	missingPeers map[uint64]map[uint64]struct{}
 
 	// resolveAsks: per region, the highest revision some watch of this
 	// client asked the region to resolve past (mergedWatch.askLaggards).
@@ -149,7 +153,12 @@ func (c *Client) locate(ctx context.Context, key []byte) (route, error) {
 		if leader == nil && len(r.GetPeers()) > 0 {
 			leader = r.GetPeers()[0]
 		}
-		c.learn(r, leader)
+		if !c.learn(r, leader) {
+			// PD is behind the cache (a new PD leader whose descriptors
+			// the stores have not corrected yet): the cache's newer region
+			// is the better guess.
+			r, leader = c.preferCached(key, r, leader)
+		}
 	}
 	cc, err := c.storeConn(ctx, leader.GetStoreId())
 	if err != nil {
@@ -162,21 +171,46 @@ func (c *Client) locate(ctx context.Context, key []byte) (route, error) {
 	return route{region: r, leader: leader, kv: kv, admin: kvpb.NewAdminClient(cc)}, nil
 }
 
-func (c *Client) learn(r *metapb.Region, leader *metapb.Peer) {
+// learn caches r (and its leader, when known) unless the cache holds a
+// newer epoch of it or of a region it overlaps; it reports whether r was
+// taken.
+func (c *Client) learn(r *metapb.Region, leader *metapb.Peer) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	removed, err := c.regions.Update(r)
 	if err != nil {
-		return
+		return false
 	}
 	for _, o := range removed {
+		delete(c.missingPeers, o.GetId())
 		if o.GetId() != r.GetId() {
 			delete(c.leaders, o.GetId())
 		}
 	}
+	delete(c.missingPeers, r.GetId())
 	if leader != nil {
 		c.leaders[r.GetId()] = leader
 	}
+	return true
+}
+
+// preferCached returns the cached region holding key, with the best leader
+// guess for it, in place of PD's older r; r and leader when nothing is
+// cached there.
+func (c *Client) preferCached(key []byte, r *metapb.Region, leader *metapb.Peer) (*metapb.Region, *metapb.Peer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cr := c.regions.Search(key)
+	if cr == nil || len(cr.GetPeers()) == 0 {
+		return r, leader
+	}
+	if l := c.leaders[cr.GetId()]; l != nil {
+		return cr, l
+	}
+	if leader != nil && cr.GetId() == r.GetId() && region.FindPeerByID(cr, leader.GetId()) != nil {
+		return cr, leader
+	}
+	return cr, cr.GetPeers()[0]
 }
 
 func (c *Client) storeConn(ctx context.Context, storeID uint64) (*grpc.ClientConn, error) {
@@ -226,10 +260,13 @@ func (c *Client) onRegionError(rt route, e *errorpb.Error) bool {
 		c.mu.Lock()
 		c.regions.Remove(rt.region.GetId())
 		delete(c.leaders, rt.region.GetId())
+		delete(c.missingPeers, rt.region.GetId())
 		c.mu.Unlock()
 		for _, r := range d.EpochNotMatch.GetCurrentRegions() {
 			c.learn(r, nil)
 		}
+	case *errorpb.Error_RegionNotFound:
+		c.onRegionNotFound(rt)
 	case *errorpb.Error_StoreNotMatch:
 		c.mu.Lock()
 		delete(c.stores, d.StoreNotMatch.GetRequestStoreId())
@@ -239,6 +276,7 @@ func (c *Client) onRegionError(rt route, e *errorpb.Error) bool {
 		c.mu.Lock()
 		c.regions.Remove(rt.region.GetId())
 		delete(c.leaders, rt.region.GetId())
+		delete(c.missingPeers, rt.region.GetId())
 		c.mu.Unlock()
 	}
 	return true
@@ -258,6 +296,46 @@ func (c *Client) nextPeer(rt route) {
 		}
 	}
 	delete(c.leaders, rt.region.GetId())
+}
+
+// onRegionNotFound moves on to the descriptor's next peer whose store has
+// not said it lacks the region: a store without a replica (removed, or not
+// created yet) says nothing about the others, and a stale descriptor (from
+// PD after a failover) still names live replicas, which will name the
+// leader or return the current epoch. Only once every peer has said so is
+// the region dropped, for PD to be asked again; going back to PD at once
+// could be answered with the same stale descriptor, again and again.
+func (c *Client) onRegionNotFound(rt route) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	id := rt.region.GetId()
+	if c.missingPeers == nil {
+		c.missingPeers = map[uint64]map[uint64]struct{}{}
+	}
+	missing := c.missingPeers[id]
+	if missing == nil {
+		missing = map[uint64]struct{}{}
+		c.missingPeers[id] = missing
+	}
+	missing[rt.leader.GetId()] = struct{}{}
+	peers := rt.region.GetPeers()
+	start := 0
+	for i, p := range peers {
+		if p.GetId() == rt.leader.GetId() {
+			start = i + 1
+			break
+		}
+	}
+	for k := range peers {
+		p := peers[(start+k)%len(peers)]
+		if _, ok := missing[p.GetId()]; !ok {
+			c.leaders[id] = p
+			return
+		}
+	}
+	c.regions.Remove(id)
+	delete(c.leaders, id)
+	delete(c.missingPeers, id)
 }
 
 // do runs call against the region holding key, retrying region errors

@@ -20,6 +20,7 @@ func (c *Client) followRouting(ctx context.Context) {
 				c.mu.Lock()
 				c.regions = region.NewRegionTree()
 				clear(c.leaders)
+				clear(c.missingPeers)
 				c.mu.Unlock()
 			}
 			subscribed = true
@@ -39,6 +40,7 @@ func (c *Client) applyRouting(changed []*pdpb.RegionInfo, removed []uint64) {
 	for _, id := range removed {
 		c.regions.Remove(id)
 		delete(c.leaders, id)
+		delete(c.missingPeers, id)
 	}
 	c.mu.Unlock()
 	for _, info := range changed {
