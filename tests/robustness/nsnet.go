@@ -83,9 +83,19 @@ var cutFaults = map[string]bool{"isolate-store": true, "long-isolate-store": tru
 // run would have tested no partition. (A store's clients, its gossip and
 // its PD heartbeats cross its port every second at least; a PD member's
 // raft heartbeats its.)
+//
+// cut-pair is the exception while it held less than pairQuietFor in all:
+// two stores need not talk. When neither leads a region the other holds,
+// only memberlist's probes cross between them, and each store probes its
+// three peers in turn, one a second, so a pair can stay silent for a few
+// seconds (seed 6961856031320922258: a 0.7 s cut-pair dropped nothing).
 func checkCuts(t *testing.T, n *nemesis) {
 	var b strings.Builder
 	seen := map[string]bool{}
+	held := map[string]time.Duration{}
+	for _, w := range n.windows {
+		held[w.fault] += time.Duration(w.end - w.start)
+	}
 	for _, f := range nsFaults {
 		ran := n.counts[f] - n.counts[f+" skipped"]
 		if !cutFaults[f] || ran == 0 || seen[f] {
@@ -94,11 +104,21 @@ func checkCuts(t *testing.T, n *nemesis) {
 		seen[f] = true
 		fmt.Fprintf(&b, " %s %d;", f, n.dropped[f])
 		if n.dropped[f] == 0 {
-			t.Errorf("%s ran %d times and its rules dropped nothing", f, ran)
+			if f == "cut-pair" && held[f] < pairQuietFor {
+				t.Logf("cut-pair held %v in all and dropped nothing: the pair did not talk meanwhile", held[f].Round(time.Millisecond))
+				continue
+			}
+			t.Errorf("%s ran %d times (%v in all) and its rules dropped nothing", f, ran, held[f].Round(time.Millisecond))
 		}
 	}
 	t.Logf("frames dropped by the cuts:%s", b.String())
 }
+
+// pairQuietFor: the longest two stores may go without a frame between
+// them. memberlist probes one peer a second in a shuffled round over the
+// three others, so a store probes a given peer at least once in any six
+// seconds; with both stores probing, within about three.
+const pairQuietFor = 6 * time.Second
 
 // logCutWindows logs, for each cut, how many single-key writes and reads
 // returned successfully while it held: not a check (a cut may stall
