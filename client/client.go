@@ -267,6 +267,8 @@ func (c *Client) onRegionError(rt route, e *errorpb.Error) bool {
 		}
 	case *errorpb.Error_RegionNotFound:
 		c.onRegionNotFound(rt)
+	case *errorpb.Error_ServerBusy:
+		// The route is right; the store needs room (retryBusy waits).
 	case *errorpb.Error_StoreNotMatch:
 		c.mu.Lock()
 		delete(c.stores, d.StoreNotMatch.GetRequestStoreId())
@@ -338,18 +340,30 @@ func (c *Client) onRegionNotFound(rt route) {
 	delete(c.missingPeers, id)
 }
 
+// errBudgetSpent is the cause of a context ended by withBudget.
+var errBudgetSpent = errors.New("client: retry budget spent")
+
+// withBudget bounds a call with no deadline of its own by RetryBudget. A
+// call made of several region calls (a range or a range delete over
+// regions) takes it once for the whole, so the parts share it; the parts'
+// own withBudget then keeps that deadline.
+func (c *Client) withBudget(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeoutCause(ctx, c.opts.RetryBudget, errBudgetSpent)
+}
+
 // do runs call against the region holding key, retrying region errors
 // (which guarantee nothing was applied) with backoff until the budget ends.
 // Transport failures are retried only for reads: a write may have applied.
 func (c *Client) do(ctx context.Context, key []byte, read bool, call func(context.Context, route) (*kvpb.ResponseHeader, error)) error {
-	caller := ctx
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.opts.RetryBudget)
-		defer cancel()
-	}
+	ctx, cancel := c.withBudget(ctx)
+	defer cancel()
 	var last error
-	for attempt := 0; ; attempt++ {
+	var tries retryTries
+	for {
+		kind := retryUnreachable // PD or the store could not be reached
 		rt, err := c.locate(ctx, key)
 		if err == nil {
 			var h *kvpb.ResponseHeader
@@ -358,8 +372,13 @@ func (c *Client) do(ctx context.Context, key []byte, read bool, call func(contex
 				return nil
 			}
 			if err == nil {
-				c.onRegionError(rt, h.GetRegionError())
-				err = region.FromProto(h.GetRegionError())
+				re := h.GetRegionError()
+				kind = retryKindOf(rt, re)
+				if kind == retryNever {
+					return region.FromProto(re)
+				}
+				c.onRegionError(rt, re)
+				err = region.FromProto(re)
 			} else if notSent(err) || (read && retryableTransport(err)) {
 				// The store is unreachable: try the region's next peer, which
 				// will name (or become) the new leader.
@@ -376,10 +395,10 @@ func (c *Client) do(ctx context.Context, key []byte, read bool, call func(contex
 			}
 		}
 		last = err
-		if err := backoff(ctx, attempt); err != nil {
-			if caller.Err() == nil {
+		if err := sleepCtx(ctx, tries.next(kind)); err != nil {
+			if errors.Is(context.Cause(ctx), errBudgetSpent) {
 				// Our own budget ran out, not the caller's time.
-				return fmt.Errorf("%w after %v (last error: %v)", ErrGaveUp, c.opts.RetryBudget, last)
+				return &GaveUpError{Budget: c.opts.RetryBudget, Last: last}
 			}
 			return fmt.Errorf("client: gave up: %w (last error: %v)", err, last)
 		}
@@ -394,7 +413,14 @@ func backoffDelay(attempt int) time.Duration {
 }
 
 func backoff(ctx context.Context, attempt int) error {
-	t := time.NewTimer(backoffDelay(attempt))
+	return sleepCtx(ctx, backoffDelay(attempt))
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
@@ -437,6 +463,8 @@ func (c *Client) DeleteRange(ctx context.Context, req *kvpb.DeleteRangeRequest) 
 		return out, err
 	}
 	toEnd := len(end) == 1 && end[0] == 0 // etcd's "every key from Key on"
+	ctx, cancel := c.withBudget(ctx)
+	defer cancel()
 	total := &kvpb.DeleteRangeResponse{}
 	cursor := req.GetKey()
 	for {

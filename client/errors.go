@@ -2,7 +2,9 @@ package client
 
 import (
 	"errors"
+	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -30,3 +32,20 @@ func retryableTransport(err error) bool {
 // the client's retry budget (Options.RetryBudget) ran out; the caller's own
 // deadline had not passed.
 var ErrGaveUp = errors.New("client: gave up retrying")
+
+// GaveUpError is what a call returns when its retry budget ran out:
+// errors.Is(err, ErrGaveUp) holds, and Last is the last attempt's error
+// (a *region.Error, a gRPC status, ...). Last is not unwrapped on purpose:
+// a region error about the region this call was routed to must not be
+// taken by a caller that forwards the error (a store serving a lease
+// revoke through the client) for one about its own request's region.
+type GaveUpError struct {
+	Budget time.Duration
+	Last   error
+}
+
+func (e *GaveUpError) Error() string {
+	return fmt.Sprintf("%v after %v (last error: %v)", ErrGaveUp, e.Budget, e.Last)
+}
+
+func (e *GaveUpError) Unwrap() error { return ErrGaveUp }

@@ -42,6 +42,8 @@ var errRouteChanged = errors.New("client: region changed under a range read")
 // replicas from what it has applied (rangeFromReplica), or by the leader
 // when none can; over several regions it is the snapshot above.
 func (c *Client) Range(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.RangeResponse, error) {
+	ctx, cancel := c.withBudget(ctx)
+	defer cancel()
 	if req.GetSerializable() {
 		if resp, ok := c.rangeFromReplica(ctx, req); ok {
 			return resp, nil
@@ -169,6 +171,7 @@ func (w *rangeWalk) run(ctx context.Context, want func() int64, got func([]*kvpb
 	lo := append([]byte{}, w.tmpl.GetKey()...)
 	hi := region.ExclusiveEnd(lo, w.tmpl.GetRangeEnd())
 	w.countedTo, w.countedFrom = lo, hi
+	var replans retryTries
 replan:
 	for keyBefore(lo, hi) {
 		regions, err := w.c.regionsCovering(ctx, lo, hi)
@@ -189,6 +192,11 @@ replan:
 				}
 				resp, err := w.readPart(ctx, plo, phi, n, first)
 				if errors.Is(err, errRouteChanged) {
+					// The cache was corrected; if it keeps disagreeing with
+					// the stores (PD behind them), replanning backs off.
+					if err := sleepCtx(ctx, replans.next(retryRouted)); err != nil {
+						return err
+					}
 					continue replan
 				}
 				if err != nil {
