@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,7 +28,12 @@ type testPD struct {
 	servers  map[string]*Server
 	mu       sync.Mutex
 	schedule ScheduleConfig
+	// skew: how far each member's clock (Config.Now) is from the real one.
+	skew map[string]*atomic.Int64
 }
+
+// setClock puts name's clock d from the real time (negative: behind).
+func (p *testPD) setClock(name string, d time.Duration) { p.skew[name].Store(int64(d)) }
 
 func testRaftConfig() raftstore.Config {
 	return raftstore.Config{TickInterval: 20 * time.Millisecond, ElectionTicks: 10, HeartbeatTicks: 2, Workers: 2}
@@ -39,7 +45,7 @@ func newTestPD(t testing.TB, n int) *testPD {
 
 func newTestPDWithSchedule(t testing.TB, n int, sc ScheduleConfig) *testPD {
 	p := &testPD{t: t, peerLis: map[string]net.Listener{}, peerAddr: map[string]string{}, fss: map[string]vfs.FS{},
-		servers: map[string]*Server{}, schedule: sc}
+		servers: map[string]*Server{}, schedule: sc, skew: map[string]*atomic.Int64{}}
 	var parts []string
 	for i := 1; i <= n; i++ {
 		name := fmt.Sprintf("pd%d", i)
@@ -51,6 +57,7 @@ func newTestPDWithSchedule(t testing.TB, n int, sc ScheduleConfig) *testPD {
 		p.peerLis[name] = lis
 		p.peerAddr[name] = lis.Addr().String()
 		p.fss[name] = vfs.NewMem()
+		p.skew[name] = &atomic.Int64{}
 		parts = append(parts, name+"="+lis.Addr().String())
 	}
 	p.initial = strings.Join(parts, ",")
@@ -70,7 +77,7 @@ func newTestPDWithSchedule(t testing.TB, n int, sc ScheduleConfig) *testPD {
 func (p *testPD) start(name string) *Server {
 	p.t.Helper()
 	p.mu.Lock()
-	peer, addr, fs := p.peerLis[name], p.peerAddr[name], p.fss[name]
+	peer, addr, fs, skew := p.peerLis[name], p.peerAddr[name], p.fss[name], p.skew[name]
 	p.peerLis[name] = nil
 	p.mu.Unlock()
 	if peer == nil {
@@ -87,7 +94,7 @@ func (p *testPD) start(name string) *Server {
 		Name: name, DataDir: "/pd", InitialCluster: p.initial,
 		ClientListener: client, PeerListener: peer,
 		Raft: testRaftConfig(), TSOWindow: time.Second, Schedule: p.schedule,
-		FS: fs,
+		FS: fs, Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) },
 	})
 	if err != nil {
 		p.t.Fatalf("start %s: %v", name, err)

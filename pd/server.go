@@ -67,6 +67,10 @@ type Config struct {
 	// EnablePprof serves /debug/pprof on the client address's HTTP API
 	// (/metrics is always served there).
 	EnablePprof bool
+
+	// Now is the clock the TSO reads (default time.Now). Tests set a
+	// member's clock behind another's to show timestamps never go back.
+	Now func() time.Time
 }
 
 type member struct {

@@ -60,12 +60,18 @@ type tsoAllocator struct {
 
 func newTSOAllocator(s *Server) *tsoAllocator { return &tsoAllocator{s: s} }
 
-func nowMs() int64 { return time.Now().UnixMilli() }
+// nowMs reads the member's clock (Config.Now).
+func (t *tsoAllocator) nowMs() int64 {
+	if t.s.cfg.Now != nil {
+		return t.s.cfg.Now().UnixMilli()
+	}
+	return time.Now().UnixMilli()
+}
 
 // init reserves the first window of a new leader.
 func (t *tsoAllocator) init(ctx context.Context) error {
 	persisted, _ := t.s.fsm.windows()
-	start := max(nowMs(), int64(persisted)+1)
+	start := max(t.nowMs(), int64(persisted)+1)
 	win := start + t.s.cfg.TSOWindow.Milliseconds()
 	if _, err := t.s.propose(ctx, &pdpb.Command{Cmd: &pdpb.Command_SetTsoWindow{SetTsoWindow: uint64(win)}}); err != nil {
 		return err
@@ -96,7 +102,7 @@ func (t *tsoAllocator) alloc(count uint32) (uint64, error) {
 	if !t.ready {
 		return 0, errNotLeader
 	}
-	if now := nowMs(); now > t.physical {
+	if now := t.nowMs(); now > t.physical {
 		t.physical, t.logical = now, 0
 	}
 	if t.logical+int64(count) > maxLogical {
@@ -132,8 +138,8 @@ func (t *tsoAllocator) maintain(ctx context.Context) {
 			}
 		}
 		t.mu.Lock()
-		need := max(t.physical, nowMs()) >= t.window-winLen/3
-		next := max(t.physical, nowMs()) + winLen
+		need := max(t.physical, t.nowMs()) >= t.window-winLen/3
+		next := max(t.physical, t.nowMs()) + winLen
 		t.mu.Unlock()
 		if !need {
 			continue

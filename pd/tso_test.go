@@ -107,6 +107,14 @@ func TestTSOAcrossLeaderKill(t *testing.T) {
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(calls) }
 	waitFor(t, "timestamps before the kill", 20*time.Second, func() bool { return count() >= 2000 })
 	old := p.leader()
+	// Every other member's clock an hour behind the killed leader's: only
+	// the persisted window keeps the next leader's timestamps above the
+	// ones already handed out.
+	for _, n := range p.names {
+		if n != old {
+			p.setClock(n, -time.Hour)
+		}
+	}
 	p.stop(old)
 	before := count()
 	waitFor(t, "timestamps from the new leader", 30*time.Second, func() bool { return count() >= before+2000 })
@@ -119,7 +127,7 @@ func TestTSOAcrossLeaderKill(t *testing.T) {
 }
 
 // A PD restarted on its data never hands out a timestamp it handed out
-// before, even when the clock has not moved past the old window.
+// before, even when its clock went back behind them.
 func TestTSONoDuplicateAcrossRestart(t *testing.T) {
 	p := newTestPD(t, 1)
 	var last uint64
@@ -137,6 +145,9 @@ func TestTSONoDuplicateAcrossRestart(t *testing.T) {
 		}
 		cl.Close()
 		p.stop("pd1")
+		// Restart with the clock an hour further behind each time: only
+		// the persisted window keeps the timestamps going up.
+		p.setClock("pd1", -time.Duration(round+1)*time.Hour)
 		p.start("pd1")
 	}
 	// The new leader started above the persisted window, which is ahead of
