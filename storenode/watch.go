@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io"
 	"sync"
-	"sync/atomic"
 
 	"github.com/basaltdb/basalt/proto/kvpb"
 	"github.com/basaltdb/basalt/region"
@@ -15,9 +14,13 @@ import (
 // first (live events queue up for it), then the region's history from its
 // start revision up to the revision at registration is replayed, then the
 // queued live events above that revision follow: no event is lost or sent
-// twice at the hand-over. A watcher that falls more than watchBuffer
-// responses behind is cancelled with a reason; it never slows writes (events
-// are queued by the apply path without blocking) or other watchers.
+// twice at the hand-over. A watcher whose response finds its stream holding
+// watchBuffer responses the client has not read yet (or which has more than
+// that queued while it catches up) is cancelled, and the reason reaches the
+// client after what was queued before it (watchStream). It never slows
+// writes (events are queued by the apply path without blocking) or the
+// watchers of other streams, and its stream's other watchers go on once the
+// client reads again.
 const watchBuffer = 1024
 
 // Cancel reasons.
@@ -69,44 +72,6 @@ type watcher struct {
 	// lastSent is the highest revision sent (events or progress): a
 	// progress notification never goes back below it.
 	lastSent int64
-}
-
-// watchStream is one client stream; its responses go out in order through
-// one bounded channel.
-type watchStream struct {
-	out    chan *kvpb.WatchResponse
-	closed chan struct{}
-	once   sync.Once
-	nextID atomic.Int64
-}
-
-func (ws *watchStream) close() { ws.once.Do(func() { close(ws.closed) }) }
-
-// sendWait queues a response, waiting for room; false once the stream is
-// closed. Only for the stream's own goroutine (history replay), never for
-// the apply path.
-func (ws *watchStream) sendWait(r *kvpb.WatchResponse) bool {
-	select {
-	case ws.out <- r:
-		return true
-	case <-ws.closed:
-		return false
-	}
-}
-
-// send queues a response without blocking; false when the stream is full.
-func (ws *watchStream) send(r *kvpb.WatchResponse) bool {
-	select {
-	case <-ws.closed:
-		return false
-	default:
-	}
-	select {
-	case ws.out <- r:
-		return true
-	default:
-		return false
-	}
 }
 
 func (h *watchHub) add(w *watcher) {
@@ -168,11 +133,9 @@ func (h *watchHub) cancel(w *watcher, reason string, compactRev int64) {
 	w.held = nil
 	w.mu.Unlock()
 	h.remove(w)
-	resp := &kvpb.WatchResponse{WatchId: w.id, Canceled: true, CancelReason: reason, CompactRevision: compactRev}
-	if !w.stream.send(resp) {
-		// The stream is full: its reader is gone or too slow; end it.
-		w.stream.close()
-	}
+	// Past the queue's bound: the reason must reach the client, after the
+	// events queued before it (watchStream).
+	w.stream.sendControl(&kvpb.WatchResponse{WatchId: w.id, Canceled: true, CancelReason: reason, CompactRevision: compactRev})
 }
 
 // publish is MVCC's OnEvents: called on the raft worker after a write
@@ -319,7 +282,7 @@ func (h *watchHub) closeAll() {
 // Watch serves one watch stream.
 func (k *kvService) Watch(stream kvpb.KV_WatchServer) error {
 	h := k.s.watches
-	ws := &watchStream{out: make(chan *kvpb.WatchResponse, watchBuffer), closed: make(chan struct{})}
+	ws := newWatchStream()
 	mine := map[int64]*watcher{}
 	var mineMu sync.Mutex
 	defer func() {
@@ -333,13 +296,16 @@ func (k *kvService) Watch(stream kvpb.KV_WatchServer) error {
 	sendErr := make(chan error, 1)
 	go func() {
 		for {
-			select {
-			case r := <-ws.out:
+			if r := ws.next(); r != nil {
 				if err := stream.Send(r); err != nil {
 					sendErr <- err
 					ws.close()
 					return
 				}
+				continue
+			}
+			select {
+			case <-ws.wake:
 			case <-ws.closed:
 				sendErr <- errors.New("watch stream closed")
 				return
@@ -427,7 +393,7 @@ func (k *kvService) createWatch(ws *watchStream, c *kvpb.WatchCreateRequest, inU
 	h := k.s.watches
 	id := c.GetWatchId()
 	fail := func(hdr *kvpb.ResponseHeader, reason string, compactRev int64) *watcher {
-		ws.send(&kvpb.WatchResponse{Header: hdr, WatchId: id, Created: true, Canceled: true, CancelReason: reason, CompactRevision: compactRev})
+		ws.sendControl(&kvpb.WatchResponse{Header: hdr, WatchId: id, Created: true, Canceled: true, CancelReason: reason, CompactRevision: compactRev})
 		return nil
 	}
 	if id == 0 {
@@ -483,7 +449,7 @@ func (k *kvService) createWatch(ws *watchStream, c *kvpb.WatchCreateRequest, inU
 		h.remove(w)
 		return fail(nil, reasonCompacted, r.CompactRevision())
 	}
-	if !ws.send(&kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: current}, WatchId: id, Created: true}) {
+	if !ws.sendControl(&kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: current}, WatchId: id, Created: true}) {
 		h.remove(w)
 		return nil
 	}
