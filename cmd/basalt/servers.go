@@ -25,6 +25,7 @@ import (
 	"github.com/basaltdb/basalt/pd"
 	"github.com/basaltdb/basalt/raftstore"
 	"github.com/basaltdb/basalt/storenode"
+	"github.com/basaltdb/basalt/storenode/mvcc"
 )
 
 // fsyncPs is how many extra Ps a store or PD process gets: threads blocked
@@ -119,6 +120,8 @@ func storeCmd() *cobra.Command {
 		etcdListen                                          string
 		etcdAdvertise                                       []string
 		etcdTLS                                             tlsutil.ServerFiles
+		maxKeySize, maxRequestBytes                         string
+		maxTxnOps                                           int
 	)
 	cmd := &cobra.Command{
 		Use:   "store",
@@ -151,6 +154,10 @@ func storeCmd() *cobra.Command {
 			}
 			if resolveInterval <= 0 {
 				return errors.New("--resolve-interval must be positive")
+			}
+			limits, err := parseLimits(maxKeySize, maxRequestBytes, maxTxnOps)
+			if err != nil {
+				return err
 			}
 			if splitQPS < 0 || splitLoadFor <= 0 {
 				return errors.New("--split-qps-threshold cannot be negative and --split-load-duration must be positive")
@@ -191,6 +198,7 @@ func storeCmd() *cobra.Command {
 				Labels: lbl, Raft: rcfg, StoreHeartbeat: heartbeat, RegionHeartbeat: heartbeat, Logger: log,
 				Split: split, LoadSplit: loadSplit, EtcdProgressNotifyInterval: etcdProgress, EnablePprof: pprof, GossipAddr: gossipAddr,
 				PeerAddrMap: peerMap, ResolveInterval: resolveInterval, EtcdListenURL: etcdListen, EtcdAdvertiseURLs: etcdAdvertise, EtcdTLS: etcdTLSConfig,
+				Limits: limits,
 			})
 			if err != nil {
 				return err
@@ -215,6 +223,9 @@ func storeCmd() *cobra.Command {
 	f.DurationVar(&tick, "raft-tick", 100*time.Millisecond, "raft tick; elections take 10 ticks, heartbeats 1")
 	f.DurationVar(&heartbeat, "heartbeat-interval", 10*time.Second, "how often the store reports itself and its regions to PD")
 	f.DurationVar(&resolveInterval, "resolve-interval", 100*time.Millisecond, "how often a led region with watchers publishes a resolved revision unasked (a watch across regions asks for one when it holds events)")
+	f.StringVar(&maxKeySize, "max-key-size", "8KiB", "refuse a key longer than this")
+	f.StringVar(&maxRequestBytes, "max-request-bytes", "1536KiB", "refuse a request larger than this, as etcd's --max-request-bytes (at most 32MiB)")
+	f.IntVar(&maxTxnOps, "max-txn-ops", 128, "refuse a transaction with more operations than this in a branch, as etcd's --max-txn-ops")
 	f.StringVar(&maxSize, "region-max-size", "144MiB", "split a region that grows past this size")
 	f.StringVar(&splitSize, "region-split-size", "96MiB", "into pieces of this size")
 	f.Int64Var(&maxKeys, "region-max-keys", 1_440_000, "split a region holding more stored versions than this")
@@ -267,6 +278,34 @@ func parsePeerAddrMap(s string) (map[string]string, error) {
 
 // parseSize reads a byte size: a number with an optional B, KiB, MiB or
 // GiB suffix (KB, MB, GB mean the same powers of two, as in TiKV).
+// maxRequestBytesCap keeps a request, once a raft entry, well inside the
+// largest message the raft transport sends.
+const maxRequestBytesCap = raftstore.MaxGRPCMessageBytes / 2
+
+// parseLimits checks the store's request limits: bad values are refused
+// before anything starts.
+func parseLimits(keySize, requestBytes string, txnOps int) (mvcc.Limits, error) {
+	k, err := parseSize(keySize)
+	if err != nil {
+		return mvcc.Limits{}, fmt.Errorf("--max-key-size: %w", err)
+	}
+	r, err := parseSize(requestBytes)
+	if err != nil {
+		return mvcc.Limits{}, fmt.Errorf("--max-request-bytes: %w", err)
+	}
+	switch {
+	case k <= 0:
+		return mvcc.Limits{}, errors.New("--max-key-size must be positive")
+	case r <= 0 || r > maxRequestBytesCap:
+		return mvcc.Limits{}, fmt.Errorf("--max-request-bytes must be between 1 and %d", maxRequestBytesCap)
+	case k >= r:
+		return mvcc.Limits{}, errors.New("--max-key-size must be below --max-request-bytes")
+	case txnOps <= 0:
+		return mvcc.Limits{}, errors.New("--max-txn-ops must be positive")
+	}
+	return mvcc.Limits{MaxKeyBytes: int(k), MaxRequestBytes: int(r), MaxTxnOps: txnOps}, nil
+}
+
 func parseSize(s string) (int64, error) {
 	units := []struct {
 		suffix string

@@ -89,3 +89,20 @@ func TestPeerAddrMapSettings(t *testing.T) {
 		t.Fatalf("a pair without '=': %v", err)
 	}
 }
+
+func TestParseLimits(t *testing.T) {
+	l, err := parseLimits("1KiB", "64KiB", 4)
+	if err != nil || l.MaxKeyBytes != 1024 || l.MaxRequestBytes != 64<<10 || l.MaxTxnOps != 4 {
+		t.Fatalf("parseLimits: %+v %v", l, err)
+	}
+	for _, bad := range []struct {
+		key, req string
+		ops      int
+	}{
+		{"0", "64KiB", 4}, {"1KiB", "0", 4}, {"1KiB", "64MiB", 4}, {"64KiB", "64KiB", 4}, {"1KiB", "64KiB", 0}, {"lots", "64KiB", 4},
+	} {
+		if _, err := parseLimits(bad.key, bad.req, bad.ops); err == nil {
+			t.Errorf("parseLimits(%q, %q, %d) accepted", bad.key, bad.req, bad.ops)
+		}
+	}
+}

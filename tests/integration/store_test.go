@@ -209,11 +209,17 @@ func TestKill9WhileWriting(t *testing.T) {
 // A raw gRPC caller sees typed region errors that say how to fix its
 // routing, and nothing changes.
 func TestRegionErrorsForRawCallers(t *testing.T) {
-	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
-	c.Client(t)
+	// The request limits set lower than their defaults, through the flags.
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3,
+		StoreArgs: []string{"--max-key-size", "1KiB", "--max-request-bytes", "64KiB", "--max-txn-ops", "4"}})
+	cl := c.Client(t)
 	pd := waitReplicated(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// A boundary at "m", for a key outside the region below.
+	if _, err := cl.SplitRegions(ctx, [][]byte{[]byte("m")}); err != nil {
+		t.Fatal(err)
+	}
 	r, err := pd.GetRegion(ctx, []byte("a"))
 	if err != nil {
 		t.Fatal(err)
@@ -239,13 +245,13 @@ func TestRegionErrorsForRawCallers(t *testing.T) {
 	}
 	// Stale epoch: the error carries the current region.
 	stale := &metapb.RegionEpoch{ConfVer: reg.GetRegionEpoch().GetConfVer(), Version: reg.GetRegionEpoch().GetVersion() + 5}
-	resp, err = kv.Put(ctx, &kvpb.PutRequest{Key: []byte("x"), Value: []byte("1"), Context: ctxFor(stale)})
+	resp, err = kv.Put(ctx, &kvpb.PutRequest{Key: []byte("b"), Value: []byte("1"), Context: ctxFor(stale)})
 	enm := resp.GetHeader().GetRegionError().GetEpochNotMatch()
 	if err != nil || enm == nil || len(enm.GetCurrentRegions()) == 0 || enm.GetCurrentRegions()[0].GetId() != reg.GetId() {
 		t.Fatalf("stale epoch: %v %v", resp, err)
 	}
 	// The wrong store.
-	resp, err = kv.Put(ctx, &kvpb.PutRequest{Key: []byte("x"), Value: []byte("1"),
+	resp, err = kv.Put(ctx, &kvpb.PutRequest{Key: []byte("b"), Value: []byte("1"),
 		Context: &kvpb.Context{RegionId: reg.GetId(), RegionEpoch: reg.GetRegionEpoch(), Peer: &metapb.Peer{Id: 1, StoreId: 424242}}})
 	if err != nil || resp.GetHeader().GetRegionError().GetStoreNotMatch() == nil {
 		t.Fatalf("wrong store: %v %v", resp, err)
@@ -260,7 +266,7 @@ func TestRegionErrorsForRawCallers(t *testing.T) {
 		fkv := kvOn(p)
 		var fr *kvpb.PutResponse
 		for {
-			fr, err = fkv.Put(ctx, &kvpb.PutRequest{Key: []byte("x"), Value: []byte("1"), Context: &kvpb.Context{RegionId: reg.GetId(), RegionEpoch: reg.GetRegionEpoch()}})
+			fr, err = fkv.Put(ctx, &kvpb.PutRequest{Key: []byte("b"), Value: []byte("1"), Context: &kvpb.Context{RegionId: reg.GetId(), RegionEpoch: reg.GetRegionEpoch()}})
 			re := fr.GetHeader().GetRegionError()
 			if err != nil || (re.GetRegionNotFound() == nil && re.GetRegionNotInitialized() == nil) || ctx.Err() != nil {
 				break
@@ -276,14 +282,34 @@ func TestRegionErrorsForRawCallers(t *testing.T) {
 		}
 		break
 	}
+	// A key outside the region: the error carries the region.
+	resp, err = kv.Put(ctx, &kvpb.PutRequest{Key: []byte("x"), Value: []byte("1"), Context: ctxFor(reg.GetRegionEpoch())})
+	if knr := resp.GetHeader().GetRegionError().GetKeyNotInRegion(); err != nil || knr == nil || string(knr.GetEndKey()) != "m" {
+		t.Fatalf("key outside the region: %v %v", resp, err)
+	}
 	// Bad input: a clear gRPC error, nothing written.
 	_, err = kv.Put(ctx, &kvpb.PutRequest{Key: nil, Context: ctxFor(reg.GetRegionEpoch())})
 	if status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("empty key: %v", err)
 	}
-	_, err = kv.Put(ctx, &kvpb.PutRequest{Key: make([]byte, 9<<10), Context: ctxFor(reg.GetRegionEpoch())})
+	_, err = kv.Put(ctx, &kvpb.PutRequest{Key: append([]byte("b"), make([]byte, 1<<10)...), Context: ctxFor(reg.GetRegionEpoch())})
 	if status.Code(err) != codes.InvalidArgument {
-		t.Fatalf("9 KiB key: %v", err)
+		t.Fatalf("a key over --max-key-size: %v", err)
+	}
+	_, err = kv.Put(ctx, &kvpb.PutRequest{Key: []byte("b"), Value: make([]byte, 65<<10), Context: ctxFor(reg.GetRegionEpoch())})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a request over --max-request-bytes: %v", err)
+	}
+	var ops []*kvpb.RequestOp
+	for i := range 5 {
+		ops = append(ops, &kvpb.RequestOp{Request: &kvpb.RequestOp_RequestPut{RequestPut: &kvpb.PutRequest{Key: []byte{'b', byte('0' + i)}, Value: []byte("v")}}})
+	}
+	_, err = kv.Txn(ctx, &kvpb.TxnRequest{Success: ops, Context: ctxFor(reg.GetRegionEpoch())})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a transaction over --max-txn-ops: %v", err)
+	}
+	if _, err = kv.Txn(ctx, &kvpb.TxnRequest{Success: ops[:4], Context: ctxFor(reg.GetRegionEpoch())}); err != nil {
+		t.Fatalf("a transaction at --max-txn-ops: %v", err)
 	}
 	_, err = kv.Range(ctx, &kvpb.RangeRequest{Key: []byte("b"), RangeEnd: []byte("a"), Context: ctxFor(reg.GetRegionEpoch())})
 	if status.Code(err) != codes.InvalidArgument {
@@ -293,9 +319,9 @@ func TestRegionErrorsForRawCallers(t *testing.T) {
 	if status.Code(err) != codes.OutOfRange {
 		t.Fatalf("future revision: %v", err)
 	}
-	rr, err := kv.Range(ctx, &kvpb.RangeRequest{Key: []byte("x"), Context: ctxFor(reg.GetRegionEpoch())})
-	if err != nil || len(rr.GetKvs()) != 0 {
-		t.Fatalf("a refused write changed something: %v %v", rr, err)
+	rr, err := kv.Range(ctx, &kvpb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("c"), Context: ctxFor(reg.GetRegionEpoch())})
+	if err != nil || len(rr.GetKvs()) != 4 || string(rr.GetKvs()[0].GetKey()) != "b0" {
+		t.Fatalf("want only the accepted transaction's 4 keys, got %v %v", rr, err)
 	}
 }
 
