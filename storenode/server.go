@@ -418,32 +418,66 @@ func (s *Server) Shutdown(ctx context.Context) {
 // transferLeadersAway asks every region this store leads to hand
 // leadership to another voter, and waits (until ctx ends) for it.
 func (s *Server) transferLeadersAway(ctx context.Context) {
+	// Raft abandons a transfer whose target does not take over within an
+	// election timeout (it is down, cut off, or too far behind); each such
+	// round asks every region still led here of its next voter, so one
+	// dead store does not keep the leaderships here until the deadline.
+	d := raftstore.DefaultConfig()
+	tick, ticks := s.cfg.Raft.TickInterval, s.cfg.Raft.ElectionTicks
+	if tick == 0 {
+		tick = d.TickInterval
+	}
+	if ticks == 0 {
+		ticks = d.ElectionTicks
+	}
+	round := tick * time.Duration(ticks)
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		leading := 0
+		for _, st := range s.store.Regions() {
+			if st == nil || !st.IsLeader() {
+				continue
+			}
+			var voters []*metapb.Peer
+			for _, p := range st.Region.GetPeers() {
+				if p.GetStoreId() != s.storeID && p.GetRole() == metapb.PeerRole_Voter {
+					voters = append(voters, p)
+				}
+			}
+			if len(voters) == 0 {
+				continue
+			}
+			leading++
+			// Offset by region so the first round spreads the leaders.
+			to := voters[(attempt+int(st.Region.GetId()%uint64(len(voters))))%len(voters)]
+			_ = s.store.TransferLeader(ctx, st.Region.GetId(), st.Region.GetRegionEpoch(), to.GetId())
+		}
+		if leading == 0 {
+			return
+		}
+		deadline := time.Now().Add(round)
+		for time.Now().Before(deadline) && ctx.Err() == nil && s.leadsAnyReplicated() {
+			select {
+			case <-ctx.Done():
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// leadsAnyReplicated reports whether this store leads a region with a voter
+// on another store.
+func (s *Server) leadsAnyReplicated() bool {
 	for _, st := range s.store.Regions() {
 		if st == nil || !st.IsLeader() {
 			continue
 		}
 		for _, p := range st.Region.GetPeers() {
 			if p.GetStoreId() != s.storeID && p.GetRole() == metapb.PeerRole_Voter {
-				_ = s.store.TransferLeader(ctx, st.Region.GetId(), st.Region.GetRegionEpoch(), p.GetId())
-				break
+				return true
 			}
 		}
 	}
-	for ctx.Err() == nil {
-		leading := 0
-		for _, st := range s.store.Regions() {
-			if st != nil && st.IsLeader() && len(st.Region.GetPeers()) > 1 {
-				leading++
-			}
-		}
-		if leading == 0 {
-			return
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	return false
 }
 
 // Close stops the store at once.

@@ -152,6 +152,70 @@ func TestStoreRestart(t *testing.T) {
 	}
 }
 
+// A store stopped gracefully hands its leaderships over even when the
+// voter it asks first is down: raft abandons that transfer after an
+// election timeout and the store asks the region's next voter. Before, it
+// asked the first other voter only, waited out its 10 s shutdown deadline
+// and exited still leading.
+func TestGracefulShutdownSkipsADownVoter(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
+	cl := c.Client(t)
+	pd := waitReplicated(t, c)
+	put(t, cl, "a", "1")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	leader := leaderStore(t, c, pd)
+	r, err := pd.GetRegion(ctx, []byte("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrOf := map[uint64]string{}
+	for _, p := range r.GetRegion().GetPeers() {
+		st, err := pd.GetStore(ctx, p.GetStoreId())
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrOf[p.GetStoreId()] = st.GetAddress()
+	}
+	// The first other voter in the descriptor is the one asked first.
+	var down, next *procs.Proc
+	var nextID uint64
+	for _, p := range r.GetRegion().GetPeers() {
+		if addrOf[p.GetStoreId()] == leader.Addr {
+			continue
+		}
+		for _, sp := range c.Stores {
+			if sp.Addr != addrOf[p.GetStoreId()] {
+				continue
+			}
+			if down == nil {
+				down = sp
+			} else {
+				next, nextID = sp, p.GetStoreId()
+			}
+		}
+	}
+	if down == nil || next == nil {
+		t.Fatalf("region %v: no two other voters among the stores", r.GetRegion())
+	}
+	c.Signal(down, syscall.SIGSTOP)
+	defer c.Signal(down, syscall.SIGCONT)
+	c.Signal(leader, syscall.SIGTERM) // waits for the exit
+	// The store that took over told PD; it stays the last leader PD heard
+	// of, since without the other two it cannot hold or win an election.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		g, err := pd.GetRegion(ctx, []byte("a"))
+		if err == nil && g.GetLeader().GetStoreId() == nextID {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("PD names %v as the leader after %s stopped (%s paused), want %s's store %d", g.GetLeader(), leader.Name, down.Name, next.Name, nextID)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // kill -9 of the leading store while clients write: every acknowledged
 // write is still there afterwards.
 func TestKill9WhileWriting(t *testing.T) {
