@@ -244,6 +244,75 @@ func TestThreeMembersSurviveOneKilled(t *testing.T) {
 	})
 }
 
+// Five members keep serving with two down, the leader among them, stop
+// handing out timestamps with three down (no quorum) once the leader's
+// lease has run out, and never hand out one below those given before once
+// a quorum is back.
+func TestFiveMembersSurviveTwoKilled(t *testing.T) {
+	p := newTestPD(t, 5)
+	cl := p.client()
+	bootstrapCluster(t, cl)
+	ctx := context.Background()
+	last, err := cl.GetTS(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var down []string
+	leader := p.leader()
+	p.stop(leader)
+	down = append(down, leader)
+	for _, n := range p.names {
+		if n != leader {
+			p.stop(n)
+			down = append(down, n)
+			break
+		}
+	}
+	ts, err := cl.GetTS(ctx)
+	if err != nil || ts <= last {
+		t.Fatalf("TSO with %v down: %d (after %d) %v", down, ts, last, err)
+	}
+	last = ts
+	if _, err := cl.AllocID(ctx, 1); err != nil {
+		t.Fatalf("AllocID with %v down: %v", down, err)
+	}
+	if g, err := cl.GetRegion(ctx, []byte("k")); err != nil || g.GetRegion() == nil {
+		t.Fatalf("GetRegion with %v down: %v %v", down, g, err)
+	}
+	// A third down: no quorum, no timestamps.
+	for _, n := range p.names {
+		if p.server(n) != nil {
+			p.stop(n)
+			down = append(down, n)
+			break
+		}
+	}
+	// The leader may serve until its lease, renewed by the last quorum it
+	// heard, runs out (no other leader can exist meanwhile); then it stops.
+	waitFor(t, "timestamps to stop with three of five down", 30*time.Second, func() bool {
+		short, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		ts, err := cl.GetTS(short)
+		if err == nil {
+			last = ts
+		}
+		return err != nil
+	})
+	for _, n := range down {
+		p.start(n)
+	}
+	waitFor(t, "a timestamp once every member is back", 30*time.Second, func() bool {
+		ts, err := cl.GetTS(ctx)
+		if err != nil {
+			return false
+		}
+		if ts <= last {
+			t.Fatalf("timestamp %d after a quorum came back, not above %d", ts, last)
+		}
+		return true
+	})
+}
+
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(url)
