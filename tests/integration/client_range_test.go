@@ -80,6 +80,27 @@ func runPrefixWriters(ctx context.Context, cl *client.Client, prefix string, wri
 					continue
 				}
 				val := fmt.Sprintf("w%d-%d", w, i)
+				if r.IntN(10) == 0 {
+					// Two keys in one revision, so the watch checks see
+					// revisions of several events (atomic: never split
+					// across responses). Same letter, so usually one
+					// region; across a boundary the client refuses it and
+					// nothing is applied.
+					key2 := fmt.Sprintf("%s%d", key[:len(key)-1], (int(key[len(key)-1]-'0')+1+r.IntN(9))%10)
+					resp, err := cl.Txn(octx, &kvpb.TxnRequest{Success: []*kvpb.RequestOp{
+						{Request: &kvpb.RequestOp_RequestPut{RequestPut: &kvpb.PutRequest{Key: []byte(key), Value: []byte(val)}}},
+						{Request: &kvpb.RequestOp_RequestPut{RequestPut: &kvpb.PutRequest{Key: []byte(key2), Value: []byte(val)}}},
+					}})
+					cancel()
+					var spans *client.ErrTxnSpansRegions
+					if errors.As(err, &spans) {
+						continue
+					}
+					rev := resp.GetHeader().GetRevision() // 0 when it may or may not have applied
+					log.Add(watchcheck.Write{Key: key, Value: val, Rev: rev})
+					log.Add(watchcheck.Write{Key: key2, Value: val, Rev: rev})
+					continue
+				}
 				resp, err := cl.Put(octx, &kvpb.PutRequest{Key: []byte(key), Value: []byte(val)})
 				cancel()
 				log.Add(watchcheck.Write{Key: key, Value: val, Rev: resp.GetHeader().GetRevision()})

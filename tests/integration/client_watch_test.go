@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"slices"
 	"sort"
 	"strings"
@@ -191,11 +193,20 @@ func TestWatchAcrossRegionsUnderSplitMergeAndLeaderMoves(t *testing.T) {
 	for _, err := range watchcheck.CheckResumed(resps, second.responses(), mid) {
 		t.Error(err)
 	}
-	events := 0
+	events, multi := 0, 0
 	for _, r := range resps {
 		events += len(r.Events)
+		for i := 1; i < len(r.Events); i++ {
+			if r.Events[i].GetKv().GetModRevision() == r.Events[i-1].GetKv().GetModRevision() {
+				multi++
+				break
+			}
+		}
 	}
-	t.Logf("%d writes, %d events in %d responses; chaos: %v", len(writes), events, len(resps), chaos)
+	t.Logf("%d writes, %d events in %d responses (%d with a revision of several events); chaos: %v", len(writes), events, len(resps), multi, chaos)
+	if multi == 0 {
+		t.Error("no revision had several events: the atomicity check was not exercised")
+	}
 	if chaos["split"] == 0 || chaos["merge"] == 0 || chaos["transfer-leader"] == 0 {
 		t.Errorf("the chaos did not split, merge and move leaders: %v", chaos)
 	}
@@ -425,4 +436,95 @@ func TestWatchAcrossRegionsAsksForResolvedRevisions(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// A watch over several regions keeps every guarantee across a PD leader
+// kill: the client's routing subscription and region lookups move to the
+// new PD leader, and regions that split and change leaders after the
+// failover are found through it. The old leader comes back as a follower.
+func TestWatchAcrossRegionsSurvivesPDFailover(t *testing.T) {
+	c := procs.Start(t, procs.Options{PDs: 3, Stores: 3})
+	cl := c.Client(t)
+	pd := waitReplicated(t, c)
+	splitPrefix(t, cl, "f/", 4)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	watch := startWatch(t, cl, &kvpb.WatchCreateRequest{Key: []byte("f/"), RangeEnd: []byte("f0"), PrevKv: true, ProgressNotify: true})
+	log := &watchcheck.Log{}
+	stop := make(chan struct{})
+	writers := runPrefixWriters(ctx, cl, "f/", 4, time.Second, log, stop)
+	waitWrites := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for acked := 0; acked < n; {
+			acked = 0
+			for _, w := range log.All() {
+				if w.Rev > 0 {
+					acked++
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("only %d of %d writes acknowledged", acked, n)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitWrites(200)
+	old := c.PDs[pdLeaderIndex(ctx, t, c, pd)]
+	c.Signal(old, syscall.SIGKILL)
+	// Changes only the new leader can route: splits (IDs from it) and
+	// leader moves, while the writes go on.
+	if _, err := cl.SplitRegions(ctx, [][]byte{[]byte("f/c5"), []byte("f/q5")}); err != nil {
+		t.Fatalf("split after the PD failover: %v", err)
+	}
+	for _, key := range []string{"f/a", "f/k", "f/x"} {
+		if err := transferLeaderAway(ctx, pd, []byte(key)); err != nil {
+			t.Logf("moving %s's leader: %v", key, err)
+		}
+	}
+	waitWrites(len(log.All()) + 200)
+	c.Restart(old)
+	waitWrites(len(log.All()) + 100)
+	close(stop)
+	writers.Wait()
+	writes := log.All()
+	var top int64
+	for _, w := range writes {
+		top = max(top, w.Rev)
+	}
+	watch.waitPast(t, top)
+	for _, err := range watchcheck.Check(watchcheck.NewHistory(writes), watch.created+1, top, true, watch.responses()) {
+		t.Error(err)
+	}
+	t.Logf("%d writes checked across the PD failover", len(writes))
+}
+
+// transferLeaderAway asks the PD leader (through its HTTP API) to move the
+// leadership of key's region to another of its voters.
+func transferLeaderAway(ctx context.Context, pd *pdclient.Client, key []byte) error {
+	r, err := pd.GetRegion(ctx, key)
+	if err != nil {
+		return err
+	}
+	m, err := pd.Members(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range r.GetRegion().GetPeers() {
+		if p.GetStoreId() == r.GetLeader().GetStoreId() {
+			continue
+		}
+		body := fmt.Sprintf(`{"name": "transfer-leader", "region_id": %d, "to_store_id": %d}`, r.GetRegion().GetId(), p.GetStoreId())
+		resp, err := http.Post("http://"+m.GetLeader().GetClientAddr()+"/pd/api/v1/operators", "application/json", strings.NewReader(body))
+		if err != nil {
+			return err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("add operator %s: %s: %s", body, resp.Status, b)
+		}
+		return nil
+	}
+	return fmt.Errorf("region %v has no other voter", r.GetRegion())
 }
