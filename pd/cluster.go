@@ -74,6 +74,20 @@ func (r *regionInfo) keyRate() float64 {
 	return float64(r.keysRead+r.keysWritten) / float64(r.interval)
 }
 
+// heat is the load a region's leader serves, as a multiple of the hot
+// thresholds: bytes read and written per second over HotRegionMinFlow plus
+// keys read and written per second over HotRegionMinKeyRate. A region at
+// 1 or more is hot. Reads count as much as writes: a leader serves both
+// (replica reads aside), so moving it moves both.
+func (r *regionInfo) heat(cfg ScheduleConfig) float64 {
+	if r.interval == 0 {
+		return 0
+	}
+	secs := float64(r.interval)
+	return float64(r.bytesWritten+r.bytesRead)/secs/float64(max(cfg.HotRegionMinFlow, 1)) +
+		float64(r.keysWritten+r.keysRead)/secs/float64(max(cfg.HotRegionMinKeyRate, 1))
+}
+
 // busy: the region writes or serves enough that the merge checker leaves
 // it alone.
 func (r *regionInfo) busy(cfg ScheduleConfig) bool {

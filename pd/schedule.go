@@ -568,48 +568,52 @@ func (balanceRegion) schedule(c *cluster, now time.Time) []*operator {
 	return ops
 }
 
-// hotRegion moves the leadership of the hottest written regions from the
-// store with the most write flow to voters on stores with less.
+// hotRegion moves the leadership of the hottest regions (by heat: bytes
+// and keys, read and written) from the store whose leaders serve the most
+// to voters on stores serving less. It moves leaders only: a leader serves
+// the reads and sends the writes, while every replica applies the writes,
+// so a store hot from applying writes is balance-region's to relieve.
 type hotRegion struct{}
 
 func (hotRegion) name() string { return "hot-region" }
 
 func (hotRegion) schedule(c *cluster, now time.Time) []*operator {
 	cfg := c.config()
-	minFlow := float64(cfg.HotRegionMinFlow)
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	flow := func(si *storeInfo) float64 {
+	load := func(si *storeInfo) float64 {
 		sum := 0.0
 		for _, ri := range c.leadersByStore[si.meta.GetId()] {
-			if f := ri.writeFlow(); f >= minFlow {
-				sum += f
+			if h := ri.heat(cfg); h >= 1 {
+				sum += h
 			}
 		}
 		return sum
 	}
-	stores := c.upStoresLocked(now, flow)
+	stores := c.upStoresLocked(now, load)
 	if len(stores) < 2 {
 		return nil
 	}
 	src := stores[len(stores)-1]
-	if src.score == 0 || src.score < 1.3*stores[0].score+minFlow {
+	if src.score == 0 || src.score < 1.3*stores[0].score+1 {
 		return nil
 	}
 	var hottest *regionInfo
+	var hottestHeat float64
 	var target uint64
 	for _, ri := range c.leadersByStore[src.id] {
-		f := ri.writeFlow()
-		if f < minFlow || (hottest != nil && f <= hottest.writeFlow()) || !c.movableLocked(ri, cfg, now) {
+		h := ri.heat(cfg)
+		if h < 1 || (hottest != nil && h <= hottestHeat) || !c.movableLocked(ri, cfg, now) {
 			continue
 		}
-		// The coolest store holding a voter of the region.
+		// The coolest store holding a voter of the region, if moving the
+		// region there leaves it cooler than the source.
 		for _, s := range stores {
-			if s.id == src.id || s.score+f >= src.score-f {
+			if s.id == src.id || s.score+h >= src.score-h {
 				continue
 			}
 			if p := region.FindPeer(ri.meta, s.id); p != nil && p.GetRole() == metapb.PeerRole_Voter {
-				hottest, target = ri, s.id
+				hottest, hottestHeat, target = ri, h, s.id
 				break
 			}
 		}

@@ -179,3 +179,46 @@ func TestDownStoreReplicasRecreated(t *testing.T) {
 	t.Logf("replaced in %v:%s", time.Since(start).Round(time.Millisecond), describeCounts(c.Counts()))
 	checkNoChurn(t, c)
 }
+
+// hot-region moves the leaders of regions hot from reads (bytes and keys
+// read count as much as written) off the store serving them all, until
+// no move would leave the source cooler than the target.
+func TestHotRegionSpreadsReadHotLeaders(t *testing.T) {
+	sc := fastSchedule()
+	sc.Schedulers = []string{"balance-region", "hot-region"} // no balance-leader: leaders stay put unless hot
+	p := newTestPDWithSchedule(t, 1, sc)
+	c := newSim(t, p)
+	ctx := context.Background()
+	if _, err := c.Bootstrap(ctx, 6); err != nil {
+		t.Fatal(err)
+	}
+	c.Start()
+	for i := 0; i < 2; i++ {
+		if _, err := c.AddStore(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "three replicas per region", 60*time.Second, func() bool { return fullyReplicated(c, 3, nil) })
+	regions := c.Regions()
+	first := c.LeaderStore(regions[0].GetId())
+	for _, r := range regions {
+		if c.LeaderStore(r.GetId()) != first {
+			t.Fatalf("leaders moved before any region was hot:%s", describeCounts(c.Counts()))
+		}
+	}
+	// Four regions read-hot: 4 MiB and 4,000 keys a second each (heat 8
+	// against the defaults of 1 MiB/s and 1,000 keys/s), nothing written.
+	hot := regions[:4]
+	for _, r := range hot {
+		c.SetRead(r.GetId(), 4<<20, 4000)
+	}
+	spread := func() map[uint64]int {
+		n := map[uint64]int{}
+		for _, r := range hot {
+			n[c.LeaderStore(r.GetId())]++
+		}
+		return n
+	}
+	waitFor(t, "the hot leaders on all three stores", 30*time.Second, func() bool { return len(spread()) == 3 })
+	t.Logf("hot leaders per store: %v", spread())
+}

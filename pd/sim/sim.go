@@ -66,6 +66,8 @@ type simRegion struct {
 	leader  *metapb.Peer
 	pending map[uint64]time.Time // learner peer ID → caught up at
 	written uint64
+	// readBytes and readKeys: what it reports read per heartbeat.
+	readBytes, readKeys uint64
 }
 
 // New connects a simulator to PD.
@@ -290,7 +292,7 @@ func (c *Cluster) electIfNeededLocked(r *simRegion) {
 func (c *Cluster) heartbeatLocked(r *simRegion, now time.Time) *pdpb.RegionHeartbeatRequest {
 	hb := &pdpb.RegionHeartbeatRequest{Region: r.meta, Leader: r.leader,
 		ApproximateSize: c.opts.RegionSize, ApproximateKeys: c.opts.RegionKeys,
-		BytesWritten: r.written, IntervalSeconds: uint64(max(1, c.opts.HeartbeatInterval/time.Second))}
+		BytesWritten: r.written, BytesRead: r.readBytes, KeysRead: r.readKeys, IntervalSeconds: uint64(max(1, c.opts.HeartbeatInterval/time.Second))}
 	for _, p := range r.meta.GetPeers() {
 		if c.stores[p.GetStoreId()].down {
 			hb.DownPeers = append(hb.DownPeers, &pdpb.PeerStats{Peer: p, DownSeconds: 1})
@@ -560,4 +562,24 @@ func (c *Cluster) SetWritten(regionID, bytes uint64) {
 	if r := c.regions[regionID]; r != nil {
 		r.written = bytes
 	}
+}
+
+// SetRead makes a region report bytes and keys read per heartbeat (regions
+// hot from reads).
+func (c *Cluster) SetRead(regionID, bytes, keys uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r := c.regions[regionID]; r != nil {
+		r.readBytes, r.readKeys = bytes, keys
+	}
+}
+
+// LeaderStore returns the store leading a region (0: none or unknown).
+func (c *Cluster) LeaderStore(regionID uint64) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r := c.regions[regionID]; r != nil && r.leader != nil {
+		return r.leader.GetStoreId()
+	}
+	return 0
 }
