@@ -451,10 +451,14 @@ func (balanceLeader) schedule(c *cluster, now time.Time) []*operator {
 	}
 	src := stores[len(stores)-1]
 	budget := cfg.LeaderScheduleLimit - c.ops.count(opLeader)
+	evicting := evictedStores(cfg)
 	var ops []*operator
 	for _, dst := range stores {
 		if budget <= 0 || src.score-dst.score <= 1 {
 			break
+		}
+		if evicting[dst.id] {
+			continue // being drained: never a leader's destination
 		}
 		moved := 0
 		for _, ri := range c.leadersByStore[src.id] {
@@ -594,6 +598,7 @@ func (hotRegion) schedule(c *cluster, now time.Time) []*operator {
 	if len(stores) < 2 {
 		return nil
 	}
+	evicting := evictedStores(cfg)
 	src := stores[len(stores)-1]
 	if src.score == 0 || src.score < 1.3*stores[0].score+1 {
 		return nil
@@ -609,7 +614,7 @@ func (hotRegion) schedule(c *cluster, now time.Time) []*operator {
 		// The coolest store holding a voter of the region, if moving the
 		// region there leaves it cooler than the source.
 		for _, s := range stores {
-			if s.id == src.id || s.score+h >= src.score-h {
+			if s.id == src.id || s.score+h >= src.score-h || evicting[s.id] {
 				continue
 			}
 			if p := region.FindPeer(ri.meta, s.id); p != nil && p.GetRole() == metapb.PeerRole_Voter {
@@ -622,6 +627,24 @@ func (hotRegion) schedule(c *cluster, now time.Time) []*operator {
 		return nil
 	}
 	return []*operator{newOperator(hottest.meta.GetId(), "move hot leader", opLeader, transferLeader{toStore: target})}
+}
+
+// evictedStores are the stores an evict-leader scheduler drains: the
+// other schedulers never move a leader to one, or they would move leaders
+// back as fast as it moves them off.
+func evictedStores(cfg ScheduleConfig) map[uint64]bool {
+	var out map[uint64]bool
+	for _, name := range cfg.Schedulers {
+		if sc, err := parseSchedulerName(name); err == nil {
+			if e, ok := sc.(evictLeader); ok {
+				if out == nil {
+					out = map[uint64]bool{}
+				}
+				out[e.storeID] = true
+			}
+		}
+	}
+	return out
 }
 
 // evictLeader moves every leader off one store (to drain it for

@@ -222,3 +222,46 @@ func TestHotRegionSpreadsReadHotLeaders(t *testing.T) {
 	waitFor(t, "the hot leaders on all three stores", 30*time.Second, func() bool { return len(spread()) == 3 })
 	t.Logf("hot leaders per store: %v", spread())
 }
+
+// evict-leader drains a store of its leaders, and balance-leader, which
+// would otherwise see it as the store with the fewest, leaves it drained.
+func TestEvictLeaderDrainsAStore(t *testing.T) {
+	p := newTestPDWithSchedule(t, 1, fastSchedule())
+	c := newSim(t, p)
+	ctx := context.Background()
+	if _, err := c.Bootstrap(ctx, 30); err != nil {
+		t.Fatal(err)
+	}
+	c.Start()
+	for i := 0; i < 2; i++ {
+		if _, err := c.AddStore(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "three replicas per region and 10 leaders per store", 60*time.Second, func() bool {
+		return fullyReplicated(c, 3, nil) && within(c.Counts(), 30, 30, 9, 11)
+	})
+	victim := c.Counts()[1].StoreID
+	code, body := httpDo(t, "POST", "http://"+p.server(p.leader()).ClientAddr()+"/pd/api/v1/schedulers",
+		fmt.Sprintf(`{"name": "evict-leader-%d"}`, victim))
+	if code != 200 {
+		t.Fatalf("add evict-leader-%d: %d %s", victim, code, body)
+	}
+	leadersOn := func(id uint64) int {
+		for _, sc := range c.Counts() {
+			if sc.StoreID == id {
+				return sc.Leaders
+			}
+		}
+		return -1
+	}
+	waitFor(t, fmt.Sprintf("store %d drained of leaders", victim), 30*time.Second, func() bool { return leadersOn(victim) == 0 })
+	// Many scheduling rounds (20 ms patrols, 100 ms heartbeats) later it
+	// is still drained: balance-leader does not move leaders back.
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if n := leadersOn(victim); n != 0 {
+			t.Fatalf("store %d leads %d regions again while being drained:%s", victim, n, describeCounts(c.Counts()))
+		}
+	}
+	t.Logf("drained:%s", describeCounts(c.Counts()))
+}
