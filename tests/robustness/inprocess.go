@@ -87,15 +87,17 @@ type inprocStore struct {
 const inprocStoreCount = 4
 
 // inprocFaults is TestRobustnessInProcessCrash's list: the crashes
-// (crash-store three times, crash-stalled-store, crash-in-move and
-// crash-in-merge, so about three faults in eight are crashes that lose
-// unsynced data; crash-stalled-store crashes a store whose fsyncs are
-// stalled, so much more of what it wrote is unsynced; the other two crash
-// a store in the middle of a replica move or a merge), kill-store (a
+// (crash-store three times, crash-two-stores, crash-stalled-store,
+// crash-in-move and crash-in-merge, so seven faults in seventeen are
+// crashes that lose unsynced data; crash-two-stores crashes two stores at
+// once, leaving some regions without a quorum until they are back;
+// crash-stalled-store crashes a store whose fsyncs are stalled, so much
+// more of what it wrote is unsynced; the last two crash a store in the
+// middle of a replica move or a merge), kill-store (a
 // crash that keeps everything, as a SIGKILL does), and the faults of
 // TestRobustness that need no process: leader transfers, splits, merges,
 // replica moves, the proxies' network faults between stores, stall-disk.
-var inprocFaults = []string{"crash-store", "crash-store", "crash-store", "crash-stalled-store", "crash-in-move", "crash-in-merge", "kill-store",
+var inprocFaults = []string{"crash-store", "crash-store", "crash-store", "crash-two-stores", "crash-stalled-store", "crash-in-move", "crash-in-merge", "kill-store",
 	"transfer-leader", "split", "merge", "move-replica", "partition-store", "partition-pair", "one-way", "delay-store", "stall-disk"}
 
 // startInProcess starts the in-process cluster; everything stops when
@@ -210,20 +212,40 @@ func (c *inprocCluster) startStore(i int, lis net.Listener) {
 // lost with it). After down, a new incarnation starts on the clone,
 // behind the same addresses, and the network heals.
 func (c *inprocCluster) crash(ctx context.Context, i, keep int, rng *rand.Rand, down time.Duration) {
-	st := c.stores[i]
-	c.net.crash(i)
-	clone := st.mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: keep, RNG: rng})
-	st.ffs.SetSyncDelay(0) // a sync stalled in the old incarnation returns, to let it close
-	fmt.Fprintf(st.log, "--- %s crashed at %s, keeping %d%% of its unsynced data\n", st.name, time.Now().Format(time.RFC3339Nano), keep)
-	st.srv.Close()
-	st.srv = nil
+	c.crashStores(ctx, []int{i}, keep, rng, down)
+}
+
+// crashStores crashes the stores together: each is cut off, then its file
+// system is cloned as a crash leaves it, before any of them is closed, so
+// none syncs anything after another crashed. They come back together.
+func (c *inprocCluster) crashStores(ctx context.Context, idx []int, keep int, rng *rand.Rand, down time.Duration) {
+	for _, i := range idx {
+		c.net.crash(i)
+	}
+	clones := make([]*vfs.MemFS, len(idx))
+	for k, i := range idx {
+		clones[k] = c.stores[i].mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: keep, RNG: rng})
+	}
+	for _, i := range idx {
+		st := c.stores[i]
+		st.ffs.SetSyncDelay(0) // a sync stalled in the old incarnation returns, to let it close
+		fmt.Fprintf(st.log, "--- %s crashed at %s, keeping %d%% of its unsynced data\n", st.name, time.Now().Format(time.RFC3339Nano), keep)
+		st.srv.Close()
+		st.srv = nil
+	}
 	sleep(ctx, down)
-	st.mem, st.ffs = clone, faultfs.New(clone)
-	lis := c.listen(i)
-	// The old incarnation is gone and its connections with it: the links
-	// open for the new one.
+	lis := make([]net.Listener, len(idx))
+	for k, i := range idx {
+		st := c.stores[i]
+		st.mem, st.ffs = clones[k], faultfs.New(clones[k])
+		lis[k] = c.listen(i)
+	}
+	// The old incarnations are gone and their connections with them: the
+	// links open for the new ones.
 	c.net.heal()
-	c.startStore(i, lis)
+	for k, i := range idx {
+		c.startStore(i, lis[k])
+	}
 }
 
 func (c *inprocCluster) storeCount() int         { return len(c.stores) }
@@ -353,6 +375,16 @@ func (n *nemesis) injectInProcess(ctx context.Context, f string, si int, hold ti
 		rng := rand.New(rand.NewPCG(n.rng.Uint64(), 13))
 		n.t.Logf("%s: %s crashed, keeping %d%% of its unsynced data, down %v", f, c.stores[si].name, keep, hold)
 		c.crash(ctx, si, keep, rng, hold)
+	case "crash-two-stores":
+		// Two stores at once: the regions with replicas on both lose their
+		// quorum until they come back, and every write acknowledged before
+		// must be in what the two synced, if they were two of the three
+		// that acknowledged it.
+		sj := n.other(si)
+		keep := 25 * n.rng.IntN(4)
+		rng := rand.New(rand.NewPCG(n.rng.Uint64(), 13))
+		n.t.Logf("%s: %s and %s crashed together, keeping %d%% of their unsynced data, down %v", f, c.stores[si].name, c.stores[sj].name, keep, hold)
+		c.crashStores(ctx, []int{si, sj}, keep, rng, hold)
 	case "crash-stalled-store":
 		// The same with every fsync of the store stalled 0.2–1.5 s for
 		// 0.5–1.5 s before the crash: its raft rounds wait in their sync,
