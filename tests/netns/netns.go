@@ -193,7 +193,22 @@ func (nd *Node) Command(name string, args ...string) *exec.Cmd {
 // To; a nil From or To matches every port. Rules name ports, so a rule
 // cuts both the node's own traffic and ARP: {From: a, To: b} alone is a
 // one-way cut, what a sends b vanishes, what b sends a arrives.
-type Rule struct{ From, To *Node }
+type Rule struct {
+	From, To *Node
+	// LossPercent, when above 0, drops that share of the frames at random
+	// (a lossy link) instead of every one.
+	LossPercent int
+}
+
+// Lossy is the rules that make every link into and out of the nodes lose
+// percent of its frames at random.
+func Lossy(percent int, nodes ...*Node) []Rule {
+	var rs []Rule
+	for _, nd := range nodes {
+		rs = append(rs, Rule{From: nd, LossPercent: percent}, Rule{To: nd, LossPercent: percent})
+	}
+	return rs
+}
 
 // Isolate is the rules that cut nodes off from everything, the test
 // included, both ways.
@@ -232,6 +247,12 @@ func (n *Net) Cut(rs ...Rule) error {
 		}
 		if r.To != nil {
 			fmt.Fprintf(&b, " oifname %q", r.To.Name)
+		}
+		switch {
+		case r.LossPercent < 0 || r.LossPercent > 100:
+			return fmt.Errorf("netns: a loss of %d%%", r.LossPercent)
+		case r.LossPercent > 0 && r.LossPercent < 100:
+			fmt.Fprintf(&b, " numgen random mod 100 < %d", r.LossPercent)
 		}
 		b.WriteString(" counter drop\n")
 	}

@@ -242,6 +242,22 @@ func TestNetwork(t *testing.T) {
 		}
 		heal(t, n)
 		eventually(t, "b to a after the last heal", func() error { return dialFrom(b, addr) })
+
+		// A lossy link drops some frames, not all: echoes still get
+		// through (TCP retransmits), and the rule's counter moves.
+		cut(t, n, Lossy(30, a)...)
+		eventually(t, "an echo through a lossy link", func() error { return echo(addr) })
+		eventually(t, "a frame dropped by the lossy link", func() error {
+			_ = echo(addr)
+			if d, err := n.Dropped(); err != nil || d == 0 {
+				return fmt.Errorf("dropped %d: %v", d, err)
+			}
+			return nil
+		})
+		heal(t, n)
+		if err := n.Cut(Rule{From: a, LossPercent: 101}); err == nil {
+			t.Fatal("a loss of 101% accepted")
+		}
 	})
 	if left := Leftovers(prefix); len(left) > 0 {
 		t.Fatalf("after the test: %v", left)
