@@ -89,12 +89,13 @@ var faults = []string{"kill-store", "pause-store", "transfer-leader", "split", "
 // the proxies' faults (there is no delay: the kernel has no netem). The
 // cuts are listed twice, isolate-store three times, so about three faults
 // in five cut the network; the long isolation once, as long-partition
-// above.
+// above; lossy-store twice.
 var nsFaults = []string{"kill-store", "pause-store", "transfer-leader", "split", "restart-pd", "merge", "move-replica",
 	"stall-disk", "kill-pd-leader",
 	"isolate-store", "isolate-store", "isolate-store", "long-isolate-store",
 	"isolate-pd", "isolate-pd", "isolate-pd-leader", "isolate-pd-leader",
-	"cut-from-stores", "cut-from-stores", "cut-from-pd", "cut-from-pd", "cut-pair", "cut-pair", "cut-outbound", "cut-outbound"}
+	"cut-from-stores", "cut-from-stores", "cut-from-pd", "cut-from-pd", "cut-pair", "cut-pair", "cut-outbound", "cut-outbound",
+	"lossy-store", "lossy-store"}
 
 // inject runs one fault chosen by the seed and heals it.
 func (n *nemesis) inject(ctx context.Context) {
@@ -131,6 +132,14 @@ func (n *nemesis) inject(ctx context.Context) {
 			return
 		}
 		n.cut(ctx, f, p.Name, hold, netns.Isolate(n.ns.pdNode(n.c, p))...)
+	case "lossy-store":
+		// Every link into and out of the store loses 10–40 % of its frames
+		// at random for 2–6 s: TCP retransmits, raft messages arrive late
+		// and out of step, heartbeats and leases are lost now and then;
+		// nothing is cut off for good.
+		loss := 10 + n.rng.IntN(31)
+		n.cut(ctx, f, fmt.Sprintf("%s (%d%%)", name, loss), time.Duration(2000+n.rng.IntN(4000))*time.Millisecond,
+			netns.Lossy(loss, n.ns.stores[si])...)
 	case "cut-from-stores":
 		// Cut from the other stores (raft, forwarded requests, gossip)
 		// while its clients and PD still reach it: a leader there keeps

@@ -76,7 +76,7 @@ func (ns *nsNetwork) others(si int) []*netns.Node {
 // cutFaults are the faults that set drop rules: each kind that ran must
 // have dropped something (checkCuts).
 var cutFaults = map[string]bool{"isolate-store": true, "long-isolate-store": true, "isolate-pd": true, "isolate-pd-leader": true,
-	"cut-from-stores": true, "cut-from-pd": true, "cut-pair": true, "cut-outbound": true}
+	"cut-from-stores": true, "cut-from-pd": true, "cut-pair": true, "cut-outbound": true, "lossy-store": true}
 
 // checkCuts fails the run if a kind of cut dropped nothing in all the
 // times it ran: its rules would then name ports nothing crosses, and the
