@@ -311,6 +311,13 @@ func (c *Client) onRegionNotFound(rt route) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	id := rt.region.GetId()
+	if cur := c.regions.GetByID(id); cur == nil || !proto.Equal(cur.GetRegionEpoch(), rt.region.GetRegionEpoch()) {
+		// The route was not the cached descriptor (PD's, older than the
+		// cache, or one replaced meanwhile): only its leader guess goes;
+		// the next attempt routes by the cache or asks PD.
+		delete(c.leaders, id)
+		return
+	}
 	if c.missingPeers == nil {
 		c.missingPeers = map[uint64]map[uint64]struct{}{}
 	}
@@ -343,10 +350,10 @@ func (c *Client) onRegionNotFound(rt route) {
 // errBudgetSpent is the cause of a context ended by withBudget.
 var errBudgetSpent = errors.New("client: retry budget spent")
 
-// withBudget bounds a call with no deadline of its own by RetryBudget. A
-// call made of several region calls (a range or a range delete over
-// regions) takes it once for the whole, so the parts share it; the parts'
-// own withBudget then keeps that deadline.
+// withBudget bounds a request with no deadline of its own by RetryBudget.
+// It bounds each region request, retries included, not a call made of
+// many (a range or a range delete over regions): such a call may take
+// longer while every part makes progress.
 func (c *Client) withBudget(ctx context.Context) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok {
 		return ctx, func() {}
@@ -395,7 +402,13 @@ func (c *Client) do(ctx context.Context, key []byte, read bool, call func(contex
 			}
 		}
 		last = err
-		if err := sleepCtx(ctx, tries.next(kind)); err != nil {
+		wait := tries.next(kind)
+		var re *region.Error
+		if errors.As(err, &re) {
+			// A busy store may say how long to stay away.
+			wait = max(wait, time.Duration(re.Proto().GetServerBusy().GetBackoffMs())*time.Millisecond)
+		}
+		if err := sleepCtx(ctx, wait); err != nil {
 			if errors.Is(context.Cause(ctx), errBudgetSpent) {
 				// Our own budget ran out, not the caller's time.
 				return &GaveUpError{Budget: c.opts.RetryBudget, Last: last}
@@ -463,8 +476,6 @@ func (c *Client) DeleteRange(ctx context.Context, req *kvpb.DeleteRangeRequest) 
 		return out, err
 	}
 	toEnd := len(end) == 1 && end[0] == 0 // etcd's "every key from Key on"
-	ctx, cancel := c.withBudget(ctx)
-	defer cancel()
 	total := &kvpb.DeleteRangeResponse{}
 	cursor := req.GetKey()
 	for {

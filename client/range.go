@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -42,8 +43,6 @@ var errRouteChanged = errors.New("client: region changed under a range read")
 // replicas from what it has applied (rangeFromReplica), or by the leader
 // when none can; over several regions it is the snapshot above.
 func (c *Client) Range(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.RangeResponse, error) {
-	ctx, cancel := c.withBudget(ctx)
-	defer cancel()
 	if req.GetSerializable() {
 		if resp, ok := c.rangeFromReplica(ctx, req); ok {
 			return resp, nil
@@ -172,6 +171,7 @@ func (w *rangeWalk) run(ctx context.Context, want func() int64, got func([]*kvpb
 	hi := region.ExclusiveEnd(lo, w.tmpl.GetRangeEnd())
 	w.countedTo, w.countedFrom = lo, hi
 	var replans retryTries
+	progressed := time.Now()
 replan:
 	for keyBefore(lo, hi) {
 		regions, err := w.c.regionsCovering(ctx, lo, hi)
@@ -193,7 +193,11 @@ replan:
 				resp, err := w.readPart(ctx, plo, phi, n, first)
 				if errors.Is(err, errRouteChanged) {
 					// The cache was corrected; if it keeps disagreeing with
-					// the stores (PD behind them), replanning backs off.
+					// the stores (PD behind them), replanning backs off,
+					// and gives up after a retry budget without progress.
+					if time.Since(progressed) > w.c.opts.RetryBudget {
+						return &GaveUpError{Budget: w.c.opts.RetryBudget, Last: err}
+					}
 					if err := sleepCtx(ctx, replans.next(retryRouted)); err != nil {
 						return err
 					}
@@ -202,6 +206,7 @@ replan:
 				if err != nil {
 					return err
 				}
+				progressed = time.Now()
 				kvs := resp.GetKvs()
 				if len(kvs) > 0 {
 					if err := got(kvs); err != nil {
@@ -315,7 +320,16 @@ func (c *Client) regionsCovering(ctx context.Context, lo, hi []byte) ([]*metapb.
 			for _, info := range infos {
 				c.learn(info.GetRegion(), info.GetLeader())
 			}
-			continue
+			c.mu.Lock()
+			r = c.regions.Search(cursor)
+			c.mu.Unlock()
+			if r == nil {
+				// PD is behind the cache, which refused its region as
+				// older than one it overlaps: plan by PD's, and the
+				// store's EpochNotMatch will put the cache right (asking
+				// PD again at once would get the same answer).
+				r = infos[0].GetRegion()
+			}
 		}
 		out = append(out, r)
 		end := r.GetEndKey()

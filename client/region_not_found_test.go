@@ -131,3 +131,21 @@ func TestOlderRegionFromPDLosesToTheCache(t *testing.T) {
 		t.Fatalf("routed to region %v leader %v, want PD's leader %v", r, l, older.GetPeers()[2])
 	}
 }
+
+// A RegionNotFound answered for a route that was not the cached
+// descriptor (PD's older one, used while the cache held a newer epoch)
+// drops only the leader guess: the newer cached region stays, and no peer
+// of the stale descriptor becomes the guess for it.
+func TestRegionNotFoundForAStaleRouteKeepsTheCache(t *testing.T) {
+	c := &Client{regions: region.NewRegionTree(), leaders: map[uint64]*metapb.Peer{}}
+	newer := testRegion(5, 3, 2, 3, 4)
+	c.learn(newer, newer.GetPeers()[0])
+	older := testRegion(5, 2, 1, 2, 3)
+	c.onRegionNotFound(route{region: older, leader: older.GetPeers()[0]})
+	if got := c.regions.GetByID(5); got == nil || got.GetRegionEpoch().GetVersion() != 3 {
+		t.Fatalf("the cache holds %v, want the newer region", got)
+	}
+	if c.leaders[5] != nil || len(c.missingPeers[5]) != 0 {
+		t.Fatalf("leader guess %v, missing %v: want neither", c.leaders[5], c.missingPeers[5])
+	}
+}
