@@ -69,6 +69,15 @@ type watcher struct {
 	replayedTo int64
 	held       []*kvpb.WatchResponse // live responses queued while catching up
 	canceled   bool
+	// announced: the created response is queued. A cancel before it is
+	// not sent: createWatch answers the create with it (created and
+	// canceled at once), so a cancel never overtakes its created.
+	announced     bool
+	cancelReason  string
+	cancelCompact int64
+	// forget drops the watcher from its stream's list once it is
+	// cancelled (set by the stream's handler).
+	forget func()
 	// lastSent is the highest revision sent (events or progress): a
 	// progress notification never goes back below it.
 	lastSent int64
@@ -131,8 +140,16 @@ func (h *watchHub) cancel(w *watcher, reason string, compactRev int64) {
 	}
 	w.canceled = true
 	w.held = nil
+	w.cancelReason, w.cancelCompact = reason, compactRev
+	announced, forget := w.announced, w.forget
 	w.mu.Unlock()
 	h.remove(w)
+	if forget != nil {
+		forget()
+	}
+	if !announced {
+		return // createWatch answers the create with the reason
+	}
 	// Past the queue's bound: the reason must reach the client, after the
 	// events queued before it (watchStream).
 	w.stream.sendControl(&kvpb.WatchResponse{WatchId: w.id, Canceled: true, CancelReason: reason, CompactRevision: compactRev})
@@ -296,6 +313,11 @@ func (k *kvService) Watch(stream kvpb.KV_WatchServer) error {
 	sendErr := make(chan error, 1)
 	go func() {
 		for {
+			if ws.isClosed() {
+				// The handler may have returned: no Send after it.
+				sendErr <- errors.New("watch stream closed")
+				return
+			}
 			if r := ws.next(); r != nil {
 				if err := stream.Send(r); err != nil {
 					sendErr <- err
@@ -310,6 +332,8 @@ func (k *kvService) Watch(stream kvpb.KV_WatchServer) error {
 				sendErr <- errors.New("watch stream closed")
 				return
 			case <-stream.Context().Done():
+				// Ends a history replay waiting for room (sendWait).
+				ws.close()
 				sendErr <- stream.Context().Err()
 				return
 			}
@@ -332,6 +356,10 @@ func (k *kvService) Watch(stream kvpb.KV_WatchServer) error {
 		}
 	}()
 	for {
+		// A client that sends requests and reads no answers gets no more
+		// read (watchStream's control bound); a closed stream falls
+		// through to its error below.
+		ws.waitControlRoom()
 		select {
 		case err := <-sendErr:
 			return err
@@ -353,6 +381,20 @@ func (k *kvService) Watch(stream kvpb.KV_WatchServer) error {
 					mineMu.Lock()
 					mine[w.id] = w
 					mineMu.Unlock()
+					forget := func() {
+						mineMu.Lock()
+						if mine[w.id] == w {
+							delete(mine, w.id)
+						}
+						mineMu.Unlock()
+					}
+					w.mu.Lock()
+					w.forget = forget
+					canceled := w.canceled
+					w.mu.Unlock()
+					if canceled {
+						forget() // cancelled before forget was set
+					}
 				}
 			case *kvpb.WatchRequest_CancelRequest:
 				mineMu.Lock()
@@ -449,7 +491,18 @@ func (k *kvService) createWatch(ws *watchStream, c *kvpb.WatchCreateRequest, inU
 		h.remove(w)
 		return fail(nil, reasonCompacted, r.CompactRevision())
 	}
-	if !ws.sendControl(&kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: current}, WatchId: id, Created: true}) {
+	w.mu.Lock()
+	if w.canceled {
+		// Cancelled since add (its region changed, the store is stopping):
+		// the create is answered with the reason.
+		reason, compact := w.cancelReason, w.cancelCompact
+		w.mu.Unlock()
+		return fail(nil, reason, compact)
+	}
+	ok := ws.sendControl(&kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: current}, WatchId: id, Created: true})
+	w.announced = ok
+	w.mu.Unlock()
+	if !ok {
 		h.remove(w)
 		return nil
 	}
@@ -517,6 +570,13 @@ func (k *kvService) replay(w *watcher, r *mvcc.Region, from, to int64) bool {
 	flush := func() bool {
 		if len(batch) == 0 {
 			return true
+		}
+		w.mu.Lock()
+		canceled := w.canceled
+		w.mu.Unlock()
+		if canceled {
+			// Nothing after its cancel: the cancel is queued already.
+			return false
 		}
 		ok := w.stream.sendWait(&kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: batchRev}, WatchId: w.id, Events: batch})
 		if ok {

@@ -17,15 +17,22 @@ import (
 // reason of a slow watcher's cancel reaches the client after the events
 // queued before it, and the stream's other watchers go on once the reader
 // catches up. There is at most one created and one cancel per watcher the
-// client asked for, so the excess is bounded by the client's own requests.
+// client asked for, and the handler reads no more requests while
+// watchBuffer control responses wait (waitControlRoom), so they are
+// bounded too.
 type watchStream struct {
 	mu      sync.Mutex
 	queue   []queuedResponse
 	counted int // queued responses that count against watchBuffer
+	// controls: queued control responses. The stream's handler stops
+	// reading requests while watchBuffer of them wait (waitControlRoom),
+	// so a client that sends creates and never reads grows nothing.
+	controls int
 
 	// wake: something was queued (the sender waits on it); room: the
-	// sender took a counted response off (sendWait waits on it). Both
-	// hold at most one pending signal.
+	// sender took a response off (sendWait and waitControlRoom wait on
+	// it, each rechecking its own condition, so a signal is never lost
+	// to the other). Both hold at most one pending signal.
 	wake   chan struct{}
 	room   chan struct{}
 	closed chan struct{}
@@ -84,9 +91,29 @@ func (ws *watchStream) sendControl(r *kvpb.WatchResponse) bool {
 		return false
 	}
 	ws.queue = append(ws.queue, queuedResponse{resp: r})
+	ws.controls++
 	ws.mu.Unlock()
 	signal(ws.wake)
 	return true
+}
+
+// waitControlRoom waits until fewer than watchBuffer control responses
+// are queued; false once the stream is closed. Only for the handler's
+// goroutine, before it takes the next request.
+func (ws *watchStream) waitControlRoom() bool {
+	for {
+		ws.mu.Lock()
+		ok := ws.controls < watchBuffer
+		ws.mu.Unlock()
+		if ok {
+			return !ws.isClosed()
+		}
+		select {
+		case <-ws.room:
+		case <-ws.closed:
+			return false
+		}
+	}
 }
 
 // sendWait queues a response, waiting for room; false once the stream is
@@ -120,10 +147,10 @@ func (ws *watchStream) next() *kvpb.WatchResponse {
 	}
 	if q.counted {
 		ws.counted--
+	} else {
+		ws.controls--
 	}
 	ws.mu.Unlock()
-	if q.counted {
-		signal(ws.room)
-	}
+	signal(ws.room)
 	return q.resp
 }

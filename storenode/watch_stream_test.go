@@ -17,10 +17,11 @@ import (
 func TestSlowWatcherIsCancelledWithItsReason(t *testing.T) {
 	h := newWatchHub(nil)
 	ws := newWatchStream()
-	busy := &watcher{id: 1, stream: ws, regionID: 5, key: []byte("a"), end: []byte("m")}
-	quiet := &watcher{id: 2, stream: ws, regionID: 6, key: []byte("m")}
+	// Live watchers: their created responses went out.
+	busy := &watcher{id: 1, stream: ws, regionID: 5, key: []byte("a"), end: []byte("m"), announced: true}
+	quiet := &watcher{id: 2, stream: ws, regionID: 6, key: []byte("m"), announced: true}
 	other := newWatchStream()
-	elsewhere := &watcher{id: 1, stream: other, regionID: 5, key: []byte("a"), end: []byte("m")}
+	elsewhere := &watcher{id: 1, stream: other, regionID: 5, key: []byte("a"), end: []byte("m"), announced: true}
 	for _, w := range []*watcher{busy, quiet, elsewhere} {
 		h.add(w)
 	}
@@ -91,5 +92,48 @@ func TestSendWaitWaitsForRoom(t *testing.T) {
 	ws.close()
 	if ws.sendWait(&kvpb.WatchResponse{}) || ws.sendControl(&kvpb.WatchResponse{}) {
 		t.Fatal("a closed stream accepted a response")
+	}
+}
+
+// A watcher cancelled before its created response was queued (its region
+// changed while the create was being served) sends no cancel of its own:
+// the create is answered with the reason, so a cancel never comes before
+// its created. It is dropped from its stream's list either way.
+func TestCancelBeforeCreatedIsNotSent(t *testing.T) {
+	h := newWatchHub(nil)
+	ws := newWatchStream()
+	forgotten := false
+	w := &watcher{id: 3, stream: ws, regionID: 5, forget: func() { forgotten = true }}
+	h.add(w)
+	h.cancel(w, reasonRegionChanged, 0)
+	if r := ws.next(); r != nil {
+		t.Fatalf("queued before the created response: %v", r)
+	}
+	if !forgotten || w.cancelReason != reasonRegionChanged {
+		t.Fatalf("forgotten %v, reason %q", forgotten, w.cancelReason)
+	}
+}
+
+// The handler stops taking requests while watchBuffer control responses
+// wait for a client that does not read.
+func TestControlResponsesAreBounded(t *testing.T) {
+	ws := newWatchStream()
+	for i := range watchBuffer {
+		ws.sendControl(&kvpb.WatchResponse{WatchId: int64(i), Created: true})
+	}
+	done := make(chan bool)
+	go func() { done <- ws.waitControlRoom() }()
+	select {
+	case <-done:
+		t.Fatal("room with watchBuffer control responses queued")
+	default:
+	}
+	ws.next()
+	if !<-done {
+		t.Fatal("no room after one was taken off")
+	}
+	ws.close()
+	if ws.waitControlRoom() {
+		t.Fatal("room on a closed stream")
 	}
 }
