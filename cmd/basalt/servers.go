@@ -224,7 +224,7 @@ func storeCmd() *cobra.Command {
 	f.DurationVar(&heartbeat, "heartbeat-interval", 10*time.Second, "how often the store reports itself and its regions to PD")
 	f.DurationVar(&resolveInterval, "resolve-interval", 100*time.Millisecond, "how often a led region with watchers publishes a resolved revision unasked (a watch across regions asks for one when it holds events)")
 	f.StringVar(&maxKeySize, "max-key-size", "8KiB", "refuse a key longer than this")
-	f.StringVar(&maxRequestBytes, "max-request-bytes", "1536KiB", "refuse a request larger than this, as etcd's --max-request-bytes (at most 32MiB)")
+	f.StringVar(&maxRequestBytes, "max-request-bytes", "1536KiB", "refuse a request larger than this, as etcd's --max-request-bytes (at most 7MiB: raft takes entries up to 8MiB)")
 	f.IntVar(&maxTxnOps, "max-txn-ops", 128, "refuse a transaction with more operations than this in a branch, as etcd's --max-txn-ops")
 	f.StringVar(&maxSize, "region-max-size", "144MiB", "split a region that grows past this size")
 	f.StringVar(&splitSize, "region-split-size", "96MiB", "into pieces of this size")
@@ -276,11 +276,10 @@ func parsePeerAddrMap(s string) (map[string]string, error) {
 	return m, nil
 }
 
-// parseSize reads a byte size: a number with an optional B, KiB, MiB or
-// GiB suffix (KB, MB, GB mean the same powers of two, as in TiKV).
-// maxRequestBytesCap keeps a request, once a raft entry, well inside the
-// largest message the raft transport sends.
-const maxRequestBytesCap = raftstore.MaxGRPCMessageBytes / 2
+// maxRequestBytesCap keeps a request, once a raft entry with its envelope,
+// under the largest entry raft takes (raftstore's MaxEntryBytes, 8 MiB;
+// larger proposals fail with RaftEntryTooLarge).
+var maxRequestBytesCap = int64(raftstore.DefaultConfig().MaxEntryBytes - 1<<20)
 
 // parseLimits checks the store's request limits: bad values are refused
 // before anything starts.
@@ -306,6 +305,8 @@ func parseLimits(keySize, requestBytes string, txnOps int) (mvcc.Limits, error) 
 	return mvcc.Limits{MaxKeyBytes: int(k), MaxRequestBytes: int(r), MaxTxnOps: txnOps}, nil
 }
 
+// parseSize reads a byte size: a number with an optional B, KiB, MiB or
+// GiB suffix (KB, MB, GB mean the same powers of two, as in TiKV).
 func parseSize(s string) (int64, error) {
 	units := []struct {
 		suffix string

@@ -99,7 +99,7 @@ func TestParseLimits(t *testing.T) {
 		key, req string
 		ops      int
 	}{
-		{"0", "64KiB", 4}, {"1KiB", "0", 4}, {"1KiB", "64MiB", 4}, {"64KiB", "64KiB", 4}, {"1KiB", "64KiB", 0}, {"lots", "64KiB", 4},
+		{"0", "64KiB", 4}, {"1KiB", "0", 4}, {"1KiB", "8MiB", 4}, {"64KiB", "64KiB", 4}, {"1KiB", "64KiB", 0}, {"lots", "64KiB", 4},
 	} {
 		if _, err := parseLimits(bad.key, bad.req, bad.ops); err == nil {
 			t.Errorf("parseLimits(%q, %q, %d) accepted", bad.key, bad.req, bad.ops)

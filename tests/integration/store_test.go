@@ -155,8 +155,9 @@ func TestStoreRestart(t *testing.T) {
 // A store stopped gracefully hands its leaderships over even when the
 // voter it asks first is down: raft abandons that transfer after an
 // election timeout and the store asks the region's next voter. Before, it
-// asked the first other voter only, waited out its 10 s shutdown deadline
-// and exited still leading.
+// asked the first other voter in the descriptor only, waited out its 10 s
+// shutdown deadline and exited still leading (this test failed so when
+// that voter was the one down, as it is for an even region ID).
 func TestGracefulShutdownSkipsADownVoter(t *testing.T) {
 	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
 	cl := c.Client(t)
@@ -177,27 +178,29 @@ func TestGracefulShutdownSkipsADownVoter(t *testing.T) {
 		}
 		addrOf[p.GetStoreId()] = st.GetAddress()
 	}
-	// The first other voter in the descriptor is the one asked first.
-	var down, next *procs.Proc
-	var nextID uint64
+	// The voter the store asks first is down: the other voters in
+	// descriptor order, from the region ID modulo their count
+	// (transferLeadersAway spreads its first asks so).
+	var others []*metapb.Peer
 	for _, p := range r.GetRegion().GetPeers() {
-		if addrOf[p.GetStoreId()] == leader.Addr {
-			continue
+		if addrOf[p.GetStoreId()] != leader.Addr {
+			others = append(others, p)
 		}
+	}
+	if len(others) != 2 {
+		t.Fatalf("region %v: want two other voters", r.GetRegion())
+	}
+	first := int(r.GetRegion().GetId() % 2)
+	procOf := func(storeID uint64) *procs.Proc {
 		for _, sp := range c.Stores {
-			if sp.Addr != addrOf[p.GetStoreId()] {
-				continue
-			}
-			if down == nil {
-				down = sp
-			} else {
-				next, nextID = sp, p.GetStoreId()
+			if sp.Addr == addrOf[storeID] {
+				return sp
 			}
 		}
+		t.Fatalf("store %d is not ours", storeID)
+		return nil
 	}
-	if down == nil || next == nil {
-		t.Fatalf("region %v: no two other voters among the stores", r.GetRegion())
-	}
+	down, next, nextID := procOf(others[first].GetStoreId()), procOf(others[1-first].GetStoreId()), others[1-first].GetStoreId()
 	c.Signal(down, syscall.SIGSTOP)
 	defer c.Signal(down, syscall.SIGCONT)
 	c.Signal(leader, syscall.SIGTERM) // waits for the exit
