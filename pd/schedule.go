@@ -658,6 +658,7 @@ func (e evictLeader) schedule(c *cluster, now time.Time) []*operator {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	budget := cfg.LeaderScheduleLimit - c.ops.count(opLeader)
+	evicting := evictedStores(cfg) // not onto a store another evict-leader drains
 	var ops []*operator
 	for _, ri := range c.leadersByStore[e.storeID] {
 		if len(ops) >= budget {
@@ -669,7 +670,7 @@ func (e evictLeader) schedule(c *cluster, now time.Time) []*operator {
 		var best uint64
 		bestCount := 0
 		for _, p := range ri.meta.GetPeers() {
-			if p.GetStoreId() == e.storeID || p.GetRole() != metapb.PeerRole_Voter || !c.healthyLocked(p.GetStoreId(), now) {
+			if p.GetStoreId() == e.storeID || p.GetRole() != metapb.PeerRole_Voter || !c.healthyLocked(p.GetStoreId(), now) || evicting[p.GetStoreId()] {
 				continue
 			}
 			if n := c.stores[p.GetStoreId()].leaderCount; best == 0 || n < bestCount {

@@ -255,7 +255,13 @@ func TestEvictLeaderDrainsAStore(t *testing.T) {
 		}
 		return -1
 	}
-	waitFor(t, fmt.Sprintf("store %d drained of leaders", victim), 30*time.Second, func() bool { return leadersOn(victim) == 0 })
+	srv := p.server(p.leader())
+	// Drained, and no operator left that balance-leader made before the
+	// scheduler was added (one could still move a leader back once).
+	waitFor(t, fmt.Sprintf("store %d drained of leaders", victim), 30*time.Second, func() bool {
+		running, _ := srv.cluster.ops.list()
+		return leadersOn(victim) == 0 && len(running) == 0
+	})
 	// Many scheduling rounds (20 ms patrols, 100 ms heartbeats) later it
 	// is still drained: balance-leader does not move leaders back.
 	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
