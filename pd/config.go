@@ -65,6 +65,11 @@ type ScheduleConfig struct {
 	// Schedulers that run, by name: balance-leader, balance-region,
 	// hot-region, evict-leader-<store-id>.
 	Schedulers []string `json:"schedulers"`
+
+	// LocationLabels: store label keys, from the widest (zone) to the
+	// narrowest (host), that a region's replicas are spread over
+	// (placement.go). Empty: placement by load alone.
+	LocationLabels []string `json:"location-labels"`
 }
 
 // DefaultScheduleConfig returns PD's defaults.

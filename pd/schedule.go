@@ -162,20 +162,24 @@ func (c *cluster) lostLocked(storeID uint64, now time.Time) bool {
 	return false
 }
 
-// pickReceiver returns the healthy store with the lowest score that has no
-// replica of r, or 0.
-func (c *cluster) pickReceiverLocked(r *metapb.Region, now time.Time) uint64 {
+// pickReceiver returns the healthy store with no replica of r that is best
+// isolated from r's other voters (except the one on store except, which is
+// leaving; placement.go), the lowest-scored among those, or 0. It also
+// returns that store's sharing.
+func (c *cluster) pickReceiverLocked(labels []string, r *metapb.Region, except uint64, now time.Time) (uint64, int) {
 	var best uint64
-	bestScore := 0.0
+	bestScore, bestSharing := 0.0, 0
 	for id, si := range c.stores {
 		if !c.healthyLocked(id, now) || region.FindPeer(r, id) != nil {
 			continue
 		}
-		if sc := c.regionScoreLocked(si); best == 0 || sc < bestScore || (sc == bestScore && id < best) {
-			best, bestScore = id, sc
+		sh := c.sharingLocked(labels, r, id, except)
+		sc := c.regionScoreLocked(si)
+		if best == 0 || sh < bestSharing || (sh == bestSharing && (sc < bestScore || (sc == bestScore && id < best))) {
+			best, bestScore, bestSharing = id, sc, sh
 		}
 	}
-	return best
+	return best, bestSharing
 }
 
 // regionScoreLocked: the store's data size when regions report sizes, else
@@ -219,15 +223,38 @@ func (c *cluster) checkReplicas(ri *regionInfo, now time.Time, cfg ScheduleConfi
 			return nil // joint state: raft is finishing a change
 		}
 	}
-	receiver := c.pickReceiverLocked(r, now)
+	labels := cfg.LocationLabels
+	receiver, _ := c.pickReceiverLocked(labels, r, lost.GetStoreId(), now)
+	// The voter to remove when there are too many: the least isolated,
+	// then the busiest, never the leader.
 	var busiest *metapb.Peer
-	busiestScore := -1.0
+	busiestScore, busiestSharing := -1.0, -1
 	for _, p := range voters {
 		if p.GetId() == ri.leader.GetId() {
 			continue
 		}
-		if sc := c.regionScoreLocked(c.storeLocked(p.GetStoreId())); sc > busiestScore {
-			busiest, busiestScore = p, sc
+		sh := c.sharingLocked(labels, r, p.GetStoreId(), 0)
+		if sc := c.regionScoreLocked(c.storeLocked(p.GetStoreId())); sh > busiestSharing || (sh == busiestSharing && sc > busiestScore) {
+			busiest, busiestScore, busiestSharing = p, sc, sh
+		}
+	}
+	// With location labels: the worst-placed voter, and a store it could
+	// move to that is better isolated from the others.
+	var misplaced *metapb.Peer
+	var betterPlace uint64
+	if len(labels) > 0 && lost == nil && len(learners) == 0 && len(voters) == cfg.MaxReplicas {
+		worst := 0
+		for _, p := range voters {
+			if sh := c.sharingLocked(labels, r, p.GetStoreId(), 0); sh > worst {
+				misplaced, worst = p, sh
+			}
+		}
+		if misplaced != nil {
+			if to, sh := c.pickReceiverLocked(labels, r, misplaced.GetStoreId(), now); to != 0 && sh < worst {
+				betterPlace = to
+			} else {
+				misplaced = nil
+			}
 		}
 	}
 	c.mu.RUnlock()
@@ -264,6 +291,14 @@ func (c *cluster) checkReplicas(ri *regionInfo, now time.Time, cfg ScheduleConfi
 		if victim != nil {
 			return newOperator(r.GetId(), "remove extra replica", opReplica, removePeer{peer: victim})
 		}
+	}
+	if misplaced != nil && ri.leader != nil && !ri.isPending(misplaced.GetId()) {
+		np, err := c.newPeer(betterPlace)
+		if err != nil {
+			return nil
+		}
+		steps := movePeerSteps(np, misplaced, misplaced.GetId() == ri.leader.GetId())
+		return newOperator(r.GetId(), "move replica to a better-isolated store", opReplica, steps...)
 	}
 	return nil
 }
@@ -513,35 +548,41 @@ func (balanceRegion) schedule(c *cluster, now time.Time) []*operator {
 	incoming := map[uint64]int{}
 	for budget > 0 && len(stores) >= 2 {
 		src := stores[len(stores)-1]
-		// The lowest-scored store that can still take a replica.
-		di := -1
-		for i, s := range stores[:len(stores)-1] {
-			if !full[s.id] && incoming[s.id] < cfg.StoreLimit {
-				di = i
-				break
-			}
-		}
-		if di < 0 {
-			break
-		}
-		dst := stores[di]
 		avg := 0.0
 		for _, s := range stores {
 			avg += s.score
 		}
 		avg /= float64(len(stores))
 		per := max(perRegion[src.id], 1)
-		if src.score-dst.score <= max(2*per, 0.05*avg) {
-			break
-		}
+		// The lowest-scored store that can still take one of src's
+		// replicas: the lowest may hold a replica of each of src's
+		// movable regions already or, with location labels, be in a zone
+		// none of them may move to, and the next one not.
 		var found *move
-		for _, ri := range c.peersByStore[src.id] {
-			if taken[ri.meta.GetId()] || region.FindPeer(ri.meta, dst.id) != nil || !c.movableLocked(ri, cfg, now) {
+		di := -1
+		for i, dst := range stores[:len(stores)-1] {
+			if src.score-dst.score <= max(2*per, 0.05*avg) {
+				break
+			}
+			if full[dst.id] || incoming[dst.id] >= cfg.StoreLimit {
 				continue
 			}
-			old := region.FindPeer(ri.meta, src.id)
-			found = &move{ri, old, dst.id, ri.leader.GetId() == old.GetId()}
-			break
+			for _, ri := range c.peersByStore[src.id] {
+				if taken[ri.meta.GetId()] || region.FindPeer(ri.meta, dst.id) != nil || !c.movableLocked(ri, cfg, now) {
+					continue
+				}
+				if labels := cfg.LocationLabels; len(labels) > 0 &&
+					c.sharingLocked(labels, ri.meta, dst.id, src.id) > c.sharingLocked(labels, ri.meta, src.id, 0) {
+					continue // the move would leave the region less isolated
+				}
+				old := region.FindPeer(ri.meta, src.id)
+				found = &move{ri, old, dst.id, ri.leader.GetId() == old.GetId()}
+				break
+			}
+			if found != nil {
+				di = i
+				break
+			}
 		}
 		if found == nil {
 			break
@@ -549,7 +590,7 @@ func (balanceRegion) schedule(c *cluster, now time.Time) []*operator {
 		taken[found.ri.meta.GetId()] = true
 		moves = append(moves, *found)
 		budget--
-		incoming[dst.id]++
+		incoming[found.dst]++
 		stores[len(stores)-1].score -= per
 		stores[di].score += per
 		sort.Slice(stores, func(i, j int) bool {

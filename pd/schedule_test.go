@@ -271,3 +271,91 @@ func TestEvictLeaderDrainsAStore(t *testing.T) {
 	}
 	t.Logf("drained:%s", describeCounts(c.Counts()))
 }
+
+// With location-labels [zone], every region's three replicas end up in
+// three zones: replicas added while only one zone had room move once the
+// other zones' stores join, and balancing never puts two in one zone.
+func TestReplicasSpreadOverZones(t *testing.T) {
+	sc := fastSchedule()
+	sc.LocationLabels = []string{"zone"}
+	p := newTestPDWithSchedule(t, 1, sc)
+	c := newSim(t, p)
+	ctx := context.Background()
+	first, err := c.Bootstrap(ctx, 12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetStoreLabels(ctx, first, map[string]string{"zone": "a"}); err != nil {
+		t.Fatal(err)
+	}
+	c.Start()
+	zoneOf := map[uint64]string{first: "a"}
+	// Zone a fills first: the regions get their second and third replicas
+	// there, the only place there is.
+	for _, z := range []string{"a", "a", "b", "b", "c"} {
+		id, err := c.AddStoreWithLabels(ctx, map[string]string{"zone": z, "host": fmt.Sprint("h", len(zoneOf))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		zoneOf[id] = z
+		if len(zoneOf) == 3 {
+			waitFor(t, "three replicas per region in zone a", 30*time.Second, func() bool { return fullyReplicated(c, 3, nil) })
+		}
+	}
+	spread := func() bool {
+		if !fullyReplicated(c, 3, nil) {
+			return false
+		}
+		for _, r := range c.Regions() {
+			zones := map[string]bool{}
+			for _, p := range r.GetPeers() {
+				zones[zoneOf[p.GetStoreId()]] = true
+			}
+			if len(zones) != 3 {
+				return false
+			}
+		}
+		return true
+	}
+	waitFor(t, "every region in zones a, b and c", 60*time.Second, spread)
+	// A sixth store, in zone c: balancing moves replicas onto it, but
+	// never at the cost of a region's spread over the three zones.
+	id, err := c.AddStoreWithLabels(ctx, map[string]string{"zone": "c", "host": "h6"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	zoneOf[id] = "c"
+	defer func() {
+		if t.Failed() {
+			t.Logf("counts:%s", describeCounts(c.Counts()))
+			running, _ := p.server(p.leader()).cluster.ops.list()
+			t.Logf("operators: %v", running)
+		}
+	}()
+	waitFor(t, "replicas on the sixth store", 30*time.Second, func() bool {
+		for _, sc := range c.Counts() {
+			if sc.StoreID == id {
+				return sc.Regions > 0
+			}
+		}
+		return false
+	})
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, r := range c.Regions() {
+			zones := map[string]int{}
+			for _, p := range r.GetPeers() {
+				if p.GetRole() == metapb.PeerRole_Voter {
+					zones[zoneOf[p.GetStoreId()]]++
+				}
+			}
+			// A move within a zone has two voters there for a moment (the
+			// new one is promoted before the old one leaves); a region
+			// must never be left in fewer than three zones.
+			if len(zones) < 3 {
+				t.Fatalf("region %d's voters are in %d zones while balancing: %v", r.GetId(), len(zones), r.GetPeers())
+			}
+		}
+	}
+	t.Logf("spread:%s", describeCounts(c.Counts()))
+	checkNoChurn(t, c)
+}

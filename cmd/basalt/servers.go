@@ -59,6 +59,7 @@ func pdCmd() *cobra.Command {
 		name, dataDir, clientAddr, peerAddr, advertise, initial, logLevel string
 		maxReplicas                                                       int
 		maxStoreDown                                                      time.Duration
+		locationLabels                                                    []string
 		pprof                                                             bool
 	)
 	cmd := &cobra.Command{
@@ -72,6 +73,7 @@ func pdCmd() *cobra.Command {
 			sc := pd.DefaultScheduleConfig()
 			sc.MaxReplicas = maxReplicas
 			sc.MaxStoreDownTime = pd.Duration{Duration: maxStoreDown}
+			sc.LocationLabels = locationLabels
 			s, err := pd.NewServer(pd.Config{
 				Name: name, DataDir: dataDir, ClientAddr: clientAddr, PeerAddr: peerAddr,
 				AdvertiseClientAddr: advertise, InitialCluster: initial, Schedule: sc,
@@ -95,6 +97,7 @@ func pdCmd() *cobra.Command {
 	f.StringVar(&initial, "initial-cluster", "", "every member as name=peer-addr, comma separated (default: this member alone)")
 	f.IntVar(&maxReplicas, "max-replicas", 3, "replicas per region")
 	f.DurationVar(&maxStoreDown, "max-store-down-time", 30*time.Minute, "how long a store may be silent before its replicas are re-created elsewhere")
+	f.StringSliceVar(&locationLabels, "location-labels", nil, "store label keys from the widest to the narrowest (zone,host): a region's replicas go to stores that differ at the widest one they can")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&pprof, "enable-pprof", false, "serve Go's profiler at /debug/pprof on the client address (/metrics is always there)")
 	addConfigFlag(cmd)

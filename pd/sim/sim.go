@@ -186,15 +186,49 @@ func (c *Cluster) splitKeySpace(n int, firstID uint64, peers func(i int) []*meta
 
 // AddStore registers one more store and returns its ID.
 func (c *Cluster) AddStore(ctx context.Context) (uint64, error) {
+	return c.AddStoreWithLabels(ctx, nil)
+}
+
+// AddStoreWithLabels registers one more store with labels (zone=a, ...),
+// and returns its ID.
+func (c *Cluster) AddStoreWithLabels(ctx context.Context, labels map[string]string) (uint64, error) {
 	id, err := c.pd.AllocID(ctx, 1)
 	if err != nil {
 		return 0, err
 	}
-	st := &metapb.Store{Id: id, Address: fmt.Sprintf("sim-store-%d", id)}
+	st := &metapb.Store{Id: id, Address: fmt.Sprintf("sim-store-%d", id), Labels: storeLabels(labels)}
 	if err := c.pd.PutStore(ctx, st); err != nil {
 		return 0, err
 	}
 	return id, c.addStore(ctx, st)
+}
+
+// SetStoreLabels gives a store (one Bootstrap made) labels.
+func (c *Cluster) SetStoreLabels(ctx context.Context, id uint64, labels map[string]string) error {
+	return c.pd.PutStore(ctx, &metapb.Store{Id: id, Address: fmt.Sprintf("sim-store-%d", id), Labels: storeLabels(labels)})
+}
+
+func storeLabels(m map[string]string) []*metapb.StoreLabel {
+	var out []*metapb.StoreLabel
+	for k, v := range m {
+		out = append(out, &metapb.StoreLabel{Key: k, Value: v})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetKey() < out[j].GetKey() })
+	return out
+}
+
+// StoreLabel returns a store's value for a label key, as registered.
+func (c *Cluster) StoreLabel(ctx context.Context, id uint64, key string) (string, error) {
+	st, err := c.pd.GetStore(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	for _, l := range st.GetLabels() {
+		if l.GetKey() == key {
+			return l.GetValue(), nil
+		}
+	}
+	return "", nil
 }
 
 func (c *Cluster) addStore(ctx context.Context, st *metapb.Store) error {
