@@ -322,8 +322,11 @@ func (c *trafficClient) leaseOp(ctx context.Context) {
 		}
 		c.write(watchcheck.Write{Key: key, Delete: true})
 	}
-	if c.rng.IntN(2) == 0 {
+	switch c.rng.IntN(4) {
+	case 0, 1:
 		c.renewLease(ctx, id)
+	case 2:
+		c.keepLeaseAlive(ctx, id)
 	}
 	if c.rng.IntN(2) == 0 || ctx.Err() != nil {
 		return
@@ -386,6 +389,46 @@ func (c *trafficClient) renewLease(ctx context.Context, id int64) {
 		l.RenewCall, l.RenewTTL = call, resp.TTL
 		c.reads.mu.Unlock()
 	}
+}
+
+// keepLeaseAlive keeps lease id alive through a KeepAlive stream for 1–2 s,
+// as etcd clients do, and records its answers. An answer on the stream
+// says the lease was renewed when the server took a keep-alive the client
+// sent after the stream opened: the lease cannot end before the stream's
+// opening plus the TTL answered (a weaker bound than a single keep-alive
+// gives, since which request an answer is to is not known, but a sound
+// one).
+func (c *trafficClient) keepLeaseAlive(ctx context.Context, id int64) {
+	open := time.Now()
+	kctx, cancel := context.WithTimeout(ctx, time.Duration(1000+c.rng.IntN(1000))*time.Millisecond)
+	defer cancel()
+	ch, err := c.cli.KeepAlive(kctx, clientv3.LeaseID(id))
+	if err != nil {
+		if ctx.Err() == nil {
+			c.h.count("lease keep-alive stream failed")
+		}
+		return
+	}
+	answers := 0
+	var ttl int64
+	for resp := range ch {
+		if resp.TTL > 0 {
+			answers++
+			ttl = max(ttl, resp.TTL)
+		}
+	}
+	if answers == 0 {
+		// Expired, cut off, or the window too short for an answer.
+		c.h.count("lease keep-alive stream got no answer")
+		return
+	}
+	c.h.count("lease keep-alive stream ok")
+	c.reads.mu.Lock()
+	l := c.reads.leases[id]
+	if end := open.Add(time.Duration(ttl) * time.Second); l.RenewCall.IsZero() || end.After(l.RenewCall.Add(time.Duration(l.RenewTTL)*time.Second)) {
+		l.RenewCall, l.RenewTTL = open, ttl
+	}
+	c.reads.mu.Unlock()
 }
 
 // event is one committed write as the watches delivered it.
