@@ -359,3 +359,43 @@ func TestReplicasSpreadOverZones(t *testing.T) {
 	t.Logf("spread:%s", describeCounts(c.Counts()))
 	checkNoChurn(t, c)
 }
+
+// The split checker asks the leader of a region larger than
+// region-max-size to split it; PD learns the halves and splits them again
+// while they are still too large: a 4 MiB region under a 1.5 MiB limit
+// becomes four of 1 MiB, which tile the key space, and no more.
+func TestSplitCheckerSplitsOversizedRegions(t *testing.T) {
+	sc := fastSchedule()
+	sc.MaxReplicas = 1
+	sc.Schedulers = []string{}
+	sc.RegionMaxSize = 3 << 19 // 1.5 MiB
+	p := newTestPDWithSchedule(t, 1, sc)
+	c := newSim(t, p)
+	ctx := context.Background()
+	if _, err := c.Bootstrap(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	c.SetSize(c.Regions()[0].GetId(), 4<<20)
+	c.Start()
+	srv := p.server(p.leader())
+	waitFor(t, "PD to know four regions tiling the key space", 30*time.Second, func() bool {
+		rs := srv.cluster.scanRegions(nil, nil, 0)
+		if len(rs) != 4 || len(c.Regions()) != 4 {
+			return false
+		}
+		var prev []byte
+		for i, r := range rs {
+			if i == 0 && len(r.GetRegion().GetStartKey()) != 0 || i > 0 && string(r.GetRegion().GetStartKey()) != string(prev) {
+				return false
+			}
+			prev = r.GetRegion().GetEndKey()
+		}
+		return len(prev) == 0
+	})
+	// And stay four: 1 MiB pieces are under the limit.
+	for deadline := time.Now().Add(500 * time.Millisecond); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if n := len(c.Regions()); n != 4 {
+			t.Fatalf("%d regions: pieces under the limit were split", n)
+		}
+	}
+}

@@ -6,6 +6,7 @@
 package sim
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sort"
@@ -68,6 +69,9 @@ type simRegion struct {
 	written uint64
 	// readBytes and readKeys: what it reports read per heartbeat.
 	readBytes, readKeys uint64
+	// size: its approximate size when set (SetSize), else the options'
+	// RegionSize. A split halves a set size between the halves.
+	size uint64
 }
 
 // New connects a simulator to PD.
@@ -325,7 +329,7 @@ func (c *Cluster) electIfNeededLocked(r *simRegion) {
 
 func (c *Cluster) heartbeatLocked(r *simRegion, now time.Time) *pdpb.RegionHeartbeatRequest {
 	hb := &pdpb.RegionHeartbeatRequest{Region: r.meta, Leader: r.leader,
-		ApproximateSize: c.opts.RegionSize, ApproximateKeys: c.opts.RegionKeys,
+		ApproximateSize: cmp.Or(r.size, c.opts.RegionSize), ApproximateKeys: c.opts.RegionKeys,
 		BytesWritten: r.written, BytesRead: r.readBytes, KeysRead: r.readKeys, IntervalSeconds: uint64(max(1, c.opts.HeartbeatInterval/time.Second))}
 	for _, p := range r.meta.GetPeers() {
 		if c.stores[p.GetStoreId()].down {
@@ -392,6 +396,12 @@ func (c *Cluster) apply(resp *pdpb.RegionHeartbeatResponse) bool {
 	c.mu.Lock()
 	r := c.regions[resp.GetRegionId()]
 	if r == nil || r.leader == nil || c.stores[r.leader.GetStoreId()].down {
+		c.mu.Unlock()
+		return false
+	}
+	if e := resp.GetRegionEpoch(); e != nil && !region.EpochEqual(e, r.meta.GetRegionEpoch()) {
+		// A step repeated with a heartbeat that crossed its result (or
+		// meant for an older epoch): done already, a no-op, as on a store.
 		c.mu.Unlock()
 		return false
 	}
@@ -509,7 +519,8 @@ func (c *Cluster) splitLocked(r *simRegion) bool {
 			ll = left.Peers[i]
 		}
 	}
-	c.regions[left.GetId()] = &simRegion{meta: left, leader: ll, pending: map[uint64]time.Time{}}
+	r.size /= 2
+	c.regions[left.GetId()] = &simRegion{meta: left, leader: ll, pending: map[uint64]time.Time{}, size: r.size}
 	return true
 }
 
@@ -605,6 +616,16 @@ func (c *Cluster) SetRead(regionID, bytes, keys uint64) {
 	defer c.mu.Unlock()
 	if r := c.regions[regionID]; r != nil {
 		r.readBytes, r.readKeys = bytes, keys
+	}
+}
+
+// SetSize makes a region report an approximate size of its own; its
+// halves report half each once it splits.
+func (c *Cluster) SetSize(regionID, bytes uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r := c.regions[regionID]; r != nil {
+		r.size = bytes
 	}
 }
 
