@@ -332,7 +332,7 @@ func (k *kvService) Watch(stream kvpb.KV_WatchServer) error {
 				sendErr <- errors.New("watch stream closed")
 				return
 			case <-stream.Context().Done():
-				// Ends a history replay waiting for room (sendWait).
+				// Ends a history replay waiting for room (waitRoom).
 				ws.close()
 				sendErr <- stream.Context().Err()
 				return
@@ -492,15 +492,20 @@ func (k *kvService) createWatch(ws *watchStream, c *kvpb.WatchCreateRequest, inU
 		return fail(nil, reasonCompacted, r.CompactRevision())
 	}
 	w.mu.Lock()
-	if w.canceled {
-		// Cancelled since add (its region changed, the store is stopping):
-		// the create is answered with the reason.
-		reason, compact := w.cancelReason, w.cancelCompact
-		w.mu.Unlock()
-		return fail(nil, reason, compact)
-	}
 	ok := ws.sendControl(&kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: current}, WatchId: id, Created: true})
 	w.announced = ok
+	if w.canceled {
+		// Cancelled since add (its region changed, the store is
+		// stopping): its cancel, which cancel left to us, follows the
+		// created response, as for a watch cancelled later. (A created
+		// response that is itself cancelled means the create was refused:
+		// clients give up on it instead of watching the region again.)
+		if ok {
+			ws.sendControl(&kvpb.WatchResponse{WatchId: id, Canceled: true, CancelReason: w.cancelReason, CompactRevision: w.cancelCompact})
+		}
+		w.mu.Unlock()
+		return nil
+	}
 	w.mu.Unlock()
 	if !ok {
 		h.remove(w)
@@ -571,21 +576,26 @@ func (k *kvService) replay(w *watcher, r *mvcc.Region, from, to int64) bool {
 		if len(batch) == 0 {
 			return true
 		}
-		w.mu.Lock()
-		canceled := w.canceled
-		w.mu.Unlock()
-		if canceled {
-			// Nothing after its cancel: the cancel is queued already.
-			return false
-		}
-		ok := w.stream.sendWait(&kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: batchRev}, WatchId: w.id, Events: batch})
-		if ok {
-			w.mu.Lock()
-			w.lastSent = batchRev
-			w.mu.Unlock()
-		}
+		resp := &kvpb.WatchResponse{Header: &kvpb.ResponseHeader{Revision: batchRev}, WatchId: w.id, Events: batch}
 		batch = nil
-		return ok
+		// Checked and queued under w.mu, as cancel marks the watcher under
+		// it before queueing its cancel: no event follows the cancel.
+		for {
+			w.mu.Lock()
+			if w.canceled {
+				w.mu.Unlock()
+				return false
+			}
+			if w.stream.send(resp) {
+				w.lastSent = batchRev
+				w.mu.Unlock()
+				return true
+			}
+			w.mu.Unlock()
+			if !w.stream.waitRoom() {
+				return false
+			}
+		}
 	}
 	okAll := true
 	err := k.s.mvcc.History(r, w.key, region.EtcdRangeEnd(w.end), from, to, func(e *kvpb.Event) bool {

@@ -21,6 +21,8 @@ import (
 // watchBuffer control responses wait (waitControlRoom), so they are
 // bounded too.
 type watchStream struct {
+	// mu is taken under a watcher's mu (publish, replay, createWatch),
+	// never the other way round.
 	mu      sync.Mutex
 	queue   []queuedResponse
 	counted int // queued responses that count against watchBuffer
@@ -30,7 +32,7 @@ type watchStream struct {
 	controls int
 
 	// wake: something was queued (the sender waits on it); room: the
-	// sender took a response off (sendWait and waitControlRoom wait on
+	// sender took a response off (waitRoom and waitControlRoom wait on
 	// it, each rechecking its own condition, so a signal is never lost
 	// to the other). Both hold at most one pending signal.
 	wake   chan struct{}
@@ -116,19 +118,15 @@ func (ws *watchStream) waitControlRoom() bool {
 	}
 }
 
-// sendWait queues a response, waiting for room; false once the stream is
-// closed. Only for the stream's own goroutine (history replay), never for
-// the apply path.
-func (ws *watchStream) sendWait(r *kvpb.WatchResponse) bool {
-	for {
-		if ws.send(r) {
-			return true
-		}
-		select {
-		case <-ws.room:
-		case <-ws.closed:
-			return false
-		}
+// waitRoom waits for the sender to take a response off; false once the
+// stream is closed. The caller retries its send: another may have taken
+// the room.
+func (ws *watchStream) waitRoom() bool {
+	select {
+	case <-ws.room:
+		return true
+	case <-ws.closed:
+		return false
 	}
 }
 

@@ -69,9 +69,9 @@ func TestSlowWatcherIsCancelledWithItsReason(t *testing.T) {
 	}
 }
 
-// History replay waits for room instead of cancelling, and goes on as the
-// sender takes responses off.
-func TestSendWaitWaitsForRoom(t *testing.T) {
+// History replay waits for room instead of cancelling: waitRoom returns
+// once the sender took a response off, and false on a closed stream.
+func TestWaitRoomWaitsForTheSender(t *testing.T) {
 	ws := newWatchStream()
 	for i := range watchBuffer {
 		if !ws.send(&kvpb.WatchResponse{WatchId: int64(i)}) {
@@ -82,23 +82,35 @@ func TestSendWaitWaitsForRoom(t *testing.T) {
 		t.Fatal("send past the bound accepted")
 	}
 	done := make(chan bool)
-	go func() { done <- ws.sendWait(&kvpb.WatchResponse{WatchId: watchBuffer}) }()
+	go func() {
+		for {
+			if ws.send(&kvpb.WatchResponse{WatchId: watchBuffer}) {
+				done <- true
+				return
+			}
+			if !ws.waitRoom() {
+				done <- false
+				return
+			}
+		}
+	}()
 	if r := ws.next(); r.GetWatchId() != 0 {
 		t.Fatalf("first out: %v", r)
 	}
 	if !<-done {
-		t.Fatal("sendWait failed with room made")
+		t.Fatal("no room after the sender took one off")
 	}
 	ws.close()
-	if ws.sendWait(&kvpb.WatchResponse{}) || ws.sendControl(&kvpb.WatchResponse{}) {
+	if ws.waitRoom() && ws.sendControl(&kvpb.WatchResponse{}) {
 		t.Fatal("a closed stream accepted a response")
 	}
 }
 
 // A watcher cancelled before its created response was queued (its region
-// changed while the create was being served) sends no cancel of its own:
-// the create is answered with the reason, so a cancel never comes before
-// its created. It is dropped from its stream's list either way.
+// changed while the create was being served) queues no cancel then:
+// createWatch queues the created response and the cancel after it, so a
+// cancel never comes before its created. It is dropped from its stream's
+// list either way.
 func TestCancelBeforeCreatedIsNotSent(t *testing.T) {
 	h := newWatchHub(nil)
 	ws := newWatchStream()
