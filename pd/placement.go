@@ -10,11 +10,14 @@ import (
 // zone next. A store's place is its values of those labels (its --labels);
 // a label it lacks counts as a value of its own, "".
 //
-// sharing(s, others) is how alike store s is to the closest of the
-// others: the number of location labels, from the widest, on which they
-// agree (0: another zone; len(labels): the same place). Lower is better
-// isolated. With no location labels every store's sharing is 0, and
-// placement goes by load alone, as before labels existed.
+// sharing(s, others) measures how crowded store s's place is among the
+// others: for each level l (1: zone, 2: zone and host, ...) the number of
+// others that agree with s on the first l labels, the widest level most
+// significant: count_1*B^(L-1) + count_2*B^(L-2) + ... + count_L, B larger
+// than any count. Lower is better isolated. Counting, not only the closest
+// other, matters past three replicas: with five, zones 3-1-1 score worse
+// than 2-2-1, which survives the loss of any one zone. With no location
+// labels every store's sharing is 0, and placement goes by load alone.
 
 // labelValue returns a store's value for key ("" when it has none).
 func labelValue(st *metapb.Store, key string) string {
@@ -38,20 +41,29 @@ func commonLevels(labels []string, a, b *metapb.Store) int {
 	return n
 }
 
+// sharingBase outweighs any count of voters at a narrower level.
+const sharingBase = 1000
+
 // sharingLocked is store id's sharing with the stores of r's voters other
 // than itself and except (a replica leaving). Needs c.mu.
-func (c *cluster) sharingLocked(labels []string, r *metapb.Region, id, except uint64) int {
+func (c *cluster) sharingLocked(labels []string, r *metapb.Region, id, except uint64) int64 {
 	if len(labels) == 0 {
 		return 0
 	}
 	st := c.storeLocked(id).meta
-	worst := 0
+	counts := make([]int64, len(labels))
 	for _, p := range r.GetPeers() {
 		sid := p.GetStoreId()
 		if sid == id || sid == except || p.GetRole() == metapb.PeerRole_Learner {
 			continue
 		}
-		worst = max(worst, commonLevels(labels, st, c.storeLocked(sid).meta))
+		for l := range commonLevels(labels, st, c.storeLocked(sid).meta) {
+			counts[l]++
+		}
 	}
-	return worst
+	var score int64
+	for _, n := range counts {
+		score = score*sharingBase + n
+	}
+	return score
 }

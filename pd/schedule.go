@@ -115,14 +115,17 @@ func (c *cluster) patrol(now time.Time) []*operator {
 	// Regions an operator made in this pass touches: the operators are
 	// only registered after the pass.
 	taken := map[uint64]bool{}
-	merges := 0
+	merges, replicas := 0, 0
 	for _, ri := range batch {
 		if ri == nil || ri.leader == nil || taken[ri.meta.GetId()] || c.ops.has(ri.meta.GetId()) {
 			continue
 		}
 		if op := c.checkReplicas(ri, now, cfg); op != nil {
-			if c.underLimit(opReplica, cfg) {
+			// Counting this pass's too: a pass may find a thousand
+			// regions to fix at once (a zone joined, with location labels).
+			if c.underLimitPlus(opReplica, cfg, replicas) {
 				ops = append(ops, op)
+				replicas++
 			}
 			continue
 		}
@@ -166,11 +169,11 @@ func (c *cluster) lostLocked(storeID uint64, now time.Time) bool {
 // isolated from r's other voters (except the one on store except, which is
 // leaving; placement.go), the lowest-scored among those, or 0. It also
 // returns that store's sharing.
-func (c *cluster) pickReceiverLocked(labels []string, r *metapb.Region, except uint64, now time.Time) (uint64, int) {
+func (c *cluster) pickReceiverLocked(labels []string, r *metapb.Region, except uint64, full map[uint64]bool, now time.Time) (uint64, int64) {
 	var best uint64
-	bestScore, bestSharing := 0.0, 0
+	bestScore, bestSharing := 0.0, int64(0)
 	for id, si := range c.stores {
-		if !c.healthyLocked(id, now) || region.FindPeer(r, id) != nil {
+		if !c.healthyLocked(id, now) || region.FindPeer(r, id) != nil || full[id] {
 			continue
 		}
 		sh := c.sharingLocked(labels, r, id, except)
@@ -224,11 +227,11 @@ func (c *cluster) checkReplicas(ri *regionInfo, now time.Time, cfg ScheduleConfi
 		}
 	}
 	labels := cfg.LocationLabels
-	receiver, _ := c.pickReceiverLocked(labels, r, lost.GetStoreId(), now)
+	receiver, _ := c.pickReceiverLocked(labels, r, lost.GetStoreId(), nil, now)
 	// The voter to remove when there are too many: the least isolated,
 	// then the busiest, never the leader.
 	var busiest *metapb.Peer
-	busiestScore, busiestSharing := -1.0, -1
+	busiestScore, busiestSharing := -1.0, int64(-1)
 	for _, p := range voters {
 		if p.GetId() == ri.leader.GetId() {
 			continue
@@ -242,15 +245,16 @@ func (c *cluster) checkReplicas(ri *regionInfo, now time.Time, cfg ScheduleConfi
 	// move to that is better isolated from the others.
 	var misplaced *metapb.Peer
 	var betterPlace uint64
-	if len(labels) > 0 && lost == nil && len(learners) == 0 && len(voters) == cfg.MaxReplicas {
-		worst := 0
+	if len(labels) > 0 && lost == nil && len(learners) == 0 && len(voters) == cfg.MaxReplicas &&
+		len(ri.downPeers) == 0 && len(ri.pendingPeers) == 0 {
+		worst := int64(0)
 		for _, p := range voters {
 			if sh := c.sharingLocked(labels, r, p.GetStoreId(), 0); sh > worst {
 				misplaced, worst = p, sh
 			}
 		}
 		if misplaced != nil {
-			if to, sh := c.pickReceiverLocked(labels, r, misplaced.GetStoreId(), now); to != 0 && sh < worst {
+			if to, sh := c.pickReceiverLocked(labels, r, misplaced.GetStoreId(), c.ops.atLimit(cfg.StoreLimit), now); to != 0 && sh < worst {
 				betterPlace = to
 			} else {
 				misplaced = nil
@@ -546,8 +550,19 @@ func (balanceRegion) schedule(c *cluster, now time.Time) []*operator {
 	stores := c.upStoresLocked(now, score)
 	taken := map[uint64]bool{}
 	incoming := map[uint64]int{}
+	// exhausted: sources none of whose regions can move anywhere this
+	// round (with location labels a store can hold a replica of every
+	// region no other store may take); the next-highest is tried then.
+	exhausted := map[uint64]bool{}
 	for budget > 0 && len(stores) >= 2 {
-		src := stores[len(stores)-1]
+		si := len(stores) - 1
+		for si > 0 && exhausted[stores[si].id] {
+			si--
+		}
+		if si == 0 {
+			break
+		}
+		src := stores[si]
 		avg := 0.0
 		for _, s := range stores {
 			avg += s.score
@@ -560,7 +575,7 @@ func (balanceRegion) schedule(c *cluster, now time.Time) []*operator {
 		// none of them may move to, and the next one not.
 		var found *move
 		di := -1
-		for i, dst := range stores[:len(stores)-1] {
+		for i, dst := range stores[:si] {
 			if src.score-dst.score <= max(2*per, 0.05*avg) {
 				break
 			}
@@ -585,13 +600,14 @@ func (balanceRegion) schedule(c *cluster, now time.Time) []*operator {
 			}
 		}
 		if found == nil {
-			break
+			exhausted[src.id] = true
+			continue
 		}
 		taken[found.ri.meta.GetId()] = true
 		moves = append(moves, *found)
 		budget--
 		incoming[found.dst]++
-		stores[len(stores)-1].score -= per
+		stores[si].score -= per
 		stores[di].score += per
 		sort.Slice(stores, func(i, j int) bool {
 			if stores[i].score != stores[j].score {

@@ -399,3 +399,111 @@ func TestSplitCheckerSplitsOversizedRegions(t *testing.T) {
 		}
 	}
 }
+
+// zonesOf counts each region's voters per zone.
+func zonesOf(c *sim.Cluster, zoneOf map[uint64]string) []map[string]int {
+	var out []map[string]int
+	for _, r := range c.Regions() {
+		zones := map[string]int{}
+		for _, p := range r.GetPeers() {
+			if p.GetRole() == metapb.PeerRole_Voter {
+				zones[zoneOf[p.GetStoreId()]]++
+			}
+		}
+		out = append(out, zones)
+	}
+	return out
+}
+
+// addZonedStores adds stores in the zones given, in order.
+func addZonedStores(t *testing.T, c *sim.Cluster, zoneOf map[uint64]string, zones ...string) {
+	t.Helper()
+	for _, z := range zones {
+		id, err := c.AddStoreWithLabels(context.Background(), map[string]string{"zone": z})
+		if err != nil {
+			t.Fatal(err)
+		}
+		zoneOf[id] = z
+	}
+}
+
+// With five replicas over zones of six, two and two stores, no region
+// keeps three voters in one zone (losing that zone would lose a quorum):
+// isolation counts how many voters share a zone, not only whether one does.
+func TestFiveReplicasNeverPutAMajorityInOneZone(t *testing.T) {
+	sc := fastSchedule()
+	sc.MaxReplicas = 5
+	sc.LocationLabels = []string{"zone"}
+	p := newTestPDWithSchedule(t, 1, sc)
+	c := newSim(t, p)
+	ctx := context.Background()
+	first, err := c.Bootstrap(ctx, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetStoreLabels(ctx, first, map[string]string{"zone": "a"}); err != nil {
+		t.Fatal(err)
+	}
+	c.Start()
+	zoneOf := map[uint64]string{first: "a"}
+	addZonedStores(t, c, zoneOf, "a", "a", "a", "a", "a", "b", "b", "c", "c")
+	waitFor(t, "five voters per region, at most two in a zone", 60*time.Second, func() bool {
+		if !fullyReplicated(c, 5, nil) {
+			return false
+		}
+		for _, zs := range zonesOf(c, zoneOf) {
+			if zs["a"] > 2 || zs["b"] > 2 || zs["c"] > 2 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// A store holding a replica of every region that no other store may take
+// (the only one in its zone) does not stop balancing: a store added to a
+// crowded zone still gets replicas from its zone's others.
+func TestBalanceGoesOnPastAStuckStore(t *testing.T) {
+	sc := fastSchedule()
+	sc.LocationLabels = []string{"zone"}
+	p := newTestPDWithSchedule(t, 1, sc)
+	c := newSim(t, p)
+	ctx := context.Background()
+	first, err := c.Bootstrap(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetStoreLabels(ctx, first, map[string]string{"zone": "a"}); err != nil {
+		t.Fatal(err)
+	}
+	c.Start()
+	zoneOf := map[uint64]string{first: "a"}
+	addZonedStores(t, c, zoneOf, "a", "a", "b", "b", "b", "c")
+	waitFor(t, "every region in zones a, b and c", 60*time.Second, func() bool {
+		if !fullyReplicated(c, 3, nil) {
+			return false
+		}
+		for _, zs := range zonesOf(c, zoneOf) {
+			if len(zs) != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	addZonedStores(t, c, zoneOf, "a")
+	var added uint64
+	for id, z := range zoneOf {
+		if z == "a" && id > added {
+			added = id
+		}
+	}
+	waitFor(t, "replicas on the fourth zone-a store", 30*time.Second, func() bool {
+		for _, sc := range c.Counts() {
+			if sc.StoreID == added {
+				return sc.Regions > 0
+			}
+		}
+		return false
+	})
+	t.Logf("counts:%s", describeCounts(c.Counts()))
+}

@@ -201,10 +201,18 @@ func (c *Cluster) AddStoreWithLabels(ctx context.Context, labels map[string]stri
 		return 0, err
 	}
 	st := &metapb.Store{Id: id, Address: fmt.Sprintf("sim-store-%d", id), Labels: storeLabels(labels)}
-	if err := c.pd.PutStore(ctx, st); err != nil {
+	// Known here before PD knows it: PD may send a replica to it at once,
+	// and the simulator must find the store when it applies that.
+	if err := c.addStore(ctx, st); err != nil {
 		return 0, err
 	}
-	return id, c.addStore(ctx, st)
+	if err := c.pd.PutStore(ctx, st); err != nil {
+		c.mu.Lock()
+		delete(c.stores, id)
+		c.mu.Unlock()
+		return 0, err
+	}
+	return id, nil
 }
 
 // SetStoreLabels gives a store (one Bootstrap made) labels.
