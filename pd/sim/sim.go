@@ -409,7 +409,9 @@ func (c *Cluster) apply(resp *pdpb.RegionHeartbeatResponse) bool {
 	}
 	if e := resp.GetRegionEpoch(); e != nil && !region.EpochEqual(e, r.meta.GetRegionEpoch()) {
 		// A step repeated with a heartbeat that crossed its result (or
-		// meant for an older epoch): done already, a no-op, as on a store.
+		// meant for an older epoch): done already, so a no-op. (Stricter
+		// than a store, which checks the epoch of splits and merges only;
+		// PD sends the current step again with the next heartbeat.)
 		c.mu.Unlock()
 		return false
 	}
