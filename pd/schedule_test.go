@@ -37,6 +37,36 @@ func newSim(t *testing.T, p *testPD) *sim.Cluster {
 	return c
 }
 
+// startSim starts a one-member PD with sc and a simulator bootstrapped with
+// regions regions on one store (labelled firstLabels when given), running.
+func startSim(t *testing.T, sc ScheduleConfig, regions int, firstLabels map[string]string) (*testPD, *sim.Cluster, uint64) {
+	t.Helper()
+	p := newTestPDWithSchedule(t, 1, sc)
+	c := newSim(t, p)
+	ctx := context.Background()
+	first, err := c.Bootstrap(ctx, regions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if firstLabels != nil {
+		if err := c.SetStoreLabels(ctx, first, firstLabels); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Start()
+	return p, c, first
+}
+
+// addStores adds n unlabelled stores.
+func addStores(t *testing.T, c *sim.Cluster, n int) {
+	t.Helper()
+	for range n {
+		if _, err := c.AddStore(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func describeCounts(cs []sim.StoreCount) string {
 	s := ""
 	for _, c := range cs {
@@ -81,26 +111,12 @@ func within(cs []sim.StoreCount, regionsLo, regionsHi, leadersLo, leadersHi int)
 // number of leaders once two more stores join; two more stores later get
 // their share of replicas.
 func TestSchedulingSpreadsRegions(t *testing.T) {
-	p := newTestPDWithSchedule(t, 1, fastSchedule())
-	c := newSim(t, p)
-	ctx := context.Background()
-	if _, err := c.Bootstrap(ctx, 60); err != nil {
-		t.Fatal(err)
-	}
-	c.Start()
-	for i := 0; i < 2; i++ {
-		if _, err := c.AddStore(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	_, c, _ := startSim(t, fastSchedule(), 60, nil)
+	addStores(t, c, 2)
 	waitFor(t, "three replicas per region and 20 leaders per store", 60*time.Second, func() bool {
 		return fullyReplicated(c, 3, nil) && within(c.Counts(), 60, 60, 19, 21)
 	})
-	for i := 0; i < 2; i++ {
-		if _, err := c.AddStore(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	addStores(t, c, 2)
 	// 180 replicas over 5 stores: 36 each; 60 leaders: 12 each.
 	var last []sim.StoreCount
 	waitFor(t, "36±2 replicas and 12±1 leaders per store", 60*time.Second, func() bool {
@@ -130,18 +146,8 @@ func checkNoChurn(t *testing.T, c *sim.Cluster) {
 func TestDownStoreReplicasRecreated(t *testing.T) {
 	sc := fastSchedule()
 	sc.MaxStoreDownTime = Duration{2 * time.Second}
-	p := newTestPDWithSchedule(t, 1, sc)
-	c := newSim(t, p)
-	ctx := context.Background()
-	if _, err := c.Bootstrap(ctx, 30); err != nil {
-		t.Fatal(err)
-	}
-	c.Start()
-	for i := 0; i < 3; i++ {
-		if _, err := c.AddStore(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	p, c, _ := startSim(t, sc, 30, nil)
+	addStores(t, c, 3)
 	waitFor(t, "three replicas per region", 60*time.Second, func() bool { return fullyReplicated(c, 3, nil) })
 	var victim uint64
 	for _, sc := range c.Counts() {
@@ -186,18 +192,8 @@ func TestDownStoreReplicasRecreated(t *testing.T) {
 func TestHotRegionSpreadsReadHotLeaders(t *testing.T) {
 	sc := fastSchedule()
 	sc.Schedulers = []string{"balance-region", "hot-region"} // no balance-leader: leaders stay put unless hot
-	p := newTestPDWithSchedule(t, 1, sc)
-	c := newSim(t, p)
-	ctx := context.Background()
-	if _, err := c.Bootstrap(ctx, 6); err != nil {
-		t.Fatal(err)
-	}
-	c.Start()
-	for i := 0; i < 2; i++ {
-		if _, err := c.AddStore(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	_, c, _ := startSim(t, sc, 6, nil)
+	addStores(t, c, 2)
 	waitFor(t, "three replicas per region", 60*time.Second, func() bool { return fullyReplicated(c, 3, nil) })
 	regions := c.Regions()
 	first := c.LeaderStore(regions[0].GetId())
@@ -226,18 +222,8 @@ func TestHotRegionSpreadsReadHotLeaders(t *testing.T) {
 // evict-leader drains a store of its leaders, and balance-leader, which
 // would otherwise see it as the store with the fewest, leaves it drained.
 func TestEvictLeaderDrainsAStore(t *testing.T) {
-	p := newTestPDWithSchedule(t, 1, fastSchedule())
-	c := newSim(t, p)
-	ctx := context.Background()
-	if _, err := c.Bootstrap(ctx, 30); err != nil {
-		t.Fatal(err)
-	}
-	c.Start()
-	for i := 0; i < 2; i++ {
-		if _, err := c.AddStore(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	p, c, _ := startSim(t, fastSchedule(), 30, nil)
+	addStores(t, c, 2)
 	waitFor(t, "three replicas per region and 10 leaders per store", 60*time.Second, func() bool {
 		return fullyReplicated(c, 3, nil) && within(c.Counts(), 30, 30, 9, 11)
 	})
@@ -278,17 +264,8 @@ func TestEvictLeaderDrainsAStore(t *testing.T) {
 func TestReplicasSpreadOverZones(t *testing.T) {
 	sc := fastSchedule()
 	sc.LocationLabels = []string{"zone"}
-	p := newTestPDWithSchedule(t, 1, sc)
-	c := newSim(t, p)
+	p, c, first := startSim(t, sc, 12, map[string]string{"zone": "a"})
 	ctx := context.Background()
-	first, err := c.Bootstrap(ctx, 12)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SetStoreLabels(ctx, first, map[string]string{"zone": "a"}); err != nil {
-		t.Fatal(err)
-	}
-	c.Start()
 	zoneOf := map[uint64]string{first: "a"}
 	// Zone a fills first: the regions get their second and third replicas
 	// there, the only place there is.
@@ -434,17 +411,7 @@ func TestFiveReplicasNeverPutAMajorityInOneZone(t *testing.T) {
 	sc := fastSchedule()
 	sc.MaxReplicas = 5
 	sc.LocationLabels = []string{"zone"}
-	p := newTestPDWithSchedule(t, 1, sc)
-	c := newSim(t, p)
-	ctx := context.Background()
-	first, err := c.Bootstrap(ctx, 20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SetStoreLabels(ctx, first, map[string]string{"zone": "a"}); err != nil {
-		t.Fatal(err)
-	}
-	c.Start()
+	_, c, first := startSim(t, sc, 20, map[string]string{"zone": "a"})
 	zoneOf := map[uint64]string{first: "a"}
 	addZonedStores(t, c, zoneOf, "a", "a", "a", "a", "a", "b", "b", "c", "c")
 	waitFor(t, "five voters per region, at most two in a zone", 60*time.Second, func() bool {
@@ -466,17 +433,7 @@ func TestFiveReplicasNeverPutAMajorityInOneZone(t *testing.T) {
 func TestBalanceGoesOnPastAStuckStore(t *testing.T) {
 	sc := fastSchedule()
 	sc.LocationLabels = []string{"zone"}
-	p := newTestPDWithSchedule(t, 1, sc)
-	c := newSim(t, p)
-	ctx := context.Background()
-	first, err := c.Bootstrap(ctx, 30)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SetStoreLabels(ctx, first, map[string]string{"zone": "a"}); err != nil {
-		t.Fatal(err)
-	}
-	c.Start()
+	_, c, first := startSim(t, sc, 30, map[string]string{"zone": "a"})
 	zoneOf := map[uint64]string{first: "a"}
 	addZonedStores(t, c, zoneOf, "a", "a", "b", "b", "b", "c")
 	waitFor(t, "every region in zones a, b and c", 60*time.Second, func() bool {
