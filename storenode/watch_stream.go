@@ -99,15 +99,20 @@ func (ws *watchStream) sendControl(r *kvpb.WatchResponse) bool {
 	return true
 }
 
+// controlRoom reports whether fewer than watchBuffer control responses
+// are queued.
+func (ws *watchStream) controlRoom() bool {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return ws.controls < watchBuffer
+}
+
 // waitControlRoom waits until fewer than watchBuffer control responses
 // are queued; false once the stream is closed. Only for the handler's
 // goroutine, before it takes the next request.
 func (ws *watchStream) waitControlRoom() bool {
 	for {
-		ws.mu.Lock()
-		ok := ws.controls < watchBuffer
-		ws.mu.Unlock()
-		if ok {
+		if ws.controlRoom() {
 			return !ws.isClosed()
 		}
 		select {

@@ -131,15 +131,17 @@ func TestCancelBeforeCreatedIsNotSent(t *testing.T) {
 func TestControlResponsesAreBounded(t *testing.T) {
 	ws := newWatchStream()
 	for i := range watchBuffer {
+		if !ws.controlRoom() {
+			t.Fatalf("no room with %d control responses queued", i)
+		}
 		ws.sendControl(&kvpb.WatchResponse{WatchId: int64(i), Created: true})
 	}
+	if ws.controlRoom() {
+		t.Fatal("room with watchBuffer control responses queued")
+	}
+	// A handler waiting for room goes on once the sender takes one off.
 	done := make(chan bool)
 	go func() { done <- ws.waitControlRoom() }()
-	select {
-	case <-done:
-		t.Fatal("room with watchBuffer control responses queued")
-	default:
-	}
 	ws.next()
 	if !<-done {
 		t.Fatal("no room after one was taken off")
