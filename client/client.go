@@ -258,9 +258,7 @@ func (c *Client) onRegionError(rt route, e *errorpb.Error) bool {
 		}
 	case *errorpb.Error_EpochNotMatch:
 		c.mu.Lock()
-		c.regions.Remove(rt.region.GetId())
-		delete(c.leaders, rt.region.GetId())
-		delete(c.missingPeers, rt.region.GetId())
+		c.forgetLocked(rt.region.GetId())
 		c.mu.Unlock()
 		for _, r := range d.EpochNotMatch.GetCurrentRegions() {
 			c.learn(r, nil)
@@ -276,9 +274,7 @@ func (c *Client) onRegionError(rt route, e *errorpb.Error) bool {
 		c.mu.Unlock()
 	default:
 		c.mu.Lock()
-		c.regions.Remove(rt.region.GetId())
-		delete(c.leaders, rt.region.GetId())
-		delete(c.missingPeers, rt.region.GetId())
+		c.forgetLocked(rt.region.GetId())
 		c.mu.Unlock()
 	}
 	return true
@@ -311,7 +307,7 @@ func (c *Client) onRegionNotFound(rt route) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	id := rt.region.GetId()
-	if cur := c.regions.GetByID(id); cur == nil || !proto.Equal(cur.GetRegionEpoch(), rt.region.GetRegionEpoch()) {
+	if cur := c.regions.GetByID(id); cur == nil || !region.EpochEqual(cur.GetRegionEpoch(), rt.region.GetRegionEpoch()) {
 		// The route was not the cached descriptor (PD's, older than the
 		// cache, or one replaced meanwhile): only its leader guess goes;
 		// the next attempt routes by the cache or asks PD.
@@ -342,6 +338,12 @@ func (c *Client) onRegionNotFound(rt route) {
 			return
 		}
 	}
+	c.forgetLocked(id)
+}
+
+// forgetLocked drops a region from the cache with what is kept about it.
+// Needs c.mu.
+func (c *Client) forgetLocked(id uint64) {
 	c.regions.Remove(id)
 	delete(c.leaders, id)
 	delete(c.missingPeers, id)

@@ -38,9 +38,7 @@ func (c *Client) followRouting(ctx context.Context) {
 func (c *Client) applyRouting(changed []*pdpb.RegionInfo, removed []uint64) {
 	c.mu.Lock()
 	for _, id := range removed {
-		c.regions.Remove(id)
-		delete(c.leaders, id)
-		delete(c.missingPeers, id)
+		c.forgetLocked(id)
 	}
 	c.mu.Unlock()
 	for _, info := range changed {

@@ -77,8 +77,7 @@ func (c *Client) refresh(ctx context.Context, key []byte) error {
 	if r := resp.GetRegion(); r != nil {
 		c.mu.Lock()
 		if old := c.regions.Search(key); old != nil {
-			c.regions.Remove(old.GetId())
-			delete(c.leaders, old.GetId())
+			c.forgetLocked(old.GetId())
 		}
 		c.mu.Unlock()
 		c.learn(r, resp.GetLeader())
