@@ -283,15 +283,21 @@ func TestRegionErrorsForRawCallers(t *testing.T) {
 	pd := waitReplicated(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// The test talks to one region's leader throughout: no balance-leader,
+	// which would move one of the two regions' leaders after the split.
+	dreq, err := http.NewRequest(http.MethodDelete, "http://"+c.PDs[0].Addr+"/pd/api/v1/schedulers/balance-leader", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dresp, err := http.DefaultClient.Do(dreq); err != nil || dresp.StatusCode != http.StatusOK {
+		t.Fatalf("remove balance-leader: %v %v", dresp, err)
+	} else {
+		dresp.Body.Close()
+	}
 	// A boundary at "m", for a key outside the region below.
 	if _, err := cl.SplitRegions(ctx, [][]byte{[]byte("m")}); err != nil {
 		t.Fatal(err)
 	}
-	r, err := pd.GetRegion(ctx, []byte("a"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, leader := r.GetRegion(), r.GetLeader()
 	kvOn := func(p *procs.Proc) kvpb.KVClient {
 		cc, err := grpc.NewClient(p.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
@@ -300,22 +306,38 @@ func TestRegionErrorsForRawCallers(t *testing.T) {
 		t.Cleanup(func() { cc.Close() })
 		return kvpb.NewKVClient(cc)
 	}
-	l := leaderStore(t, c, pd)
-	kv := kvOn(l)
+	// Stale epoch: the error carries the current region. It is asked of
+	// the store PD names the leader until that store is it (the region
+	// below the split may still be electing, or PD not yet told).
+	var reg *metapb.Region
+	var leader *metapb.Peer
+	var l *procs.Proc
+	var kv kvpb.KVClient
 	ctxFor := func(epoch *metapb.RegionEpoch) *kvpb.Context {
 		return &kvpb.Context{RegionId: reg.GetId(), RegionEpoch: epoch, Peer: leader}
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		r, err := pd.GetRegion(ctx, []byte("a"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg, leader = r.GetRegion(), r.GetLeader()
+		l = leaderStore(t, c, pd)
+		kv = kvOn(l)
+		stale := &metapb.RegionEpoch{ConfVer: reg.GetRegionEpoch().GetConfVer(), Version: reg.GetRegionEpoch().GetVersion() + 5}
+		resp, err := kv.Put(ctx, &kvpb.PutRequest{Key: []byte("b"), Value: []byte("1"), Context: ctxFor(stale)})
+		enm := resp.GetHeader().GetRegionError().GetEpochNotMatch()
+		if err == nil && enm != nil && len(enm.GetCurrentRegions()) > 0 && enm.GetCurrentRegions()[0].GetId() == reg.GetId() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stale epoch: %v %v", resp, err)
+		}
 	}
 	// Unknown region.
 	resp, err := kv.Put(ctx, &kvpb.PutRequest{Key: []byte("x"), Value: []byte("1"), Context: &kvpb.Context{RegionId: 999}})
 	if err != nil || resp.GetHeader().GetRegionError().GetRegionNotFound() == nil {
 		t.Fatalf("unknown region: %v %v", resp, err)
-	}
-	// Stale epoch: the error carries the current region.
-	stale := &metapb.RegionEpoch{ConfVer: reg.GetRegionEpoch().GetConfVer(), Version: reg.GetRegionEpoch().GetVersion() + 5}
-	resp, err = kv.Put(ctx, &kvpb.PutRequest{Key: []byte("b"), Value: []byte("1"), Context: ctxFor(stale)})
-	enm := resp.GetHeader().GetRegionError().GetEpochNotMatch()
-	if err != nil || enm == nil || len(enm.GetCurrentRegions()) == 0 || enm.GetCurrentRegions()[0].GetId() != reg.GetId() {
-		t.Fatalf("stale epoch: %v %v", resp, err)
 	}
 	// The wrong store.
 	resp, err = kv.Put(ctx, &kvpb.PutRequest{Key: []byte("b"), Value: []byte("1"),
