@@ -53,11 +53,20 @@ func bootstrapSpread(c *testCluster, n int) []uint64 {
 		descs = append(descs, d)
 		ids = append(ids, id)
 	}
+	// Stores bootstrap one after another, and with thousands of regions a
+	// region on the first can time out its election before the last has
+	// bootstrapped: its vote would create an empty replica there, and the
+	// bootstrap would then find the region already present. No message
+	// crosses until every store holds every region.
+	for _, s := range c.ids {
+		c.net.isolate(s, c.ids)
+	}
 	for _, s := range c.ids {
 		if err := c.store(s).st.BootstrapRegions(descs); err != nil {
 			c.t.Fatal(err)
 		}
 	}
+	c.net.heal()
 	for i, id := range ids {
 		_ = c.store(c.ids[i%len(c.ids)]).st.Campaign(id)
 	}
