@@ -1,6 +1,8 @@
 package raftstore
 
 import (
+	"log/slog"
+
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"google.golang.org/protobuf/proto"
@@ -141,7 +143,9 @@ type quietPebbleLogger struct{}
 
 func (quietPebbleLogger) Infof(string, ...any) {}
 func (quietPebbleLogger) Errorf(format string, args ...any) {
-	pebbleLogger.Error("pebble", "msg", sprintf(format, args...))
+	// slog's default at the time of the call: the binary sets it from
+	// --log-level after this package is initialised.
+	slog.Error("pebble", "msg", sprintf(format, args...))
 }
 func (quietPebbleLogger) Fatalf(format string, args ...any) {
 	panic(sprintf(format, args...))

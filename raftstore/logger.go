@@ -9,8 +9,6 @@ import (
 
 var sprintf = fmt.Sprintf
 
-var pebbleLogger = slog.Default()
-
 // raftLog adapts raft's logger to slog. raft logs every election and
 // conf change at Info; at thousands of regions that is noise, so Info goes to
 // Debug.

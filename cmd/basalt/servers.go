@@ -39,12 +39,17 @@ func tuneGOMAXPROCS() {
 	}
 }
 
-func logger(level string) *slog.Logger {
+// logger is the process's logger at --log-level. It also becomes slog's
+// default, which raft's and pebble's adapters log through, so they follow
+// the same level and format.
+func logger(level string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
-		l = slog.LevelInfo
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	slog.SetDefault(log)
+	return log, nil
 }
 
 // untilSignal runs until SIGINT or SIGTERM.
@@ -70,6 +75,10 @@ func pdCmd() *cobra.Command {
 			if initial == "" {
 				initial = name + "=" + peerAddr
 			}
+			log, err := logger(logLevel)
+			if err != nil {
+				return err
+			}
 			sc := pd.DefaultScheduleConfig()
 			sc.MaxReplicas = maxReplicas
 			sc.MaxStoreDownTime = pd.Duration{Duration: maxStoreDown}
@@ -77,7 +86,7 @@ func pdCmd() *cobra.Command {
 			s, err := pd.NewServer(pd.Config{
 				Name: name, DataDir: dataDir, ClientAddr: clientAddr, PeerAddr: peerAddr,
 				AdvertiseClientAddr: advertise, InitialCluster: initial, Schedule: sc,
-				Logger: logger(logLevel), EnablePprof: pprof,
+				Logger: log, EnablePprof: pprof,
 			})
 			if err != nil {
 				return err
@@ -178,7 +187,10 @@ func storeCmd() *cobra.Command {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			rcfg := raftstore.Config{TickInterval: tick}
-			log := logger(logLevel)
+			log, err := logger(logLevel)
+			if err != nil {
+				return err
+			}
 			var fs vfs.FS
 			if syncDelayFile != "" {
 				if !filepath.IsAbs(syncDelayFile) {
