@@ -26,9 +26,23 @@ func addConfigFlag(cmd *cobra.Command) {
 	cmd.PreRunE = func(cmd *cobra.Command, _ []string) error { return applySettings(cmd.Flags(), os.LookupEnv) }
 }
 
+// envAnnotation names, on a flag, an environment variable other than the
+// one envName gives it: a flag whose name means something else in another
+// command (playground's --pd is a count, every other --pd an address list)
+// must not read that command's variable.
+const envAnnotation = "basalt-env"
+
 // envName is the environment variable of a flag.
 func envName(flag string) string {
 	return "BASALT_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// flagEnvName is f's environment variable.
+func flagEnvName(f *pflag.Flag) string {
+	if v := f.Annotations[envAnnotation]; len(v) == 1 {
+		return v[0]
+	}
+	return envName(f.Name)
 }
 
 // applySettings sets every flag not given on the command line from the
@@ -61,9 +75,9 @@ func applySettings(fs *pflag.FlagSet, lookupEnv func(string) (string, bool)) err
 		if err != nil || f.Changed || f.Name == "config" || f.Name == "help" {
 			return
 		}
-		if v, ok := lookupEnv(envName(f.Name)); ok {
+		if v, ok := lookupEnv(flagEnvName(f)); ok {
 			if serr := fs.Set(f.Name, v); serr != nil {
-				err = fmt.Errorf("%s=%q: %v", envName(f.Name), v, serr)
+				err = fmt.Errorf("%s=%q: %v", flagEnvName(f), v, serr)
 			}
 			return
 		}

@@ -46,8 +46,18 @@ func playgroundCmd() *cobra.Command {
 				}
 				dir = d
 			}
-			pg := &playground{dir: dir, out: cmd.OutOrStdout()}
+			// The handler is in place before the first child starts: an
+			// interrupt while the cluster is still coming up stops what
+			// started and removes the temporary directory too.
+			sig := make(chan os.Signal, 1)
+			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+			defer signal.Stop(sig)
+			pg := &playground{dir: dir, out: cmd.OutOrStdout(), interrupted: sig}
 			err := pg.run(pdAddr, pds, stores, storePort)
+			if errors.Is(err, errInterrupted) {
+				fmt.Fprintln(pg.out, "stopping")
+				err = nil
+			}
 			pg.stop()
 			if temp {
 				_ = os.RemoveAll(dir)
@@ -57,7 +67,8 @@ func playgroundCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&dir, "dir", "", "data directory (default: a temporary directory, removed on exit)")
-	f.IntVar(&pds, "pd", 1, "PD members: 1, 3 or 5")
+	f.IntVar(&pds, "pd", 1, "PD members: 1, 3 or 5 (env: BASALT_PLAYGROUND_PD)")
+	_ = f.SetAnnotation("pd", envAnnotation, []string{"BASALT_PLAYGROUND_PD"})
 	f.IntVar(&stores, "stores", 3, "stores")
 	f.StringVar(&pdAddr, "pd-addr", "127.0.0.1:2379", "first PD member's client address; members use the ports after it (port 0: free ports)")
 	f.IntVar(&storePort, "store-port", 20160, "first store's port; stores use the ports after it (0: free ports)")
@@ -65,12 +76,16 @@ func playgroundCmd() *cobra.Command {
 	return cmd
 }
 
+// errInterrupted is a SIGINT or SIGTERM while the playground starts or runs.
+var errInterrupted = errors.New("interrupted")
+
 type playground struct {
-	dir string
-	out interface{ Write([]byte) (int, error) }
+	dir         string
+	out         interface{ Write([]byte) (int, error) }
+	interrupted <-chan os.Signal
 
 	mu    sync.Mutex
-	procs []*exec.Cmd
+	procs []child
 	died  chan string
 }
 
@@ -154,16 +169,18 @@ func (pg *playground) run(pdAddr string, pds, stores, storePort int) error {
 	}
 	fmt.Fprintf(pg.out, "data:   %s\n", pg.dir)
 	fmt.Fprintln(pg.out, "basalt playground ready")
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sig)
 	select {
-	case <-sig:
-		fmt.Fprintln(pg.out, "stopping")
-		return nil
+	case <-pg.interrupted:
+		return errInterrupted
 	case name := <-pg.died:
 		return fmt.Errorf("%s exited; its log is %s", name, filepath.Join(pg.dir, name+".log"))
 	}
+}
+
+// child is a started process; exited closes once it has been waited for.
+type child struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
 }
 
 // spawn starts one child, its output in <dir>/<name>.log.
@@ -189,12 +206,14 @@ func (pg *playground) spawn(name, exe string, args ...string) error {
 		logf.Close()
 		return fmt.Errorf("start %s: %w", name, err)
 	}
+	exited := make(chan struct{})
 	pg.mu.Lock()
-	pg.procs = append(pg.procs, c)
+	pg.procs = append(pg.procs, child{c, exited})
 	pg.mu.Unlock()
 	go func() {
 		_ = c.Wait()
 		logf.Close()
+		close(exited)
 		select {
 		case pg.died <- name:
 		default:
@@ -230,6 +249,8 @@ func (pg *playground) waitPD(addrs []string) error {
 		select {
 		case name := <-pg.died:
 			return fmt.Errorf("%s exited while starting; its log is %s", name, filepath.Join(pg.dir, name+".log"))
+		case <-pg.interrupted:
+			return errInterrupted
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -263,6 +284,8 @@ func (pg *playground) waitReady(pdAddr string, stores int) error {
 		select {
 		case name := <-pg.died:
 			return fmt.Errorf("%s exited while starting; its log is %s", name, filepath.Join(pg.dir, name+".log"))
+		case <-pg.interrupted:
+			return errInterrupted
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -277,16 +300,21 @@ func (pg *playground) stop() {
 	pg.procs = nil
 	pg.mu.Unlock()
 	for i := len(procs) - 1; i >= 0; i-- {
-		_ = procs[i].Process.Signal(syscall.SIGTERM)
+		_ = procs[i].cmd.Process.Signal(syscall.SIGTERM)
 	}
-	deadline := time.Now().Add(15 * time.Second)
+	timer := time.NewTimer(15 * time.Second)
+	defer timer.Stop()
+	late := false
 	for _, p := range procs {
-		for p.ProcessState == nil && time.Now().Before(deadline) {
-			if err := p.Process.Signal(syscall.Signal(0)); err != nil {
-				break
+		if !late {
+			select {
+			case <-p.exited:
+				continue
+			case <-timer.C:
+				late = true
 			}
-			time.Sleep(20 * time.Millisecond)
 		}
-		_ = p.Process.Kill()
+		_ = p.cmd.Process.Kill()
+		<-p.exited
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"os"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -15,13 +16,14 @@ import (
 	"github.com/basaltdb/basalt/tests/procs"
 )
 
-// The README's first command: `basalt playground` starts PD and three
-// stores, says where they are and that it is ready; ctl round-trips a key
-// in table and json output through it; SIGINT stops every process and the
-// playground exits cleanly, keeping the data directory it was given.
+// The README's first command: `basalt playground` starts three PD members
+// and three stores, says where they are and that it is ready; ctl
+// round-trips a key in simple, table and json output through it; SIGINT
+// stops every process and the playground exits cleanly, keeping the data
+// directory it was given.
 func TestPlayground(t *testing.T) {
 	dir := t.TempDir()
-	pg := exec.Command(procs.Binary(t), "playground", "--pd-addr", "127.0.0.1:0", "--store-port", "0", "--dir", dir)
+	pg := exec.Command(procs.Binary(t), "playground", "--pd", "3", "--pd-addr", "127.0.0.1:0", "--store-port", "0", "--dir", dir)
 	out, err := pg.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +67,7 @@ func TestPlayground(t *testing.T) {
 			t.Fatal("the playground never said it was ready")
 		}
 	}
-	if pdAddr == "" || len(stores) != 3 {
+	if len(strings.Split(pdAddr, ",")) != 3 || len(stores) != 3 {
 		t.Fatalf("the playground named PD %q and stores %v", pdAddr, stores)
 	}
 	ctl := func(args ...string) string {
@@ -80,7 +82,13 @@ func TestPlayground(t *testing.T) {
 		t.Fatalf("put: %q", got)
 	}
 	if got := ctl("get", "pg/k"); got != "pg/k\nv1\n" {
-		t.Fatalf("get (table): %q", got)
+		t.Fatalf("get: %q", got)
+	}
+	if _, rows := tableRows(t, ctl("get", "pg/k", "-w", "table")); len(rows) != 1 || rows[0][0] != "pg/k" || rows[0][1] != "v1" {
+		t.Fatalf("get -w table: %v", rows)
+	}
+	if _, rows := tableRows(t, ctl("member", "list", "-w", "table")); len(rows) != 3 {
+		t.Fatalf("member list -w table: %v", rows)
 	}
 	var resp struct {
 		Kvs []struct {
@@ -114,12 +122,68 @@ func TestPlayground(t *testing.T) {
 		t.Fatal("the playground did not exit after SIGINT")
 	}
 	// Every child is gone: nothing listens on the addresses any more.
-	for _, a := range append([]string{pdAddr}, stores...) {
-		if b, err := exec.Command(procs.Binary(t), "ctl", "--pd", a, "status").CombinedOutput(); err == nil {
-			t.Fatalf("%s still answers after the playground stopped: %s", a, b)
+	for _, a := range append(strings.Split(pdAddr, ","), stores...) {
+		if conn, err := net.DialTimeout("tcp", a, time.Second); err == nil {
+			conn.Close()
+			t.Fatalf("%s still accepts connections after the playground stopped", a)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(dir)); err != nil {
 		t.Fatalf("the data directory given with --dir is gone: %v", err)
+	}
+}
+
+// An interrupt while the playground is still starting stops the children
+// it started and removes the temporary data directory, as one after
+// "ready" does.
+func TestPlaygroundInterruptedWhileStarting(t *testing.T) {
+	tmp := t.TempDir()
+	pg := exec.Command(procs.Binary(t), "playground", "--pd-addr", "127.0.0.1:0", "--store-port", "0")
+	pg.Env = append(os.Environ(), "TMPDIR="+tmp)
+	var out strings.Builder
+	pg.Stdout, pg.Stderr = &out, &out
+	if err := pg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- pg.Wait() }()
+	t.Cleanup(func() { _ = pg.Process.Kill() })
+
+	// Interrupt once PD has been started and before the stores are ready.
+	var dataDir string
+	for deadline := time.Now().Add(time.Minute); ; {
+		logs, _ := filepath.Glob(filepath.Join(tmp, "basalt-playground-*", "pd1.log"))
+		if len(logs) == 1 {
+			dataDir = filepath.Dir(logs[0])
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the playground never started PD")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := pg.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("the playground exited with %v after an early SIGINT: %s", err, out.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the playground did not exit after an early SIGINT")
+	}
+	if strings.Contains(out.String(), "ready") {
+		t.Fatalf("the interrupt came after the playground was ready; the test checks nothing: %s", out.String())
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Fatalf("the temporary data directory is still there: %v", left)
+	}
+	// No child outlives the playground: no process names the data directory.
+	procDirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, f := range procDirs {
+		if b, err := os.ReadFile(f); err == nil && strings.Contains(string(b), dataDir) {
+			t.Fatalf("%s still runs: %q", f, b)
+		}
 	}
 }
