@@ -95,3 +95,47 @@ func TestSettingsErrors(t *testing.T) {
 		t.Fatalf("a .json file: %v", err)
 	}
 }
+
+// playground's --pd is a count, every other --pd an address list: it reads
+// BASALT_PLAYGROUND_PD, so a BASALT_PD exported for ctl and the stores does
+// not break it.
+func TestPlaygroundPDHasItsOwnVariable(t *testing.T) {
+	cmd := playgroundCmd()
+	fs := cmd.Flags()
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := applySettings(fs, env(map[string]string{"BASALT_PD": "127.0.0.1:2379", "BASALT_PLAYGROUND_PD": "3", "BASALT_STORES": "4"})); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := fs.GetInt("pd"); got != 3 {
+		t.Fatalf("--pd is %d, want 3 from BASALT_PLAYGROUND_PD", got)
+	}
+	if got, _ := fs.GetInt("stores"); got != 4 {
+		t.Fatalf("--stores is %d, want 4 from BASALT_STORES", got)
+	}
+	if !strings.Contains(fs.Lookup("pd").Usage, "BASALT_PLAYGROUND_PD") {
+		t.Fatalf("--pd's help does not name its variable: %q", fs.Lookup("pd").Usage)
+	}
+}
+
+// The table printer pads every cell to its column and borders the table.
+func TestTableOutput(t *testing.T) {
+	tb := newTable("KEY", "VALUE")
+	tb.add("a", 1)
+	tb.add("longer-key", "ü")
+	var b strings.Builder
+	if err := tb.write(&b); err != nil {
+		t.Fatal(err)
+	}
+	want := `+------------+-------+
+| KEY        | VALUE |
++------------+-------+
+| a          | 1     |
+| longer-key | ü     |
++------------+-------+
+`
+	if b.String() != want {
+		t.Fatalf("got\n%s\nwant\n%s", b.String(), want)
+	}
+}

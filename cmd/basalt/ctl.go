@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,8 +25,21 @@ func ctlCmd() *cobra.Command {
 	root := &cobra.Command{Use: "ctl", Short: "Talk to a Basalt cluster"}
 	pf := root.PersistentFlags()
 	pf.StringVar(&env.pdAddr, "pd", "127.0.0.1:2379", "PD client addresses, comma separated")
-	pf.StringVarP(&env.output, "write-out", "w", "simple", "output: simple or json")
+	pf.StringVarP(&env.output, "write-out", "w", outputSimple, "output: simple, json or table")
 	pf.DurationVar(&env.timeout, "timeout", 10*time.Second, "how long one command may take (a watch: to connect)")
+	pf.String("config", "", "a YAML (.yaml, .yml) or TOML (.toml) file setting pd, write-out and timeout (env: BASALT_CONFIG)")
+	// ctl's own settings (--pd, --write-out, --timeout) also come from
+	// BASALT_PD, BASALT_WRITE_OUT, BASALT_TIMEOUT and the config file, as
+	// the servers' do; a command's local flags (get --limit) do not.
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if err := applySettings(root.PersistentFlags(), os.LookupEnv); err != nil {
+			return err
+		}
+		if env.timeout <= 0 {
+			return fmt.Errorf("--timeout %v: want a positive duration", env.timeout)
+		}
+		return checkOutput(env.output)
+	}
 	connect := env.connect
 
 	var prevKV bool
@@ -49,8 +64,24 @@ func ctlCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if env.output == "json" {
+			switch env.output {
+			case outputJSON:
 				return printJSON(cmd.OutOrStdout(), resp)
+			case outputTable:
+				t := newTable("KEY", "REVISION")
+				if prevKV {
+					t = newTable("KEY", "REVISION", "PREV_VALUE", "PREV_MOD_REV")
+				}
+				row := []any{args[0], resp.GetHeader().GetRevision()}
+				if prevKV {
+					if pk := resp.GetPrevKv(); pk != nil {
+						row = append(row, string(pk.GetValue()), pk.GetModRevision())
+					} else {
+						row = append(row, "", "")
+					}
+				}
+				t.add(row...)
+				return t.write(cmd.OutOrStdout())
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "OK")
 			if pk := resp.GetPrevKv(); pk != nil {
@@ -71,6 +102,12 @@ func ctlCmd() *cobra.Command {
 			if consistency != "l" && consistency != "s" {
 				return fmt.Errorf("--consistency %q: want l (linearizable) or s (serializable)", consistency)
 			}
+			if prefix && rangeEnd != "" {
+				return errors.New("give --prefix or --range-end, not both")
+			}
+			if limit < 0 || rev < 0 {
+				return errors.New("--limit and --rev cannot be negative")
+			}
 			c, ctx, cancel, err := connect()
 			if err != nil {
 				return err
@@ -81,7 +118,7 @@ func ctlCmd() *cobra.Command {
 				Serializable: consistency == "s"}
 			switch {
 			case prefix:
-				req.RangeEnd = client.PrefixEnd([]byte(args[0]))
+				req.Key, req.RangeEnd = prefixRange(args[0])
 			case rangeEnd != "":
 				req.RangeEnd = []byte(rangeEnd)
 			}
@@ -89,8 +126,11 @@ func ctlCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if env.output == "json" {
+			switch env.output {
+			case outputJSON:
 				return printJSON(cmd.OutOrStdout(), resp)
+			case outputTable:
+				return rangeTable(resp, keysOnly, countOnly).write(cmd.OutOrStdout())
 			}
 			if countOnly {
 				fmt.Fprintln(cmd.OutOrStdout(), resp.GetCount())
@@ -126,16 +166,31 @@ func ctlCmd() *cobra.Command {
 			defer c.Close()
 			req := &kvpb.DeleteRangeRequest{Key: []byte(args[0]), PrevKv: delPrev}
 			if delPrefix {
-				req.RangeEnd = client.PrefixEnd([]byte(args[0]))
+				req.Key, req.RangeEnd = prefixRange(args[0])
 			}
 			resp, err := c.DeleteRange(ctx, req)
 			if err != nil {
 				return err
 			}
-			if env.output == "json" {
+			switch env.output {
+			case outputJSON:
 				return printJSON(cmd.OutOrStdout(), resp)
+			case outputTable:
+				t := newTable("DELETED", "REVISION")
+				t.add(resp.GetDeleted(), resp.GetHeader().GetRevision())
+				if err := t.write(cmd.OutOrStdout()); err != nil || !delPrev {
+					return err
+				}
+				prev := newTable("KEY", "VALUE", "MOD_REV")
+				for _, kv := range resp.GetPrevKvs() {
+					prev.add(string(kv.GetKey()), string(kv.GetValue()), kv.GetModRevision())
+				}
+				return prev.write(cmd.OutOrStdout())
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), resp.GetDeleted())
+			for _, kv := range resp.GetPrevKvs() {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\n%s\n", kv.GetKey(), kv.GetValue())
+			}
 			return nil
 		},
 	}
@@ -146,9 +201,9 @@ func ctlCmd() *cobra.Command {
 	compact := &cobra.Command{
 		Use: "compact REVISION", Short: "Discard history before a revision", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var r int64
-			if _, err := fmt.Sscan(args[0], &r); err != nil {
-				return fmt.Errorf("revision %q is not a number", args[0])
+			r, err := strconv.ParseInt(args[0], 10, 64)
+			if err != nil || r <= 0 {
+				return fmt.Errorf("revision %q is not a positive number", args[0])
 			}
 			c, ctx, cancel, err := connect()
 			if err != nil {
@@ -159,37 +214,36 @@ func ctlCmd() *cobra.Command {
 			if err := c.Compact(ctx, r, physical); err != nil {
 				return err
 			}
+			switch env.output {
+			case outputJSON:
+				return printJSON(cmd.OutOrStdout(), map[string]int64{"compacted_revision": r})
+			case outputTable:
+				t := newTable("COMPACTED_REVISION")
+				t.add(r)
+				return t.write(cmd.OutOrStdout())
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "compacted revision %d\n", r)
 			return nil
 		},
 	}
 	compact.Flags().BoolVar(&physical, "physical", false, "wait until the history is gone from this store")
 
-	pdGet := func(path string) *cobra.Command {
-		return &cobra.Command{
-			Use: "list", Short: "List " + strings.TrimPrefix(path, "/pd/api/v1/"),
-			RunE: func(cmd *cobra.Command, _ []string) error {
-				var v any
-				if err := getJSON("http://"+strings.Split(env.pdAddr, ",")[0]+path, &v); err != nil {
-					return err
-				}
-				return printJSON(cmd.OutOrStdout(), v)
-			},
-		}
-	}
-	member := &cobra.Command{Use: "member", Short: "PD members"}
-	member.AddCommand(pdGet("/pd/api/v1/members"))
-	store := &cobra.Command{Use: "store", Short: "Stores"}
-	store.AddCommand(pdGet("/pd/api/v1/stores"))
-	reg := &cobra.Command{Use: "region", Short: "Regions"}
-	reg.AddCommand(pdGet("/pd/api/v1/regions"))
+	member := commandGroup(&cobra.Command{Use: "member", Short: "PD members"})
+	member.AddCommand(ctlMemberListCmd(env))
+	store := commandGroup(&cobra.Command{Use: "store", Short: "Stores"})
+	store.AddCommand(ctlStoreListCmd(env))
+	reg := commandGroup(&cobra.Command{Use: "region", Short: "Regions"})
+	reg.AddCommand(ctlRegionListCmd(env))
 	var splitHalf string
 	split := &cobra.Command{
 		Use:   "split KEY...",
 		Short: "Make every KEY a region boundary (or, with --half KEY, halve the region holding KEY)",
 		Args: func(_ *cobra.Command, args []string) error {
-			if (len(args) == 0) == (splitHalf == "") {
-				return errors.New("give split keys, or --half KEY, not both")
+			switch {
+			case len(args) == 0 && splitHalf == "":
+				return errors.New("give the split keys, or --half KEY")
+			case len(args) > 0 && splitHalf != "":
+				return errors.New("give split keys or --half KEY, not both")
 			}
 			return nil
 		},
@@ -216,13 +270,7 @@ func ctlCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if env.output == "json" {
-				return printJSON(cmd.OutOrStdout(), regions)
-			}
-			for _, r := range regions {
-				fmt.Fprintf(cmd.OutOrStdout(), "region %d [%q, %q) version %d\n", r.GetId(), r.GetStartKey(), r.GetEndKey(), r.GetRegionEpoch().GetVersion())
-			}
-			return nil
+			return printRegionDescs(cmd.OutOrStdout(), env.output, regions)
 		},
 	}
 	split.Flags().StringVar(&splitHalf, "half", "", "halve the region holding this key at the middle of its data")
@@ -234,7 +282,8 @@ func ctlCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var ids [2]uint64
 			for i, a := range args {
-				if _, err := fmt.Sscan(a, &ids[i]); err != nil || ids[i] == 0 {
+				var err error
+				if ids[i], err = strconv.ParseUint(a, 10, 64); err != nil || ids[i] == 0 {
 					return fmt.Errorf("region ID %q is not a positive number", a)
 				}
 			}
@@ -248,16 +297,86 @@ func ctlCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if env.output == "json" {
-				return printJSON(cmd.OutOrStdout(), r)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "region %d [%q, %q) version %d\n", r.GetId(), r.GetStartKey(), r.GetEndKey(), r.GetRegionEpoch().GetVersion())
-			return nil
+			return printRegionDescs(cmd.OutOrStdout(), env.output, []*metapb.Region{r})
 		},
 	})
 
 	root.AddCommand(put, get, del, compact, ctlWatchCmd(env), ctlTxnCmd(env), ctlLeaseCmd(env), ctlStatusCmd(env), member, store, reg)
-	return root
+	return commandGroup(root)
+}
+
+// commandGroup makes a command that only holds subcommands fail, with one
+// line, when it is run bare or with a subcommand it does not have: cobra
+// would print its help and exit 0.
+func commandGroup(cmd *cobra.Command) *cobra.Command {
+	cmd.Args = cobra.ArbitraryArgs
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		var names []string
+		for _, sub := range cmd.Commands() {
+			if sub.IsAvailableCommand() {
+				names = append(names, sub.Name())
+			}
+		}
+		if len(args) == 0 {
+			return fmt.Errorf("%s needs a command: %s", cmd.CommandPath(), strings.Join(names, ", "))
+		}
+		return fmt.Errorf("unknown command %q for %s (want one of %s)", args[0], cmd.CommandPath(), strings.Join(names, ", "))
+	}
+	return cmd
+}
+
+// prefixRange is the range of keys starting with prefix; as etcdctl's, the
+// empty prefix is every key ("\x00" to the end), since the empty key is
+// not a key.
+func prefixRange(prefix string) (key, end []byte) {
+	if prefix == "" {
+		return []byte{0}, []byte{0}
+	}
+	return []byte(prefix), client.PrefixEnd([]byte(prefix))
+}
+
+// rangeTable is a range response as a table.
+func rangeTable(resp *kvpb.RangeResponse, keysOnly, countOnly bool) *table {
+	if countOnly {
+		t := newTable("COUNT", "REVISION")
+		t.add(resp.GetCount(), resp.GetHeader().GetRevision())
+		return t
+	}
+	t := newTable("KEY", "VALUE", "CREATE_REV", "MOD_REV", "VERSION", "LEASE")
+	if keysOnly {
+		t = newTable("KEY", "CREATE_REV", "MOD_REV", "VERSION", "LEASE")
+	}
+	for _, kv := range resp.GetKvs() {
+		lease := ""
+		if kv.GetLease() != 0 {
+			lease = fmt.Sprintf("%016x", kv.GetLease())
+		}
+		if keysOnly {
+			t.add(string(kv.GetKey()), kv.GetCreateRevision(), kv.GetModRevision(), kv.GetVersion(), lease)
+		} else {
+			t.add(string(kv.GetKey()), string(kv.GetValue()), kv.GetCreateRevision(), kv.GetModRevision(), kv.GetVersion(), lease)
+		}
+	}
+	return t
+}
+
+// printRegionDescs prints regions a split or a merge returned.
+func printRegionDescs(w io.Writer, output string, regions []*metapb.Region) error {
+	switch output {
+	case outputJSON:
+		return printJSON(w, regions)
+	case outputTable:
+		t := newTable("ID", "START_KEY", "END_KEY", "VERSION", "CONF_VER")
+		for _, r := range regions {
+			t.add(r.GetId(), fmt.Sprintf("%q", r.GetStartKey()), fmt.Sprintf("%q", r.GetEndKey()),
+				r.GetRegionEpoch().GetVersion(), r.GetRegionEpoch().GetConfVer())
+		}
+		return t.write(w)
+	}
+	for _, r := range regions {
+		fmt.Fprintf(w, "region %d [%q, %q) version %d\n", r.GetId(), r.GetStartKey(), r.GetEndKey(), r.GetRegionEpoch().GetVersion())
+	}
+	return nil
 }
 
 // ctlEnv is what every ctl command shares: the global flags.

@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -24,7 +27,7 @@ func parseLeaseID(s string) (int64, error) {
 
 // ctlLeaseCmd is etcdctl's `lease` with its output: IDs in hexadecimal.
 func ctlLeaseCmd(env *ctlEnv) *cobra.Command {
-	lease := &cobra.Command{Use: "lease", Short: "Grant, revoke, keep alive and inspect leases"}
+	lease := commandGroup(&cobra.Command{Use: "lease", Short: "Grant, revoke, keep alive and inspect leases"})
 	var grantID string
 	grant := &cobra.Command{
 		Use: "grant TTL", Short: "Create a lease of TTL seconds", Args: cobra.ExactArgs(1),
@@ -44,8 +47,13 @@ func ctlLeaseCmd(env *ctlEnv) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if env.output == "json" {
+				switch env.output {
+				case outputJSON:
 					return printJSON(cmd.OutOrStdout(), resp)
+				case outputTable:
+					t := newTable("ID", "TTL")
+					t.add(fmt.Sprintf("%016x", resp.GetId()), resp.GetTtl())
+					return t.write(cmd.OutOrStdout())
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "lease %016x granted with TTL(%ds)\n", resp.GetId(), resp.GetTtl())
 				return nil
@@ -65,6 +73,14 @@ func ctlLeaseCmd(env *ctlEnv) *cobra.Command {
 				if err := c.LeaseRevoke(ctx, id); err != nil {
 					return err
 				}
+				switch env.output {
+				case outputJSON:
+					return printJSON(cmd.OutOrStdout(), map[string]any{"id": id, "revoked": true})
+				case outputTable:
+					t := newTable("ID", "REVOKED")
+					t.add(fmt.Sprintf("%016x", id), true)
+					return t.write(cmd.OutOrStdout())
+				}
 				fmt.Fprintf(cmd.OutOrStdout(), "lease %016x revoked\n", id)
 				return nil
 			})
@@ -79,19 +95,33 @@ func ctlLeaseCmd(env *ctlEnv) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if !once && env.output == outputTable {
+				return errors.New("keep-alive prints simple or json lines until interrupted; table needs --once")
+			}
 			c, ctx, cancel, err := env.connect()
 			if err != nil {
 				return err
 			}
 			defer c.Close()
+			printTTL := func(ttl int64) error {
+				switch env.output {
+				case outputJSON:
+					return json.NewEncoder(cmd.OutOrStdout()).Encode(map[string]int64{"id": id, "ttl": ttl})
+				case outputTable:
+					t := newTable("ID", "TTL")
+					t.add(fmt.Sprintf("%016x", id), ttl)
+					return t.write(cmd.OutOrStdout())
+				}
+				_, err := fmt.Fprintf(cmd.OutOrStdout(), "lease %016x keepalived with TTL(%d)\n", id, ttl)
+				return err
+			}
 			if once {
 				defer cancel()
 				ttl, err := c.LeaseKeepAliveOnce(ctx, id)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "lease %016x keepalived with TTL(%d)\n", id, ttl)
-				return nil
+				return printTTL(ttl)
 			}
 			cancel()
 			sig, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -101,7 +131,9 @@ func ctlLeaseCmd(env *ctlEnv) *cobra.Command {
 				return err
 			}
 			for ttl := range ch {
-				fmt.Fprintf(cmd.OutOrStdout(), "lease %016x keepalived with TTL(%d)\n", id, ttl)
+				if err := printTTL(ttl); err != nil {
+					return err
+				}
 			}
 			if sig.Err() == nil {
 				return fmt.Errorf("lease %016x expired or revoked", id)
@@ -124,10 +156,19 @@ func ctlLeaseCmd(env *ctlEnv) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if env.output == "json" {
-					return printJSON(cmd.OutOrStdout(), r)
-				}
 				out := cmd.OutOrStdout()
+				switch env.output {
+				case outputJSON:
+					return printJSON(out, r)
+				case outputTable:
+					keys := make([]string, len(r.Keys))
+					for i, k := range r.Keys {
+						keys[i] = string(k)
+					}
+					t := newTable("ID", "GRANTED_TTL", "REMAINING_TTL", "KEYS")
+					t.add(fmt.Sprintf("%016x", id), r.GrantedTTL, r.TTL, strings.Join(keys, ","))
+					return t.write(out)
+				}
 				if r.TTL < 0 {
 					fmt.Fprintf(out, "lease %016x already expired\n", id)
 					return nil
@@ -155,8 +196,15 @@ func ctlLeaseCmd(env *ctlEnv) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if env.output == "json" {
+				switch env.output {
+				case outputJSON:
 					return printJSON(cmd.OutOrStdout(), ids)
+				case outputTable:
+					t := newTable("ID")
+					for _, id := range ids {
+						t.add(fmt.Sprintf("%016x", id))
+					}
+					return t.write(cmd.OutOrStdout())
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "found %d leases\n", len(ids))
 				for _, id := range ids {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,6 +21,8 @@ type (
 	pdMember struct {
 		Name       string `json:"name"`
 		ClientAddr string `json:"client_addr"`
+		PeerAddr   string `json:"peer_addr"`
+		MemberID   uint64 `json:"member_id"`
 	}
 	pdMembers struct {
 		Members []pdMember `json:"members"`
@@ -40,18 +43,71 @@ type (
 		Role    int    `json:"role"`
 	}
 	pdRegion struct {
-		ID        uint64   `json:"id"`
-		StartKey  string   `json:"start_key"`
-		EndKey    string   `json:"end_key"`
+		ID       uint64 `json:"id"`
+		StartKey string `json:"start_key"`
+		EndKey   string `json:"end_key"`
+		Epoch    struct {
+			ConfVer uint64 `json:"conf_ver"`
+			Version uint64 `json:"version"`
+		} `json:"epoch"`
 		Peers     []pdPeer `json:"peers"`
 		Leader    *pdPeer  `json:"leader"`
 		DownPeers []uint64 `json:"down_peers"`
 	}
 )
 
-// pdURL is the first PD address's API root.
-func (e *ctlEnv) pdURL(path string) string {
-	return "http://" + strings.Split(e.pdAddr, ",")[0] + path
+// pdAddrs are the --pd addresses, in the order given.
+func (e *ctlEnv) pdAddrs() []string {
+	var out []string
+	for _, a := range strings.Split(e.pdAddr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// pdGet reads path of PD's HTTP API into v from the first --pd member that
+// answers it: a member that is down, or has no leader to send the request
+// to, does not fail the command while another can serve it.
+func (e *ctlEnv) pdGet(path string, v any) error {
+	var errs []string
+	for _, a := range e.pdAddrs() {
+		err := getJSON("http://"+a+path, v)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err.Error())
+	}
+	if len(errs) == 0 {
+		return errors.New("--pd: no address given")
+	}
+	return fmt.Errorf("no PD member answered: %s", strings.Join(errs, "; "))
+}
+
+// pdPost sends body to path of PD's HTTP API, trying the --pd members in
+// order until one is reached; PD's answer, whatever its status, is final.
+func (e *ctlEnv) pdPost(ctx context.Context, path, body string) (int, []byte, error) {
+	var errs []string
+	for _, a := range e.pdAddrs() {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+a+path, bytes.NewBufferString(body))
+		if err != nil {
+			return 0, nil, err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		msg, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, msg, err
+	}
+	if len(errs) == 0 {
+		return 0, nil, errors.New("--pd: no address given")
+	}
+	return 0, nil, fmt.Errorf("no PD member answered: %s", strings.Join(errs, "; "))
 }
 
 // clusterStatus is `basalt ctl status`: one screen about the cluster.
@@ -70,25 +126,25 @@ type clusterStatus struct {
 
 func (e *ctlEnv) status() (*clusterStatus, error) {
 	var members pdMembers
-	if err := getJSON(e.pdURL("/pd/api/v1/members"), &members); err != nil {
+	if err := e.pdGet("/pd/api/v1/members", &members); err != nil {
 		return nil, err
 	}
 	var stores struct{ Stores []pdStore }
-	if err := getJSON(e.pdURL("/pd/api/v1/stores"), &stores); err != nil {
+	if err := e.pdGet("/pd/api/v1/stores", &stores); err != nil {
 		return nil, err
 	}
 	var regions struct{ Regions []pdRegion }
-	if err := getJSON(e.pdURL("/pd/api/v1/regions"), &regions); err != nil {
+	if err := e.pdGet("/pd/api/v1/regions", &regions); err != nil {
 		return nil, err
 	}
 	var ops struct{ Running []json.RawMessage }
-	if err := getJSON(e.pdURL("/pd/api/v1/operators"), &ops); err != nil {
+	if err := e.pdGet("/pd/api/v1/operators", &ops); err != nil {
 		return nil, err
 	}
 	var cfg struct {
 		MaxReplicas int `json:"max-replicas"`
 	}
-	if err := getJSON(e.pdURL("/pd/api/v1/config"), &cfg); err != nil {
+	if err := e.pdGet("/pd/api/v1/config", &cfg); err != nil {
 		return nil, err
 	}
 	st := &clusterStatus{PDMembers: len(members.Members), Regions: len(regions.Regions), OperatorsInFlight: len(ops.Running),
@@ -142,6 +198,27 @@ func printStatus(w io.Writer, st *clusterStatus) {
 	fmt.Fprintf(w, "operators in flight: %d\n", st.OperatorsInFlight)
 }
 
+// statusTable is the status summary as one two-column table.
+func statusTable(st *clusterStatus) *table {
+	leader := st.PDLeader
+	if leader == "" {
+		leader = "none"
+	}
+	t := newTable("ITEM", "VALUE")
+	t.add("PD members", st.PDMembers)
+	t.add("PD leader", leader)
+	t.add("stores up", st.StoresUp)
+	t.add("stores not up", st.StoresNotUp)
+	for _, s := range st.Stores {
+		t.add("", s)
+	}
+	t.add("regions", st.Regions)
+	t.add("regions without a leader", fmt.Sprintf("%d %v", len(st.RegionsNoLeader), st.RegionsNoLeader))
+	t.add(fmt.Sprintf("regions under-replicated (< %d live voters)", st.MaxReplicasPerSpec), fmt.Sprintf("%d %v", len(st.RegionsUnderRepl), st.RegionsUnderRepl))
+	t.add("operators in flight", st.OperatorsInFlight)
+	return t
+}
+
 func ctlStatusCmd(env *ctlEnv) *cobra.Command {
 	return &cobra.Command{
 		Use: "status", Short: "One screen about the cluster: PD, stores, regions, operators", Args: cobra.NoArgs,
@@ -150,8 +227,11 @@ func ctlStatusCmd(env *ctlEnv) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if env.output == "json" {
+			switch env.output {
+			case outputJSON:
 				return printJSON(cmd.OutOrStdout(), st)
+			case outputTable:
+				return statusTable(st).write(cmd.OutOrStdout())
 			}
 			printStatus(cmd.OutOrStdout(), st)
 			return nil
@@ -165,16 +245,43 @@ func ctlRegionShowCmd(env *ctlEnv) *cobra.Command {
 		Use: "show KEY", Short: "Show the region holding KEY", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var r pdRegion
-			if err := getJSON(env.pdURL("/pd/api/v1/regions/key/"+url.PathEscape(args[0])), &r); err != nil {
+			if err := env.pdGet("/pd/api/v1/regions/key/"+url.PathEscape(args[0]), &r); err != nil {
 				return err
 			}
-			if env.output == "json" {
-				return printJSON(cmd.OutOrStdout(), r)
-			}
-			printRegion(cmd.OutOrStdout(), r)
-			return nil
+			return printRegions(cmd.OutOrStdout(), env.output, []pdRegion{r}, r)
 		},
 	}
+}
+
+// printRegions prints PD's regions; asJSON is what -w json prints (PD's
+// own document).
+func printRegions(w io.Writer, output string, regions []pdRegion, asJSON any) error {
+	switch output {
+	case outputJSON:
+		return printJSON(w, asJSON)
+	case outputTable:
+		t := newTable("ID", "START_KEY", "END_KEY", "VERSION", "LEADER_STORE", "VOTER_STORES", "LEARNER_STORES", "DOWN_PEERS")
+		for _, r := range regions {
+			leader := ""
+			if r.Leader != nil {
+				leader = strconv.FormatUint(r.Leader.StoreID, 10)
+			}
+			var voters, learners []string
+			for _, p := range r.Peers {
+				if p.Role == 0 {
+					voters = append(voters, strconv.FormatUint(p.StoreID, 10))
+				} else {
+					learners = append(learners, strconv.FormatUint(p.StoreID, 10))
+				}
+			}
+			t.add(r.ID, r.StartKey, r.EndKey, r.Epoch.Version, leader, strings.Join(voters, ","), strings.Join(learners, ","), len(r.DownPeers))
+		}
+		return t.write(w)
+	}
+	for _, r := range regions {
+		printRegion(w, r)
+	}
+	return nil
 }
 
 func printRegion(w io.Writer, r pdRegion) {
@@ -206,24 +313,19 @@ func ctlTransferLeaderCmd(env *ctlEnv) *cobra.Command {
 			body := fmt.Sprintf(`{"name": "transfer-leader", "region_id": %d, "to_store_id": %d}`, regionID, storeID)
 			ctx, cancel := context.WithTimeout(context.Background(), env.timeout)
 			defer cancel()
-			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, env.pdURL("/pd/api/v1/operators"), bytes.NewBufferString(body))
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := http.DefaultClient.Do(req)
+			code, msg, err := env.pdPost(ctx, "/pd/api/v1/operators", body)
 			if err != nil {
 				return err
 			}
-			msg, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
+			if code != http.StatusOK {
 				return fmt.Errorf("PD refused the transfer: %s", strings.TrimSpace(string(msg)))
 			}
 			for {
 				var regions struct{ Regions []pdRegion }
-				if err := getJSON(env.pdURL("/pd/api/v1/regions"), &regions); err == nil {
+				if err := env.pdGet("/pd/api/v1/regions", &regions); err == nil {
 					for _, r := range regions.Regions {
 						if r.ID == regionID && r.Leader != nil && r.Leader.StoreID == storeID {
-							fmt.Fprintf(cmd.OutOrStdout(), "region %d is led from store %d\n", regionID, storeID)
-							return nil
+							return printTransferred(cmd.OutOrStdout(), env.output, regionID, storeID)
 						}
 					}
 				}
@@ -233,6 +335,104 @@ func ctlTransferLeaderCmd(env *ctlEnv) *cobra.Command {
 				case <-time.After(100 * time.Millisecond):
 				}
 			}
+		},
+	}
+}
+
+func printTransferred(w io.Writer, output string, regionID, storeID uint64) error {
+	switch output {
+	case outputJSON:
+		return printJSON(w, map[string]uint64{"region_id": regionID, "leader_store_id": storeID})
+	case outputTable:
+		t := newTable("REGION", "LEADER_STORE")
+		t.add(regionID, storeID)
+		return t.write(w)
+	}
+	_, err := fmt.Fprintf(w, "region %d is led from store %d\n", regionID, storeID)
+	return err
+}
+
+// ctlRegionListCmd is `region list`: every region PD knows, in key order.
+func ctlRegionListCmd(env *ctlEnv) *cobra.Command {
+	return &cobra.Command{
+		Use: "list", Short: "List every region", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var raw json.RawMessage
+			if err := env.pdGet("/pd/api/v1/regions", &raw); err != nil {
+				return err
+			}
+			var regions struct{ Regions []pdRegion }
+			if err := json.Unmarshal(raw, &regions); err != nil {
+				return fmt.Errorf("PD's region list: %w", err)
+			}
+			return printRegions(cmd.OutOrStdout(), env.output, regions.Regions, raw)
+		},
+	}
+}
+
+// ctlStoreListCmd is `store list`.
+func ctlStoreListCmd(env *ctlEnv) *cobra.Command {
+	return &cobra.Command{
+		Use: "list", Short: "List every store", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var raw json.RawMessage
+			if err := env.pdGet("/pd/api/v1/stores", &raw); err != nil {
+				return err
+			}
+			if env.output == outputJSON {
+				return printJSON(cmd.OutOrStdout(), raw)
+			}
+			var stores struct{ Stores []pdStore }
+			if err := json.Unmarshal(raw, &stores); err != nil {
+				return fmt.Errorf("PD's store list: %w", err)
+			}
+			out := cmd.OutOrStdout()
+			if env.output == outputTable {
+				t := newTable("ID", "ADDRESS", "STATE", "REGIONS", "LEADERS")
+				for _, s := range stores.Stores {
+					t.add(s.Store.ID, s.Store.Address, s.State, s.RegionCount, s.LeaderCount)
+				}
+				return t.write(out)
+			}
+			for _, s := range stores.Stores {
+				fmt.Fprintf(out, "store %d %s %s regions %d leaders %d\n", s.Store.ID, s.Store.Address, s.State, s.RegionCount, s.LeaderCount)
+			}
+			return nil
+		},
+	}
+}
+
+// ctlMemberListCmd is `member list`: PD's members.
+func ctlMemberListCmd(env *ctlEnv) *cobra.Command {
+	return &cobra.Command{
+		Use: "list", Short: "List PD's members", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var raw json.RawMessage
+			if err := env.pdGet("/pd/api/v1/members", &raw); err != nil {
+				return err
+			}
+			if env.output == outputJSON {
+				return printJSON(cmd.OutOrStdout(), raw)
+			}
+			var members pdMembers
+			if err := json.Unmarshal(raw, &members); err != nil {
+				return fmt.Errorf("PD's member list: %w", err)
+			}
+			out := cmd.OutOrStdout()
+			t := newTable("ID", "NAME", "CLIENT_ADDR", "PEER_ADDR", "IS_LEADER")
+			for _, m := range members.Members {
+				leader := members.Leader != nil && members.Leader.MemberID == m.MemberID
+				if env.output == outputTable {
+					t.add(fmt.Sprintf("%x", m.MemberID), m.Name, m.ClientAddr, m.PeerAddr, leader)
+					continue
+				}
+				// etcdctl's simple member list: ID, name, peer and client URLs.
+				fmt.Fprintf(out, "%x, %s, %s, %s, %v\n", m.MemberID, m.Name, m.PeerAddr, m.ClientAddr, leader)
+			}
+			if env.output == outputTable {
+				return t.write(out)
+			}
+			return nil
 		},
 	}
 }

@@ -46,8 +46,16 @@ func ctlTxnCmd(env *ctlEnv) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if env.output == "json" {
+			switch env.output {
+			case outputJSON:
 				return printJSON(cmd.OutOrStdout(), resp)
+			case outputTable:
+				t := newTable("SUCCEEDED", "REVISION")
+				t.add(resp.GetSucceeded(), resp.GetHeader().GetRevision())
+				if err := t.write(cmd.OutOrStdout()); err != nil {
+					return err
+				}
+				return txnResponsesTable(resp).write(cmd.OutOrStdout())
 			}
 			printTxnResponse(cmd.OutOrStdout(), resp)
 			return nil
@@ -319,4 +327,35 @@ func printTxnResponse(out io.Writer, resp *kvpb.TxnResponse) {
 			printTxnResponse(out, x.ResponseTxn)
 		}
 	}
+}
+
+// txnResponsesTable lists a transaction's responses, one row per result
+// (a range's keys each get a row; a nested transaction's responses follow
+// with their depth).
+func txnResponsesTable(resp *kvpb.TxnResponse) *table {
+	t := newTable("#", "OP", "KEY", "VALUE", "RESULT")
+	var walk func(prefix string, r *kvpb.TxnResponse)
+	walk = func(prefix string, r *kvpb.TxnResponse) {
+		for i, op := range r.GetResponses() {
+			n := prefix + strconv.Itoa(i+1)
+			switch x := op.GetResponse().(type) {
+			case *kvpb.ResponseOp_ResponsePut:
+				t.add(n, "put", "", "", "OK")
+			case *kvpb.ResponseOp_ResponseRange:
+				if len(x.ResponseRange.GetKvs()) == 0 {
+					t.add(n, "get", "", "", "0 keys")
+				}
+				for _, kv := range x.ResponseRange.GetKvs() {
+					t.add(n, "get", string(kv.GetKey()), string(kv.GetValue()), "")
+				}
+			case *kvpb.ResponseOp_ResponseDeleteRange:
+				t.add(n, "del", "", "", fmt.Sprintf("%d deleted", x.ResponseDeleteRange.GetDeleted()))
+			case *kvpb.ResponseOp_ResponseTxn:
+				t.add(n, "txn", "", "", fmt.Sprintf("succeeded %v", x.ResponseTxn.GetSucceeded()))
+				walk(n+".", x.ResponseTxn)
+			}
+		}
+	}
+	walk("", resp)
+	return t
 }

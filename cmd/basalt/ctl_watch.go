@@ -28,6 +28,9 @@ func ctlWatchCmd(env *ctlEnv) *cobra.Command {
 			if prefix && rangeEnd != "" {
 				return errors.New("give --prefix or --range-end, not both")
 			}
+			if env.output == outputTable {
+				return errors.New("watch prints simple or json lines until interrupted, not a table")
+			}
 			c, _, cancelConnect, err := env.connect()
 			if err != nil {
 				return err
@@ -39,7 +42,7 @@ func ctlWatchCmd(env *ctlEnv) *cobra.Command {
 			req := &kvpb.WatchCreateRequest{Key: []byte(args[0]), StartRevision: rev, PrevKv: prevKV, ProgressNotify: progress}
 			switch {
 			case prefix:
-				req.RangeEnd = client.PrefixEnd([]byte(args[0]))
+				req.Key, req.RangeEnd = prefixRange(args[0])
 			case rangeEnd != "":
 				req.RangeEnd = []byte(rangeEnd)
 			}
