@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
@@ -12,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/basaltdb/basalt/tests/procs"
@@ -168,7 +170,38 @@ func TestCtlRoundTripsInEveryFormat(t *testing.T) {
 		t.Fatalf(`get "" --prefix (every key) -w table: %v %v`, h, rows)
 	}
 
-	// txn.
+	// watch from a past revision replays both puts, the second with its
+	// previous value, then runs until interrupted and exits cleanly.
+	watch := exec.Command(procs.Binary(t), "ctl", "--pd", pd, "watch", "rt/a", "--rev", fmt.Sprint(firstRev), "--prev-kv")
+	watchOut, err := watch.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = watch.Process.Kill() })
+	want := []string{"PUT", "rt/a", "v1", "PUT", "rt/a", "v1", "rt/a", "v2"}
+	sc := bufio.NewScanner(watchOut)
+	for i := 0; i < len(want); i++ {
+		if !sc.Scan() || sc.Text() != want[i] {
+			t.Fatalf("watch --rev --prev-kv: line %d is %q (%v), want %q of %q", i, sc.Text(), sc.Err(), want[i], want)
+		}
+	}
+	if err := watch.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Wait(); err != nil {
+		t.Fatalf("watch exited with %v after SIGINT", err)
+	}
+
+	// txn, interactively and as a table.
+	itxn := exec.Command(procs.Binary(t), "ctl", "--pd", pd, "txn", "-i")
+	itxn.Stdin = strings.NewReader("mod(\"rt/a\") > \"0\"\n\nget rt/a\n\n\n")
+	if out, err := itxn.CombinedOutput(); err != nil ||
+		string(out) != "compares:\n\nsuccess requests (get, put, del):\n\nfailure requests (get, put, del):\nSUCCESS\n\nrt/a\nv2\n" {
+		t.Fatalf("txn -i: %v: %q", err, out)
+	}
 	txn := exec.Command(procs.Binary(t), "ctl", "--pd", pd, "txn", "-w", "table")
 	txn.Stdin = strings.NewReader("value(\"rt/a\") = \"v2\"\n\nput rt/a v3\nget rt/a\n\nput rt/a lost\n")
 	out, err := txn.CombinedOutput()
