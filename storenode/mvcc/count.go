@@ -313,9 +313,16 @@ func (m *MVCC) countedRange(r *Region, rd pebble.Reader, desc *metapb.Region, re
 			}
 		}
 	}
+	if testHookCountWalk != nil {
+		testHookCountWalk()
+	}
 	resp, err = rangeAt(rd, req, rev)
 	return resp, false, err
 }
+
+// testHookCountWalk, when set (tests only), runs when a range larger than
+// countWalkBudget is counted by walking it whole.
+var testHookCountWalk func()
 
 // learnWait bounds how long a read waits for the region's count.
 const learnWait = 2 * time.Second
