@@ -50,8 +50,8 @@ func flagEnvName(f *pflag.Flag) string {
 // a value its flag refuses, is an error naming where it came from.
 func applySettings(fs *pflag.FlagSet, lookupEnv func(string) (string, bool)) error {
 	file, _ := fs.GetString("config")
-	if file == "" {
-		file, _ = lookupEnv("BASALT_CONFIG")
+	if f := fs.Lookup("config"); file == "" && f != nil {
+		file, _ = lookupEnv(flagEnvName(f))
 	}
 	fromFile := map[string]any{}
 	if file != "" {

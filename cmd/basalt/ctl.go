@@ -27,7 +27,10 @@ func ctlCmd() *cobra.Command {
 	pf.StringVar(&env.pdAddr, "pd", "127.0.0.1:2379", "PD client addresses, comma separated")
 	pf.StringVarP(&env.output, "write-out", "w", outputSimple, "output: simple, json or table")
 	pf.DurationVar(&env.timeout, "timeout", 10*time.Second, "how long one command may take (a watch: to connect)")
-	pf.String("config", "", "a YAML (.yaml, .yml) or TOML (.toml) file setting pd, write-out and timeout (env: BASALT_CONFIG)")
+	pf.String("config", "", "a YAML (.yaml, .yml) or TOML (.toml) file setting pd, write-out and timeout (env: BASALT_CTL_CONFIG)")
+	// Not BASALT_CONFIG: in a server's container that names the server's
+	// file, whose settings ctl does not have.
+	_ = pf.SetAnnotation("config", envAnnotation, []string{"BASALT_CTL_CONFIG"})
 	// ctl's own settings (--pd, --write-out, --timeout) also come from
 	// BASALT_PD, BASALT_WRITE_OUT, BASALT_TIMEOUT and the config file, as
 	// the servers' do; a command's local flags (get --limit) do not.
@@ -245,6 +248,11 @@ func ctlCmd() *cobra.Command {
 			case len(args) > 0 && splitHalf != "":
 				return errors.New("give split keys or --half KEY, not both")
 			}
+			for _, a := range args {
+				if a == "" {
+					return errors.New("a split key cannot be empty")
+				}
+			}
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -260,9 +268,6 @@ func ctlCmd() *cobra.Command {
 			} else {
 				keys := make([][]byte, len(args))
 				for i, a := range args {
-					if a == "" {
-						return errors.New("a split key cannot be empty")
-					}
 					keys[i] = []byte(a)
 				}
 				regions, err = c.SplitRegions(ctx, keys)
@@ -319,6 +324,9 @@ func commandGroup(cmd *cobra.Command) *cobra.Command {
 		}
 		if len(args) == 0 {
 			return fmt.Errorf("%s needs a command: %s", cmd.CommandPath(), strings.Join(names, ", "))
+		}
+		if args[0] == "help" {
+			return cmd.Help()
 		}
 		return fmt.Errorf("unknown command %q for %s (want one of %s)", args[0], cmd.CommandPath(), strings.Join(names, ", "))
 	}
@@ -388,7 +396,7 @@ type ctlEnv struct {
 // connect opens a client; the context bounds the command by --timeout.
 func (e *ctlEnv) connect() (*client.Client, context.Context, context.CancelFunc, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
-	c, err := client.New(ctx, strings.Split(e.pdAddr, ","), client.Options{})
+	c, err := client.New(ctx, e.pdAddrs(), client.Options{})
 	if err != nil {
 		cancel()
 		return nil, nil, nil, err

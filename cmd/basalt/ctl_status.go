@@ -69,11 +69,14 @@ func (e *ctlEnv) pdAddrs() []string {
 
 // pdGet reads path of PD's HTTP API into v from the first --pd member that
 // answers it: a member that is down, or has no leader to send the request
-// to, does not fail the command while another can serve it.
+// to, does not fail the command while another can serve it. Each member
+// gets at most 2 s of the --timeout.
 func (e *ctlEnv) pdGet(path string, v any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+	defer cancel()
 	var errs []string
 	for _, a := range e.pdAddrs() {
-		err := getJSON("http://"+a+path, v)
+		err := getJSONContext(ctx, "http://"+a+path, v)
 		if err == nil {
 			return nil
 		}
@@ -86,23 +89,37 @@ func (e *ctlEnv) pdGet(path string, v any) error {
 }
 
 // pdPost sends body to path of PD's HTTP API, trying the --pd members in
-// order until one is reached; PD's answer, whatever its status, is final.
+// order, each for at most 2 s, until one answers with anything but a
+// server error (a member without a leader answers 503): that answer is
+// final. The operators PD's API takes are idempotent, so a request a
+// member took before failing may be sent again.
 func (e *ctlEnv) pdPost(ctx context.Context, path, body string) (int, []byte, error) {
 	var errs []string
 	for _, a := range e.pdAddrs() {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+a+path, bytes.NewBufferString(body))
-		if err != nil {
-			return 0, nil, err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
+		code, msg, err := func() (int, []byte, error) {
+			ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+a+path, bytes.NewBufferString(body))
+			if err != nil {
+				return 0, nil, err
+			}
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return 0, nil, err
+			}
+			defer resp.Body.Close()
+			msg, err := io.ReadAll(resp.Body)
+			return resp.StatusCode, msg, err
+		}()
+		switch {
+		case err != nil:
 			errs = append(errs, err.Error())
-			continue
+		case code >= 500:
+			errs = append(errs, fmt.Sprintf("%s: %d %s", a, code, strings.TrimSpace(string(msg))))
+		default:
+			return code, msg, nil
 		}
-		msg, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode, msg, err
 	}
 	if len(errs) == 0 {
 		return 0, nil, errors.New("--pd: no address given")
@@ -244,14 +261,25 @@ func ctlRegionShowCmd(env *ctlEnv) *cobra.Command {
 	return &cobra.Command{
 		Use: "show KEY", Short: "Show the region holding KEY", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var r pdRegion
-			if err := env.pdGet("/pd/api/v1/regions/key/"+url.PathEscape(args[0]), &r); err != nil {
+			var raw json.RawMessage
+			if err := env.pdGet("/pd/api/v1/regions/key/"+url.PathEscape(args[0]), &raw); err != nil {
 				return err
 			}
-			return printRegions(cmd.OutOrStdout(), env.output, []pdRegion{r}, r)
+			var r pdRegion
+			if err := json.Unmarshal(raw, &r); err != nil {
+				return fmt.Errorf("PD's region: %w", err)
+			}
+			return printRegions(cmd.OutOrStdout(), env.output, []pdRegion{r}, raw)
 		},
 	}
 }
+
+// metapb.PeerRole's values, as PD's JSON carries them.
+const (
+	roleLearner       = 1
+	roleIncomingVoter = 2
+	roleDemotingVoter = 3
+)
 
 // printRegions prints PD's regions; asJSON is what -w json prints (PD's
 // own document).
@@ -268,10 +296,10 @@ func printRegions(w io.Writer, output string, regions []pdRegion, asJSON any) er
 			}
 			var voters, learners []string
 			for _, p := range r.Peers {
-				if p.Role == 0 {
-					voters = append(voters, strconv.FormatUint(p.StoreID, 10))
-				} else {
+				if p.Role == roleLearner {
 					learners = append(learners, strconv.FormatUint(p.StoreID, 10))
+				} else { // a voter, or one entering or leaving in a joint configuration
+					voters = append(voters, strconv.FormatUint(p.StoreID, 10))
 				}
 			}
 			t.add(r.ID, r.StartKey, r.EndKey, r.Epoch.Version, leader, strings.Join(voters, ","), strings.Join(learners, ","), len(r.DownPeers))
@@ -292,8 +320,13 @@ func printRegion(w io.Writer, r pdRegion) {
 	fmt.Fprintf(w, "region %d [%s, %s) leader %s\n", r.ID, r.StartKey, r.EndKey, leader)
 	for _, p := range r.Peers {
 		role := "voter"
-		if p.Role != 0 {
+		switch p.Role {
+		case roleLearner:
 			role = "learner"
+		case roleIncomingVoter:
+			role = "incoming voter"
+		case roleDemotingVoter:
+			role = "demoting voter"
 		}
 		fmt.Fprintf(w, "  peer %d on store %d (%s)\n", p.ID, p.StoreID, role)
 	}
@@ -419,15 +452,15 @@ func ctlMemberListCmd(env *ctlEnv) *cobra.Command {
 				return fmt.Errorf("PD's member list: %w", err)
 			}
 			out := cmd.OutOrStdout()
-			t := newTable("ID", "NAME", "CLIENT_ADDR", "PEER_ADDR", "IS_LEADER")
+			// etcdctl's columns (PD has no learners), and which member leads.
+			t := newTable("ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS", "IS LEARNER", "IS LEADER")
 			for _, m := range members.Members {
 				leader := members.Leader != nil && members.Leader.MemberID == m.MemberID
 				if env.output == outputTable {
-					t.add(fmt.Sprintf("%x", m.MemberID), m.Name, m.ClientAddr, m.PeerAddr, leader)
+					t.add(fmt.Sprintf("%x", m.MemberID), "started", m.Name, "http://"+m.PeerAddr, "http://"+m.ClientAddr, false, leader)
 					continue
 				}
-				// etcdctl's simple member list: ID, name, peer and client URLs.
-				fmt.Fprintf(out, "%x, %s, %s, %s, %v\n", m.MemberID, m.Name, m.PeerAddr, m.ClientAddr, leader)
+				fmt.Fprintf(out, "%x, started, %s, http://%s, http://%s, false\n", m.MemberID, m.Name, m.PeerAddr, m.ClientAddr)
 			}
 			if env.output == outputTable {
 				return t.write(out)

@@ -223,7 +223,12 @@ func (pg *playground) spawn(name, exe string, args ...string) error {
 }
 
 func getJSON(url string, v any) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	return getJSONContext(context.Background(), url, v)
+}
+
+// getJSONContext is one GET of PD's HTTP API, within ctx and at most 2 s.
+func getJSONContext(ctx context.Context, url string, v any) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	resp, err := http.DefaultClient.Do(req)
@@ -237,6 +242,18 @@ func getJSON(url string, v any) error {
 	return json.NewDecoder(resp.Body).Decode(v)
 }
 
+// childDied is the error for a child that exited while the playground
+// started, unless an interrupt came too: a Ctrl-C in a terminal reaches the
+// children as well, and their exit is then the interrupt's doing.
+func (pg *playground) childDied(name string) error {
+	select {
+	case <-pg.interrupted:
+		return errInterrupted
+	default:
+	}
+	return fmt.Errorf("%s exited while starting; its log is %s", name, filepath.Join(pg.dir, name+".log"))
+}
+
 func (pg *playground) waitPD(addrs []string) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
@@ -248,7 +265,7 @@ func (pg *playground) waitPD(addrs []string) error {
 		}
 		select {
 		case name := <-pg.died:
-			return fmt.Errorf("%s exited while starting; its log is %s", name, filepath.Join(pg.dir, name+".log"))
+			return pg.childDied(name)
 		case <-pg.interrupted:
 			return errInterrupted
 		case <-time.After(100 * time.Millisecond):
@@ -283,7 +300,7 @@ func (pg *playground) waitReady(pdAddr string, stores int) error {
 		}
 		select {
 		case name := <-pg.died:
-			return fmt.Errorf("%s exited while starting; its log is %s", name, filepath.Join(pg.dir, name+".log"))
+			return pg.childDied(name)
 		case <-pg.interrupted:
 			return errInterrupted
 		case <-time.After(100 * time.Millisecond):

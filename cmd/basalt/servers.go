@@ -49,6 +49,9 @@ func logger(level string) (*slog.Logger, error) {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
 	slog.SetDefault(log)
+	// SetDefault also routes the log package (net/http's server errors)
+	// into slog, at Info by default: at --log-level warn they would vanish.
+	slog.SetLogLoggerLevel(slog.LevelError)
 	return log, nil
 }
 

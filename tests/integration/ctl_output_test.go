@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/basaltdb/basalt/tests/procs"
 )
@@ -172,7 +174,11 @@ func TestCtlRoundTripsInEveryFormat(t *testing.T) {
 
 	// watch from a past revision replays both puts, the second with its
 	// previous value, then runs until interrupted and exits cleanly.
-	watch := exec.Command(procs.Binary(t), "ctl", "--pd", pd, "watch", "rt/a", "--rev", fmt.Sprint(firstRev), "--prev-kv")
+	// The context ends a watch that prints nothing, so the scan below fails
+	// instead of waiting for the test binary's timeout.
+	watchCtx, stopWatch := context.WithTimeout(context.Background(), time.Minute)
+	defer stopWatch()
+	watch := exec.CommandContext(watchCtx, procs.Binary(t), "ctl", "--pd", pd, "watch", "rt/a", "--rev", fmt.Sprint(firstRev), "--prev-kv")
 	watchOut, err := watch.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -319,8 +325,13 @@ func TestCtlRoundTripsInEveryFormat(t *testing.T) {
 		t.Fatalf("member list -w json: %+v", members)
 	}
 	h, rows = tableRows(t, ctl("member", "list", "-w", "table"))
-	if h[1] != "NAME" || len(rows) != 1 || rows[0][4] != "true" {
+	if strings.Join(h, ",") != "ID,STATUS,NAME,PEER ADDRS,CLIENT ADDRS,IS LEARNER,IS LEADER" || len(rows) != 1 ||
+		rows[0][2] != members.Members[0].Name || rows[0][4] != "http://"+pd || rows[0][6] != "true" {
 		t.Fatalf("member list -w table: %v %v", h, rows)
+	}
+	// etcdctl's simple member list: ID, status, name, peer URLs, client URLs, is learner.
+	if out := ctl("member", "list"); !regexp.MustCompile(`^[0-9a-f]+, started, ` + members.Members[0].Name + `, http://\S+, http://` + regexp.QuoteMeta(pd) + `, false\n$`).MatchString(out) {
+		t.Fatalf("member list: %q", out)
 	}
 	_, rows = tableRows(t, ctl("status", "-w", "table"))
 	status := map[string]string{}
@@ -379,6 +390,7 @@ func TestCtlBadArgumentsFailWithOneLine(t *testing.T) {
 		{[]string{"compact", "12abc"}, nil, `revision "12abc" is not a positive number`},
 		{[]string{"region", "merge", "1", "2x"}, nil, `region ID "2x"`},
 		{[]string{"region", "split"}, nil, "give the split keys"},
+		{[]string{"region", "split", "a", ""}, nil, "a split key cannot be empty"},
 		{[]string{"region", "transfer-leader", "x", "1"}, nil, "positive numbers"},
 		{[]string{"store", "list", "extra"}, nil, `unknown command "extra"`},
 		{[]string{"lease", "grant", "0"}, nil, "bad TTL"},
@@ -386,6 +398,7 @@ func TestCtlBadArgumentsFailWithOneLine(t *testing.T) {
 		{[]string{"put", "k", "v", "--lease", "-3"}, nil, "bad lease ID"},
 		{[]string{"watch", "k", "-w", "table"}, nil, "not a table"},
 		{[]string{"--config", "/nonexistent/ctl.yaml", "get", "a"}, nil, "config file"},
+		{[]string{"get", "a"}, []string{"BASALT_CTL_CONFIG=/nonexistent/ctl.yaml"}, "config file"},
 	}
 	for _, tc := range cases {
 		out, errOut, err := ctlRun(t, tc.env, append([]string{"--pd", pd}, tc.args...)...)
