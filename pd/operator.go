@@ -34,8 +34,15 @@ type opStep interface {
 
 type addLearner struct{ peer *metapb.Peer }
 
+// done: the learner is in the region and has caught up. A learner the
+// leader has not heard from yet is reported down, not pending (it has no
+// Progress to be behind by); it holds no data, and promoting it would put
+// an empty voter in the region: one more voter lost then stops the region
+// until the empty one gets its snapshot, which may never come (a joint
+// configuration whose incoming voter was uninitialized did so when another
+// voter was cut off).
 func (s addLearner) done(r *regionInfo) bool {
-	return region.FindPeerByID(r.meta, s.peer.GetId()) != nil && !r.isPending(s.peer.GetId())
+	return region.FindPeerByID(r.meta, s.peer.GetId()) != nil && !r.isPending(s.peer.GetId()) && !r.isDown(s.peer.GetId())
 }
 func (s addLearner) fill(_ *regionInfo, resp *pdpb.RegionHeartbeatResponse) {
 	resp.ChangePeers = &pdpb.ChangePeers{Changes: []*raftcmdpb.ChangePeer{{ChangeType: raftcmdpb.ChangePeerType_AddLearnerNode, Peer: s.peer}}}
