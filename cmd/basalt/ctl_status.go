@@ -385,87 +385,69 @@ func printTransferred(w io.Writer, output string, regionID, storeID uint64) erro
 	return err
 }
 
-// ctlRegionListCmd is `region list`: every region PD knows, in key order.
-func ctlRegionListCmd(env *ctlEnv) *cobra.Command {
+// pdListCmd is a `list` command over one of PD's documents at path: -w
+// json prints the document as PD gave it; otherwise it is decoded into T
+// and printed by print.
+func pdListCmd[T any](env *ctlEnv, short, path string, print func(w io.Writer, doc T) error) *cobra.Command {
 	return &cobra.Command{
-		Use: "list", Short: "List every region", Args: cobra.NoArgs,
+		Use: "list", Short: short, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var raw json.RawMessage
-			if err := env.pdGet("/pd/api/v1/regions", &raw); err != nil {
+			if err := env.pdGet(path, &raw); err != nil {
 				return err
 			}
-			var regions struct{ Regions []pdRegion }
-			if err := json.Unmarshal(raw, &regions); err != nil {
-				return fmt.Errorf("PD's region list: %w", err)
+			if env.output == outputJSON {
+				return printJSON(cmd.OutOrStdout(), raw)
 			}
-			return printRegions(cmd.OutOrStdout(), env.output, regions.Regions, raw)
+			var doc T
+			if err := json.Unmarshal(raw, &doc); err != nil {
+				return fmt.Errorf("PD's %s: %w", path, err)
+			}
+			return print(cmd.OutOrStdout(), doc)
 		},
 	}
+}
+
+// ctlRegionListCmd is `region list`: every region PD knows, in key order.
+func ctlRegionListCmd(env *ctlEnv) *cobra.Command {
+	return pdListCmd(env, "List every region", "/pd/api/v1/regions", func(w io.Writer, doc struct{ Regions []pdRegion }) error {
+		return printRegions(w, env.output, doc.Regions, nil)
+	})
 }
 
 // ctlStoreListCmd is `store list`.
 func ctlStoreListCmd(env *ctlEnv) *cobra.Command {
-	return &cobra.Command{
-		Use: "list", Short: "List every store", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var raw json.RawMessage
-			if err := env.pdGet("/pd/api/v1/stores", &raw); err != nil {
-				return err
+	return pdListCmd(env, "List every store", "/pd/api/v1/stores", func(w io.Writer, doc struct{ Stores []pdStore }) error {
+		if env.output == outputTable {
+			t := newTable("ID", "ADDRESS", "STATE", "REGIONS", "LEADERS")
+			for _, s := range doc.Stores {
+				t.add(s.Store.ID, s.Store.Address, s.State, s.RegionCount, s.LeaderCount)
 			}
-			if env.output == outputJSON {
-				return printJSON(cmd.OutOrStdout(), raw)
-			}
-			var stores struct{ Stores []pdStore }
-			if err := json.Unmarshal(raw, &stores); err != nil {
-				return fmt.Errorf("PD's store list: %w", err)
-			}
-			out := cmd.OutOrStdout()
-			if env.output == outputTable {
-				t := newTable("ID", "ADDRESS", "STATE", "REGIONS", "LEADERS")
-				for _, s := range stores.Stores {
-					t.add(s.Store.ID, s.Store.Address, s.State, s.RegionCount, s.LeaderCount)
-				}
-				return t.write(out)
-			}
-			for _, s := range stores.Stores {
-				fmt.Fprintf(out, "store %d %s %s regions %d leaders %d\n", s.Store.ID, s.Store.Address, s.State, s.RegionCount, s.LeaderCount)
-			}
-			return nil
-		},
-	}
+			return t.write(w)
+		}
+		for _, s := range doc.Stores {
+			fmt.Fprintf(w, "store %d %s %s regions %d leaders %d\n", s.Store.ID, s.Store.Address, s.State, s.RegionCount, s.LeaderCount)
+		}
+		return nil
+	})
 }
 
-// ctlMemberListCmd is `member list`: PD's members.
+// ctlMemberListCmd is `member list`: PD's members, in etcdctl's columns
+// (PD has no learners); the table adds which member leads.
 func ctlMemberListCmd(env *ctlEnv) *cobra.Command {
-	return &cobra.Command{
-		Use: "list", Short: "List PD's members", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var raw json.RawMessage
-			if err := env.pdGet("/pd/api/v1/members", &raw); err != nil {
-				return err
-			}
-			if env.output == outputJSON {
-				return printJSON(cmd.OutOrStdout(), raw)
-			}
-			var members pdMembers
-			if err := json.Unmarshal(raw, &members); err != nil {
-				return fmt.Errorf("PD's member list: %w", err)
-			}
-			out := cmd.OutOrStdout()
-			// etcdctl's columns (PD has no learners), and which member leads.
-			t := newTable("ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS", "IS LEARNER", "IS LEADER")
-			for _, m := range members.Members {
-				leader := members.Leader != nil && members.Leader.MemberID == m.MemberID
-				if env.output == outputTable {
-					t.add(fmt.Sprintf("%x", m.MemberID), "started", m.Name, "http://"+m.PeerAddr, "http://"+m.ClientAddr, false, leader)
-					continue
-				}
-				fmt.Fprintf(out, "%x, started, %s, http://%s, http://%s, false\n", m.MemberID, m.Name, m.PeerAddr, m.ClientAddr)
-			}
+	return pdListCmd(env, "List PD's members", "/pd/api/v1/members", func(w io.Writer, members pdMembers) error {
+		t := newTable("ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS", "IS LEARNER", "IS LEADER")
+		for _, m := range members.Members {
 			if env.output == outputTable {
-				return t.write(out)
+				leader := members.Leader != nil && members.Leader.MemberID == m.MemberID
+				t.add(fmt.Sprintf("%x", m.MemberID), "started", m.Name, "http://"+m.PeerAddr, "http://"+m.ClientAddr, false, leader)
+				continue
 			}
-			return nil
-		},
-	}
+			fmt.Fprintf(w, "%x, started, %s, http://%s, http://%s, false\n", m.MemberID, m.Name, m.PeerAddr, m.ClientAddr)
+		}
+		if env.output == outputTable {
+			return t.write(w)
+		}
+		return nil
+	})
 }
