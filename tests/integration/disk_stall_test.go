@@ -3,7 +3,6 @@ package integration
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -27,20 +26,7 @@ func TestStalledDiskLeaderIsReplaced(t *testing.T) {
 	cl := c.Client(t)
 	pd := waitReplicated(t, c)
 	// Only the stall may move the leader.
-	for _, name := range []string{"balance-leader", "hot-region"} {
-		req, err := http.NewRequest(http.MethodDelete, "http://"+c.PDs[0].Addr+"/pd/api/v1/schedulers/"+name, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("removing scheduler %s: %s", name, resp.Status)
-		}
-	}
+	removeSchedulers(t, c, "balance-leader", "hot-region")
 	put(t, cl, "stall/0", "v0")
 	stalled := leaderStoreOf(t, c, pd, []byte("stall/0"))
 	control := filepath.Join(stalled.Dir, "sync-delay")

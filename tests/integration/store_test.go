@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +23,7 @@ import (
 	"github.com/basaltdb/basalt/proto/errorpb"
 	"github.com/basaltdb/basalt/proto/kvpb"
 	"github.com/basaltdb/basalt/proto/metapb"
+	"github.com/basaltdb/basalt/proto/pdpb"
 	"github.com/basaltdb/basalt/tests/procs"
 )
 
@@ -95,6 +97,26 @@ func leaderStore(t *testing.T, c *procs.Cluster, pd *pdclient.Client) *procs.Pro
 	return leaderStoreOf(t, c, pd, []byte("a"))
 }
 
+// removeSchedulers stops PD's schedulers named, for a test whose leaders
+// must stay where it put them.
+func removeSchedulers(t *testing.T, c *procs.Cluster, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		req, err := http.NewRequest(http.MethodDelete, "http://"+c.PDs[0].Addr+"/pd/api/v1/schedulers/"+name, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("removing scheduler %s: %s", name, resp.Status)
+		}
+	}
+}
+
 // leaderStoreOf returns the store PD names as the leader of key's region.
 func leaderStoreOf(t *testing.T, c *procs.Cluster, pd *pdclient.Client, key []byte) *procs.Proc {
 	t.Helper()
@@ -162,13 +184,31 @@ func TestGracefulShutdownSkipsADownVoter(t *testing.T) {
 	c := procs.Start(t, procs.Options{PDs: 1, Stores: 3})
 	cl := c.Client(t)
 	pd := waitReplicated(t, c)
+	// The leader must be where the test finds it when the store stops: a
+	// balance-leader move just before once left PD naming a store that no
+	// longer led, which then had nothing to hand over (CI).
+	removeSchedulers(t, c, "balance-leader", "hot-region")
 	put(t, cl, "a", "1")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	leader := leaderStore(t, c, pd)
-	r, err := pd.GetRegion(ctx, []byte("a"))
-	if err != nil {
-		t.Fatal(err)
+	var leader *procs.Proc
+	var r *pdpb.GetRegionResponse
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var err error
+		if r, err = pd.GetRegion(ctx, []byte("a")); err != nil {
+			t.Fatal(err)
+		}
+		leader = leaderStore(t, c, pd)
+		// PD's leader is the one the store itself reports.
+		states, err := c.RegionStates(leader)
+		if err == nil && slices.ContainsFunc(states, func(s procs.RegionState) bool {
+			return s.RegionID == r.GetRegion().GetId() && s.RaftState == "StateLeader"
+		}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s, which PD names, does not lead region %d", leader.Name, r.GetRegion().GetId())
+		}
 	}
 	addrOf := map[uint64]string{}
 	for _, p := range r.GetRegion().GetPeers() {
@@ -285,15 +325,7 @@ func TestRegionErrorsForRawCallers(t *testing.T) {
 	defer cancel()
 	// The test talks to one region's leader throughout: no balance-leader,
 	// which would move one of the two regions' leaders after the split.
-	dreq, err := http.NewRequest(http.MethodDelete, "http://"+c.PDs[0].Addr+"/pd/api/v1/schedulers/balance-leader", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if dresp, err := http.DefaultClient.Do(dreq); err != nil || dresp.StatusCode != http.StatusOK {
-		t.Fatalf("remove balance-leader: %v %v", dresp, err)
-	} else {
-		dresp.Body.Close()
-	}
+	removeSchedulers(t, c, "balance-leader")
 	// A boundary at "m", for a key outside the region below.
 	if _, err := cl.SplitRegions(ctx, [][]byte{[]byte("m")}); err != nil {
 		t.Fatal(err)
