@@ -258,20 +258,9 @@ func ctlStatusCmd(env *ctlEnv) *cobra.Command {
 
 // ctlRegionShowCmd is `region show KEY`: the region holding KEY.
 func ctlRegionShowCmd(env *ctlEnv) *cobra.Command {
-	return &cobra.Command{
-		Use: "show KEY", Short: "Show the region holding KEY", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			var raw json.RawMessage
-			if err := env.pdGet("/pd/api/v1/regions/key/"+url.PathEscape(args[0]), &raw); err != nil {
-				return err
-			}
-			var r pdRegion
-			if err := json.Unmarshal(raw, &r); err != nil {
-				return fmt.Errorf("PD's region: %w", err)
-			}
-			return printRegions(cmd.OutOrStdout(), env.output, []pdRegion{r}, raw)
-		},
-	}
+	return pdDocCmd(env, "show KEY", "Show the region holding KEY", cobra.ExactArgs(1),
+		func(args []string) string { return "/pd/api/v1/regions/key/" + url.PathEscape(args[0]) },
+		func(w io.Writer, r pdRegion) error { return printRegions(w, env.output, []pdRegion{r}) })
 }
 
 // metapb.PeerRole's values, as PD's JSON carries them.
@@ -281,12 +270,10 @@ const (
 	roleDemotingVoter = 3
 )
 
-// printRegions prints PD's regions; asJSON is what -w json prints (PD's
-// own document).
-func printRegions(w io.Writer, output string, regions []pdRegion, asJSON any) error {
+// printRegions prints PD's regions as lines or a table (-w json prints
+// PD's own document, pdDocCmd).
+func printRegions(w io.Writer, output string, regions []pdRegion) error {
 	switch output {
-	case outputJSON:
-		return printJSON(w, asJSON)
 	case outputTable:
 		t := newTable("ID", "START_KEY", "END_KEY", "VERSION", "LEADER_STORE", "VOTER_STORES", "LEARNER_STORES", "DOWN_PEERS")
 		for _, r := range regions {
@@ -385,15 +372,16 @@ func printTransferred(w io.Writer, output string, regionID, storeID uint64) erro
 	return err
 }
 
-// pdListCmd is a `list` command over one of PD's documents at path: -w
-// json prints the document as PD gave it; otherwise it is decoded into T
-// and printed by print.
-func pdListCmd[T any](env *ctlEnv, short, path string, print func(w io.Writer, doc T) error) *cobra.Command {
+// pdDocCmd is a command that shows one of PD's documents, at the path
+// its arguments name: -w json prints the document as PD gave it;
+// otherwise it is decoded into T and printed by print.
+func pdDocCmd[T any](env *ctlEnv, use, short string, args cobra.PositionalArgs, path func(args []string) string, print func(w io.Writer, doc T) error) *cobra.Command {
 	return &cobra.Command{
-		Use: "list", Short: short, Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Use: use, Short: short, Args: args,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p := path(args)
 			var raw json.RawMessage
-			if err := env.pdGet(path, &raw); err != nil {
+			if err := env.pdGet(p, &raw); err != nil {
 				return err
 			}
 			if env.output == outputJSON {
@@ -401,17 +389,22 @@ func pdListCmd[T any](env *ctlEnv, short, path string, print func(w io.Writer, d
 			}
 			var doc T
 			if err := json.Unmarshal(raw, &doc); err != nil {
-				return fmt.Errorf("PD's %s: %w", path, err)
+				return fmt.Errorf("PD's %s: %w", p, err)
 			}
 			return print(cmd.OutOrStdout(), doc)
 		},
 	}
 }
 
+// pdListCmd is a `list` command over the PD document at path.
+func pdListCmd[T any](env *ctlEnv, short, path string, print func(w io.Writer, doc T) error) *cobra.Command {
+	return pdDocCmd(env, "list", short, cobra.NoArgs, func([]string) string { return path }, print)
+}
+
 // ctlRegionListCmd is `region list`: every region PD knows, in key order.
 func ctlRegionListCmd(env *ctlEnv) *cobra.Command {
 	return pdListCmd(env, "List every region", "/pd/api/v1/regions", func(w io.Writer, doc struct{ Regions []pdRegion }) error {
-		return printRegions(w, env.output, doc.Regions, nil)
+		return printRegions(w, env.output, doc.Regions)
 	})
 }
 
