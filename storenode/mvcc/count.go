@@ -142,14 +142,23 @@ func (rc *regionCount) current(r *Region, ver uint64) (rev, n int64, known bool)
 	return rev, 0, false
 }
 
-// at returns the count at rev under range version ver, if known.
-func (rc *regionCount) at(rev int64, ver uint64) (int64, bool) {
+// at returns the count at rev under range version ver, if known. latest:
+// rev is at or above the region's last write and at or below readable, a
+// revision the caller vouches every write at or below is applied. No write
+// of the region then lies between its last revision and rev (one applied
+// later has a revision above readable), so the count now is the count at
+// rev, and a walk that learns it serves rev. A routed latest read carries
+// such a revision: a timestamp drawn for it, above the last write more
+// often than equal to it.
+func (rc *regionCount) at(r *Region, rev, readable int64, ver uint64) (n int64, known, latest bool) {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
-	if rc.c.rev == 0 || rc.c.rev != rev || rc.c.ver != ver {
-		return 0, false
+	last := r.lastRev.Load()
+	latest = last <= rev && rev <= readable
+	if rc.c.rev == 0 || rc.c.ver != ver || rc.c.rev != rev && !(latest && rc.c.rev == last) {
+		return 0, false, latest
 	}
-	return rc.c.n, true
+	return rc.c.n, true, latest
 }
 
 // inFlight returns the channel a walk in flight closes, or nil.

@@ -78,7 +78,7 @@ func TestRegionCountStaysExact(t *testing.T) {
 				continue
 			}
 			req := &kvpb.RangeRequest{Key: rg[0], RangeEnd: rg[1], Limit: 10}
-			_, knownBefore := tr.region().count.at(rev, tr.desc.GetRegionEpoch().GetVersion())
+			_, knownBefore, _ := tr.region().count.at(tr.region(), rev, rev, tr.desc.GetRegionEpoch().GetVersion())
 			resp, err := tr.m.Range(tr.region(), req, rev)
 			if err != nil {
 				t.Fatal(err)
@@ -165,7 +165,7 @@ func TestRegionCountUnderConcurrentWrites(t *testing.T) {
 		}
 		known := false
 		if rev := tr.region().Revision(); rev > 0 {
-			_, known = tr.region().count.at(rev, tr.desc.GetRegionEpoch().GetVersion())
+			_, known, _ = tr.region().count.at(tr.region(), rev, rev, tr.desc.GetRegionEpoch().GetVersion())
 		}
 		resp, err := tr.m.Range(tr.region(), &kvpb.RangeRequest{Key: key(0), RangeEnd: region.SystemStart, Limit: 5}, 0)
 		if err != nil {
@@ -196,7 +196,7 @@ func TestRegionCountUnderConcurrentWrites(t *testing.T) {
 	if want := walkCount(t, tr, key(0), region.SystemStart, rev); resp.GetCount() != want {
 		t.Fatalf("quiet count at %d: %d, a walk counts %d", rev, resp.GetCount(), want)
 	}
-	if _, ok := tr.region().count.at(rev, tr.desc.GetRegionEpoch().GetVersion()); !ok {
+	if _, ok, _ := tr.region().count.at(tr.region(), rev, rev, tr.desc.GetRegionEpoch().GetVersion()); !ok {
 		t.Fatalf("after the writes stopped the region's count is not known")
 	}
 	t.Logf("%d of 150 reads found the count known", fromCount)

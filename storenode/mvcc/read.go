@@ -24,21 +24,11 @@ func (m *MVCC) Range(r *Region, req *kvpb.RangeRequest, readable int64) (*kvpb.R
 	}
 	ver := desc.GetRegionEpoch().GetVersion()
 	for attempt := 0; ; attempt++ {
-		rev, total, known := req.GetRevision(), int64(0), false
-		// latest: no write of the region lies between its latest revision
-		// and rev, so its count now is the count at rev.
-		latest := rev == 0
+		rev, total, known, latest := req.GetRevision(), int64(0), false, true
 		if rev == 0 {
 			rev, total, known = r.count.current(r, ver)
-		} else if total, known = r.count.at(rev, ver); !known && rev <= readable {
-			// A revision the caller resolved (a routed latest read carries
-			// a timestamp drawn for it) is above the region's last write
-			// more often than equal to it. Every write at or below
-			// readable is applied, so a write applied after this has a
-			// revision above rev and the snapshot below cannot show it.
-			if cur, n, ok := r.count.current(r, ver); cur <= rev {
-				latest, total, known = true, n, ok
-			}
+		} else {
+			total, known, latest = r.count.at(r, rev, readable, ver)
 		}
 		if rev > max(readable, r.Revision()) {
 			return nil, ErrFutureRev
