@@ -7,6 +7,12 @@
 # not blur the stores' figure as it blurs req/s.
 #
 #   scripts/bench-store-cpu.sh ROUNDS BINARY...
+#
+# FRESH=1 gives each binary, each round, a new cluster (PD, stores and the
+# preload): for binaries whose data directories the others cannot open,
+# such as ones that make their databases with different comparers.
+# WORKLOADS, ';'-separated, replaces the three workloads (benchmark
+# arguments, each ending with --total=N).
 set -euo pipefail
 rounds=$1; shift
 bm=$(WITH_BENCHMARK=1 "$(dirname "$0")/build-etcd.sh" | awk 'NR==3')
@@ -14,7 +20,9 @@ dir=$(mktemp -d /tmp/basalt-cpu-XXXXXX)
 trap 'pkill -f "data-dir $dir/" || true; sleep 2; pkill -9 -f "data-dir $dir/" || true; rm -rf "$dir"' EXIT
 pd=127.0.0.1:$((23000 + RANDOM % 1000)); base=$((31000 + RANDOM % 1000))
 eps=127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2)),127.0.0.1:$((base + 3))
-"$1" pd --name pd1 --data-dir "$dir/pd1" --client-addr "$pd" --peer-addr 127.0.0.1:$((base + 10)) --log-level warn >"$dir/pd.log" 2>&1 &
+pd_start() { # start a PD on binary $1
+	"$1" pd --name pd1 --data-dir "$dir/pd1" --client-addr "$pd" --peer-addr 127.0.0.1:$((base + 10)) --log-level warn >"$dir/pd.log" 2>&1 &
+}
 stores() { # start the three stores on binary $1
 	for i in 1 2 3; do
 		"$1" store --data-dir "$dir/s$i" --addr 127.0.0.1:$((base + i)) --pd "$pd" --log-level warn >"$dir/s$i.log" 2>&1 &
@@ -33,16 +41,28 @@ ticks() {
 	done
 	echo "$t"
 }
-sleep 2
-stores "$1"
-"$bm" --endpoints "$eps" --conns=100 --clients=1000 put --key-size=8 --sequential-keys --key-space-size=100000 --val-size=256 --total=100000 >/dev/null 2>&1
+fresh() { # a new cluster on binary $1, preloaded
+	pkill -f "data-dir $dir/" || true
+	while pgrep -f "data-dir $dir/" >/dev/null; do sleep 0.2; done
+	rm -rf "${dir:?}"/*
+	pd_start "$1"
+	sleep 2
+	stores "$1"
+	"$bm" --endpoints "$eps" --conns=100 --clients=1000 put --key-size=8 --sequential-keys --key-space-size=100000 --val-size=256 --total=100000 >/dev/null 2>&1
+}
+workloads="range foo --consistency=s --total=300000;range foo --consistency=l --total=200000;put --key-size=8 --sequential-keys --key-space-size=100000 --val-size=256 --total=60000"
+IFS=';' read -r -a workloads <<<"${WORKLOADS:-$workloads}"
+[ "${FRESH:-0}" = 1 ] || fresh "$1"
 hz=$(getconf CLK_TCK)
 for r in $(seq "$rounds"); do
 	for bin in "$@"; do
-		stop_stores
-		stores "$bin"
-		for w in "range foo --consistency=s --total=300000" "range foo --consistency=l --total=200000" \
-			"put --key-size=8 --sequential-keys --key-space-size=100000 --val-size=256 --total=60000"; do
+		if [ "${FRESH:-0}" = 1 ]; then
+			fresh "$bin"
+		else
+			stop_stores
+			stores "$bin"
+		fi
+		for w in "${workloads[@]}"; do
 			n=${w##*--total=}
 			t0=$(ticks)
 			rps=$("$bm" --endpoints "$eps" --conns=100 --clients=1000 $w 2>&1 | awk '/Requests\/sec/{print $2}')
