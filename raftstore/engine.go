@@ -1,9 +1,13 @@
 package raftstore
 
 import (
+	"fmt"
+	"io"
 	"log/slog"
+	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"google.golang.org/protobuf/proto"
 
@@ -25,6 +29,12 @@ type Engine struct {
 type EngineOptions struct {
 	// CacheBytes is pebble's block cache (default 256 MiB).
 	CacheBytes int64
+	// Comparer orders the keys of a new database (default pebble's
+	// bytewise comparer). One with a Split gets bloom filters of key
+	// prefixes in every table. An existing database keeps the comparer it
+	// was made with: its name is in the database's OPTIONS file, and the
+	// bytewise one is always known; Engine.Opts.Comparer says which.
+	Comparer *pebble.Comparer
 }
 
 // OpenEngine opens (creating if needed) the pebble database in dir with the
@@ -46,6 +56,10 @@ func OpenEngineWith(dir string, fs vfs.FS, eo EngineOptions) (*Engine, error) {
 	if err := mkdirAllDurable(fs, dbDir); err != nil {
 		return nil, err
 	}
+	cmp, err := engineComparer(fs, dbDir, eo.Comparer)
+	if err != nil {
+		return nil, err
+	}
 	cache := pebble.NewCache(eo.CacheBytes)
 	defer cache.Unref() // the DB holds its own reference
 	opts := &pebble.Options{
@@ -58,6 +72,14 @@ func OpenEngineWith(dir string, fs vfs.FS, eo EngineOptions) (*Engine, error) {
 		L0StopWritesThreshold:       24,
 		LBaseMaxBytes:               256 << 20,
 		Logger:                      quietPebbleLogger{},
+		Comparer:                    cmp,
+	}
+	if cmp != pebble.DefaultComparer {
+		// Ten bits per prefix: about 1% false positives. L0 too, where
+		// a write-heavy store's recent tables pile up.
+		for i := range opts.Levels {
+			opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+		}
 	}
 	opts.EnsureDefaults()
 	db, err := pebble.Open(dbDir, opts)
@@ -65,6 +87,59 @@ func OpenEngineWith(dir string, fs vfs.FS, eo EngineOptions) (*Engine, error) {
 		return nil, err
 	}
 	return &Engine{DB: db, Opts: opts, FS: fs, Dir: dir}, nil
+}
+
+// engineComparer is the comparer to open the database in dbDir with: the
+// one it was created with, or want (default bytewise) for a new one.
+// pebble refuses a database whose recorded comparer name differs.
+func engineComparer(fs vfs.FS, dbDir string, want *pebble.Comparer) (*pebble.Comparer, error) {
+	if want == nil {
+		want = pebble.DefaultComparer
+	}
+	desc, err := pebble.Peek(dbDir, fs)
+	if err != nil {
+		return nil, err
+	}
+	if !desc.Exists || desc.OptionsFilename == "" {
+		return want, nil
+	}
+	name, err := recordedComparerName(fs, desc.OptionsFilename)
+	if err != nil {
+		return nil, err
+	}
+	switch name {
+	case want.Name:
+		return want, nil
+	case pebble.DefaultComparer.Name:
+		return pebble.DefaultComparer, nil
+	}
+	return nil, fmt.Errorf("raftstore: the database in %s was made with comparer %q, which this binary does not have", dbDir, name)
+}
+
+// recordedComparerName reads the comparer's name from a pebble OPTIONS
+// file (an INI file; the name is the [Options] section's comparer).
+func recordedComparerName(fs vfs.FS, path string) (string, error) {
+	f, err := fs.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return "", err
+	}
+	section := ""
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]") {
+			section = line
+			continue
+		}
+		if k, v, ok := strings.Cut(line, "="); ok && section == "[Options]" && strings.TrimSpace(k) == "comparer" {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", fmt.Errorf("raftstore: %s names no comparer", path)
 }
 
 // Close closes the database.

@@ -203,7 +203,7 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.listenEtcd(); err != nil {
 		return err
 	}
-	if s.eng, err = raftstore.OpenEngine(s.cfg.DataDir, s.cfg.FS); err != nil {
+	if s.eng, err = raftstore.OpenEngineWith(s.cfg.DataDir, s.cfg.FS, raftstore.EngineOptions{Comparer: mvcc.Comparer}); err != nil {
 		return err
 	}
 	if s.pd, err = pdclient.New(ctx, s.cfg.PD, pdclient.Options{Logger: s.log, DialAddr: s.dialAddr}); err != nil {
@@ -213,7 +213,7 @@ func (s *Server) start(ctx context.Context) error {
 		return err
 	}
 	s.log = s.log.With("store", s.storeID)
-	if s.mvcc, err = mvcc.New(s.eng.DB, s.cfg.Limits); err != nil {
+	if s.mvcc, err = mvcc.New(s.eng.DB, s.eng.Opts.Comparer, s.cfg.Limits); err != nil {
 		return err
 	}
 	local := &kvService{s: s}

@@ -3,6 +3,7 @@ package mvcc
 import (
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"testing"
 
@@ -36,13 +37,18 @@ func benchRegion(b *testing.B) *testRegion {
 			b.Fatal(err)
 		}
 		benchDir = dir
-		cache := pebble.NewCache(1 << 30)
-		defer cache.Unref()
-		db, err := pebble.Open(dir, &pebble.Options{Cache: cache})
+		// A store's options; BASALT_BENCH_BYTEWISE=1 measures a database
+		// made before Comparer.
+		cmp := Comparer
+		if os.Getenv("BASALT_BENCH_BYTEWISE") == "1" {
+			cmp = pebble.DefaultComparer
+		}
+		eng, err := raftstore.OpenEngineWith(dir, nil, raftstore.EngineOptions{Comparer: cmp})
 		if err != nil {
 			b.Fatal(err)
 		}
-		m, err := New(db, Limits{})
+		db := eng.DB
+		m, err := New(db, eng.Opts.Comparer, Limits{})
 		if err != nil {
 			b.Fatal(err)
 		}

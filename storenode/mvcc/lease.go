@@ -127,7 +127,7 @@ func (m *MVCC) LeaseKeys(r *Region, lease int64) ([][]byte, error) {
 	defer snap.Close()
 	var out [][]byte
 	for _, k := range m.leaseIdx.keysIn(lease, r.Desc()) {
-		rec, _, found, err := get(snap, k, math.MaxInt64)
+		rec, _, found, err := m.get(snap, k, math.MaxInt64)
 		if err != nil {
 			return nil, err
 		}
@@ -168,11 +168,11 @@ func (m *MVCC) LeaseRecord(r *Region, id int64) (*kvpb.LeaseRecord, error) {
 	if key := region.LeaseKey(id); !region.ContainsKey(r.Desc(), key) {
 		return nil, region.KeyNotInRegion(key, r.Desc())
 	}
-	return readLeaseRecord(m.db, id)
+	return m.readLeaseRecord(m.db, id)
 }
 
-func readLeaseRecord(rd pebble.Reader, id int64) (*kvpb.LeaseRecord, error) {
-	rec, _, found, err := get(rd, region.LeaseKey(id), math.MaxInt64)
+func (m *MVCC) readLeaseRecord(rd pebble.Reader, id int64) (*kvpb.LeaseRecord, error) {
+	rec, _, found, err := m.get(rd, region.LeaseKey(id), math.MaxInt64)
 	if err != nil || !found {
 		return nil, err
 	}
@@ -198,7 +198,7 @@ func (w *writer) leaseRecordHere(id int64) (*kvpb.LeaseRecord, error) {
 	if key := region.LeaseKey(id); !inRegion(w.region, key, nil) {
 		return nil, region.KeyNotInRegion(key, w.region)
 	}
-	return readLeaseRecord(w.r, id)
+	return w.m.readLeaseRecord(w.r, id)
 }
 
 func (w *writer) leaseGrant(g *kvpb.LeaseGrantRequest) (*kvpb.LeaseGrantResponse, error) {
@@ -268,7 +268,7 @@ func (w *writer) leaseDelete(id int64) (*kvpb.LeaseRecord, error) {
 func (w *writer) leaseRevokeKeys(id int64) (*kvpb.LeaseRevokeKeysResponse, error) {
 	resp := &kvpb.LeaseRevokeKeysResponse{Header: &kvpb.ResponseHeader{Revision: w.rev}}
 	for _, k := range w.m.leaseIdx.keysIn(id, w.region) {
-		rec, rev, found, err := get(w.r, k, w.readRev)
+		rec, rev, found, err := w.m.get(w.r, k, w.readRev)
 		if err != nil {
 			return nil, err
 		}

@@ -123,7 +123,7 @@ func TestLeaseRevokeKeys(t *testing.T) {
 		t.Fatalf("events: %v", tr.events)
 	}
 	// A store reopened on the same data finds the leased keys again.
-	m2, err := New(tr.db, Limits{})
+	m2, err := New(tr.db, tr.m.comparer(), Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}

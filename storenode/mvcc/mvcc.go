@@ -24,6 +24,9 @@ import (
 type MVCC struct {
 	db     *pebble.DB
 	limits Limits
+	// prefixSeek: the database orders keys with Comparer, so a point read
+	// of one key's versions may seek by prefix (and use bloom filters).
+	prefixSeek bool
 
 	mu      sync.RWMutex
 	regions map[uint64]*Region
@@ -67,10 +70,12 @@ func (r *Region) Revision() int64 { return r.lastRev.Load() }
 // CompactRevision returns the region's compaction revision.
 func (r *Region) CompactRevision() int64 { return r.compactRev.Load() }
 
-// New returns the MVCC state machine over db. It reads the latest version
-// of every key once, to index the keys attached to leases.
-func New(db *pebble.DB, limits Limits) (*MVCC, error) {
-	m := &MVCC{db: db, limits: limits.withDefaults(), regions: make(map[uint64]*Region)}
+// New returns the MVCC state machine over db, whose keys cmp orders (this
+// package's Comparer, or pebble's bytewise one for a database made before
+// it). It reads the latest version of every key once, to index the keys
+// attached to leases.
+func New(db *pebble.DB, cmp *pebble.Comparer, limits Limits) (*MVCC, error) {
+	m := &MVCC{db: db, limits: limits.withDefaults(), regions: make(map[uint64]*Region), prefixSeek: cmp == Comparer}
 	if err := m.indexLeases(nil, nil); err != nil {
 		return nil, fmt.Errorf("mvcc: index leased keys: %w", err)
 	}
@@ -378,7 +383,35 @@ func binary8(rev int64) []byte {
 }
 
 // get returns key's live version as of atRev.
-func get(rd pebble.Reader, key []byte, atRev int64) (rec record, modRev int64, found bool, err error) {
+func (m *MVCC) get(rd pebble.Reader, key []byte, atRev int64) (rec record, modRev int64, found bool, err error) {
+	if !m.prefixSeek {
+		return getByRange(rd, key, atRev)
+	}
+	seek := versionKey(key, atRev)
+	it, err := rd.NewIter(nil)
+	if err != nil {
+		return record{}, 0, false, err
+	}
+	defer it.Close()
+	// In prefix mode the iterator holds only versions of key: the first
+	// at or below atRev is the one read.
+	if !it.SeekPrefixGE(seek) {
+		return record{}, 0, false, it.Error()
+	}
+	v, err := it.ValueAndErr()
+	if err != nil {
+		return record{}, 0, false, err
+	}
+	if rec, err = decodeRecord(v); err != nil || rec.tombstone {
+		return record{}, 0, false, err
+	}
+	rec.value = append([]byte(nil), rec.value...)
+	return rec, versionRev(it.Key()), true, nil
+}
+
+// getByRange is get on a database ordered bytewise: a walk bounded to the
+// key's versions.
+func getByRange(rd pebble.Reader, key []byte, atRev int64) (rec record, modRev int64, found bool, err error) {
 	end := append(append([]byte(nil), key...), 0)
 	err = visit(rd, key, end, atRev, func(_ []byte, r record, rev int64) (bool, error) {
 		rec, modRev, found = r, rev, true
@@ -453,7 +486,7 @@ func (w *writer) put(p *kvpb.PutRequest) (*kvpb.PutResponse, error) {
 // checkPut: what must hold before a put changes anything.
 func (w *writer) checkPut(p *kvpb.PutRequest) error {
 	if p.GetIgnoreValue() || p.GetIgnoreLease() {
-		if _, _, found, err := get(w.r, p.GetKey(), w.readRev); err != nil {
+		if _, _, found, err := w.m.get(w.r, p.GetKey(), w.readRev); err != nil {
 			return err
 		} else if !found {
 			return ErrKeyNotFound
@@ -463,7 +496,7 @@ func (w *writer) checkPut(p *kvpb.PutRequest) error {
 }
 
 func (w *writer) doPut(p *kvpb.PutRequest) (*kvpb.PutResponse, error) {
-	prev, prevRev, found, err := get(w.r, p.GetKey(), w.readRev)
+	prev, prevRev, found, err := w.m.get(w.r, p.GetKey(), w.readRev)
 	if err != nil {
 		return nil, err
 	}

@@ -31,11 +31,18 @@ type testRegion struct {
 }
 
 func newTestRegion(t testing.TB, start, end string) *testRegion {
-	db, err := pebble.Open("/db", &pebble.Options{FS: vfs.NewMem()})
+	return newTestRegionOrderedBy(t, start, end, Comparer)
+}
+
+// newTestRegionOrderedBy is newTestRegion on a database ordered by cmp, with
+// a store's options (bloom filters when cmp splits keys).
+func newTestRegionOrderedBy(t testing.TB, start, end string, cmp *pebble.Comparer) *testRegion {
+	eng, err := raftstore.OpenEngineWith("/s", vfs.NewMem(), raftstore.EngineOptions{Comparer: cmp, CacheBytes: 8 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := New(db, Limits{})
+	db := eng.DB
+	m, err := New(db, eng.Opts.Comparer, Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,4 +394,12 @@ func TestLatestReadHeaderIsTheRevisionRead(t *testing.T) {
 	if past.Count != 2 || past.Header.GetRevision() != tr.region().Revision() {
 		t.Fatalf("a read at %d: count %d, header %d (current %d)", read, past.Count, past.Header.GetRevision(), tr.region().Revision())
 	}
+}
+
+// comparer is the comparer the test database was opened with.
+func (m *MVCC) comparer() *pebble.Comparer {
+	if m.prefixSeek {
+		return Comparer
+	}
+	return pebble.DefaultComparer
 }
