@@ -29,6 +29,9 @@ type Engine struct {
 type EngineOptions struct {
 	// CacheBytes is pebble's block cache (default 256 MiB).
 	CacheBytes int64
+	// MemTableBytes is the size of one memtable (default 64 MiB); up to
+	// four fill and wait for their flush before writes stall.
+	MemTableBytes int64
 	// Comparer orders the keys of a new database (default pebble's
 	// bytewise comparer). One with a Split gets bloom filters of key
 	// prefixes in every table. An existing database keeps the comparer it
@@ -49,6 +52,9 @@ func OpenEngineWith(dir string, fs vfs.FS, eo EngineOptions) (*Engine, error) {
 	if eo.CacheBytes == 0 {
 		eo.CacheBytes = 256 << 20
 	}
+	if eo.MemTableBytes == 0 {
+		eo.MemTableBytes = 64 << 20
+	}
 	if fs == nil {
 		fs = vfs.Default
 	}
@@ -66,7 +72,7 @@ func OpenEngineWith(dir string, fs vfs.FS, eo EngineOptions) (*Engine, error) {
 		Cache:                       cache,
 		FS:                          fs,
 		FormatMajorVersion:          pebble.FormatNewest,
-		MemTableSize:                64 << 20,
+		MemTableSize:                uint64(eo.MemTableBytes),
 		MemTableStopWritesThreshold: 4,
 		L0CompactionThreshold:       4,
 		L0StopWritesThreshold:       24,

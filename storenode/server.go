@@ -45,6 +45,9 @@ type Config struct {
 
 	Raft   raftstore.Config
 	Limits mvcc.Limits
+	// Engine sizes the store's pebble (block cache, memtables); its
+	// comparer is always mvcc.Comparer.
+	Engine raftstore.EngineOptions
 
 	// StoreHeartbeat and RegionHeartbeat intervals (defaults 10 s).
 	StoreHeartbeat  time.Duration
@@ -97,6 +100,12 @@ type Config struct {
 	Listener net.Listener
 	FS       vfs.FS
 	Logger   *slog.Logger
+}
+
+func (c *Config) engineOptions() raftstore.EngineOptions {
+	eo := c.Engine
+	eo.Comparer = mvcc.Comparer
+	return eo
 }
 
 func (c *Config) fillDefaults() {
@@ -203,7 +212,7 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.listenEtcd(); err != nil {
 		return err
 	}
-	if s.eng, err = raftstore.OpenEngineWith(s.cfg.DataDir, s.cfg.FS, raftstore.EngineOptions{Comparer: mvcc.Comparer}); err != nil {
+	if s.eng, err = raftstore.OpenEngineWith(s.cfg.DataDir, s.cfg.FS, s.cfg.engineOptions()); err != nil {
 		return err
 	}
 	if s.pd, err = pdclient.New(ctx, s.cfg.PD, pdclient.Options{Logger: s.log, DialAddr: s.dialAddr}); err != nil {

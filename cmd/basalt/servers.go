@@ -135,7 +135,7 @@ func storeCmd() *cobra.Command {
 		etcdListen                                          string
 		etcdAdvertise                                       []string
 		etcdTLS                                             tlsutil.ServerFiles
-		maxKeySize, maxRequestBytes                         string
+		maxKeySize, maxRequestBytes, blockCache, memTable   string
 		maxTxnOps                                           int
 	)
 	cmd := &cobra.Command{
@@ -171,6 +171,10 @@ func storeCmd() *cobra.Command {
 				return errors.New("--resolve-interval must be positive")
 			}
 			limits, err := parseLimits(maxKeySize, maxRequestBytes, maxTxnOps)
+			if err != nil {
+				return err
+			}
+			engine, err := parseEngineSizes(blockCache, memTable)
 			if err != nil {
 				return err
 			}
@@ -216,7 +220,7 @@ func storeCmd() *cobra.Command {
 				Labels: lbl, Raft: rcfg, StoreHeartbeat: heartbeat, RegionHeartbeat: heartbeat, Logger: log,
 				Split: split, LoadSplit: loadSplit, EtcdProgressNotifyInterval: etcdProgress, EnablePprof: pprof, GossipAddr: gossipAddr,
 				PeerAddrMap: peerMap, ResolveInterval: resolveInterval, EtcdListenURL: etcdListen, EtcdAdvertiseURLs: etcdAdvertise, EtcdTLS: etcdTLSConfig,
-				Limits: limits,
+				Limits: limits, Engine: engine,
 			})
 			if err != nil {
 				return err
@@ -244,6 +248,8 @@ func storeCmd() *cobra.Command {
 	f.StringVar(&maxKeySize, "max-key-size", "8KiB", "refuse a key longer than this")
 	f.StringVar(&maxRequestBytes, "max-request-bytes", "1536KiB", "refuse a request larger than this, as etcd's --max-request-bytes (at most 7MiB: raft takes entries up to 8MiB)")
 	f.IntVar(&maxTxnOps, "max-txn-ops", 128, "refuse a transaction with more operations than this in a branch, as etcd's --max-txn-ops")
+	f.StringVar(&blockCache, "block-cache-size", "256MiB", "pebble's block cache: recently read data blocks, shared by every region of the store")
+	f.StringVar(&memTable, "memtable-size", "64MiB", "pebble's memtable: writes collect in one this size before it is flushed to a table; up to four may wait for their flush")
 	f.StringVar(&maxSize, "region-max-size", "144MiB", "split a region that grows past this size")
 	f.StringVar(&splitSize, "region-split-size", "96MiB", "into pieces of this size")
 	f.Int64Var(&maxKeys, "region-max-keys", 1_440_000, "split a region holding more stored versions than this")
@@ -321,6 +327,26 @@ func parseLimits(keySize, requestBytes string, txnOps int) (mvcc.Limits, error) 
 		return mvcc.Limits{}, errors.New("--max-txn-ops must be positive")
 	}
 	return mvcc.Limits{MaxKeyBytes: int(k), MaxRequestBytes: int(r), MaxTxnOps: txnOps}, nil
+}
+
+// parseEngineSizes checks the pebble sizes: pebble panics on a memtable of
+// 4 GiB or more, and a tiny one would flush on every few writes.
+func parseEngineSizes(blockCache, memTable string) (raftstore.EngineOptions, error) {
+	c, err := parseSize(blockCache)
+	if err != nil {
+		return raftstore.EngineOptions{}, fmt.Errorf("--block-cache-size: %w", err)
+	}
+	m, err := parseSize(memTable)
+	if err != nil {
+		return raftstore.EngineOptions{}, fmt.Errorf("--memtable-size: %w", err)
+	}
+	switch {
+	case c < 1<<20:
+		return raftstore.EngineOptions{}, errors.New("--block-cache-size must be at least 1MiB")
+	case m < 1<<20 || m >= 4<<30:
+		return raftstore.EngineOptions{}, errors.New("--memtable-size must be at least 1MiB and below 4GiB")
+	}
+	return raftstore.EngineOptions{CacheBytes: c, MemTableBytes: m}, nil
 }
 
 // parseSize reads a byte size: a number with an optional B, KiB, MiB or

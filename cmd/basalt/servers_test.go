@@ -106,3 +106,15 @@ func TestParseLimits(t *testing.T) {
 		}
 	}
 }
+
+func TestParseEngineSizes(t *testing.T) {
+	eo, err := parseEngineSizes("128MiB", "32MiB")
+	if err != nil || eo.CacheBytes != 128<<20 || eo.MemTableBytes != 32<<20 {
+		t.Fatalf("parseEngineSizes: %+v %v", eo, err)
+	}
+	for _, bad := range [][2]string{{"512KiB", "32MiB"}, {"128MiB", "512KiB"}, {"128MiB", "4GiB"}, {"lots", "32MiB"}, {"128MiB", "-1MiB"}} {
+		if _, err := parseEngineSizes(bad[0], bad[1]); err == nil {
+			t.Errorf("parseEngineSizes(%q, %q) accepted", bad[0], bad[1])
+		}
+	}
+}
