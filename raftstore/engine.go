@@ -49,10 +49,10 @@ func OpenEngine(dir string, fs vfs.FS) (*Engine, error) {
 
 // OpenEngineWith is OpenEngine with options.
 func OpenEngineWith(dir string, fs vfs.FS, eo EngineOptions) (*Engine, error) {
-	if eo.CacheBytes == 0 {
+	if eo.CacheBytes <= 0 {
 		eo.CacheBytes = 256 << 20
 	}
-	if eo.MemTableBytes == 0 {
+	if eo.MemTableBytes <= 0 {
 		eo.MemTableBytes = 64 << 20
 	}
 	if fs == nil {
@@ -62,10 +62,22 @@ func OpenEngineWith(dir string, fs vfs.FS, eo EngineOptions) (*Engine, error) {
 	if err := mkdirAllDurable(fs, dbDir); err != nil {
 		return nil, err
 	}
-	cmp, err := engineComparer(fs, dbDir, eo.Comparer)
+	cmp, recorded, err := engineComparer(fs, dbDir, eo.Comparer)
 	if err != nil {
 		return nil, err
 	}
+	eng, err := openEngineOrdered(dir, dbDir, fs, eo, cmp)
+	if err != nil && !recorded && cmp != pebble.DefaultComparer && strings.Contains(err.Error(), "comparer name") {
+		// A database that names no comparer in an OPTIONS file (made by a
+		// binary that stopped between its manifest and its OPTIONS) and
+		// whose manifest names another: one made before the requested
+		// comparer, which is bytewise.
+		return openEngineOrdered(dir, dbDir, fs, eo, pebble.DefaultComparer)
+	}
+	return eng, err
+}
+
+func openEngineOrdered(dir, dbDir string, fs vfs.FS, eo EngineOptions, cmp *pebble.Comparer) (*Engine, error) {
 	cache := pebble.NewCache(eo.CacheBytes)
 	defer cache.Unref() // the DB holds its own reference
 	opts := &pebble.Options{
@@ -98,28 +110,30 @@ func OpenEngineWith(dir string, fs vfs.FS, eo EngineOptions) (*Engine, error) {
 // engineComparer is the comparer to open the database in dbDir with: the
 // one it was created with, or want (default bytewise) for a new one.
 // pebble refuses a database whose recorded comparer name differs.
-func engineComparer(fs vfs.FS, dbDir string, want *pebble.Comparer) (*pebble.Comparer, error) {
+// recorded: the database's OPTIONS file named it (false for a new database,
+// and for one with no OPTIONS file).
+func engineComparer(fs vfs.FS, dbDir string, want *pebble.Comparer) (cmp *pebble.Comparer, recorded bool, err error) {
 	if want == nil {
 		want = pebble.DefaultComparer
 	}
 	desc, err := pebble.Peek(dbDir, fs)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if !desc.Exists || desc.OptionsFilename == "" {
-		return want, nil
+		return want, false, nil
 	}
 	name, err := recordedComparerName(fs, desc.OptionsFilename)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	switch name {
 	case want.Name:
-		return want, nil
+		return want, true, nil
 	case pebble.DefaultComparer.Name:
-		return pebble.DefaultComparer, nil
+		return pebble.DefaultComparer, true, nil
 	}
-	return nil, fmt.Errorf("raftstore: the database in %s was made with comparer %q, which this binary does not have", dbDir, name)
+	return nil, false, fmt.Errorf("raftstore: the database in %s was made with comparer %q, which this binary does not have (a store's data opened by PD, or by an older binary?)", dbDir, name)
 }
 
 // recordedComparerName reads the comparer's name from a pebble OPTIONS

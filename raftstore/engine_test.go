@@ -47,6 +47,21 @@ func TestEngineKeepsTheComparerItWasMadeWith(t *testing.T) {
 	}
 	reopened.Close()
 
+	// One whose OPTIONS file is missing (its binary stopped between the
+	// manifest and the OPTIONS file) is bytewise when its manifest says so.
+	desc, err := pebble.Peek("/old/db", fs)
+	if err != nil || desc.OptionsFilename == "" {
+		t.Fatalf("peek: %+v %v", desc, err)
+	}
+	if err := fs.Remove(desc.OptionsFilename); err != nil {
+		t.Fatal(err)
+	}
+	unnamed := open("/old", splittingComparer)
+	if unnamed.Opts.Comparer != pebble.DefaultComparer {
+		t.Fatalf("a bytewise database without OPTIONS reopened with %q", unnamed.Opts.Comparer.Name)
+	}
+	unnamed.Close()
+
 	fresh := open("/new", splittingComparer)
 	if fresh.Opts.Comparer != splittingComparer || fresh.Opts.Levels[0].FilterPolicy == pebble.NoFilterPolicy {
 		t.Fatalf("a new database got %q, filter %v", fresh.Opts.Comparer.Name, fresh.Opts.Levels[0].FilterPolicy)
@@ -58,7 +73,7 @@ func TestEngineKeepsTheComparerItWasMadeWith(t *testing.T) {
 	}
 	again.Close()
 
-	_, err := OpenEngineWith("/new", fs, EngineOptions{CacheBytes: 1 << 20})
+	_, err = OpenEngineWith("/new", fs, EngineOptions{CacheBytes: 1 << 20})
 	if err == nil || !strings.Contains(err.Error(), splittingComparer.Name) {
 		t.Fatalf("a database made with a comparer the binary lacks: %v", err)
 	}

@@ -17,8 +17,12 @@ import (
 //
 // A database records its comparer's name and opens only with it: one made
 // before this comparer keeps pebble's bytewise comparer, and reads that way
-// (raftstore.OpenEngineWith; New is told which). The name,
-// Split and ordering are frozen once written.
+// (raftstore.OpenEngineWith; New is told which), and an older binary
+// cannot open a database made with this one. The name, Split and ordering
+// are on disk (tables' filters hold Split prefixes): never change them; a
+// different split is a new comparer under a new name, with this one kept
+// (TestComparerIsFrozen). Never ingest with a synthetic prefix: Split reads
+// the leading 'z'.
 //
 // Split: a data key ('z' | escape(user key) | 8-byte inverted revision) is
 // prefix 'z' | escape(user key), whose escape ends with the pair 0x00 0x01;

@@ -75,7 +75,7 @@ func (r *Region) CompactRevision() int64 { return r.compactRev.Load() }
 // it). It reads the latest version of every key once, to index the keys
 // attached to leases.
 func New(db *pebble.DB, cmp *pebble.Comparer, limits Limits) (*MVCC, error) {
-	m := &MVCC{db: db, limits: limits.withDefaults(), regions: make(map[uint64]*Region), prefixSeek: cmp == Comparer}
+	m := &MVCC{db: db, limits: limits.withDefaults(), regions: make(map[uint64]*Region), prefixSeek: cmp != nil && cmp.Name == Comparer.Name}
 	if err := m.indexLeases(nil, nil); err != nil {
 		return nil, fmt.Errorf("mvcc: index leased keys: %w", err)
 	}
@@ -387,6 +387,11 @@ func (m *MVCC) get(rd pebble.Reader, key []byte, atRev int64) (rec record, modRe
 	if !m.prefixSeek {
 		return getByRange(rd, key, atRev)
 	}
+	return getByPrefix(rd, key, atRev)
+}
+
+// getByPrefix is get on a database ordered by Comparer.
+func getByPrefix(rd pebble.Reader, key []byte, atRev int64) (rec record, modRev int64, found bool, err error) {
 	seek := versionKey(key, atRev)
 	it, err := rd.NewIter(nil)
 	if err != nil {
