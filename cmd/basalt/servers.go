@@ -158,11 +158,11 @@ func storeCmd() *cobra.Command {
 				return fmt.Errorf("--peer-addr-map: %w", err)
 			}
 			split := storenode.SplitConfig{RegionMaxKeys: maxKeys, RegionSplitKeys: splitKeys, CheckInterval: splitCheck}
-			if split.RegionMaxSize, err = parseSize(maxSize); err != nil {
-				return fmt.Errorf("--region-max-size: %w", err)
+			if split.RegionMaxSize, err = parseSizeFlag("region-max-size", maxSize); err != nil {
+				return err
 			}
-			if split.RegionSplitSize, err = parseSize(splitSize); err != nil {
-				return fmt.Errorf("--region-split-size: %w", err)
+			if split.RegionSplitSize, err = parseSizeFlag("region-split-size", splitSize); err != nil {
+				return err
 			}
 			if split.RegionSplitSize > split.RegionMaxSize || split.RegionSplitKeys > split.RegionMaxKeys {
 				return errors.New("a region's split size (keys) cannot exceed its max size (keys)")
@@ -308,13 +308,13 @@ var maxRequestBytesCap = int64(raftstore.DefaultConfig().MaxEntryBytes - 1<<20)
 // parseLimits checks the store's request limits: bad values are refused
 // before anything starts.
 func parseLimits(keySize, requestBytes string, txnOps int) (mvcc.Limits, error) {
-	k, err := parseSize(keySize)
+	k, err := parseSizeFlag("max-key-size", keySize)
 	if err != nil {
-		return mvcc.Limits{}, fmt.Errorf("--max-key-size: %w", err)
+		return mvcc.Limits{}, err
 	}
-	r, err := parseSize(requestBytes)
+	r, err := parseSizeFlag("max-request-bytes", requestBytes)
 	if err != nil {
-		return mvcc.Limits{}, fmt.Errorf("--max-request-bytes: %w", err)
+		return mvcc.Limits{}, err
 	}
 	switch {
 	case k <= 0:
@@ -332,13 +332,13 @@ func parseLimits(keySize, requestBytes string, txnOps int) (mvcc.Limits, error) 
 // parseEngineSizes checks the pebble sizes: pebble panics on a memtable of
 // 4 GiB or more, and a tiny one would flush on every few writes.
 func parseEngineSizes(blockCache, memTable string) (raftstore.EngineOptions, error) {
-	c, err := parseSize(blockCache)
+	c, err := parseSizeFlag("block-cache-size", blockCache)
 	if err != nil {
-		return raftstore.EngineOptions{}, fmt.Errorf("--block-cache-size: %w", err)
+		return raftstore.EngineOptions{}, err
 	}
-	m, err := parseSize(memTable)
+	m, err := parseSizeFlag("memtable-size", memTable)
 	if err != nil {
-		return raftstore.EngineOptions{}, fmt.Errorf("--memtable-size: %w", err)
+		return raftstore.EngineOptions{}, err
 	}
 	switch {
 	case c < 1<<20:
@@ -347,6 +347,15 @@ func parseEngineSizes(blockCache, memTable string) (raftstore.EngineOptions, err
 		return raftstore.EngineOptions{}, errors.New("--memtable-size must be at least 1MiB and below 4GiB")
 	}
 	return raftstore.EngineOptions{CacheBytes: c, MemTableBytes: m}, nil
+}
+
+// parseSizeFlag is parseSize for flag --name, whose name its error carries.
+func parseSizeFlag(name, value string) (int64, error) {
+	n, err := parseSize(value)
+	if err != nil {
+		return 0, fmt.Errorf("--%s: %w", name, err)
+	}
+	return n, nil
 }
 
 // parseSize reads a byte size: a number with an optional B, KiB, MiB or
