@@ -29,9 +29,9 @@ stores() { # start the three stores on binary $1
 	done
 	until "$1" ctl --pd "$pd" status 2>/dev/null | grep -q "stores: 3 up.*" && "$1" ctl --pd "$pd" status | grep -q " 0 without a leader"; do sleep 0.5; done
 }
-stop_stores() {
-	pkill -f "data-dir $dir/s" || true
-	while pgrep -f "data-dir $dir/s" >/dev/null; do sleep 0.2; done
+stop() { # stop the processes whose data directory starts with $dir/$1
+	pkill -f "data-dir $dir/$1" || true
+	while pgrep -f "data-dir $dir/$1" >/dev/null; do sleep 0.2; done
 }
 ticks() {
 	local t=0 p
@@ -42,11 +42,10 @@ ticks() {
 	echo "$t"
 }
 fresh() { # a new cluster on binary $1, preloaded
-	pkill -f "data-dir $dir/" || true
-	while pgrep -f "data-dir $dir/" >/dev/null; do sleep 0.2; done
+	stop ""
 	rm -rf "${dir:?}"/*
 	pd_start "$1"
-	sleep 2
+	until "$1" ctl --pd "$pd" member list >/dev/null 2>&1; do sleep 0.2; done
 	stores "$1"
 	"$bm" --endpoints "$eps" --conns=100 --clients=1000 put --key-size=8 --sequential-keys --key-space-size=100000 --val-size=256 --total=100000 >/dev/null 2>&1
 }
@@ -59,7 +58,7 @@ for r in $(seq "$rounds"); do
 		if [ "${FRESH:-0}" = 1 ]; then
 			fresh "$bin"
 		else
-			stop_stores
+			stop s
 			stores "$bin"
 		fi
 		for w in "${workloads[@]}"; do
