@@ -74,9 +74,35 @@ func (e *ctlEnv) pdAddrs() []string {
 func (e *ctlEnv) pdGet(path string, v any) error {
 	ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
 	defer cancel()
+	return e.firstPDAnswer(func(addr string) error { return getJSONContext(ctx, "http://"+addr+path, v) })
+}
+
+// pdPost sends body to path of PD's HTTP API, trying the --pd members in
+// order, each for at most 2 s, until one answers with anything but a
+// server error (a member without a leader answers 503): that answer is
+// final. The operators PD's API takes are idempotent, so a request a
+// member took before failing may be sent again.
+func (e *ctlEnv) pdPost(ctx context.Context, path, body string) (code int, msg []byte, err error) {
+	err = e.firstPDAnswer(func(addr string) error {
+		c, m, err := postJSON(ctx, "http://"+addr+path, body)
+		switch {
+		case err != nil:
+			return err
+		case c >= 500:
+			return fmt.Errorf("%s: %d %s", addr, c, strings.TrimSpace(string(m)))
+		}
+		code, msg = c, m
+		return nil
+	})
+	return code, msg, err
+}
+
+// firstPDAnswer calls try with each --pd member in order until one's
+// answer is taken (try returns nil); the others' errors make the error.
+func (e *ctlEnv) firstPDAnswer(try func(addr string) error) error {
 	var errs []string
 	for _, a := range e.pdAddrs() {
-		err := getJSONContext(ctx, "http://"+a+path, v)
+		err := try(a)
 		if err == nil {
 			return nil
 		}
@@ -88,43 +114,22 @@ func (e *ctlEnv) pdGet(path string, v any) error {
 	return fmt.Errorf("no PD member answered: %s", strings.Join(errs, "; "))
 }
 
-// pdPost sends body to path of PD's HTTP API, trying the --pd members in
-// order, each for at most 2 s, until one answers with anything but a
-// server error (a member without a leader answers 503): that answer is
-// final. The operators PD's API takes are idempotent, so a request a
-// member took before failing may be sent again.
-func (e *ctlEnv) pdPost(ctx context.Context, path, body string) (int, []byte, error) {
-	var errs []string
-	for _, a := range e.pdAddrs() {
-		code, msg, err := func() (int, []byte, error) {
-			ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			defer cancel()
-			req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+a+path, bytes.NewBufferString(body))
-			if err != nil {
-				return 0, nil, err
-			}
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				return 0, nil, err
-			}
-			defer resp.Body.Close()
-			msg, err := io.ReadAll(resp.Body)
-			return resp.StatusCode, msg, err
-		}()
-		switch {
-		case err != nil:
-			errs = append(errs, err.Error())
-		case code >= 500:
-			errs = append(errs, fmt.Sprintf("%s: %d %s", a, code, strings.TrimSpace(string(msg))))
-		default:
-			return code, msg, nil
-		}
+// postJSON is one POST of a JSON body, within ctx and at most 2 s.
+func postJSON(ctx context.Context, url, body string) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewBufferString(body))
+	if err != nil {
+		return 0, nil, err
 	}
-	if len(errs) == 0 {
-		return 0, nil, errors.New("--pd: no address given")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
 	}
-	return 0, nil, fmt.Errorf("no PD member answered: %s", strings.Join(errs, "; "))
+	defer resp.Body.Close()
+	msg, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, msg, err
 }
 
 // clusterStatus is `basalt ctl status`: one screen about the cluster.
