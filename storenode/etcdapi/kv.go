@@ -53,14 +53,12 @@ func setTxnHeaders(r *pb.TxnResponse, hdr *pb.ResponseHeader) {
 }
 
 func (k *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
-	var r kvpb.RangeRequest
-	if err := recode(req, &r); err != nil {
-		return nil, err
-	}
+	r := rangeRequestFromEtcd(req)
 	if k.s.cfg.LocalRange != nil {
-		if resp, ok := k.s.cfg.LocalRange(ctx, &r); ok {
-			out := &pb.RangeResponse{}
-			return out, k.s.toEtcd(resp, resp.GetHeader(), out)
+		if resp, ok := k.s.cfg.LocalRange(ctx, r); ok {
+			out := rangeResponseToEtcd(resp)
+			out.Header = k.s.header(resp.GetHeader().GetRevision(), resp.GetHeader().GetRaftTerm())
+			return out, nil
 		}
 	}
 	// A latest read routed to the regions' leaders is read at a timestamp
@@ -77,18 +75,19 @@ func (k *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 		}
 		r.Revision = rev
 	}
-	resp, err := k.s.cfg.Client.Range(ctx, &r)
+	resp, err := k.s.cfg.Client.Range(ctx, r)
 	if err != nil {
 		return nil, etcdError(err)
 	}
-	h := resp.GetHeader()
+	rev := resp.GetHeader().GetRevision()
 	if latest {
 		// A read of a past revision carries the region's current one;
 		// this one was asked for the latest, and was read at r.Revision.
-		h = &kvpb.ResponseHeader{Revision: r.GetRevision(), RaftTerm: h.GetRaftTerm()}
+		rev = r.GetRevision()
 	}
-	out := &pb.RangeResponse{}
-	return out, k.s.toEtcd(resp, h, out)
+	out := rangeResponseToEtcd(resp)
+	out.Header = k.s.header(rev, resp.GetHeader().GetRaftTerm())
+	return out, nil
 }
 
 // RangeStream sends a range in chunks of at most rangeStreamChunk keys,
@@ -96,10 +95,7 @@ func (k *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 // range with a limit, count_only or a sort other than by key is read at
 // once and sent as one chunk.
 func (k *kvServer) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServer) error {
-	var r kvpb.RangeRequest
-	if err := recode(req, &r); err != nil {
-		return err
-	}
+	r := rangeRequestFromEtcd(req)
 	ctx := stream.Context()
 	byKey := r.GetSortTarget() == kvpb.RangeRequest_KEY || r.GetSortOrder() == kvpb.RangeRequest_NONE
 	if r.GetLimit() > 0 || r.GetCountOnly() || !byKey {
@@ -110,12 +106,8 @@ func (k *kvServer) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamSer
 		return stream.Send(&pb.RangeStreamResponse{RangeResponse: resp})
 	}
 	var count int64
-	rev, err := k.s.cfg.Client.Scan(ctx, &r, rangeStreamChunk, func(kvs []*kvpb.KeyValue) error {
-		chunk := &kvpb.RangeResponse{Kvs: kvs}
-		out := &pb.RangeResponse{}
-		if err := recode(chunk, out); err != nil {
-			return err
-		}
+	rev, err := k.s.cfg.Client.Scan(ctx, r, rangeStreamChunk, func(kvs []*kvpb.KeyValue) error {
+		out := &pb.RangeResponse{Kvs: keyValuesToEtcd(kvs)}
 		count += int64(len(kvs))
 		return stream.Send(&pb.RangeStreamResponse{RangeResponse: out})
 	})
@@ -128,16 +120,13 @@ func (k *kvServer) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamSer
 const rangeStreamChunk = 1000
 
 func (k *kvServer) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
-	var r kvpb.PutRequest
-	if err := recode(req, &r); err != nil {
-		return nil, err
-	}
-	resp, err := k.s.cfg.Client.Put(ctx, &r)
+	resp, err := k.s.cfg.Client.Put(ctx, putRequestFromEtcd(req))
 	if err != nil {
 		return nil, etcdError(err)
 	}
-	out := &pb.PutResponse{}
-	return out, k.s.toEtcd(resp, resp.GetHeader(), out)
+	out := putResponseToEtcd(resp)
+	out.Header = k.s.header(resp.GetHeader().GetRevision(), resp.GetHeader().GetRaftTerm())
+	return out, nil
 }
 
 func (k *kvServer) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {

@@ -6,7 +6,6 @@ import (
 	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/basaltdb/basalt/client"
@@ -171,11 +170,7 @@ func (ws *watchStream) forward(id int64, sw *streamWatch, fragment bool) {
 			}
 		}
 		for _, e := range r.Events {
-			var me mvccpb.Event
-			if err := recode(e, &me); err != nil {
-				continue
-			}
-			out.Events = append(out.Events, &me)
+			out.Events = append(out.Events, eventToEtcd(e))
 		}
 		if err := ws.sendFragmented(out, fragment); err != nil {
 			sw.cw.Close()
