@@ -15,23 +15,28 @@ import (
 
 // fill sets every field of m to a value other than its default, lists to
 // three elements, except response headers and Basalt's region context,
-// which conversion never carries.
-func fill(t *testing.T, m protoreflect.Message, seed int) {
+// which conversion never carries. Of a oneof it sets the member seed
+// picks, so seeds in a row cover every member; nesting stops at depth 3.
+func fill(t *testing.T, m protoreflect.Message, seed, depth int) {
 	t.Helper()
 	fields := m.Descriptor().Fields()
 	for i := 0; i < fields.Len(); i++ {
 		fd := fields.Get(i)
-		if fd.Kind() == protoreflect.MessageKind && (fd.Name() == "header" || fd.Name() == "context") {
+		isMsg := fd.Kind() == protoreflect.MessageKind
+		if isMsg && (fd.Name() == "header" || fd.Name() == "context" || depth >= 3) {
+			continue
+		}
+		if od := fd.ContainingOneof(); od != nil && !od.IsSynthetic() && od.Fields().Get(seed%od.Fields().Len()) != fd {
 			continue
 		}
 		if fd.IsList() {
 			list := m.Mutable(fd).List()
 			for j := 0; j < 3; j++ {
-				if fd.Kind() != protoreflect.MessageKind {
+				if !isMsg {
 					t.Fatalf("%s: a list of scalars: extend fill", fd.FullName())
 				}
 				e := list.NewElement()
-				fill(t, e.Message(), seed*10+j)
+				fill(t, e.Message(), seed+j+1, depth+1)
 				list.Append(e)
 			}
 			continue
@@ -45,9 +50,10 @@ func fill(t *testing.T, m protoreflect.Message, seed int) {
 		case protoreflect.BoolKind:
 			m.Set(fd, protoreflect.ValueOfBool(true))
 		case protoreflect.EnumKind:
-			m.Set(fd, protoreflect.ValueOfEnum(1))
+			vals := fd.Enum().Values()
+			m.Set(fd, protoreflect.ValueOfEnum(vals.Get(1+seed%(vals.Len()-1)).Number()))
 		case protoreflect.MessageKind:
-			fill(t, m.Mutable(fd).Message(), seed+1)
+			fill(t, m.Mutable(fd).Message(), seed+1, depth+1)
 		default:
 			t.Fatalf("%s: kind %s: extend fill", fd.FullName(), fd.Kind())
 		}
@@ -78,25 +84,66 @@ func checkSame(t *testing.T, from, direct, viaRecode any) {
 }
 
 func TestConversionsMatchRecode(t *testing.T) {
-	rangeReq := &pb.RangeRequest{}
-	fill(t, v2(rangeReq).ProtoReflect(), 1)
-	checkSame(t, rangeReq, rangeRequestFromEtcd(rangeReq), &kvpb.RangeRequest{})
+	for seed := 0; seed < 8; seed++ {
+		rangeReq := &pb.RangeRequest{}
+		fill(t, v2(rangeReq).ProtoReflect(), seed, 0)
+		checkSame(t, rangeReq, rangeRequestFromEtcd(rangeReq), &kvpb.RangeRequest{})
 
-	putReq := &pb.PutRequest{}
-	fill(t, v2(putReq).ProtoReflect(), 2)
-	checkSame(t, putReq, putRequestFromEtcd(putReq), &kvpb.PutRequest{})
+		putReq := &pb.PutRequest{}
+		fill(t, v2(putReq).ProtoReflect(), seed, 0)
+		checkSame(t, putReq, putRequestFromEtcd(putReq), &kvpb.PutRequest{})
 
-	rangeResp := &kvpb.RangeResponse{}
-	fill(t, rangeResp.ProtoReflect(), 3)
-	checkSame(t, rangeResp, rangeResponseToEtcd(rangeResp), &pb.RangeResponse{})
+		delReq := &pb.DeleteRangeRequest{}
+		fill(t, v2(delReq).ProtoReflect(), seed, 0)
+		checkSame(t, delReq, deleteRangeRequestFromEtcd(delReq), &kvpb.DeleteRangeRequest{})
 
-	putResp := &kvpb.PutResponse{}
-	fill(t, putResp.ProtoReflect(), 4)
-	checkSame(t, putResp, putResponseToEtcd(putResp), &pb.PutResponse{})
+		txnReq := &pb.TxnRequest{}
+		fill(t, v2(txnReq).ProtoReflect(), seed, 0)
+		checkSame(t, txnReq, txnRequestFromEtcd(txnReq), &kvpb.TxnRequest{})
 
-	ev := &kvpb.Event{}
-	fill(t, ev.ProtoReflect(), 5)
-	checkSame(t, ev, eventToEtcd(ev), &mvccpb.Event{})
+		rangeResp := &kvpb.RangeResponse{}
+		fill(t, rangeResp.ProtoReflect(), seed, 0)
+		checkSame(t, rangeResp, rangeResponseToEtcd(rangeResp), &pb.RangeResponse{})
+
+		putResp := &kvpb.PutResponse{}
+		fill(t, putResp.ProtoReflect(), seed, 0)
+		checkSame(t, putResp, putResponseToEtcd(putResp), &pb.PutResponse{})
+
+		delResp := &kvpb.DeleteRangeResponse{}
+		fill(t, delResp.ProtoReflect(), seed, 0)
+		checkSame(t, delResp, deleteRangeResponseToEtcd(delResp), &pb.DeleteRangeResponse{})
+
+		// Headers: nil here, as recode leaves them (fill sets none).
+		txnResp := &kvpb.TxnResponse{}
+		fill(t, txnResp.ProtoReflect(), seed, 0)
+		checkSame(t, txnResp, txnResponseToEtcd(txnResp, nil), &pb.TxnResponse{})
+
+		ev := &kvpb.Event{}
+		fill(t, ev.ProtoReflect(), seed, 0)
+		checkSame(t, ev, eventToEtcd(ev), &mvccpb.Event{})
+	}
+}
+
+// A transaction's response gives its header to every response in it, nested
+// transactions' too, as etcd does.
+func TestTxnResponseHeaders(t *testing.T) {
+	resp := &kvpb.TxnResponse{Responses: []*kvpb.ResponseOp{
+		{Response: &kvpb.ResponseOp_ResponseRange{ResponseRange: &kvpb.RangeResponse{}}},
+		{Response: &kvpb.ResponseOp_ResponsePut{ResponsePut: &kvpb.PutResponse{}}},
+		{Response: &kvpb.ResponseOp_ResponseDeleteRange{ResponseDeleteRange: &kvpb.DeleteRangeResponse{}}},
+		{Response: &kvpb.ResponseOp_ResponseTxn{ResponseTxn: &kvpb.TxnResponse{Responses: []*kvpb.ResponseOp{
+			{Response: &kvpb.ResponseOp_ResponsePut{ResponsePut: &kvpb.PutResponse{}}},
+		}}}},
+	}}
+	hdr := &pb.ResponseHeader{Revision: 42}
+	out := txnResponseToEtcd(resp, hdr)
+	inner := out.Responses[3].GetResponseTxn()
+	for i, h := range []*pb.ResponseHeader{out.Header, out.Responses[0].GetResponseRange().Header, out.Responses[1].GetResponsePut().Header,
+		out.Responses[2].GetResponseDeleteRange().Header, inner.Header, inner.Responses[0].GetResponsePut().Header} {
+		if h != hdr {
+			t.Fatalf("header %d: %v, want the transaction's", i, h)
+		}
+	}
 }
 
 // Absent and empty fields convert as decoding leaves them: absent messages

@@ -4,7 +4,6 @@ import (
 	"context"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/basaltdb/basalt/proto/kvpb"
 )
@@ -12,44 +11,6 @@ import (
 type kvServer struct {
 	pb.UnimplementedKVServer
 	s *Server
-}
-
-// toEtcd converts a Basalt response into etcd's type, with etcd's header.
-func (s *Server) toEtcd(from proto.Message, h *kvpb.ResponseHeader, to proto.Message) error {
-	clearHeaders(from)
-	if err := recode(from, to); err != nil {
-		return err
-	}
-	hdr := s.header(h.GetRevision(), h.GetRaftTerm())
-	switch r := to.(type) {
-	case *pb.RangeResponse:
-		r.Header = hdr
-	case *pb.PutResponse:
-		r.Header = hdr
-	case *pb.DeleteRangeResponse:
-		r.Header = hdr
-	case *pb.TxnResponse:
-		setTxnHeaders(r, hdr)
-	}
-	return nil
-}
-
-// setTxnHeaders gives a transaction's response, and every response in it,
-// the transaction's header, as etcd does.
-func setTxnHeaders(r *pb.TxnResponse, hdr *pb.ResponseHeader) {
-	r.Header = hdr
-	for _, op := range r.GetResponses() {
-		switch x := op.GetResponse().(type) {
-		case *pb.ResponseOp_ResponseRange:
-			x.ResponseRange.Header = hdr
-		case *pb.ResponseOp_ResponsePut:
-			x.ResponsePut.Header = hdr
-		case *pb.ResponseOp_ResponseDeleteRange:
-			x.ResponseDeleteRange.Header = hdr
-		case *pb.ResponseOp_ResponseTxn:
-			setTxnHeaders(x.ResponseTxn, hdr)
-		}
-	}
 }
 
 func (k *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
@@ -130,35 +91,27 @@ func (k *kvServer) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse
 }
 
 func (k *kvServer) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
-	var r kvpb.DeleteRangeRequest
-	if err := recode(req, &r); err != nil {
-		return nil, err
-	}
-	resp, err := k.s.cfg.Client.DeleteRange(ctx, &r)
+	resp, err := k.s.cfg.Client.DeleteRange(ctx, deleteRangeRequestFromEtcd(req))
 	if err != nil {
 		return nil, etcdError(err)
 	}
-	out := &pb.DeleteRangeResponse{}
-	return out, k.s.toEtcd(resp, resp.GetHeader(), out)
+	out := deleteRangeResponseToEtcd(resp)
+	out.Header = k.s.header(resp.GetHeader().GetRevision(), resp.GetHeader().GetRaftTerm())
+	return out, nil
 }
 
 func (k *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
-	var r kvpb.TxnRequest
-	if err := recode(req, &r); err != nil {
-		return nil, err
-	}
+	r := txnRequestFromEtcd(req)
 	if k.s.cfg.LocalReadTxn != nil {
-		if resp, ok := k.s.cfg.LocalReadTxn(ctx, &r); ok {
-			out := &pb.TxnResponse{}
-			return out, k.s.toEtcd(resp, resp.GetHeader(), out)
+		if resp, ok := k.s.cfg.LocalReadTxn(ctx, r); ok {
+			return txnResponseToEtcd(resp, k.s.header(resp.GetHeader().GetRevision(), resp.GetHeader().GetRaftTerm())), nil
 		}
 	}
-	resp, err := k.s.cfg.Client.Txn(ctx, &r)
+	resp, err := k.s.cfg.Client.Txn(ctx, r)
 	if err != nil {
 		return nil, etcdError(err)
 	}
-	out := &pb.TxnResponse{}
-	return out, k.s.toEtcd(resp, resp.GetHeader(), out)
+	return txnResponseToEtcd(resp, k.s.header(resp.GetHeader().GetRevision(), resp.GetHeader().GetRaftTerm())), nil
 }
 
 func (k *kvServer) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.CompactionResponse, error) {
