@@ -30,7 +30,7 @@ func recode(from, to proto.Message) error {
 // conversion. convert_test.go sets every field of each message and
 // compares with recode, so a field added to either proto fails it.
 
-// bytesOrNil keeps a converted request's empty byte fields nil, as decoding
+// bytesOrNil keeps a converted message's empty byte fields nil, as decoding
 // leaves them.
 func bytesOrNil(b []byte) []byte {
 	if len(b) == 0 {
