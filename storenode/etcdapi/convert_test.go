@@ -80,43 +80,30 @@ func checkSame(t *testing.T, from, direct, viaRecode proto.Message) {
 }
 
 func TestConversionsMatchRecode(t *testing.T) {
-	for seed := 0; seed < 16; seed++ {
-		rangeReq := &pb.RangeRequest{}
-		fill(t, rangeReq.ProtoReflect(), seed, 0)
-		checkSame(t, rangeReq, rangeRequestFromEtcd(rangeReq), &kvpb.RangeRequest{})
-
-		putReq := &pb.PutRequest{}
-		fill(t, putReq.ProtoReflect(), seed, 0)
-		checkSame(t, putReq, putRequestFromEtcd(putReq), &kvpb.PutRequest{})
-
-		delReq := &pb.DeleteRangeRequest{}
-		fill(t, delReq.ProtoReflect(), seed, 0)
-		checkSame(t, delReq, deleteRangeRequestFromEtcd(delReq), &kvpb.DeleteRangeRequest{})
-
-		txnReq := &pb.TxnRequest{}
-		fill(t, txnReq.ProtoReflect(), seed, 0)
-		checkSame(t, txnReq, txnRequestFromEtcd(txnReq), &kvpb.TxnRequest{})
-
-		rangeResp := &kvpb.RangeResponse{}
-		fill(t, rangeResp.ProtoReflect(), seed, 0)
-		checkSame(t, rangeResp, rangeResponseToEtcd(rangeResp), &pb.RangeResponse{})
-
-		putResp := &kvpb.PutResponse{}
-		fill(t, putResp.ProtoReflect(), seed, 0)
-		checkSame(t, putResp, putResponseToEtcd(putResp), &pb.PutResponse{})
-
-		delResp := &kvpb.DeleteRangeResponse{}
-		fill(t, delResp.ProtoReflect(), seed, 0)
-		checkSame(t, delResp, deleteRangeResponseToEtcd(delResp), &pb.DeleteRangeResponse{})
-
+	// Each case: an empty message of the type converted (filled below),
+	// the conversion, and an empty message of the type it converts to.
+	cases := []struct {
+		from    proto.Message
+		convert func(proto.Message) proto.Message
+		to      proto.Message
+	}{
+		{&pb.RangeRequest{}, func(m proto.Message) proto.Message { return rangeRequestFromEtcd(m.(*pb.RangeRequest)) }, &kvpb.RangeRequest{}},
+		{&pb.PutRequest{}, func(m proto.Message) proto.Message { return putRequestFromEtcd(m.(*pb.PutRequest)) }, &kvpb.PutRequest{}},
+		{&pb.DeleteRangeRequest{}, func(m proto.Message) proto.Message { return deleteRangeRequestFromEtcd(m.(*pb.DeleteRangeRequest)) }, &kvpb.DeleteRangeRequest{}},
+		{&pb.TxnRequest{}, func(m proto.Message) proto.Message { return txnRequestFromEtcd(m.(*pb.TxnRequest)) }, &kvpb.TxnRequest{}},
+		{&kvpb.RangeResponse{}, func(m proto.Message) proto.Message { return rangeResponseToEtcd(m.(*kvpb.RangeResponse)) }, &pb.RangeResponse{}},
+		{&kvpb.PutResponse{}, func(m proto.Message) proto.Message { return putResponseToEtcd(m.(*kvpb.PutResponse)) }, &pb.PutResponse{}},
+		{&kvpb.DeleteRangeResponse{}, func(m proto.Message) proto.Message { return deleteRangeResponseToEtcd(m.(*kvpb.DeleteRangeResponse)) }, &pb.DeleteRangeResponse{}},
 		// Headers: nil here, as recode leaves them (fill sets none).
-		txnResp := &kvpb.TxnResponse{}
-		fill(t, txnResp.ProtoReflect(), seed, 0)
-		checkSame(t, txnResp, txnResponseToEtcd(txnResp, nil), &pb.TxnResponse{})
-
-		ev := &kvpb.Event{}
-		fill(t, ev.ProtoReflect(), seed, 0)
-		checkSame(t, ev, eventToEtcd(ev), &mvccpb.Event{})
+		{&kvpb.TxnResponse{}, func(m proto.Message) proto.Message { return txnResponseToEtcd(m.(*kvpb.TxnResponse), nil) }, &pb.TxnResponse{}},
+		{&kvpb.Event{}, func(m proto.Message) proto.Message { return eventToEtcd(m.(*kvpb.Event)) }, &mvccpb.Event{}},
+	}
+	for seed := 0; seed < 16; seed++ {
+		for _, c := range cases {
+			from := c.from.ProtoReflect().New().Interface()
+			fill(t, from.ProtoReflect(), seed, 0)
+			checkSame(t, from, c.convert(from), c.to.ProtoReflect().New().Interface())
+		}
 	}
 }
 
