@@ -18,7 +18,7 @@ func (k *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 	if k.s.cfg.LocalRange != nil {
 		if resp, ok := k.s.cfg.LocalRange(ctx, r); ok {
 			out := rangeResponseToEtcd(resp)
-			out.Header = k.s.header(resp.GetHeader().GetRevision(), resp.GetHeader().GetRaftTerm())
+			out.Header = k.s.headerOf(resp.GetHeader())
 			return out, nil
 		}
 	}
@@ -86,7 +86,7 @@ func (k *kvServer) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse
 		return nil, etcdError(err)
 	}
 	out := putResponseToEtcd(resp)
-	out.Header = k.s.header(resp.GetHeader().GetRevision(), resp.GetHeader().GetRaftTerm())
+	out.Header = k.s.headerOf(resp.GetHeader())
 	return out, nil
 }
 
@@ -96,7 +96,7 @@ func (k *kvServer) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) 
 		return nil, etcdError(err)
 	}
 	out := deleteRangeResponseToEtcd(resp)
-	out.Header = k.s.header(resp.GetHeader().GetRevision(), resp.GetHeader().GetRaftTerm())
+	out.Header = k.s.headerOf(resp.GetHeader())
 	return out, nil
 }
 
@@ -104,14 +104,14 @@ func (k *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 	r := txnRequestFromEtcd(req)
 	if k.s.cfg.LocalReadTxn != nil {
 		if resp, ok := k.s.cfg.LocalReadTxn(ctx, r); ok {
-			return txnResponseToEtcd(resp, k.s.header(resp.GetHeader().GetRevision(), resp.GetHeader().GetRaftTerm())), nil
+			return txnResponseToEtcd(resp, k.s.headerOf(resp.GetHeader())), nil
 		}
 	}
 	resp, err := k.s.cfg.Client.Txn(ctx, r)
 	if err != nil {
 		return nil, etcdError(err)
 	}
-	return txnResponseToEtcd(resp, k.s.header(resp.GetHeader().GetRevision(), resp.GetHeader().GetRaftTerm())), nil
+	return txnResponseToEtcd(resp, k.s.headerOf(resp.GetHeader())), nil
 }
 
 func (k *kvServer) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.CompactionResponse, error) {

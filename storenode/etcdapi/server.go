@@ -76,6 +76,11 @@ func (s *Server) header(rev int64, term uint64) *pb.ResponseHeader {
 	return &pb.ResponseHeader{ClusterId: s.cfg.PD.ClusterID(), MemberId: s.cfg.StoreID, Revision: rev, RaftTerm: term}
 }
 
+// headerOf is etcd's header for a response whose Basalt header is h.
+func (s *Server) headerOf(h *kvpb.ResponseHeader) *pb.ResponseHeader {
+	return s.header(h.GetRevision(), h.GetRaftTerm())
+}
+
 // currentRevision is the cluster's revision now: a fresh timestamp (every
 // write acknowledged before it has a smaller revision).
 func (s *Server) currentRevision(ctx context.Context) (int64, error) {

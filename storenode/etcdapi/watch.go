@@ -156,7 +156,7 @@ func (ws *watchStream) forward(id int64, sw *streamWatch, fragment bool) {
 		if r.Created {
 			continue // sent when the watch was created
 		}
-		out := &pb.WatchResponse{Header: ws.s.header(r.Header.GetRevision(), r.Header.GetRaftTerm()), WatchId: id,
+		out := &pb.WatchResponse{Header: ws.s.headerOf(r.Header), WatchId: id,
 			Canceled: r.Canceled, CompactRevision: r.CompactRevision}
 		if r.Canceled {
 			if out.Header.Revision == 0 {
