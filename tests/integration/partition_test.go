@@ -199,9 +199,41 @@ func TestWritesGoOnWhileAStoreIsCutOff(t *testing.T) {
 	if err := procs.WaitSettled(ctx, pd, []byte("k"), []byte("l"), 3); err != nil {
 		t.Fatal(err)
 	}
-	// The victim leads one of the keys' regions (PD's view; checked again
-	// on the store just before the cut).
+	// Writes reach every key's region before the cut.
+	pre := etcdClient(t, c)
+	for _, k := range keys {
+		for {
+			pctx, pcancel := context.WithTimeout(ctx, time.Second)
+			_, err := pre.Put(pctx, k, "0")
+			pcancel()
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("no write to %s before the cut", k)
+			}
+		}
+	}
+	// The victim leads a region by its own account right before the cut:
+	// k5's leader by PD's, unless leadership moved since PD heard of it
+	// (PD balances leaders over the stores), then a store that leads one
+	// now.
 	victim := leaderStoreOf(t, c, pd, []byte("k5"))
+	led := regionsLedBy(t, c, victim)
+	for led == 0 {
+		for _, s := range c.Stores {
+			if n := regionsLedBy(t, c, s); n > 0 {
+				victim, led = s, n
+				break
+			}
+		}
+		if led == 0 {
+			if ctx.Err() != nil {
+				t.Fatal("no store leads a region")
+			}
+			time.Sleep(50 * time.Millisecond) // poll interval
+		}
+	}
 	vi := -1
 	var eps []string
 	for i, s := range c.Stores {
@@ -222,31 +254,11 @@ func TestWritesGoOnWhileAStoreIsCutOff(t *testing.T) {
 		_, err := cli.Put(pctx, k, fmt.Sprint(i))
 		return err
 	}
-	for _, k := range keys {
-		for put(k, 0) != nil {
-			if ctx.Err() != nil {
-				t.Fatalf("no write to %s before the cut", k)
-			}
-		}
-	}
-	led := 0
-	states, err := c.RegionStates(victim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range states {
-		if r.RaftState == "StateLeader" {
-			led++
-		}
-	}
-	if led == 0 {
-		t.Fatalf("%s leads no region: the cut would test nothing", victim.Name)
-	}
 	if err := nw.Cut(netns.Isolate(storeNodes[vi])...); err != nil {
 		t.Fatal(err)
 	}
 	cut := time.Now()
-	t.Logf("%s (leading %d regions, k5's among them by PD's account) cut off", victim.Name, led)
+	t.Logf("%s (leading %d regions) cut off", victim.Name, led)
 	// Each key, in turn, until it takes a write.
 	back := map[string]time.Duration{}
 	var mu sync.Mutex
@@ -286,6 +298,22 @@ func TestWritesGoOnWhileAStoreIsCutOff(t *testing.T) {
 	if t.Failed() {
 		t.Logf("regions as the other stores saw them, 20 s into the cut:\n%s", strings.Join(regions, "\n"))
 	}
+}
+
+// regionsLedBy counts the regions s leads by its own account.
+func regionsLedBy(t *testing.T, c *procs.Cluster, s *procs.Proc) int {
+	t.Helper()
+	states, err := c.RegionStates(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	led := 0
+	for _, r := range states {
+		if r.RaftState == "StateLeader" {
+			led++
+		}
+	}
+	return led
 }
 
 // pdLeaderIndex is the index in c.PDs of the member PD names its leader.
