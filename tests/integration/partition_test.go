@@ -199,16 +199,16 @@ func TestWritesGoOnWhileAStoreIsCutOff(t *testing.T) {
 	if err := procs.WaitSettled(ctx, pd, []byte("k"), []byte("l"), 3); err != nil {
 		t.Fatal(err)
 	}
+	put := func(cli *clientv3.Client, k string, i int) error {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := cli.Put(pctx, k, fmt.Sprint(i))
+		return err
+	}
 	// Writes reach every key's region before the cut.
 	pre := etcdClient(t, c)
 	for _, k := range keys {
-		for {
-			pctx, pcancel := context.WithTimeout(ctx, time.Second)
-			_, err := pre.Put(pctx, k, "0")
-			pcancel()
-			if err == nil {
-				break
-			}
+		for put(pre, k, 0) != nil {
 			if ctx.Err() != nil {
 				t.Fatalf("no write to %s before the cut", k)
 			}
@@ -248,12 +248,6 @@ func TestWritesGoOnWhileAStoreIsCutOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	put := func(k string, i int) error {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		_, err := cli.Put(pctx, k, fmt.Sprint(i))
-		return err
-	}
 	if err := nw.Cut(netns.Isolate(storeNodes[vi])...); err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +262,7 @@ func TestWritesGoOnWhileAStoreIsCutOff(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 1; time.Since(cut) < 20*time.Second; i++ {
-				if put(k, i) == nil {
+				if put(cli, k, i) == nil {
 					mu.Lock()
 					back[k] = time.Since(cut)
 					mu.Unlock()
