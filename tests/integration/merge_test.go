@@ -297,9 +297,18 @@ func TestMergeAlignsReplicasFirst(t *testing.T) {
 	left, right := regions[0], regions[1]
 	put(t, cl, "a", "left")
 	put(t, cl, "x", "right")
-	stores, err := pd.GetAllStores(ctx, true)
-	if err != nil || len(stores) != 4 {
-		t.Fatalf("stores: %v %v", stores, err)
+	// waitReplicated waits for three replicas, not for the fourth store to
+	// have registered with PD.
+	var stores []*metapb.Store
+	for {
+		stores, err = pd.GetAllStores(ctx, true)
+		if err == nil && len(stores) == 4 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("stores: %v %v", stores, err)
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval
 	}
 	var spare uint64
 	for _, s := range stores {
