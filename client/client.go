@@ -49,6 +49,11 @@ type Options struct {
 	// --peer-addr-map). Connections are still cached by the published
 	// address. Default: dial the published address.
 	DialAddr func(addr string) string
+
+	// ForwardWrites sends Put, DeleteRange and Txn to each store over one
+	// stream, in batches (forward.go), instead of a gRPC call per write:
+	// for a client carrying many callers' writes, as a store's own does.
+	ForwardWrites bool
 }
 
 // Client is safe for concurrent use.
@@ -76,8 +81,15 @@ type Client struct {
 	resolveAsksMu sync.Mutex
 	resolveAsks   map[uint64]int64
 
-	stop context.CancelFunc
-	bg   sync.WaitGroup
+	// writeStreams: per store connection, its Forward stream
+	// (Options.ForwardWrites). closed: Close has begun; no goroutine
+	// starts after it.
+	writeStreams map[*grpc.ClientConn]*writeStream
+	closed       bool
+
+	bgCtx context.Context // ends at Close
+	stop  context.CancelFunc
+	bg    sync.WaitGroup
 }
 
 // New connects to a Basalt cluster through its PD endpoints.
@@ -95,7 +107,7 @@ func New(ctx context.Context, pdEndpoints []string, opts Options) (*Client, erro
 	c := &Client{opts: opts, pd: pd, regions: region.NewRegionTree(), leaders: map[uint64]*metapb.Peer{},
 		stores: map[uint64]string{}, conns: map[string]*grpc.ClientConn{}, resolveAsks: map[uint64]int64{}}
 	bg, stop := context.WithCancel(context.Background())
-	c.stop = stop
+	c.bgCtx, c.stop = bg, stop
 	c.bg.Add(1)
 	go func() {
 		defer c.bg.Done()
@@ -109,8 +121,7 @@ func (c *Client) PD() *pdclient.Client { return c.pd }
 
 // Close closes every connection.
 func (c *Client) Close() {
-	c.stop()
-	c.bg.Wait()
+	c.stopBackground()
 	c.mu.Lock()
 	for _, cc := range c.conns {
 		_ = cc.Close()
@@ -118,6 +129,16 @@ func (c *Client) Close() {
 	c.conns = map[string]*grpc.ClientConn{}
 	c.mu.Unlock()
 	c.pd.Close()
+}
+
+// stopBackground ends the client's goroutines (the routing subscription,
+// the write streams) and waits for them.
+func (c *Client) stopBackground() {
+	c.stop()
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.bg.Wait()
 }
 
 // route is where a request for a key goes.
@@ -167,6 +188,10 @@ func (c *Client) locate(ctx context.Context, key []byte) (route, error) {
 	kv := kvpb.NewKVClient(cc)
 	if c.opts.LocalKV != nil && leader.GetStoreId() == c.opts.LocalStoreID {
 		kv = c.opts.LocalKV(kv)
+	} else if c.opts.ForwardWrites {
+		if ws := c.writeStreamFor(cc, kv); ws != nil {
+			kv = forwardingKV{KVClient: kv, ws: ws}
+		}
 	}
 	return route{region: r, leader: leader, kv: kv, admin: kvpb.NewAdminClient(cc)}, nil
 }

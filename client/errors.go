@@ -14,6 +14,10 @@ import (
 // left this process (the connection could not be made): any request, a
 // write too, may be sent again.
 func notSent(err error) bool {
+	var ns *notSentError
+	if errors.As(err, &ns) {
+		return true
+	}
 	s, ok := status.FromError(err)
 	return ok && s.Code() == codes.Unavailable && strings.Contains(s.Message(), "connection error")
 }

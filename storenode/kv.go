@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/basaltdb/basalt/client"
+	istatus "github.com/basaltdb/basalt/internal/status"
 	"github.com/basaltdb/basalt/proto/kvpb"
 	"github.com/basaltdb/basalt/raftstore"
 	"github.com/basaltdb/basalt/region"
@@ -25,6 +26,9 @@ import (
 type kvService struct {
 	kvpb.UnimplementedKVServer
 	s *Server
+	// metrics: the gRPC server's, for the writes Forward serves (nil in
+	// the store's in-process use).
+	metrics *istatus.GRPCMetrics
 }
 
 // grpcError maps an expected condition to etcd's gRPC status.

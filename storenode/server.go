@@ -226,7 +226,7 @@ func (s *Server) start(ctx context.Context) error {
 		return err
 	}
 	local := &kvService{s: s}
-	if s.router, err = client.New(ctx, s.cfg.PD, client.Options{LocalStoreID: s.storeID, Logger: s.log, DialAddr: s.dialAddr,
+	if s.router, err = client.New(ctx, s.cfg.PD, client.Options{LocalStoreID: s.storeID, Logger: s.log, DialAddr: s.dialAddr, ForwardWrites: true,
 		LocalKV: func(remote kvpb.KVClient) kvpb.KVClient { return localKV{KVClient: remote, k: local} }}); err != nil {
 		return err
 	}
@@ -280,7 +280,7 @@ func (s *Server) start(ctx context.Context) error {
 	reg, gm := s.newRegistry()
 	s.grpc = grpc.NewServer(append(gm.ServerOptions(), raftstore.ServerOptions()...)...)
 	rspb.RegisterRaftTransportServer(s.grpc, raftstore.NewRaftServer(s.store))
-	kvpb.RegisterKVServer(s.grpc, &kvService{s: s})
+	kvpb.RegisterKVServer(s.grpc, &kvService{s: s, metrics: gm})
 	kvpb.RegisterAdminServer(s.grpc, &adminService{s: s})
 	etcdCfg := etcdapi.Config{Client: s.router, PD: s.pd, StoreID: s.storeID, Info: s.etcdInfo, LocalRange: s.localRange, LocalReadTxn: s.localReadTxn,
 		MaxRequestBytes: s.mvcc.Limits().MaxRequestBytes, ProgressNotifyInterval: s.cfg.EtcdProgressNotifyInterval}

@@ -33,7 +33,9 @@ func NewGRPCMetrics(r prometheus.Registerer) *GRPCMetrics {
 	return m
 }
 
-func (m *GRPCMetrics) observe(method string, start time.Time, err error) {
+// Observe counts and times one call; a server serving calls inside a
+// stream (storenode's Forward) counts them as the calls they stand for.
+func (m *GRPCMetrics) Observe(method string, start time.Time, err error) {
 	m.handled.WithLabelValues(method, grpcstatus.Code(err).String()).Inc()
 	m.seconds.WithLabelValues(method).Observe(time.Since(start).Seconds())
 }
@@ -55,13 +57,13 @@ func (m *GRPCMetrics) ServerOptions() []grpc.ServerOption {
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			start := time.Now()
 			resp, err := h(ctx, req)
-			m.observe(info.FullMethod, start, err)
+			m.Observe(info.FullMethod, start, err)
 			return resp, err
 		}),
 		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 			start := time.Now()
 			err := h(srv, ss)
-			m.observe(info.FullMethod, start, err)
+			m.Observe(info.FullMethod, start, err)
 			return err
 		}),
 	}

@@ -2223,6 +2223,337 @@ func (x *ResolveRevisionResponse) GetReadIndex() uint64 {
 	return 0
 }
 
+// ForwardedWrite is one write a store forwards to the store leading its
+// region, on the Forward stream. id is the sender's, unique on the stream;
+// timeout_micros is what was left of the caller's deadline when it was
+// sent (0: none).
+type ForwardedWrite struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	TimeoutMicros int64                  `protobuf:"varint,2,opt,name=timeout_micros,json=timeoutMicros,proto3" json:"timeout_micros,omitempty"`
+	// Types that are valid to be assigned to Request:
+	//
+	//	*ForwardedWrite_Put
+	//	*ForwardedWrite_DeleteRange
+	//	*ForwardedWrite_Txn
+	Request       isForwardedWrite_Request `protobuf_oneof:"request"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardedWrite) Reset() {
+	*x = ForwardedWrite{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardedWrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardedWrite) ProtoMessage() {}
+
+func (x *ForwardedWrite) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardedWrite.ProtoReflect.Descriptor instead.
+func (*ForwardedWrite) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ForwardedWrite) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ForwardedWrite) GetTimeoutMicros() int64 {
+	if x != nil {
+		return x.TimeoutMicros
+	}
+	return 0
+}
+
+func (x *ForwardedWrite) GetRequest() isForwardedWrite_Request {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *ForwardedWrite) GetPut() *PutRequest {
+	if x != nil {
+		if x, ok := x.Request.(*ForwardedWrite_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *ForwardedWrite) GetDeleteRange() *DeleteRangeRequest {
+	if x != nil {
+		if x, ok := x.Request.(*ForwardedWrite_DeleteRange); ok {
+			return x.DeleteRange
+		}
+	}
+	return nil
+}
+
+func (x *ForwardedWrite) GetTxn() *TxnRequest {
+	if x != nil {
+		if x, ok := x.Request.(*ForwardedWrite_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
+type isForwardedWrite_Request interface {
+	isForwardedWrite_Request()
+}
+
+type ForwardedWrite_Put struct {
+	Put *PutRequest `protobuf:"bytes,3,opt,name=put,proto3,oneof"`
+}
+
+type ForwardedWrite_DeleteRange struct {
+	DeleteRange *DeleteRangeRequest `protobuf:"bytes,4,opt,name=delete_range,json=deleteRange,proto3,oneof"`
+}
+
+type ForwardedWrite_Txn struct {
+	Txn *TxnRequest `protobuf:"bytes,5,opt,name=txn,proto3,oneof"`
+}
+
+func (*ForwardedWrite_Put) isForwardedWrite_Request() {}
+
+func (*ForwardedWrite_DeleteRange) isForwardedWrite_Request() {}
+
+func (*ForwardedWrite_Txn) isForwardedWrite_Request() {}
+
+type ForwardedWrites struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Writes        []*ForwardedWrite      `protobuf:"bytes,1,rep,name=writes,proto3" json:"writes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardedWrites) Reset() {
+	*x = ForwardedWrites{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardedWrites) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardedWrites) ProtoMessage() {}
+
+func (x *ForwardedWrites) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardedWrites.ProtoReflect.Descriptor instead.
+func (*ForwardedWrites) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ForwardedWrites) GetWrites() []*ForwardedWrite {
+	if x != nil {
+		return x.Writes
+	}
+	return nil
+}
+
+// ForwardedResult answers the ForwardedWrite of the same id: a response,
+// or the gRPC status code and message the unary call would have failed
+// with.
+type ForwardedResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Types that are valid to be assigned to Response:
+	//
+	//	*ForwardedResult_Put
+	//	*ForwardedResult_DeleteRange
+	//	*ForwardedResult_Txn
+	Response      isForwardedResult_Response `protobuf_oneof:"response"`
+	Code          uint32                     `protobuf:"varint,5,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                     `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardedResult) Reset() {
+	*x = ForwardedResult{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardedResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardedResult) ProtoMessage() {}
+
+func (x *ForwardedResult) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardedResult.ProtoReflect.Descriptor instead.
+func (*ForwardedResult) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ForwardedResult) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ForwardedResult) GetResponse() isForwardedResult_Response {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *ForwardedResult) GetPut() *PutResponse {
+	if x != nil {
+		if x, ok := x.Response.(*ForwardedResult_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *ForwardedResult) GetDeleteRange() *DeleteRangeResponse {
+	if x != nil {
+		if x, ok := x.Response.(*ForwardedResult_DeleteRange); ok {
+			return x.DeleteRange
+		}
+	}
+	return nil
+}
+
+func (x *ForwardedResult) GetTxn() *TxnResponse {
+	if x != nil {
+		if x, ok := x.Response.(*ForwardedResult_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
+func (x *ForwardedResult) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ForwardedResult) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type isForwardedResult_Response interface {
+	isForwardedResult_Response()
+}
+
+type ForwardedResult_Put struct {
+	Put *PutResponse `protobuf:"bytes,2,opt,name=put,proto3,oneof"`
+}
+
+type ForwardedResult_DeleteRange struct {
+	DeleteRange *DeleteRangeResponse `protobuf:"bytes,3,opt,name=delete_range,json=deleteRange,proto3,oneof"`
+}
+
+type ForwardedResult_Txn struct {
+	Txn *TxnResponse `protobuf:"bytes,4,opt,name=txn,proto3,oneof"`
+}
+
+func (*ForwardedResult_Put) isForwardedResult_Response() {}
+
+func (*ForwardedResult_DeleteRange) isForwardedResult_Response() {}
+
+func (*ForwardedResult_Txn) isForwardedResult_Response() {}
+
+type ForwardedResults struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*ForwardedResult     `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardedResults) Reset() {
+	*x = ForwardedResults{}
+	mi := &file_kvpb_kvpb_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardedResults) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardedResults) ProtoMessage() {}
+
+func (x *ForwardedResults) ProtoReflect() protoreflect.Message {
+	mi := &file_kvpb_kvpb_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardedResults.ProtoReflect.Descriptor instead.
+func (*ForwardedResults) Descriptor() ([]byte, []int) {
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ForwardedResults) GetResults() []*ForwardedResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type KeySpan struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Start []byte                 `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
@@ -2234,7 +2565,7 @@ type KeySpan struct {
 
 func (x *KeySpan) Reset() {
 	*x = KeySpan{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[24]
+	mi := &file_kvpb_kvpb_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2246,7 +2577,7 @@ func (x *KeySpan) String() string {
 func (*KeySpan) ProtoMessage() {}
 
 func (x *KeySpan) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[24]
+	mi := &file_kvpb_kvpb_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2259,7 +2590,7 @@ func (x *KeySpan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeySpan.ProtoReflect.Descriptor instead.
 func (*KeySpan) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{24}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *KeySpan) GetStart() []byte {
@@ -2294,7 +2625,7 @@ type LeaseRecord struct {
 
 func (x *LeaseRecord) Reset() {
 	*x = LeaseRecord{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[25]
+	mi := &file_kvpb_kvpb_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2306,7 +2637,7 @@ func (x *LeaseRecord) String() string {
 func (*LeaseRecord) ProtoMessage() {}
 
 func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[25]
+	mi := &file_kvpb_kvpb_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2319,7 +2650,7 @@ func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
 func (*LeaseRecord) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{25}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *LeaseRecord) GetId() int64 {
@@ -2361,7 +2692,7 @@ type LeaseGrantRequest struct {
 
 func (x *LeaseGrantRequest) Reset() {
 	*x = LeaseGrantRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[26]
+	mi := &file_kvpb_kvpb_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2373,7 +2704,7 @@ func (x *LeaseGrantRequest) String() string {
 func (*LeaseGrantRequest) ProtoMessage() {}
 
 func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[26]
+	mi := &file_kvpb_kvpb_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2386,7 +2717,7 @@ func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantRequest.ProtoReflect.Descriptor instead.
 func (*LeaseGrantRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{26}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LeaseGrantRequest) GetId() int64 {
@@ -2421,7 +2752,7 @@ type LeaseGrantResponse struct {
 
 func (x *LeaseGrantResponse) Reset() {
 	*x = LeaseGrantResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[27]
+	mi := &file_kvpb_kvpb_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2433,7 +2764,7 @@ func (x *LeaseGrantResponse) String() string {
 func (*LeaseGrantResponse) ProtoMessage() {}
 
 func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[27]
+	mi := &file_kvpb_kvpb_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2446,7 +2777,7 @@ func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantResponse.ProtoReflect.Descriptor instead.
 func (*LeaseGrantResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{27}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LeaseGrantResponse) GetHeader() *ResponseHeader {
@@ -2480,7 +2811,7 @@ type LeaseRevokeRequest struct {
 
 func (x *LeaseRevokeRequest) Reset() {
 	*x = LeaseRevokeRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[28]
+	mi := &file_kvpb_kvpb_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2492,7 +2823,7 @@ func (x *LeaseRevokeRequest) String() string {
 func (*LeaseRevokeRequest) ProtoMessage() {}
 
 func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[28]
+	mi := &file_kvpb_kvpb_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2505,7 +2836,7 @@ func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{28}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *LeaseRevokeRequest) GetId() int64 {
@@ -2531,7 +2862,7 @@ type LeaseRevokeResponse struct {
 
 func (x *LeaseRevokeResponse) Reset() {
 	*x = LeaseRevokeResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[29]
+	mi := &file_kvpb_kvpb_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2543,7 +2874,7 @@ func (x *LeaseRevokeResponse) String() string {
 func (*LeaseRevokeResponse) ProtoMessage() {}
 
 func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[29]
+	mi := &file_kvpb_kvpb_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2556,7 +2887,7 @@ func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeResponse.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{29}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *LeaseRevokeResponse) GetHeader() *ResponseHeader {
@@ -2576,7 +2907,7 @@ type LeaseKeepAliveRequest struct {
 
 func (x *LeaseKeepAliveRequest) Reset() {
 	*x = LeaseKeepAliveRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[30]
+	mi := &file_kvpb_kvpb_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2588,7 +2919,7 @@ func (x *LeaseKeepAliveRequest) String() string {
 func (*LeaseKeepAliveRequest) ProtoMessage() {}
 
 func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[30]
+	mi := &file_kvpb_kvpb_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2601,7 +2932,7 @@ func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{30}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *LeaseKeepAliveRequest) GetIds() []int64 {
@@ -2629,7 +2960,7 @@ type LeaseKeepAliveResponse struct {
 
 func (x *LeaseKeepAliveResponse) Reset() {
 	*x = LeaseKeepAliveResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[31]
+	mi := &file_kvpb_kvpb_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2641,7 +2972,7 @@ func (x *LeaseKeepAliveResponse) String() string {
 func (*LeaseKeepAliveResponse) ProtoMessage() {}
 
 func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[31]
+	mi := &file_kvpb_kvpb_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2654,7 +2985,7 @@ func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseKeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{31}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *LeaseKeepAliveResponse) GetHeader() *ResponseHeader {
@@ -2681,7 +3012,7 @@ type LeaseTimeToLiveRequest struct {
 
 func (x *LeaseTimeToLiveRequest) Reset() {
 	*x = LeaseTimeToLiveRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[32]
+	mi := &file_kvpb_kvpb_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2693,7 +3024,7 @@ func (x *LeaseTimeToLiveRequest) String() string {
 func (*LeaseTimeToLiveRequest) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[32]
+	mi := &file_kvpb_kvpb_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2706,7 +3037,7 @@ func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveRequest.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{32}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *LeaseTimeToLiveRequest) GetId() int64 {
@@ -2737,7 +3068,7 @@ type LeaseTimeToLiveResponse struct {
 
 func (x *LeaseTimeToLiveResponse) Reset() {
 	*x = LeaseTimeToLiveResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[33]
+	mi := &file_kvpb_kvpb_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2749,7 +3080,7 @@ func (x *LeaseTimeToLiveResponse) String() string {
 func (*LeaseTimeToLiveResponse) ProtoMessage() {}
 
 func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[33]
+	mi := &file_kvpb_kvpb_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2762,7 +3093,7 @@ func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseTimeToLiveResponse.ProtoReflect.Descriptor instead.
 func (*LeaseTimeToLiveResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{33}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *LeaseTimeToLiveResponse) GetHeader() *ResponseHeader {
@@ -2809,7 +3140,7 @@ type LeaseListRequest struct {
 
 func (x *LeaseListRequest) Reset() {
 	*x = LeaseListRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[34]
+	mi := &file_kvpb_kvpb_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2821,7 +3152,7 @@ func (x *LeaseListRequest) String() string {
 func (*LeaseListRequest) ProtoMessage() {}
 
 func (x *LeaseListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[34]
+	mi := &file_kvpb_kvpb_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2834,7 +3165,7 @@ func (x *LeaseListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseListRequest.ProtoReflect.Descriptor instead.
 func (*LeaseListRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{34}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *LeaseListRequest) GetContext() *Context {
@@ -2854,7 +3185,7 @@ type LeaseListResponse struct {
 
 func (x *LeaseListResponse) Reset() {
 	*x = LeaseListResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[35]
+	mi := &file_kvpb_kvpb_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2866,7 +3197,7 @@ func (x *LeaseListResponse) String() string {
 func (*LeaseListResponse) ProtoMessage() {}
 
 func (x *LeaseListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[35]
+	mi := &file_kvpb_kvpb_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2879,7 +3210,7 @@ func (x *LeaseListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseListResponse.ProtoReflect.Descriptor instead.
 func (*LeaseListResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{35}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *LeaseListResponse) GetHeader() *ResponseHeader {
@@ -2907,7 +3238,7 @@ type LeaseAttachRequest struct {
 
 func (x *LeaseAttachRequest) Reset() {
 	*x = LeaseAttachRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[36]
+	mi := &file_kvpb_kvpb_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2919,7 +3250,7 @@ func (x *LeaseAttachRequest) String() string {
 func (*LeaseAttachRequest) ProtoMessage() {}
 
 func (x *LeaseAttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[36]
+	mi := &file_kvpb_kvpb_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2932,7 +3263,7 @@ func (x *LeaseAttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseAttachRequest.ProtoReflect.Descriptor instead.
 func (*LeaseAttachRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{36}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *LeaseAttachRequest) GetId() int64 {
@@ -2967,7 +3298,7 @@ type LeaseAttachResponse struct {
 
 func (x *LeaseAttachResponse) Reset() {
 	*x = LeaseAttachResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[37]
+	mi := &file_kvpb_kvpb_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2979,7 +3310,7 @@ func (x *LeaseAttachResponse) String() string {
 func (*LeaseAttachResponse) ProtoMessage() {}
 
 func (x *LeaseAttachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[37]
+	mi := &file_kvpb_kvpb_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2992,7 +3323,7 @@ func (x *LeaseAttachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseAttachResponse.ProtoReflect.Descriptor instead.
 func (*LeaseAttachResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{37}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *LeaseAttachResponse) GetHeader() *ResponseHeader {
@@ -3019,7 +3350,7 @@ type LeaseRevokeKeysRequest struct {
 
 func (x *LeaseRevokeKeysRequest) Reset() {
 	*x = LeaseRevokeKeysRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[38]
+	mi := &file_kvpb_kvpb_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3031,7 +3362,7 @@ func (x *LeaseRevokeKeysRequest) String() string {
 func (*LeaseRevokeKeysRequest) ProtoMessage() {}
 
 func (x *LeaseRevokeKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[38]
+	mi := &file_kvpb_kvpb_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3044,7 +3375,7 @@ func (x *LeaseRevokeKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeKeysRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeKeysRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{38}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *LeaseRevokeKeysRequest) GetId() int64 {
@@ -3071,7 +3402,7 @@ type LeaseRevokeKeysResponse struct {
 
 func (x *LeaseRevokeKeysResponse) Reset() {
 	*x = LeaseRevokeKeysResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[39]
+	mi := &file_kvpb_kvpb_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3083,7 +3414,7 @@ func (x *LeaseRevokeKeysResponse) String() string {
 func (*LeaseRevokeKeysResponse) ProtoMessage() {}
 
 func (x *LeaseRevokeKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[39]
+	mi := &file_kvpb_kvpb_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3096,7 +3427,7 @@ func (x *LeaseRevokeKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeKeysResponse.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeKeysResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{39}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *LeaseRevokeKeysResponse) GetHeader() *ResponseHeader {
@@ -3123,7 +3454,7 @@ type LeaseKeysRequest struct {
 
 func (x *LeaseKeysRequest) Reset() {
 	*x = LeaseKeysRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[40]
+	mi := &file_kvpb_kvpb_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3135,7 +3466,7 @@ func (x *LeaseKeysRequest) String() string {
 func (*LeaseKeysRequest) ProtoMessage() {}
 
 func (x *LeaseKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[40]
+	mi := &file_kvpb_kvpb_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3148,7 +3479,7 @@ func (x *LeaseKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeysRequest.ProtoReflect.Descriptor instead.
 func (*LeaseKeysRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{40}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *LeaseKeysRequest) GetId() int64 {
@@ -3175,7 +3506,7 @@ type LeaseKeysResponse struct {
 
 func (x *LeaseKeysResponse) Reset() {
 	*x = LeaseKeysResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[41]
+	mi := &file_kvpb_kvpb_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3187,7 +3518,7 @@ func (x *LeaseKeysResponse) String() string {
 func (*LeaseKeysResponse) ProtoMessage() {}
 
 func (x *LeaseKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[41]
+	mi := &file_kvpb_kvpb_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3200,7 +3531,7 @@ func (x *LeaseKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseKeysResponse.ProtoReflect.Descriptor instead.
 func (*LeaseKeysResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{41}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *LeaseKeysResponse) GetHeader() *ResponseHeader {
@@ -3227,7 +3558,7 @@ type MergeRegionRequest struct {
 
 func (x *MergeRegionRequest) Reset() {
 	*x = MergeRegionRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[42]
+	mi := &file_kvpb_kvpb_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3239,7 +3570,7 @@ func (x *MergeRegionRequest) String() string {
 func (*MergeRegionRequest) ProtoMessage() {}
 
 func (x *MergeRegionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[42]
+	mi := &file_kvpb_kvpb_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3252,7 +3583,7 @@ func (x *MergeRegionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRegionRequest.ProtoReflect.Descriptor instead.
 func (*MergeRegionRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{42}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *MergeRegionRequest) GetContext() *Context {
@@ -3280,7 +3611,7 @@ type MergeRegionResponse struct {
 
 func (x *MergeRegionResponse) Reset() {
 	*x = MergeRegionResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[43]
+	mi := &file_kvpb_kvpb_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3292,7 +3623,7 @@ func (x *MergeRegionResponse) String() string {
 func (*MergeRegionResponse) ProtoMessage() {}
 
 func (x *MergeRegionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[43]
+	mi := &file_kvpb_kvpb_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3305,7 +3636,7 @@ func (x *MergeRegionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRegionResponse.ProtoReflect.Descriptor instead.
 func (*MergeRegionResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{43}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *MergeRegionResponse) GetHeader() *ResponseHeader {
@@ -3333,7 +3664,7 @@ type ReplicaStatusRequest struct {
 
 func (x *ReplicaStatusRequest) Reset() {
 	*x = ReplicaStatusRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[44]
+	mi := &file_kvpb_kvpb_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3345,7 +3676,7 @@ func (x *ReplicaStatusRequest) String() string {
 func (*ReplicaStatusRequest) ProtoMessage() {}
 
 func (x *ReplicaStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[44]
+	mi := &file_kvpb_kvpb_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3358,7 +3689,7 @@ func (x *ReplicaStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaStatusRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{44}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ReplicaStatusRequest) GetRegionId() uint64 {
@@ -3394,7 +3725,7 @@ type ReplicaStatusResponse struct {
 
 func (x *ReplicaStatusResponse) Reset() {
 	*x = ReplicaStatusResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[45]
+	mi := &file_kvpb_kvpb_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3406,7 +3737,7 @@ func (x *ReplicaStatusResponse) String() string {
 func (*ReplicaStatusResponse) ProtoMessage() {}
 
 func (x *ReplicaStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[45]
+	mi := &file_kvpb_kvpb_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3419,7 +3750,7 @@ func (x *ReplicaStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaStatusResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{45}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ReplicaStatusResponse) GetExists() bool {
@@ -3476,7 +3807,7 @@ type SplitRegionRequest struct {
 
 func (x *SplitRegionRequest) Reset() {
 	*x = SplitRegionRequest{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[46]
+	mi := &file_kvpb_kvpb_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3488,7 +3819,7 @@ func (x *SplitRegionRequest) String() string {
 func (*SplitRegionRequest) ProtoMessage() {}
 
 func (x *SplitRegionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[46]
+	mi := &file_kvpb_kvpb_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3501,7 +3832,7 @@ func (x *SplitRegionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRegionRequest.ProtoReflect.Descriptor instead.
 func (*SplitRegionRequest) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{46}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SplitRegionRequest) GetContext() *Context {
@@ -3529,7 +3860,7 @@ type SplitRegionResponse struct {
 
 func (x *SplitRegionResponse) Reset() {
 	*x = SplitRegionResponse{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[47]
+	mi := &file_kvpb_kvpb_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3541,7 +3872,7 @@ func (x *SplitRegionResponse) String() string {
 func (*SplitRegionResponse) ProtoMessage() {}
 
 func (x *SplitRegionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[47]
+	mi := &file_kvpb_kvpb_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3554,7 +3885,7 @@ func (x *SplitRegionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRegionResponse.ProtoReflect.Descriptor instead.
 func (*SplitRegionResponse) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{47}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SplitRegionResponse) GetHeader() *ResponseHeader {
@@ -3598,7 +3929,7 @@ type WriteCommand struct {
 
 func (x *WriteCommand) Reset() {
 	*x = WriteCommand{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[48]
+	mi := &file_kvpb_kvpb_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3610,7 +3941,7 @@ func (x *WriteCommand) String() string {
 func (*WriteCommand) ProtoMessage() {}
 
 func (x *WriteCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[48]
+	mi := &file_kvpb_kvpb_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3623,7 +3954,7 @@ func (x *WriteCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteCommand.ProtoReflect.Descriptor instead.
 func (*WriteCommand) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{48}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *WriteCommand) GetRevision() int64 {
@@ -3817,7 +4148,7 @@ type LeaseCheck struct {
 
 func (x *LeaseCheck) Reset() {
 	*x = LeaseCheck{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[49]
+	mi := &file_kvpb_kvpb_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3829,7 +4160,7 @@ func (x *LeaseCheck) String() string {
 func (*LeaseCheck) ProtoMessage() {}
 
 func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[49]
+	mi := &file_kvpb_kvpb_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3842,7 +4173,7 @@ func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseCheck.ProtoReflect.Descriptor instead.
 func (*LeaseCheck) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{49}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *LeaseCheck) GetId() int64 {
@@ -3869,7 +4200,7 @@ type GCBatch struct {
 
 func (x *GCBatch) Reset() {
 	*x = GCBatch{}
-	mi := &file_kvpb_kvpb_proto_msgTypes[50]
+	mi := &file_kvpb_kvpb_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3881,7 +4212,7 @@ func (x *GCBatch) String() string {
 func (*GCBatch) ProtoMessage() {}
 
 func (x *GCBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_kvpb_kvpb_proto_msgTypes[50]
+	mi := &file_kvpb_kvpb_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3894,7 +4225,7 @@ func (x *GCBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCBatch.ProtoReflect.Descriptor instead.
 func (*GCBatch) Descriptor() ([]byte, []int) {
-	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{50}
+	return file_kvpb_kvpb_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GCBatch) GetKeys() [][]byte {
@@ -4083,7 +4414,27 @@ const file_kvpb_kvpb_proto_rawDesc = "" +
 	"\x17ResolveRevisionResponse\x12,\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.kvpb.ResponseHeaderR\x06header\x12\x1d\n" +
 	"\n" +
-	"read_index\x18\x02 \x01(\x04R\treadIndex\"1\n" +
+	"read_index\x18\x02 \x01(\x04R\treadIndex\"\xdd\x01\n" +
+	"\x0eForwardedWrite\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12%\n" +
+	"\x0etimeout_micros\x18\x02 \x01(\x03R\rtimeoutMicros\x12$\n" +
+	"\x03put\x18\x03 \x01(\v2\x10.kvpb.PutRequestH\x00R\x03put\x12=\n" +
+	"\fdelete_range\x18\x04 \x01(\v2\x18.kvpb.DeleteRangeRequestH\x00R\vdeleteRange\x12$\n" +
+	"\x03txn\x18\x05 \x01(\v2\x10.kvpb.TxnRequestH\x00R\x03txnB\t\n" +
+	"\arequest\"?\n" +
+	"\x0fForwardedWrites\x12,\n" +
+	"\x06writes\x18\x01 \x03(\v2\x14.kvpb.ForwardedWriteR\x06writes\"\xe9\x01\n" +
+	"\x0fForwardedResult\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12%\n" +
+	"\x03put\x18\x02 \x01(\v2\x11.kvpb.PutResponseH\x00R\x03put\x12>\n" +
+	"\fdelete_range\x18\x03 \x01(\v2\x19.kvpb.DeleteRangeResponseH\x00R\vdeleteRange\x12%\n" +
+	"\x03txn\x18\x04 \x01(\v2\x11.kvpb.TxnResponseH\x00R\x03txn\x12\x12\n" +
+	"\x04code\x18\x05 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x06 \x01(\tR\amessageB\n" +
+	"\n" +
+	"\bresponse\"C\n" +
+	"\x10ForwardedResults\x12/\n" +
+	"\aresults\x18\x01 \x03(\v2\x15.kvpb.ForwardedResultR\aresults\"1\n" +
 	"\aKeySpan\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\fR\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\fR\x03end\"p\n" +
@@ -4191,12 +4542,13 @@ const file_kvpb_kvpb_proto_rawDesc = "" +
 	"\vvalid_until\x18\x02 \x01(\x03R\n" +
 	"validUntil\"\x1d\n" +
 	"\aGCBatch\x12\x12\n" +
-	"\x04keys\x18\x01 \x03(\fR\x04keys2\xc2\a\n" +
+	"\x04keys\x18\x01 \x03(\fR\x04keys2\x80\b\n" +
 	"\x02KV\x120\n" +
 	"\x05Range\x12\x12.kvpb.RangeRequest\x1a\x13.kvpb.RangeResponse\x12*\n" +
 	"\x03Put\x12\x10.kvpb.PutRequest\x1a\x11.kvpb.PutResponse\x12B\n" +
 	"\vDeleteRange\x12\x18.kvpb.DeleteRangeRequest\x1a\x19.kvpb.DeleteRangeResponse\x12*\n" +
-	"\x03Txn\x12\x10.kvpb.TxnRequest\x1a\x11.kvpb.TxnResponse\x126\n" +
+	"\x03Txn\x12\x10.kvpb.TxnRequest\x1a\x11.kvpb.TxnResponse\x12<\n" +
+	"\aForward\x12\x15.kvpb.ForwardedWrites\x1a\x16.kvpb.ForwardedResults(\x010\x01\x126\n" +
 	"\aCompact\x12\x14.kvpb.CompactRequest\x1a\x15.kvpb.CompactResponse\x124\n" +
 	"\x05Watch\x12\x12.kvpb.WatchRequest\x1a\x13.kvpb.WatchResponse(\x010\x01\x12N\n" +
 	"\x0fResolveRevision\x12\x1c.kvpb.ResolveRevisionRequest\x1a\x1d.kvpb.ResolveRevisionResponse\x12?\n" +
@@ -4227,7 +4579,7 @@ func file_kvpb_kvpb_proto_rawDescGZIP() []byte {
 }
 
 var file_kvpb_kvpb_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_kvpb_kvpb_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_kvpb_kvpb_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_kvpb_kvpb_proto_goTypes = []any{
 	(Event_EventType)(0),               // 0: kvpb.Event.EventType
 	(RangeRequest_SortOrder)(0),        // 1: kvpb.RangeRequest.SortOrder
@@ -4259,157 +4611,171 @@ var file_kvpb_kvpb_proto_goTypes = []any{
 	(*WatchResponse)(nil),              // 27: kvpb.WatchResponse
 	(*ResolveRevisionRequest)(nil),     // 28: kvpb.ResolveRevisionRequest
 	(*ResolveRevisionResponse)(nil),    // 29: kvpb.ResolveRevisionResponse
-	(*KeySpan)(nil),                    // 30: kvpb.KeySpan
-	(*LeaseRecord)(nil),                // 31: kvpb.LeaseRecord
-	(*LeaseGrantRequest)(nil),          // 32: kvpb.LeaseGrantRequest
-	(*LeaseGrantResponse)(nil),         // 33: kvpb.LeaseGrantResponse
-	(*LeaseRevokeRequest)(nil),         // 34: kvpb.LeaseRevokeRequest
-	(*LeaseRevokeResponse)(nil),        // 35: kvpb.LeaseRevokeResponse
-	(*LeaseKeepAliveRequest)(nil),      // 36: kvpb.LeaseKeepAliveRequest
-	(*LeaseKeepAliveResponse)(nil),     // 37: kvpb.LeaseKeepAliveResponse
-	(*LeaseTimeToLiveRequest)(nil),     // 38: kvpb.LeaseTimeToLiveRequest
-	(*LeaseTimeToLiveResponse)(nil),    // 39: kvpb.LeaseTimeToLiveResponse
-	(*LeaseListRequest)(nil),           // 40: kvpb.LeaseListRequest
-	(*LeaseListResponse)(nil),          // 41: kvpb.LeaseListResponse
-	(*LeaseAttachRequest)(nil),         // 42: kvpb.LeaseAttachRequest
-	(*LeaseAttachResponse)(nil),        // 43: kvpb.LeaseAttachResponse
-	(*LeaseRevokeKeysRequest)(nil),     // 44: kvpb.LeaseRevokeKeysRequest
-	(*LeaseRevokeKeysResponse)(nil),    // 45: kvpb.LeaseRevokeKeysResponse
-	(*LeaseKeysRequest)(nil),           // 46: kvpb.LeaseKeysRequest
-	(*LeaseKeysResponse)(nil),          // 47: kvpb.LeaseKeysResponse
-	(*MergeRegionRequest)(nil),         // 48: kvpb.MergeRegionRequest
-	(*MergeRegionResponse)(nil),        // 49: kvpb.MergeRegionResponse
-	(*ReplicaStatusRequest)(nil),       // 50: kvpb.ReplicaStatusRequest
-	(*ReplicaStatusResponse)(nil),      // 51: kvpb.ReplicaStatusResponse
-	(*SplitRegionRequest)(nil),         // 52: kvpb.SplitRegionRequest
-	(*SplitRegionResponse)(nil),        // 53: kvpb.SplitRegionResponse
-	(*WriteCommand)(nil),               // 54: kvpb.WriteCommand
-	(*LeaseCheck)(nil),                 // 55: kvpb.LeaseCheck
-	(*GCBatch)(nil),                    // 56: kvpb.GCBatch
-	(*metapb.RegionEpoch)(nil),         // 57: metapb.RegionEpoch
-	(*metapb.Peer)(nil),                // 58: metapb.Peer
-	(*errorpb.Error)(nil),              // 59: errorpb.Error
-	(*metapb.Region)(nil),              // 60: metapb.Region
+	(*ForwardedWrite)(nil),             // 30: kvpb.ForwardedWrite
+	(*ForwardedWrites)(nil),            // 31: kvpb.ForwardedWrites
+	(*ForwardedResult)(nil),            // 32: kvpb.ForwardedResult
+	(*ForwardedResults)(nil),           // 33: kvpb.ForwardedResults
+	(*KeySpan)(nil),                    // 34: kvpb.KeySpan
+	(*LeaseRecord)(nil),                // 35: kvpb.LeaseRecord
+	(*LeaseGrantRequest)(nil),          // 36: kvpb.LeaseGrantRequest
+	(*LeaseGrantResponse)(nil),         // 37: kvpb.LeaseGrantResponse
+	(*LeaseRevokeRequest)(nil),         // 38: kvpb.LeaseRevokeRequest
+	(*LeaseRevokeResponse)(nil),        // 39: kvpb.LeaseRevokeResponse
+	(*LeaseKeepAliveRequest)(nil),      // 40: kvpb.LeaseKeepAliveRequest
+	(*LeaseKeepAliveResponse)(nil),     // 41: kvpb.LeaseKeepAliveResponse
+	(*LeaseTimeToLiveRequest)(nil),     // 42: kvpb.LeaseTimeToLiveRequest
+	(*LeaseTimeToLiveResponse)(nil),    // 43: kvpb.LeaseTimeToLiveResponse
+	(*LeaseListRequest)(nil),           // 44: kvpb.LeaseListRequest
+	(*LeaseListResponse)(nil),          // 45: kvpb.LeaseListResponse
+	(*LeaseAttachRequest)(nil),         // 46: kvpb.LeaseAttachRequest
+	(*LeaseAttachResponse)(nil),        // 47: kvpb.LeaseAttachResponse
+	(*LeaseRevokeKeysRequest)(nil),     // 48: kvpb.LeaseRevokeKeysRequest
+	(*LeaseRevokeKeysResponse)(nil),    // 49: kvpb.LeaseRevokeKeysResponse
+	(*LeaseKeysRequest)(nil),           // 50: kvpb.LeaseKeysRequest
+	(*LeaseKeysResponse)(nil),          // 51: kvpb.LeaseKeysResponse
+	(*MergeRegionRequest)(nil),         // 52: kvpb.MergeRegionRequest
+	(*MergeRegionResponse)(nil),        // 53: kvpb.MergeRegionResponse
+	(*ReplicaStatusRequest)(nil),       // 54: kvpb.ReplicaStatusRequest
+	(*ReplicaStatusResponse)(nil),      // 55: kvpb.ReplicaStatusResponse
+	(*SplitRegionRequest)(nil),         // 56: kvpb.SplitRegionRequest
+	(*SplitRegionResponse)(nil),        // 57: kvpb.SplitRegionResponse
+	(*WriteCommand)(nil),               // 58: kvpb.WriteCommand
+	(*LeaseCheck)(nil),                 // 59: kvpb.LeaseCheck
+	(*GCBatch)(nil),                    // 60: kvpb.GCBatch
+	(*metapb.RegionEpoch)(nil),         // 61: metapb.RegionEpoch
+	(*metapb.Peer)(nil),                // 62: metapb.Peer
+	(*errorpb.Error)(nil),              // 63: errorpb.Error
+	(*metapb.Region)(nil),              // 64: metapb.Region
 }
 var file_kvpb_kvpb_proto_depIdxs = []int32{
-	57, // 0: kvpb.Context.region_epoch:type_name -> metapb.RegionEpoch
-	58, // 1: kvpb.Context.peer:type_name -> metapb.Peer
-	59, // 2: kvpb.ResponseHeader.region_error:type_name -> errorpb.Error
-	0,  // 3: kvpb.Event.type:type_name -> kvpb.Event.EventType
-	8,  // 4: kvpb.Event.kv:type_name -> kvpb.KeyValue
-	8,  // 5: kvpb.Event.prev_kv:type_name -> kvpb.KeyValue
-	1,  // 6: kvpb.RangeRequest.sort_order:type_name -> kvpb.RangeRequest.SortOrder
-	2,  // 7: kvpb.RangeRequest.sort_target:type_name -> kvpb.RangeRequest.SortTarget
-	6,  // 8: kvpb.RangeRequest.context:type_name -> kvpb.Context
-	7,  // 9: kvpb.RangeResponse.header:type_name -> kvpb.ResponseHeader
-	8,  // 10: kvpb.RangeResponse.kvs:type_name -> kvpb.KeyValue
-	6,  // 11: kvpb.PutRequest.context:type_name -> kvpb.Context
-	7,  // 12: kvpb.PutResponse.header:type_name -> kvpb.ResponseHeader
-	8,  // 13: kvpb.PutResponse.prev_kv:type_name -> kvpb.KeyValue
-	6,  // 14: kvpb.DeleteRangeRequest.context:type_name -> kvpb.Context
-	7,  // 15: kvpb.DeleteRangeResponse.header:type_name -> kvpb.ResponseHeader
-	8,  // 16: kvpb.DeleteRangeResponse.prev_kvs:type_name -> kvpb.KeyValue
-	10, // 17: kvpb.RequestOp.request_range:type_name -> kvpb.RangeRequest
-	12, // 18: kvpb.RequestOp.request_put:type_name -> kvpb.PutRequest
-	14, // 19: kvpb.RequestOp.request_delete_range:type_name -> kvpb.DeleteRangeRequest
-	19, // 20: kvpb.RequestOp.request_txn:type_name -> kvpb.TxnRequest
-	11, // 21: kvpb.ResponseOp.response_range:type_name -> kvpb.RangeResponse
-	13, // 22: kvpb.ResponseOp.response_put:type_name -> kvpb.PutResponse
-	15, // 23: kvpb.ResponseOp.response_delete_range:type_name -> kvpb.DeleteRangeResponse
-	20, // 24: kvpb.ResponseOp.response_txn:type_name -> kvpb.TxnResponse
-	3,  // 25: kvpb.Compare.result:type_name -> kvpb.Compare.CompareResult
-	4,  // 26: kvpb.Compare.target:type_name -> kvpb.Compare.CompareTarget
-	18, // 27: kvpb.TxnRequest.compare:type_name -> kvpb.Compare
-	16, // 28: kvpb.TxnRequest.success:type_name -> kvpb.RequestOp
-	16, // 29: kvpb.TxnRequest.failure:type_name -> kvpb.RequestOp
-	6,  // 30: kvpb.TxnRequest.context:type_name -> kvpb.Context
-	7,  // 31: kvpb.TxnResponse.header:type_name -> kvpb.ResponseHeader
-	17, // 32: kvpb.TxnResponse.responses:type_name -> kvpb.ResponseOp
-	7,  // 33: kvpb.CompactResponse.header:type_name -> kvpb.ResponseHeader
-	5,  // 34: kvpb.WatchCreateRequest.filters:type_name -> kvpb.WatchCreateRequest.FilterType
-	6,  // 35: kvpb.WatchCreateRequest.context:type_name -> kvpb.Context
-	23, // 36: kvpb.WatchRequest.create_request:type_name -> kvpb.WatchCreateRequest
-	24, // 37: kvpb.WatchRequest.cancel_request:type_name -> kvpb.WatchCancelRequest
-	25, // 38: kvpb.WatchRequest.progress_request:type_name -> kvpb.WatchProgressRequest
-	7,  // 39: kvpb.WatchResponse.header:type_name -> kvpb.ResponseHeader
-	9,  // 40: kvpb.WatchResponse.events:type_name -> kvpb.Event
-	6,  // 41: kvpb.ResolveRevisionRequest.context:type_name -> kvpb.Context
-	7,  // 42: kvpb.ResolveRevisionResponse.header:type_name -> kvpb.ResponseHeader
-	30, // 43: kvpb.LeaseRecord.spans:type_name -> kvpb.KeySpan
-	6,  // 44: kvpb.LeaseGrantRequest.context:type_name -> kvpb.Context
-	7,  // 45: kvpb.LeaseGrantResponse.header:type_name -> kvpb.ResponseHeader
-	6,  // 46: kvpb.LeaseRevokeRequest.context:type_name -> kvpb.Context
-	7,  // 47: kvpb.LeaseRevokeResponse.header:type_name -> kvpb.ResponseHeader
-	6,  // 48: kvpb.LeaseKeepAliveRequest.context:type_name -> kvpb.Context
-	7,  // 49: kvpb.LeaseKeepAliveResponse.header:type_name -> kvpb.ResponseHeader
-	6,  // 50: kvpb.LeaseTimeToLiveRequest.context:type_name -> kvpb.Context
-	7,  // 51: kvpb.LeaseTimeToLiveResponse.header:type_name -> kvpb.ResponseHeader
-	30, // 52: kvpb.LeaseTimeToLiveResponse.spans:type_name -> kvpb.KeySpan
-	6,  // 53: kvpb.LeaseListRequest.context:type_name -> kvpb.Context
-	7,  // 54: kvpb.LeaseListResponse.header:type_name -> kvpb.ResponseHeader
-	30, // 55: kvpb.LeaseAttachRequest.span:type_name -> kvpb.KeySpan
-	6,  // 56: kvpb.LeaseAttachRequest.context:type_name -> kvpb.Context
-	7,  // 57: kvpb.LeaseAttachResponse.header:type_name -> kvpb.ResponseHeader
-	6,  // 58: kvpb.LeaseRevokeKeysRequest.context:type_name -> kvpb.Context
-	7,  // 59: kvpb.LeaseRevokeKeysResponse.header:type_name -> kvpb.ResponseHeader
-	6,  // 60: kvpb.LeaseKeysRequest.context:type_name -> kvpb.Context
-	7,  // 61: kvpb.LeaseKeysResponse.header:type_name -> kvpb.ResponseHeader
-	6,  // 62: kvpb.MergeRegionRequest.context:type_name -> kvpb.Context
-	7,  // 63: kvpb.MergeRegionResponse.header:type_name -> kvpb.ResponseHeader
-	60, // 64: kvpb.MergeRegionResponse.region:type_name -> metapb.Region
-	60, // 65: kvpb.ReplicaStatusResponse.region:type_name -> metapb.Region
-	57, // 66: kvpb.ReplicaStatusResponse.tombstone_epoch:type_name -> metapb.RegionEpoch
-	6,  // 67: kvpb.SplitRegionRequest.context:type_name -> kvpb.Context
-	7,  // 68: kvpb.SplitRegionResponse.header:type_name -> kvpb.ResponseHeader
-	60, // 69: kvpb.SplitRegionResponse.regions:type_name -> metapb.Region
-	12, // 70: kvpb.WriteCommand.put:type_name -> kvpb.PutRequest
-	14, // 71: kvpb.WriteCommand.delete_range:type_name -> kvpb.DeleteRangeRequest
-	19, // 72: kvpb.WriteCommand.txn:type_name -> kvpb.TxnRequest
-	56, // 73: kvpb.WriteCommand.gc:type_name -> kvpb.GCBatch
-	32, // 74: kvpb.WriteCommand.lease_grant:type_name -> kvpb.LeaseGrantRequest
-	42, // 75: kvpb.WriteCommand.lease_attach:type_name -> kvpb.LeaseAttachRequest
-	55, // 76: kvpb.WriteCommand.lease_checks:type_name -> kvpb.LeaseCheck
-	10, // 77: kvpb.KV.Range:input_type -> kvpb.RangeRequest
-	12, // 78: kvpb.KV.Put:input_type -> kvpb.PutRequest
-	14, // 79: kvpb.KV.DeleteRange:input_type -> kvpb.DeleteRangeRequest
-	19, // 80: kvpb.KV.Txn:input_type -> kvpb.TxnRequest
-	21, // 81: kvpb.KV.Compact:input_type -> kvpb.CompactRequest
-	26, // 82: kvpb.KV.Watch:input_type -> kvpb.WatchRequest
-	28, // 83: kvpb.KV.ResolveRevision:input_type -> kvpb.ResolveRevisionRequest
-	32, // 84: kvpb.KV.LeaseGrant:input_type -> kvpb.LeaseGrantRequest
-	34, // 85: kvpb.KV.LeaseRevoke:input_type -> kvpb.LeaseRevokeRequest
-	36, // 86: kvpb.KV.LeaseKeepAlive:input_type -> kvpb.LeaseKeepAliveRequest
-	38, // 87: kvpb.KV.LeaseTimeToLive:input_type -> kvpb.LeaseTimeToLiveRequest
-	40, // 88: kvpb.KV.LeaseList:input_type -> kvpb.LeaseListRequest
-	42, // 89: kvpb.KV.LeaseAttach:input_type -> kvpb.LeaseAttachRequest
-	44, // 90: kvpb.KV.LeaseRevokeKeys:input_type -> kvpb.LeaseRevokeKeysRequest
-	46, // 91: kvpb.KV.LeaseKeys:input_type -> kvpb.LeaseKeysRequest
-	52, // 92: kvpb.Admin.SplitRegion:input_type -> kvpb.SplitRegionRequest
-	48, // 93: kvpb.Admin.MergeRegion:input_type -> kvpb.MergeRegionRequest
-	50, // 94: kvpb.Admin.ReplicaStatus:input_type -> kvpb.ReplicaStatusRequest
-	11, // 95: kvpb.KV.Range:output_type -> kvpb.RangeResponse
-	13, // 96: kvpb.KV.Put:output_type -> kvpb.PutResponse
-	15, // 97: kvpb.KV.DeleteRange:output_type -> kvpb.DeleteRangeResponse
-	20, // 98: kvpb.KV.Txn:output_type -> kvpb.TxnResponse
-	22, // 99: kvpb.KV.Compact:output_type -> kvpb.CompactResponse
-	27, // 100: kvpb.KV.Watch:output_type -> kvpb.WatchResponse
-	29, // 101: kvpb.KV.ResolveRevision:output_type -> kvpb.ResolveRevisionResponse
-	33, // 102: kvpb.KV.LeaseGrant:output_type -> kvpb.LeaseGrantResponse
-	35, // 103: kvpb.KV.LeaseRevoke:output_type -> kvpb.LeaseRevokeResponse
-	37, // 104: kvpb.KV.LeaseKeepAlive:output_type -> kvpb.LeaseKeepAliveResponse
-	39, // 105: kvpb.KV.LeaseTimeToLive:output_type -> kvpb.LeaseTimeToLiveResponse
-	41, // 106: kvpb.KV.LeaseList:output_type -> kvpb.LeaseListResponse
-	43, // 107: kvpb.KV.LeaseAttach:output_type -> kvpb.LeaseAttachResponse
-	45, // 108: kvpb.KV.LeaseRevokeKeys:output_type -> kvpb.LeaseRevokeKeysResponse
-	47, // 109: kvpb.KV.LeaseKeys:output_type -> kvpb.LeaseKeysResponse
-	53, // 110: kvpb.Admin.SplitRegion:output_type -> kvpb.SplitRegionResponse
-	49, // 111: kvpb.Admin.MergeRegion:output_type -> kvpb.MergeRegionResponse
-	51, // 112: kvpb.Admin.ReplicaStatus:output_type -> kvpb.ReplicaStatusResponse
-	95, // [95:113] is the sub-list for method output_type
-	77, // [77:95] is the sub-list for method input_type
-	77, // [77:77] is the sub-list for extension type_name
-	77, // [77:77] is the sub-list for extension extendee
-	0,  // [0:77] is the sub-list for field type_name
+	61,  // 0: kvpb.Context.region_epoch:type_name -> metapb.RegionEpoch
+	62,  // 1: kvpb.Context.peer:type_name -> metapb.Peer
+	63,  // 2: kvpb.ResponseHeader.region_error:type_name -> errorpb.Error
+	0,   // 3: kvpb.Event.type:type_name -> kvpb.Event.EventType
+	8,   // 4: kvpb.Event.kv:type_name -> kvpb.KeyValue
+	8,   // 5: kvpb.Event.prev_kv:type_name -> kvpb.KeyValue
+	1,   // 6: kvpb.RangeRequest.sort_order:type_name -> kvpb.RangeRequest.SortOrder
+	2,   // 7: kvpb.RangeRequest.sort_target:type_name -> kvpb.RangeRequest.SortTarget
+	6,   // 8: kvpb.RangeRequest.context:type_name -> kvpb.Context
+	7,   // 9: kvpb.RangeResponse.header:type_name -> kvpb.ResponseHeader
+	8,   // 10: kvpb.RangeResponse.kvs:type_name -> kvpb.KeyValue
+	6,   // 11: kvpb.PutRequest.context:type_name -> kvpb.Context
+	7,   // 12: kvpb.PutResponse.header:type_name -> kvpb.ResponseHeader
+	8,   // 13: kvpb.PutResponse.prev_kv:type_name -> kvpb.KeyValue
+	6,   // 14: kvpb.DeleteRangeRequest.context:type_name -> kvpb.Context
+	7,   // 15: kvpb.DeleteRangeResponse.header:type_name -> kvpb.ResponseHeader
+	8,   // 16: kvpb.DeleteRangeResponse.prev_kvs:type_name -> kvpb.KeyValue
+	10,  // 17: kvpb.RequestOp.request_range:type_name -> kvpb.RangeRequest
+	12,  // 18: kvpb.RequestOp.request_put:type_name -> kvpb.PutRequest
+	14,  // 19: kvpb.RequestOp.request_delete_range:type_name -> kvpb.DeleteRangeRequest
+	19,  // 20: kvpb.RequestOp.request_txn:type_name -> kvpb.TxnRequest
+	11,  // 21: kvpb.ResponseOp.response_range:type_name -> kvpb.RangeResponse
+	13,  // 22: kvpb.ResponseOp.response_put:type_name -> kvpb.PutResponse
+	15,  // 23: kvpb.ResponseOp.response_delete_range:type_name -> kvpb.DeleteRangeResponse
+	20,  // 24: kvpb.ResponseOp.response_txn:type_name -> kvpb.TxnResponse
+	3,   // 25: kvpb.Compare.result:type_name -> kvpb.Compare.CompareResult
+	4,   // 26: kvpb.Compare.target:type_name -> kvpb.Compare.CompareTarget
+	18,  // 27: kvpb.TxnRequest.compare:type_name -> kvpb.Compare
+	16,  // 28: kvpb.TxnRequest.success:type_name -> kvpb.RequestOp
+	16,  // 29: kvpb.TxnRequest.failure:type_name -> kvpb.RequestOp
+	6,   // 30: kvpb.TxnRequest.context:type_name -> kvpb.Context
+	7,   // 31: kvpb.TxnResponse.header:type_name -> kvpb.ResponseHeader
+	17,  // 32: kvpb.TxnResponse.responses:type_name -> kvpb.ResponseOp
+	7,   // 33: kvpb.CompactResponse.header:type_name -> kvpb.ResponseHeader
+	5,   // 34: kvpb.WatchCreateRequest.filters:type_name -> kvpb.WatchCreateRequest.FilterType
+	6,   // 35: kvpb.WatchCreateRequest.context:type_name -> kvpb.Context
+	23,  // 36: kvpb.WatchRequest.create_request:type_name -> kvpb.WatchCreateRequest
+	24,  // 37: kvpb.WatchRequest.cancel_request:type_name -> kvpb.WatchCancelRequest
+	25,  // 38: kvpb.WatchRequest.progress_request:type_name -> kvpb.WatchProgressRequest
+	7,   // 39: kvpb.WatchResponse.header:type_name -> kvpb.ResponseHeader
+	9,   // 40: kvpb.WatchResponse.events:type_name -> kvpb.Event
+	6,   // 41: kvpb.ResolveRevisionRequest.context:type_name -> kvpb.Context
+	7,   // 42: kvpb.ResolveRevisionResponse.header:type_name -> kvpb.ResponseHeader
+	12,  // 43: kvpb.ForwardedWrite.put:type_name -> kvpb.PutRequest
+	14,  // 44: kvpb.ForwardedWrite.delete_range:type_name -> kvpb.DeleteRangeRequest
+	19,  // 45: kvpb.ForwardedWrite.txn:type_name -> kvpb.TxnRequest
+	30,  // 46: kvpb.ForwardedWrites.writes:type_name -> kvpb.ForwardedWrite
+	13,  // 47: kvpb.ForwardedResult.put:type_name -> kvpb.PutResponse
+	15,  // 48: kvpb.ForwardedResult.delete_range:type_name -> kvpb.DeleteRangeResponse
+	20,  // 49: kvpb.ForwardedResult.txn:type_name -> kvpb.TxnResponse
+	32,  // 50: kvpb.ForwardedResults.results:type_name -> kvpb.ForwardedResult
+	34,  // 51: kvpb.LeaseRecord.spans:type_name -> kvpb.KeySpan
+	6,   // 52: kvpb.LeaseGrantRequest.context:type_name -> kvpb.Context
+	7,   // 53: kvpb.LeaseGrantResponse.header:type_name -> kvpb.ResponseHeader
+	6,   // 54: kvpb.LeaseRevokeRequest.context:type_name -> kvpb.Context
+	7,   // 55: kvpb.LeaseRevokeResponse.header:type_name -> kvpb.ResponseHeader
+	6,   // 56: kvpb.LeaseKeepAliveRequest.context:type_name -> kvpb.Context
+	7,   // 57: kvpb.LeaseKeepAliveResponse.header:type_name -> kvpb.ResponseHeader
+	6,   // 58: kvpb.LeaseTimeToLiveRequest.context:type_name -> kvpb.Context
+	7,   // 59: kvpb.LeaseTimeToLiveResponse.header:type_name -> kvpb.ResponseHeader
+	34,  // 60: kvpb.LeaseTimeToLiveResponse.spans:type_name -> kvpb.KeySpan
+	6,   // 61: kvpb.LeaseListRequest.context:type_name -> kvpb.Context
+	7,   // 62: kvpb.LeaseListResponse.header:type_name -> kvpb.ResponseHeader
+	34,  // 63: kvpb.LeaseAttachRequest.span:type_name -> kvpb.KeySpan
+	6,   // 64: kvpb.LeaseAttachRequest.context:type_name -> kvpb.Context
+	7,   // 65: kvpb.LeaseAttachResponse.header:type_name -> kvpb.ResponseHeader
+	6,   // 66: kvpb.LeaseRevokeKeysRequest.context:type_name -> kvpb.Context
+	7,   // 67: kvpb.LeaseRevokeKeysResponse.header:type_name -> kvpb.ResponseHeader
+	6,   // 68: kvpb.LeaseKeysRequest.context:type_name -> kvpb.Context
+	7,   // 69: kvpb.LeaseKeysResponse.header:type_name -> kvpb.ResponseHeader
+	6,   // 70: kvpb.MergeRegionRequest.context:type_name -> kvpb.Context
+	7,   // 71: kvpb.MergeRegionResponse.header:type_name -> kvpb.ResponseHeader
+	64,  // 72: kvpb.MergeRegionResponse.region:type_name -> metapb.Region
+	64,  // 73: kvpb.ReplicaStatusResponse.region:type_name -> metapb.Region
+	61,  // 74: kvpb.ReplicaStatusResponse.tombstone_epoch:type_name -> metapb.RegionEpoch
+	6,   // 75: kvpb.SplitRegionRequest.context:type_name -> kvpb.Context
+	7,   // 76: kvpb.SplitRegionResponse.header:type_name -> kvpb.ResponseHeader
+	64,  // 77: kvpb.SplitRegionResponse.regions:type_name -> metapb.Region
+	12,  // 78: kvpb.WriteCommand.put:type_name -> kvpb.PutRequest
+	14,  // 79: kvpb.WriteCommand.delete_range:type_name -> kvpb.DeleteRangeRequest
+	19,  // 80: kvpb.WriteCommand.txn:type_name -> kvpb.TxnRequest
+	60,  // 81: kvpb.WriteCommand.gc:type_name -> kvpb.GCBatch
+	36,  // 82: kvpb.WriteCommand.lease_grant:type_name -> kvpb.LeaseGrantRequest
+	46,  // 83: kvpb.WriteCommand.lease_attach:type_name -> kvpb.LeaseAttachRequest
+	59,  // 84: kvpb.WriteCommand.lease_checks:type_name -> kvpb.LeaseCheck
+	10,  // 85: kvpb.KV.Range:input_type -> kvpb.RangeRequest
+	12,  // 86: kvpb.KV.Put:input_type -> kvpb.PutRequest
+	14,  // 87: kvpb.KV.DeleteRange:input_type -> kvpb.DeleteRangeRequest
+	19,  // 88: kvpb.KV.Txn:input_type -> kvpb.TxnRequest
+	31,  // 89: kvpb.KV.Forward:input_type -> kvpb.ForwardedWrites
+	21,  // 90: kvpb.KV.Compact:input_type -> kvpb.CompactRequest
+	26,  // 91: kvpb.KV.Watch:input_type -> kvpb.WatchRequest
+	28,  // 92: kvpb.KV.ResolveRevision:input_type -> kvpb.ResolveRevisionRequest
+	36,  // 93: kvpb.KV.LeaseGrant:input_type -> kvpb.LeaseGrantRequest
+	38,  // 94: kvpb.KV.LeaseRevoke:input_type -> kvpb.LeaseRevokeRequest
+	40,  // 95: kvpb.KV.LeaseKeepAlive:input_type -> kvpb.LeaseKeepAliveRequest
+	42,  // 96: kvpb.KV.LeaseTimeToLive:input_type -> kvpb.LeaseTimeToLiveRequest
+	44,  // 97: kvpb.KV.LeaseList:input_type -> kvpb.LeaseListRequest
+	46,  // 98: kvpb.KV.LeaseAttach:input_type -> kvpb.LeaseAttachRequest
+	48,  // 99: kvpb.KV.LeaseRevokeKeys:input_type -> kvpb.LeaseRevokeKeysRequest
+	50,  // 100: kvpb.KV.LeaseKeys:input_type -> kvpb.LeaseKeysRequest
+	56,  // 101: kvpb.Admin.SplitRegion:input_type -> kvpb.SplitRegionRequest
+	52,  // 102: kvpb.Admin.MergeRegion:input_type -> kvpb.MergeRegionRequest
+	54,  // 103: kvpb.Admin.ReplicaStatus:input_type -> kvpb.ReplicaStatusRequest
+	11,  // 104: kvpb.KV.Range:output_type -> kvpb.RangeResponse
+	13,  // 105: kvpb.KV.Put:output_type -> kvpb.PutResponse
+	15,  // 106: kvpb.KV.DeleteRange:output_type -> kvpb.DeleteRangeResponse
+	20,  // 107: kvpb.KV.Txn:output_type -> kvpb.TxnResponse
+	33,  // 108: kvpb.KV.Forward:output_type -> kvpb.ForwardedResults
+	22,  // 109: kvpb.KV.Compact:output_type -> kvpb.CompactResponse
+	27,  // 110: kvpb.KV.Watch:output_type -> kvpb.WatchResponse
+	29,  // 111: kvpb.KV.ResolveRevision:output_type -> kvpb.ResolveRevisionResponse
+	37,  // 112: kvpb.KV.LeaseGrant:output_type -> kvpb.LeaseGrantResponse
+	39,  // 113: kvpb.KV.LeaseRevoke:output_type -> kvpb.LeaseRevokeResponse
+	41,  // 114: kvpb.KV.LeaseKeepAlive:output_type -> kvpb.LeaseKeepAliveResponse
+	43,  // 115: kvpb.KV.LeaseTimeToLive:output_type -> kvpb.LeaseTimeToLiveResponse
+	45,  // 116: kvpb.KV.LeaseList:output_type -> kvpb.LeaseListResponse
+	47,  // 117: kvpb.KV.LeaseAttach:output_type -> kvpb.LeaseAttachResponse
+	49,  // 118: kvpb.KV.LeaseRevokeKeys:output_type -> kvpb.LeaseRevokeKeysResponse
+	51,  // 119: kvpb.KV.LeaseKeys:output_type -> kvpb.LeaseKeysResponse
+	57,  // 120: kvpb.Admin.SplitRegion:output_type -> kvpb.SplitRegionResponse
+	53,  // 121: kvpb.Admin.MergeRegion:output_type -> kvpb.MergeRegionResponse
+	55,  // 122: kvpb.Admin.ReplicaStatus:output_type -> kvpb.ReplicaStatusResponse
+	104, // [104:123] is the sub-list for method output_type
+	85,  // [85:104] is the sub-list for method input_type
+	85,  // [85:85] is the sub-list for extension type_name
+	85,  // [85:85] is the sub-list for extension extendee
+	0,   // [0:85] is the sub-list for field type_name
 }
 
 func init() { file_kvpb_kvpb_proto_init() }
@@ -4441,7 +4807,17 @@ func file_kvpb_kvpb_proto_init() {
 		(*WatchRequest_CancelRequest)(nil),
 		(*WatchRequest_ProgressRequest)(nil),
 	}
-	file_kvpb_kvpb_proto_msgTypes[48].OneofWrappers = []any{
+	file_kvpb_kvpb_proto_msgTypes[24].OneofWrappers = []any{
+		(*ForwardedWrite_Put)(nil),
+		(*ForwardedWrite_DeleteRange)(nil),
+		(*ForwardedWrite_Txn)(nil),
+	}
+	file_kvpb_kvpb_proto_msgTypes[26].OneofWrappers = []any{
+		(*ForwardedResult_Put)(nil),
+		(*ForwardedResult_DeleteRange)(nil),
+		(*ForwardedResult_Txn)(nil),
+	}
+	file_kvpb_kvpb_proto_msgTypes[52].OneofWrappers = []any{
 		(*WriteCommand_Put)(nil),
 		(*WriteCommand_DeleteRange)(nil),
 		(*WriteCommand_Txn)(nil),
@@ -4459,7 +4835,7 @@ func file_kvpb_kvpb_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvpb_kvpb_proto_rawDesc), len(file_kvpb_kvpb_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   51,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -28,6 +28,7 @@ const (
 	KV_Put_FullMethodName             = "/kvpb.KV/Put"
 	KV_DeleteRange_FullMethodName     = "/kvpb.KV/DeleteRange"
 	KV_Txn_FullMethodName             = "/kvpb.KV/Txn"
+	KV_Forward_FullMethodName         = "/kvpb.KV/Forward"
 	KV_Compact_FullMethodName         = "/kvpb.KV/Compact"
 	KV_Watch_FullMethodName           = "/kvpb.KV/Watch"
 	KV_ResolveRevision_FullMethodName = "/kvpb.KV/ResolveRevision"
@@ -49,6 +50,10 @@ type KVClient interface {
 	Put(ctx context.Context, in *PutRequest, opts ...grpc.CallOption) (*PutResponse, error)
 	DeleteRange(ctx context.Context, in *DeleteRangeRequest, opts ...grpc.CallOption) (*DeleteRangeResponse, error)
 	Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOption) (*TxnResponse, error)
+	// Forward carries writes from one store to another in batches, each
+	// served as its own Put, DeleteRange or Txn call would be: one stream
+	// per pair of stores instead of a call per write (storenode/forward.go).
+	Forward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardedWrites, ForwardedResults], error)
 	// Compact sets the cluster's compaction revision (through PD); every
 	// region then garbage-collects older versions in the background.
 	Compact(ctx context.Context, in *CompactRequest, opts ...grpc.CallOption) (*CompactResponse, error)
@@ -129,6 +134,19 @@ func (c *kVClient) Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOpt
 	return out, nil
 }
 
+func (c *kVClient) Forward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardedWrites, ForwardedResults], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &KV_ServiceDesc.Streams[0], KV_Forward_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ForwardedWrites, ForwardedResults]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_ForwardClient = grpc.BidiStreamingClient[ForwardedWrites, ForwardedResults]
+
 func (c *kVClient) Compact(ctx context.Context, in *CompactRequest, opts ...grpc.CallOption) (*CompactResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CompactResponse)
@@ -141,7 +159,7 @@ func (c *kVClient) Compact(ctx context.Context, in *CompactRequest, opts ...grpc
 
 func (c *kVClient) Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchRequest, WatchResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &KV_ServiceDesc.Streams[0], KV_Watch_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &KV_ServiceDesc.Streams[1], KV_Watch_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -250,6 +268,10 @@ type KVServer interface {
 	Put(context.Context, *PutRequest) (*PutResponse, error)
 	DeleteRange(context.Context, *DeleteRangeRequest) (*DeleteRangeResponse, error)
 	Txn(context.Context, *TxnRequest) (*TxnResponse, error)
+	// Forward carries writes from one store to another in batches, each
+	// served as its own Put, DeleteRange or Txn call would be: one stream
+	// per pair of stores instead of a call per write (storenode/forward.go).
+	Forward(grpc.BidiStreamingServer[ForwardedWrites, ForwardedResults]) error
 	// Compact sets the cluster's compaction revision (through PD); every
 	// region then garbage-collects older versions in the background.
 	Compact(context.Context, *CompactRequest) (*CompactResponse, error)
@@ -301,6 +323,9 @@ func (UnimplementedKVServer) DeleteRange(context.Context, *DeleteRangeRequest) (
 }
 func (UnimplementedKVServer) Txn(context.Context, *TxnRequest) (*TxnResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Txn not implemented")
+}
+func (UnimplementedKVServer) Forward(grpc.BidiStreamingServer[ForwardedWrites, ForwardedResults]) error {
+	return status.Error(codes.Unimplemented, "method Forward not implemented")
 }
 func (UnimplementedKVServer) Compact(context.Context, *CompactRequest) (*CompactResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Compact not implemented")
@@ -427,6 +452,13 @@ func _KV_Txn_Handler(srv interface{}, ctx context.Context, dec func(interface{})
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _KV_Forward_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(KVServer).Forward(&grpc.GenericServerStream[ForwardedWrites, ForwardedResults]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_ForwardServer = grpc.BidiStreamingServer[ForwardedWrites, ForwardedResults]
 
 func _KV_Compact_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CompactRequest)
@@ -680,6 +712,12 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Forward",
+			Handler:       _KV_Forward_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "Watch",
 			Handler:       _KV_Watch_Handler,
