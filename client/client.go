@@ -17,7 +17,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/basaltdb/basalt/client/pdclient"
 	"github.com/basaltdb/basalt/proto/errorpb"
@@ -474,7 +473,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 func (c *Client) Put(ctx context.Context, req *kvpb.PutRequest) (*kvpb.PutResponse, error) {
 	var out *kvpb.PutResponse
 	err := c.do(ctx, req.GetKey(), false, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
-		r := proto.Clone(req).(*kvpb.PutRequest)
+		r := req.ShallowCopy()
 		r.Context = rt.context()
 		resp, err := rt.kv.Put(ctx, r)
 		out = resp
@@ -494,7 +493,7 @@ func (c *Client) DeleteRange(ctx context.Context, req *kvpb.DeleteRangeRequest) 
 	if len(end) == 0 {
 		var out *kvpb.DeleteRangeResponse
 		err := c.do(ctx, req.GetKey(), false, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
-			r := proto.Clone(req).(*kvpb.DeleteRangeRequest)
+			r := req.ShallowCopy()
 			r.Context = rt.context()
 			resp, err := rt.kv.DeleteRange(ctx, r)
 			out = resp
@@ -509,7 +508,7 @@ func (c *Client) DeleteRange(ctx context.Context, req *kvpb.DeleteRangeRequest) 
 		var part *kvpb.DeleteRangeResponse
 		var regionEnd []byte
 		err := c.do(ctx, cursor, false, func(ctx context.Context, rt route) (*kvpb.ResponseHeader, error) {
-			r := proto.Clone(req).(*kvpb.DeleteRangeRequest)
+			r := req.ShallowCopy()
 			r.Context = rt.context()
 			r.Key = cursor
 			regionEnd = rt.region.GetEndKey()
@@ -557,7 +556,7 @@ func (c *Client) Txn(ctx context.Context, req *kvpb.TxnRequest) (*kvpb.TxnRespon
 				// region's: ask PD once before failing.
 				return nil, errRouteChanged
 			}
-			r := proto.Clone(req).(*kvpb.TxnRequest)
+			r := req.ShallowCopy()
 			r.Context = rt.context()
 			resp, err := rt.kv.Txn(ctx, r)
 			out = resp

@@ -146,7 +146,7 @@ func (c *Client) snapshotRevision(ctx context.Context, rev int64) (int64, error)
 // when it spans regions (as far as the cache knows).
 func (c *Client) rangeOneRegion(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.RangeResponse, error) {
 	lo := req.GetKey()
-	return c.readRegion(ctx, proto.Clone(req).(*kvpb.RangeRequest), lo, region.ExclusiveEnd(lo, req.GetRangeEnd()))
+	return c.readRegion(ctx, req.ShallowCopy(), lo, region.ExclusiveEnd(lo, req.GetRangeEnd()))
 }
 
 // rangeWalk reads [lo, hi) at rev part by part: a part is the piece of
@@ -242,7 +242,7 @@ replan:
 // is the limit (0: none, -1: count only). A part's first request also
 // counts whatever of the part is not counted yet.
 func (w *rangeWalk) readPart(ctx context.Context, plo, phi []byte, n int64, first bool) (*kvpb.RangeResponse, error) {
-	r := proto.Clone(w.tmpl).(*kvpb.RangeRequest)
+	r := w.tmpl.ShallowCopy()
 	r.Key, r.RangeEnd, r.Revision = plo, region.EtcdRangeEnd(phi), w.rev
 	r.SortTarget, r.SortOrder = kvpb.RangeRequest_KEY, kvpb.RangeRequest_ASCEND
 	if w.desc {
@@ -273,7 +273,7 @@ func (w *rangeWalk) readPart(ctx context.Context, plo, phi []byte, n int64, firs
 	case bytes.Equal(clo, plo) && cmpEnd(chi, phi) == 0:
 		w.count += resp.GetCount()
 	case keyBefore(clo, chi):
-		cr := proto.Clone(w.tmpl).(*kvpb.RangeRequest)
+		cr := w.tmpl.ShallowCopy()
 		cr.Key, cr.RangeEnd, cr.Revision, cr.CountOnly, cr.Limit = clo, region.EtcdRangeEnd(chi), w.rev, true, 0
 		cnt, err := w.c.readRegion(ctx, cr, clo, chi)
 		if err != nil {

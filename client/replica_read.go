@@ -5,8 +5,6 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/basaltdb/basalt/proto/kvpb"
 	"github.com/basaltdb/basalt/proto/metapb"
 	"github.com/basaltdb/basalt/region"
@@ -54,7 +52,7 @@ func (c *Client) rangeFromReplica(ctx context.Context, req *kvpb.RangeRequest) (
 		if c.opts.LocalKV != nil && p.GetStoreId() == c.opts.LocalStoreID {
 			kv = c.opts.LocalKV(kv)
 		}
-		r := proto.Clone(req).(*kvpb.RangeRequest)
+		r := req.ShallowCopy()
 		r.Context = &kvpb.Context{RegionId: rt.region.GetId(), RegionEpoch: rt.region.GetRegionEpoch(), Peer: p, StaleRead: true}
 		actx, cancel := context.WithTimeout(ctx, replicaReadTimeout)
 		resp, err := kv.Range(actx, r)

@@ -108,7 +108,7 @@ func (k *kvService) Range(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.Ra
 	if _, end, ok := region.ClipUserRange(req.GetKey(), req.GetRangeEnd()); !ok {
 		return k.emptyRange(req)
 	} else if !bytes.Equal(end, req.GetRangeEnd()) {
-		req = proto.Clone(req).(*kvpb.RangeRequest)
+		req = req.ShallowCopy()
 		req.RangeEnd = end
 	}
 	resp, err := k.s.serveRange(ctx, req)
@@ -263,7 +263,7 @@ func (k *kvService) Put(ctx context.Context, req *kvpb.PutRequest) (*kvpb.PutRes
 		return nil, grpcError(mvcc.ErrReservedKey)
 	}
 	c := req.GetContext()
-	p := proto.Clone(req).(*kvpb.PutRequest)
+	p := req.ShallowCopy()
 	p.Context = nil
 	res, h, err := k.write(ctx, c, &kvpb.WriteCommand{Op: &kvpb.WriteCommand_Put{Put: p}})
 	if err != nil || h != nil {
@@ -277,7 +277,7 @@ func (k *kvService) DeleteRange(ctx context.Context, req *kvpb.DeleteRangeReques
 		return nil, grpcError(err)
 	}
 	c := req.GetContext()
-	d := proto.Clone(req).(*kvpb.DeleteRangeRequest)
+	d := req.ShallowCopy()
 	d.Context = nil
 	if !clipDelete(d) {
 		if len(req.GetRangeEnd()) == 0 {

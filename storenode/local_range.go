@@ -124,7 +124,7 @@ func (s *Server) localRange(ctx context.Context, req *kvpb.RangeRequest) (*kvpb.
 		return nil, false
 	}
 	if !bytes.Equal(end, req.GetRangeEnd()) {
-		req = proto.Clone(req).(*kvpb.RangeRequest)
+		req = req.ShallowCopy()
 		req.RangeEnd = end
 	}
 	resp, err := s.mvcc.Range(r, req, r.Revision())
