@@ -74,49 +74,37 @@ type forwardingKV struct {
 }
 
 func (f forwardingKV) Put(ctx context.Context, in *kvpb.PutRequest, opts ...grpc.CallOption) (*kvpb.PutResponse, error) {
-	res, err := f.ws.send(ctx, &kvpb.ForwardedWrite{Request: &kvpb.ForwardedWrite_Put{Put: in}}, in)
-	if errors.Is(err, errUseUnary) {
-		return f.KVClient.Put(ctx, in, opts...)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if r := res.GetPut(); r != nil {
-		return r, nil
-	}
-	return nil, malformedResult(res)
+	return forwardWrite(ctx, f.ws, in, &kvpb.ForwardedWrite{Request: &kvpb.ForwardedWrite_Put{Put: in}},
+		(*kvpb.ForwardedResult).GetPut, func() (*kvpb.PutResponse, error) { return f.KVClient.Put(ctx, in, opts...) })
 }
 
 func (f forwardingKV) DeleteRange(ctx context.Context, in *kvpb.DeleteRangeRequest, opts ...grpc.CallOption) (*kvpb.DeleteRangeResponse, error) {
-	res, err := f.ws.send(ctx, &kvpb.ForwardedWrite{Request: &kvpb.ForwardedWrite_DeleteRange{DeleteRange: in}}, in)
-	if errors.Is(err, errUseUnary) {
-		return f.KVClient.DeleteRange(ctx, in, opts...)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if r := res.GetDeleteRange(); r != nil {
-		return r, nil
-	}
-	return nil, malformedResult(res)
+	return forwardWrite(ctx, f.ws, in, &kvpb.ForwardedWrite{Request: &kvpb.ForwardedWrite_DeleteRange{DeleteRange: in}},
+		(*kvpb.ForwardedResult).GetDeleteRange, func() (*kvpb.DeleteRangeResponse, error) { return f.KVClient.DeleteRange(ctx, in, opts...) })
 }
 
 func (f forwardingKV) Txn(ctx context.Context, in *kvpb.TxnRequest, opts ...grpc.CallOption) (*kvpb.TxnResponse, error) {
-	res, err := f.ws.send(ctx, &kvpb.ForwardedWrite{Request: &kvpb.ForwardedWrite_Txn{Txn: in}}, in)
-	if errors.Is(err, errUseUnary) {
-		return f.KVClient.Txn(ctx, in, opts...)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if r := res.GetTxn(); r != nil {
-		return r, nil
-	}
-	return nil, malformedResult(res)
+	return forwardWrite(ctx, f.ws, in, &kvpb.ForwardedWrite{Request: &kvpb.ForwardedWrite_Txn{Txn: in}},
+		(*kvpb.ForwardedResult).GetTxn, func() (*kvpb.TxnResponse, error) { return f.KVClient.Txn(ctx, in, opts...) })
 }
 
-func malformedResult(res *kvpb.ForwardedResult) error {
-	return status.Errorf(codes.Internal, "client: forwarded write %d answered with the wrong response (%T)", res.GetId(), res.GetResponse())
+// forwardWrite sends w (carrying req) on the stream and returns the
+// response response picks from its result, or makes the unary call when
+// the write must go by its own.
+func forwardWrite[R proto.Message](ctx context.Context, ws *writeStream, req proto.Message, w *kvpb.ForwardedWrite,
+	response func(*kvpb.ForwardedResult) R, unary func() (R, error)) (R, error) {
+	var none R
+	res, err := ws.send(ctx, w, req)
+	switch {
+	case errors.Is(err, errUseUnary):
+		return unary()
+	case err != nil:
+		return none, err
+	}
+	if r := response(res); r.ProtoReflect().IsValid() {
+		return r, nil
+	}
+	return none, status.Errorf(codes.Internal, "client: forwarded write %d answered with the wrong response (%T)", res.GetId(), res.GetResponse())
 }
 
 // forwardCall is one write waiting for its result.
