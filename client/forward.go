@@ -28,7 +28,10 @@ import (
 // What a caller sees is what the unary call gives: the response, or the
 // gRPC status the store answered with; a write that never left is
 // notSent (safe to send again), one in flight when the stream broke may
-// have applied.
+// have applied. Each write goes with what is left of its caller's deadline
+// when it is sent; a caller that cancels instead stops waiting, and the
+// store runs the write until that deadline (a unary call's cancel would
+// reach the store's handler).
 
 const (
 	// forwardMaxBatch and forwardMaxBatchBytes bound one batch.
@@ -41,8 +44,12 @@ const (
 	// beyond it waits (under its deadline) for room.
 	forwardQueueLen = 1024
 	// forwardMaxRecvBytes: one batch of results may hold several large
-	// transaction responses.
+	// transaction responses (internal/forward caps each at 4 MiB, as the
+	// unary calls' own receive limit).
 	forwardMaxRecvBytes = 64 << 20
+	// unsupportedFor: how long a store without the Forward method gets
+	// unary calls before the stream is tried again.
+	unsupportedFor = time.Minute
 )
 
 // notSentError: a forwarded write that never left this process (the
@@ -67,7 +74,9 @@ var errClientClosed = status.Error(codes.Canceled, "client: closed")
 var errUseUnary = errors.New("client: send the write by its own call")
 
 // forwardingKV sends writes over a store's Forward stream and every other
-// call by the store's own gRPC client.
+// call by the store's own gRPC client. A request is encoded by the sender
+// goroutine, possibly after its caller gave up: callers must not change a
+// request once passed (none does; the client builds one per attempt).
 type forwardingKV struct {
 	kvpb.KVClient
 	ws *writeStream
@@ -112,7 +121,9 @@ type forwardCall struct {
 	ctx  context.Context
 	w    *kvpb.ForwardedWrite
 	size int
-	done chan forwardOutcome // buffered: each call gets exactly one outcome
+	// done is buffered: a call gets at most one outcome, and exactly one
+	// unless its context ended before it was sent (its caller has left).
+	done chan forwardOutcome
 }
 
 type forwardOutcome struct {
@@ -129,10 +140,14 @@ type writeStream struct {
 	kv    kvpb.KVClient
 	bg    context.Context // the client's: ends at Close
 	queue chan *forwardCall
-	// senderDone closes once run has returned; every call it took has its
-	// outcome by then.
-	senderDone  chan struct{}
-	unsupported atomic.Bool
+	// senderDone closes once run has returned; every call it took whose
+	// caller still waits has its outcome by then.
+	senderDone chan struct{}
+	// unsupportedAt: when the store last answered that it has no Forward
+	// method (unix nanoseconds; 0: never). For unsupportedFor after it,
+	// writes go by their own calls; then the stream is tried again, in
+	// case the store was upgraded.
+	unsupportedAt atomic.Int64
 
 	// Owned by run.
 	nextID uint64
@@ -149,6 +164,8 @@ type forwardConn struct {
 	mu      sync.Mutex
 	pending map[uint64]*forwardCall
 	err     error
+	// answered: a batch of results has arrived on the stream.
+	answered bool
 }
 
 // writeStreamFor returns the write stream over cc, starting it on first
@@ -178,15 +195,12 @@ func (c *Client) writeStreamFor(cc *grpc.ClientConn, kv kvpb.KVClient) *writeStr
 // send queues a write and waits for its result. A result carrying an
 // error status comes back as that status.
 func (ws *writeStream) send(ctx context.Context, w *kvpb.ForwardedWrite, req proto.Message) (*kvpb.ForwardedResult, error) {
-	if ws.unsupported.Load() {
+	if ws.unsupported() {
 		return nil, errUseUnary
 	}
 	size := proto.Size(req)
 	if size > forwardMaxWriteBytes {
 		return nil, errUseUnary
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		w.TimeoutMicros = max(1, time.Until(dl).Microseconds())
 	}
 	call := &forwardCall{ctx: ctx, w: w, size: size, done: make(chan forwardOutcome, 1)}
 	select {
@@ -266,56 +280,73 @@ func (ws *writeStream) run() {
 
 // sendBatch hands a batch to the current stream, opening one if needed.
 func (ws *writeStream) sendBatch(batch []*forwardCall, receivers *sync.WaitGroup) {
-	live := batch[:0]
-	for _, call := range batch {
-		if call.ctx.Err() == nil { // its caller has given up: send nothing
-			live = append(live, call)
-		}
-	}
-	if len(live) == 0 {
-		return
-	}
-	if ws.unsupported.Load() {
-		for _, call := range live {
-			call.done <- forwardOutcome{unary: true}
-		}
+	if ws.unsupported() {
+		ws.failUnsent(batch, nil)
 		return
 	}
 	if ws.cur == nil || ws.cur.ended() {
 		conn, err := ws.open(receivers)
 		if err != nil {
-			ns := &notSentError{addr: ws.addr, cause: status.Code(err)}
-			for _, call := range live {
-				call.done <- forwardOutcome{err: ns}
-			}
+			ws.failUnsent(batch, err)
 			return
 		}
 		ws.cur = conn
 	}
 	conn := ws.cur
-	msg := &kvpb.ForwardedWrites{Writes: make([]*kvpb.ForwardedWrite, 0, len(live))}
+	msg := &kvpb.ForwardedWrites{Writes: make([]*kvpb.ForwardedWrite, 0, len(batch))}
 	conn.mu.Lock()
 	if conn.err != nil {
 		// It ended since the check above; nothing of this batch was sent.
+		err := conn.err
 		conn.mu.Unlock()
-		ns := &notSentError{addr: ws.addr, cause: status.Code(conn.err)}
-		for _, call := range live {
-			call.done <- forwardOutcome{err: ns}
-		}
+		ws.failUnsent(batch, err)
 		return
 	}
-	for _, call := range live {
+	now := time.Now()
+	for _, call := range batch {
+		// Opening the stream, or the last Send, may have taken a while:
+		// what is left of the deadline is reckoned now, and a write with
+		// none left (its caller has given up) is not sent.
+		if call.ctx.Err() != nil {
+			continue
+		}
+		call.w.TimeoutMicros = 0
+		if dl, ok := call.ctx.Deadline(); ok {
+			if call.w.TimeoutMicros = dl.Sub(now).Microseconds(); call.w.TimeoutMicros <= 0 {
+				continue
+			}
+		}
 		ws.nextID++
 		call.w.Id = ws.nextID
 		conn.pending[call.w.Id] = call
 		msg.Writes = append(msg.Writes, call.w)
 	}
 	conn.mu.Unlock()
+	if len(msg.Writes) == 0 {
+		return
+	}
 	if err := conn.stream.Send(msg); err != nil {
 		// Part of the batch may have left: the receiver hears how the
 		// stream ended and fails every pending write as possibly applied.
 		conn.cancel()
 	}
+}
+
+// failUnsent answers a batch none of which was sent: by its own calls if
+// the store has no Forward method, else notSent.
+func (ws *writeStream) failUnsent(batch []*forwardCall, err error) {
+	o := forwardOutcome{err: &notSentError{addr: ws.addr, cause: status.Code(err)}}
+	if status.Code(err) == codes.Unimplemented || ws.unsupported() {
+		o = forwardOutcome{unary: true}
+	}
+	for _, call := range batch {
+		call.done <- o
+	}
+}
+
+func (ws *writeStream) unsupported() bool {
+	at := ws.unsupportedAt.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) < unsupportedFor
 }
 
 func (ws *writeStream) open(receivers *sync.WaitGroup) (*forwardConn, error) {
@@ -344,6 +375,7 @@ func (ws *writeStream) receive(conn *forwardConn) {
 			return
 		}
 		conn.mu.Lock()
+		conn.answered = true
 		for _, r := range msg.GetResults() {
 			if call := conn.pending[r.GetId()]; call != nil {
 				delete(conn.pending, r.GetId())
@@ -356,16 +388,19 @@ func (ws *writeStream) receive(conn *forwardConn) {
 
 func (ws *writeStream) end(conn *forwardConn, err error) {
 	conn.cancel()
-	// A store without the method ran none of the writes.
-	unary := status.Code(err) == codes.Unimplemented
-	if unary {
-		ws.unsupported.Store(true)
-	}
 	conn.mu.Lock()
 	conn.err = err
 	pending := conn.pending
 	conn.pending = nil
+	// A store without the method answers Unimplemented before anything,
+	// having run none of the writes. Once a result has come back, the
+	// method exists and Unimplemented means something else (a codec, a
+	// proxy): the writes may have applied.
+	unary := status.Code(err) == codes.Unimplemented && !conn.answered
 	conn.mu.Unlock()
+	if unary {
+		ws.unsupportedAt.Store(time.Now().UnixNano())
+	}
 	for _, call := range pending {
 		if unary {
 			call.done <- forwardOutcome{unary: true}

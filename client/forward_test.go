@@ -74,14 +74,18 @@ func (k *forwardKV) Forward(stream kvpb.KV_ForwardServer) error {
 }
 
 // breakingStream ends the stream, as a broken connection would, when a
-// batch holds a key starting with "break".
+// batch holds a key starting with "break", and with Unimplemented (as a
+// codec or a proxy might, mid-stream) for one starting with "unimpl".
 type breakingStream struct{ kvpb.KV_ForwardServer }
 
 func (b breakingStream) Recv() (*kvpb.ForwardedWrites, error) {
 	in, err := b.KV_ForwardServer.Recv()
 	for _, w := range in.GetWrites() {
-		if strings.HasPrefix(string(w.GetPut().GetKey()), "break") {
+		switch key := string(w.GetPut().GetKey()); {
+		case strings.HasPrefix(key, "break"):
 			return nil, status.Error(codes.Unavailable, "connection error: desc = \"broken on purpose\"")
+		case strings.HasPrefix(key, "unimpl"):
+			return nil, status.Error(codes.Unimplemented, "grpc: Decompressor is not installed")
 		}
 	}
 	return in, err
@@ -168,7 +172,7 @@ func TestWritesGoByTheirOwnCallToAStoreWithoutForward(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if !kv.(forwardingKV).ws.unsupported.Load() {
+	if !kv.(forwardingKV).ws.unsupported() {
 		t.Fatal("the stream was not marked unsupported")
 	}
 	fk.mu.Lock()
@@ -201,6 +205,28 @@ func TestABrokenForwardStreamFailsWritesInFlightAsAmbiguous(t *testing.T) {
 }
 
 // A stream that cannot open sent nothing: the write may go elsewhere.
+// Unimplemented from a stream that has already answered does not mean a
+// store without the method: the write in flight may have applied, and is
+// not sent again by its own call.
+func TestUnimplementedAfterAnAnswerIsNotAStoreWithoutForward(t *testing.T) {
+	fk := &forwardKV{}
+	_, kv := forwardClient(t, serveKV(t, fk))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := putKey(ctx, kv, "first"); err != nil {
+		t.Fatal(err)
+	}
+	err := putKey(ctx, kv, "unimpl1")
+	if status.Code(err) != codes.Unavailable || notSent(err) || !strings.Contains(err.Error(), "may have applied") {
+		t.Fatalf("write in flight when an answered stream ended Unimplemented: %v, want possibly applied", err)
+	}
+	fk.mu.Lock()
+	defer fk.mu.Unlock()
+	if fk.unary != 0 || kv.(forwardingKV).ws.unsupported() {
+		t.Fatalf("%d writes went by their own call, stream unsupported %v: want none, false", fk.unary, kv.(forwardingKV).ws.unsupported())
+	}
+}
+
 func TestAForwardStreamThatCannotOpenSendsNothing(t *testing.T) {
 	_, kv := forwardClient(t, deadAddr(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -235,7 +261,7 @@ func TestCloseEndsForwardedWritesInFlight(t *testing.T) {
 	go func() { hung <- putKey(ctx, kv, "hang3") }()
 	waitFor(t, func() bool { fk.mu.Lock(); defer fk.mu.Unlock(); return fk.forwarded == 1 })
 	c.stopBackground()
-	if err := <-hung; err == nil || notSent(err) {
+	if err := <-hung; status.Code(err) != codes.Unavailable || notSent(err) || !strings.Contains(err.Error(), "may have applied") {
 		t.Fatalf("write in flight at Close: %v, want a failure that may have applied", err)
 	}
 	if err := putKey(ctx, kv, "late"); status.Code(err) != codes.Canceled {
@@ -326,6 +352,59 @@ func TestWritesQueuedDuringASendLeaveInOneBatch(t *testing.T) {
 			sizes = append(sizes, len(b))
 		}
 		t.Fatalf("batches of %v writes, want [1 %d]", sizes, n)
+	}
+}
+
+// A write is sent with what is left of its deadline when it leaves, not
+// when it was queued, and one whose caller gave up while it waited is not
+// sent at all.
+func TestQueuedWritesLeaveWithWhatIsLeftOfTheirDeadline(t *testing.T) {
+	fs := &fakeForwardStream{release: make(chan struct{}), results: make(chan *kvpb.ForwardedResults, 16)}
+	c := &Client{}
+	c.bgCtx, c.stop = context.WithCancel(context.Background())
+	defer c.stopBackground()
+	cc, err := grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ws := c.writeStreamFor(cc, &fakeForwardKV{stream: fs})
+	kv := forwardingKV{ws: ws}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	errs := make(chan error, 2)
+	go func() { errs <- putKey(ctx, kv, "first") }()
+	waitFor(t, func() bool { fs.mu.Lock(); defer fs.mu.Unlock(); return len(fs.batches) == 1 })
+	go func() { errs <- putKey(ctx, kv, "waits") }()
+	short, cancelShort := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancelShort()
+	if err := putKey(short, kv, "gives-up"); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("a write whose deadline passed in the queue: %v, want DeadlineExceeded", err)
+	}
+	canceled, cancelNow := context.WithCancel(ctx)
+	canceledErr := make(chan error, 1)
+	go func() { canceledErr <- putKey(canceled, kv, "canceled") }()
+	waitFor(t, func() bool { return len(ws.queue) == 3 })
+	cancelNow()
+	if err := <-canceledErr; status.Code(err) != codes.Canceled {
+		t.Fatalf("a write canceled in the queue: %v, want Canceled", err)
+	}
+	time.Sleep(10 * time.Millisecond) // time the queued writes spend waiting
+	released := time.Now()
+	close(fs.release)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	dl, _ := ctx.Deadline()
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if len(fs.batches) != 2 || len(fs.batches[1]) != 1 || string(fs.batches[1][0].GetPut().GetKey()) != "waits" {
+		t.Fatalf("second batch %v, want only the write still waited for", fs.batches[1:])
+	}
+	if left := fs.batches[1][0].GetTimeoutMicros(); left <= 0 || left > dl.Sub(released).Microseconds() {
+		t.Fatalf("the write left with %d µs, want at most the %d µs left when it was sent", left, dl.Sub(released).Microseconds())
 	}
 }
 

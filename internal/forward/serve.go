@@ -8,10 +8,12 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -40,6 +42,11 @@ const (
 	// receives up to 64 MiB).
 	maxBatch      = 256
 	maxBatchBytes = 1 << 20
+	// MaxResultBytes caps one result as gRPC's default receive limit caps
+	// the response of the unary call it stands for: a larger one fails
+	// alone with ResourceExhausted, instead of breaking the stream, and
+	// every write on it, at the client's limit.
+	MaxResultBytes = 4 << 20
 )
 
 // Serve serves the stream until the client ends it, then waits for the
@@ -49,7 +56,7 @@ const (
 func Serve(stream Stream, handle Handler) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
-	s := &server{ctx: ctx, handle: handle, work: make(chan *kvpb.ForwardedWrite), results: make(chan *kvpb.ForwardedResult, maxBatch)}
+	s := &server{ctx: ctx, handle: handle, work: make(chan *kvpb.ForwardedWrite), results: make(chan sizedResult, maxBatch)}
 	sent := make(chan error, 1)
 	go func() { sent <- s.sendResults(stream) }()
 	var err error
@@ -79,9 +86,15 @@ type server struct {
 	ctx     context.Context
 	handle  Handler
 	work    chan *kvpb.ForwardedWrite // unbuffered: taken only by an idle kept worker
-	results chan *kvpb.ForwardedResult
+	results chan sizedResult
 	workers sync.WaitGroup
 	kept    atomic.Int32
+}
+
+// sizedResult is a result with its encoded size, reckoned once.
+type sizedResult struct {
+	r    *kvpb.ForwardedResult
+	size int
 }
 
 func (s *server) dispatch(w *kvpb.ForwardedWrite) {
@@ -114,9 +127,16 @@ func (s *server) serve(w *kvpb.ForwardedWrite) {
 		defer cancel()
 	}
 	res, err := s.handle(ctx, w)
+	size := 0
+	if err == nil && res != nil {
+		if size = proto.Size(res); size > MaxResultBytes {
+			err = status.Errorf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", size, MaxResultBytes)
+		}
+	}
 	if err != nil {
 		st := status.Convert(err)
-		res = &kvpb.ForwardedResult{Code: uint32(st.Code()), Message: st.Message()}
+		// A string field must be UTF-8, or the whole batch fails to encode.
+		res = &kvpb.ForwardedResult{Code: uint32(st.Code()), Message: strings.ToValidUTF8(st.Message(), "\uFFFD")}
 	} else if res == nil {
 		res = &kvpb.ForwardedResult{}
 	}
@@ -124,8 +144,11 @@ func (s *server) serve(w *kvpb.ForwardedWrite) {
 	if s.ctx.Err() != nil {
 		return // the stream broke: nobody hears this
 	}
+	if err != nil || size == 0 {
+		size = proto.Size(res)
+	}
 	select {
-	case s.results <- res:
+	case s.results <- sizedResult{res, size}:
 	case <-s.ctx.Done():
 	}
 }
@@ -135,13 +158,13 @@ func (s *server) serve(w *kvpb.ForwardedWrite) {
 // worker blocks, and sends nothing.
 func (s *server) sendResults(stream Stream) error {
 	var err error
-	batch := &kvpb.ForwardedResults{}
 	for r := range s.results {
 		if err != nil || s.ctx.Err() != nil {
 			continue
 		}
-		batch.Results = append(batch.Results[:0], r)
-		bytes := proto.Size(r)
+		// A new message each time: gRPC may still read one after Send.
+		batch := &kvpb.ForwardedResults{Results: []*kvpb.ForwardedResult{r.r}}
+		bytes := r.size
 	fill:
 		for len(batch.Results) < maxBatch && bytes < maxBatchBytes {
 			select {
@@ -149,14 +172,13 @@ func (s *server) sendResults(stream Stream) error {
 				if !ok {
 					break fill
 				}
-				batch.Results = append(batch.Results, r)
-				bytes += proto.Size(r)
+				batch.Results = append(batch.Results, r.r)
+				bytes += r.size
 			default:
 				break fill
 			}
 		}
 		err = stream.Send(batch)
-		clear(batch.Results)
 	}
 	return err
 }

@@ -160,3 +160,34 @@ func TestServeReportsAHandlerError(t *testing.T) {
 		t.Fatalf("results %v, want write 9 failed with Unknown \"no request\"", stream.results)
 	}
 }
+
+// A result larger than a unary call could receive fails alone; the other
+// writes of the stream are answered.
+func TestServeRefusesAnOversizedResultAlone(t *testing.T) {
+	stream := &scriptStream{ctx: context.Background(), in: []*kvpb.ForwardedWrites{puts(1, 2)}}
+	big := make([]byte, MaxResultBytes)
+	if err := Serve(stream, func(ctx context.Context, w *kvpb.ForwardedWrite) (*kvpb.ForwardedResult, error) {
+		resp := &kvpb.PutResponse{Header: &kvpb.ResponseHeader{Revision: int64(w.GetId())}}
+		if w.GetId() == 1 {
+			resp.PrevKv = &kvpb.KeyValue{Value: big}
+		}
+		return &kvpb.ForwardedResult{Response: &kvpb.ForwardedResult_Put{Put: resp}}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(stream.results) != 2 {
+		t.Fatalf("%d results, want 2", len(stream.results))
+	}
+	for _, r := range stream.results {
+		switch r.GetId() {
+		case 1:
+			if codes.Code(r.GetCode()) != codes.ResourceExhausted || r.GetResponse() != nil {
+				t.Fatalf("oversized result: %v, want ResourceExhausted and no response", r)
+			}
+		case 2:
+			if r.GetCode() != 0 || r.GetPut().GetHeader().GetRevision() != 2 {
+				t.Fatalf("write 2: %v", r)
+			}
+		}
+	}
+}
