@@ -5,7 +5,7 @@ GO ?= go
 RAFT_PROTO_DIR = $(shell $(GO) list -m -f '{{.Dir}}' go.etcd.io/raft/v3)/raftpb
 PROTOS = proto/metapb/metapb.proto proto/errorpb/errorpb.proto \
 	proto/raftcmdpb/raftcmdpb.proto proto/raftserverpb/raftserverpb.proto proto/pdpb/pdpb.proto proto/kvpb/kvpb.proto
-RACE_PKGS = ./region/... ./raftstore/... ./pd/... ./client/...
+RACE_PKGS = ./region/... ./raftstore/... ./pd/... ./client/... ./internal/forward/...
 
 .PHONY: all build test test-short race vet fmt-check proto proto-check deps bench tools bench-vs-etcd robustness kube-apiserver
 
