@@ -391,6 +391,7 @@ func (c *Client) withBudget(ctx context.Context) (context.Context, context.Cance
 // (which guarantee nothing was applied) with backoff until the budget ends.
 // Transport failures are retried only for reads: a write may have applied.
 func (c *Client) do(ctx context.Context, key []byte, read bool, call func(context.Context, route) (*kvpb.ResponseHeader, error)) error {
+	_, callerDeadline := ctx.Deadline()
 	ctx, cancel := c.withBudget(ctx)
 	defer cancel()
 	var last error
@@ -423,6 +424,13 @@ func (c *Client) do(ctx context.Context, key []byte, read bool, call func(contex
 					// idempotent kind starts at another peer instead of
 					// waiting on it again.
 					c.nextPeer(rt)
+				}
+				if !callerDeadline && status.Code(err) == codes.DeadlineExceeded {
+					// Our own budget ended this attempt, not the caller's
+					// time (the store may report it a moment before our
+					// context does). Last is the attempt's own error: a
+					// write cut off in flight may have applied.
+					return &GaveUpError{Budget: c.opts.RetryBudget, Last: err}
 				}
 				return err
 			}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/basaltdb/basalt/proto/errorpb"
 	"github.com/basaltdb/basalt/proto/kvpb"
@@ -116,9 +118,12 @@ func TestGaveUpCarriesTheLastError(t *testing.T) {
 	kv := &scriptedKV{err: region.ErrServerBusy.Proto()}
 	c := scriptedClient(t, kv, time.Second)
 	_, err := c.Put(context.Background(), &kvpb.PutRequest{Key: []byte("k"), Value: []byte("v")})
+	// The budget ends in a backoff (the last error is ServerBusy) or, if an
+	// attempt had just begun, cuts that attempt off (its own deadline).
 	var gu *GaveUpError
-	if !errors.Is(err, ErrGaveUp) || !errors.As(err, &gu) || !errors.Is(gu.Last, region.ErrServerBusy) {
-		t.Fatalf("put: %v, want ErrGaveUp with ServerBusy as the last error", err)
+	if !errors.Is(err, ErrGaveUp) || !errors.As(err, &gu) ||
+		(!errors.Is(gu.Last, region.ErrServerBusy) && status.Code(gu.Last) != codes.DeadlineExceeded) {
+		t.Fatalf("put: %v, want ErrGaveUp with ServerBusy or the cut attempt's deadline as the last error", err)
 	}
 	// Busy answers back off from 50 ms, doubling: a handful of attempts
 	// in a second, not hundreds.
@@ -128,5 +133,25 @@ func TestGaveUpCarriesTheLastError(t *testing.T) {
 	// The region error is not unwrapped from it (see GaveUpError).
 	if errors.Is(err, region.ErrServerBusy) {
 		t.Fatal("a gave-up error matches the last attempt's region error")
+	}
+}
+
+// hangingKV never answers a Put before its caller gives up.
+type hangingKV struct{ kvpb.UnimplementedKVServer }
+
+func (hangingKV) Put(ctx context.Context, _ *kvpb.PutRequest) (*kvpb.PutResponse, error) {
+	<-ctx.Done()
+	return nil, status.FromContextError(ctx.Err()).Err()
+}
+
+// A budget that ends during an attempt is still the client's budget, not
+// the caller's deadline: ErrGaveUp, with the cut attempt's error as Last
+// (a write cut off in flight may have applied).
+func TestABudgetEndingMidAttemptGivesUp(t *testing.T) {
+	c := scriptedClient(t, hangingKV{}, 200*time.Millisecond)
+	_, err := c.Put(context.Background(), &kvpb.PutRequest{Key: []byte("k"), Value: []byte("v")})
+	var gu *GaveUpError
+	if !errors.As(err, &gu) || status.Code(gu.Last) != codes.DeadlineExceeded {
+		t.Fatalf("put: %v, want ErrGaveUp with the attempt's DeadlineExceeded as the last error", err)
 	}
 }
