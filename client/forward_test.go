@@ -286,7 +286,11 @@ func (f *fakeForwardStream) Send(m *kvpb.ForwardedWrites) error {
 	f.batches = append(f.batches, m.GetWrites())
 	f.mu.Unlock()
 	if first {
-		<-f.release
+		select {
+		case <-f.release:
+		case <-f.ctx.Done(): // the client closing, after a failed test
+			return f.ctx.Err()
+		}
 	}
 	out := &kvpb.ForwardedResults{}
 	for _, w := range m.GetWrites() {
@@ -315,19 +319,25 @@ func (f *fakeForwardKV) Forward(ctx context.Context, _ ...grpc.CallOption) (kvpb
 	return f.stream, nil
 }
 
-func TestWritesQueuedDuringASendLeaveInOneBatch(t *testing.T) {
+// fakeStreamClient returns a write stream on a fakeForwardStream, and a KV
+// that forwards through it.
+func fakeStreamClient(t *testing.T) (*fakeForwardStream, *writeStream, forwardingKV) {
+	t.Helper()
 	fs := &fakeForwardStream{release: make(chan struct{}), results: make(chan *kvpb.ForwardedResults, 16)}
 	c := &Client{}
 	c.bgCtx, c.stop = context.WithCancel(context.Background())
-	defer c.stopBackground()
 	// The connection is never used: the fake's Forward stands for it.
 	cc, err := grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cc.Close()
+	t.Cleanup(func() { c.stopBackground(); _ = cc.Close() })
 	ws := c.writeStreamFor(cc, &fakeForwardKV{stream: fs})
-	kv := forwardingKV{ws: ws}
+	return fs, ws, forwardingKV{ws: ws}
+}
+
+func TestWritesQueuedDuringASendLeaveInOneBatch(t *testing.T) {
+	fs, ws, kv := fakeStreamClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	const n = 50
@@ -359,17 +369,7 @@ func TestWritesQueuedDuringASendLeaveInOneBatch(t *testing.T) {
 // when it was queued, and one whose caller gave up while it waited is not
 // sent at all.
 func TestQueuedWritesLeaveWithWhatIsLeftOfTheirDeadline(t *testing.T) {
-	fs := &fakeForwardStream{release: make(chan struct{}), results: make(chan *kvpb.ForwardedResults, 16)}
-	c := &Client{}
-	c.bgCtx, c.stop = context.WithCancel(context.Background())
-	defer c.stopBackground()
-	cc, err := grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	ws := c.writeStreamFor(cc, &fakeForwardKV{stream: fs})
-	kv := forwardingKV{ws: ws}
+	fs, ws, kv := fakeStreamClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	errs := make(chan error, 2)
