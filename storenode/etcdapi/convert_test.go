@@ -2,7 +2,6 @@ package etcdapi
 
 import (
 	"fmt"
-	"math/bits"
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -10,57 +9,14 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/basaltdb/basalt/internal/prototest"
 	"github.com/basaltdb/basalt/proto/kvpb"
 )
 
-// fill sets every field of m to a value other than its default, lists to
-// three elements, except response headers and Basalt's region context,
-// which conversion never carries (a field of either name is skipped). Of a oneof it sets the member seed
-// picks, so seeds in a row cover every member; nesting stops at depth 3.
-func fill(t *testing.T, m protoreflect.Message, seed, depth int) {
-	t.Helper()
-	fields := m.Descriptor().Fields()
-	for i := 0; i < fields.Len(); i++ {
-		fd := fields.Get(i)
-		isMsg := fd.Kind() == protoreflect.MessageKind
-		if isMsg && (fd.Name() == "header" || fd.Name() == "context" || depth >= 3) {
-			continue
-		}
-		if od := fd.ContainingOneof(); od != nil && !od.IsSynthetic() && od.Fields().Get(seed%od.Fields().Len()) != fd {
-			continue
-		}
-		if fd.IsList() {
-			list := m.Mutable(fd).List()
-			for j := 0; j < 3; j++ {
-				if !isMsg {
-					t.Fatalf("%s: a list of scalars: extend fill", fd.FullName())
-				}
-				e := list.NewElement()
-				fill(t, e.Message(), seed+j+1, depth+1)
-				list.Append(e)
-			}
-			continue
-		}
-		n := int64(seed*100 + i + 1)
-		switch fd.Kind() {
-		case protoreflect.BytesKind:
-			m.Set(fd, protoreflect.ValueOfBytes(fmt.Appendf(nil, "%s-%d", fd.Name(), n)))
-		case protoreflect.Int64Kind:
-			m.Set(fd, protoreflect.ValueOfInt64(n))
-		case protoreflect.BoolKind:
-			// Over seeds 0..15 each bool is set in half of the messages,
-			// and any two bools of a message differ in some: a dropped or
-			// a swapped bool fails the comparison.
-			m.Set(fd, protoreflect.ValueOfBool(bits.OnesCount(uint(seed)&uint(i+1))%2 == 1))
-		case protoreflect.EnumKind:
-			vals := fd.Enum().Values()
-			m.Set(fd, protoreflect.ValueOfEnum(vals.Get(1+seed%(vals.Len()-1)).Number()))
-		case protoreflect.MessageKind:
-			fill(t, m.Mutable(fd).Message(), seed+1, depth+1)
-		default:
-			t.Fatalf("%s: kind %s: extend fill", fd.FullName(), fd.Kind())
-		}
-	}
+// noHeaderOrContext leaves out response headers and Basalt's region
+// context, which conversion never carries.
+func noHeaderOrContext(fd protoreflect.FieldDescriptor) bool {
+	return fd.Kind() == protoreflect.MessageKind && (fd.Name() == "header" || fd.Name() == "context")
 }
 
 // checkSame fails unless direct equals what recode makes of from, and is
@@ -98,10 +54,12 @@ func TestConversionsMatchRecode(t *testing.T) {
 		{&kvpb.TxnResponse{}, func(m proto.Message) proto.Message { return txnResponseToEtcd(m.(*kvpb.TxnResponse), nil) }, &pb.TxnResponse{}},
 		{&kvpb.Event{}, func(m proto.Message) proto.Message { return eventToEtcd(m.(*kvpb.Event)) }, &mvccpb.Event{}},
 	}
-	for seed := 0; seed < 16; seed++ {
+	for seed := 0; seed < prototest.Seeds; seed++ {
 		for _, c := range cases {
 			from := c.from.ProtoReflect().New().Interface()
-			fill(t, from.ProtoReflect(), seed, 0)
+			if err := prototest.Fill(from.ProtoReflect(), seed, noHeaderOrContext); err != nil {
+				t.Fatal(err)
+			}
 			checkSame(t, from, c.convert(from), c.to.ProtoReflect().New().Interface())
 		}
 	}
