@@ -419,15 +419,26 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
-// deadAddr returns a loopback address nothing listens on: the port of a
-// listener just closed.
+// deadAddr returns a loopback address where every connection is closed as
+// soon as it is accepted: no gRPC stream can open there. (A port just
+// closed could be taken by another process meanwhile.)
 func deadAddr(t *testing.T) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := lis.Addr().String()
-	_ = lis.Close()
-	return addr
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			conn, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			_ = conn.Close()
+		}
+	}()
+	t.Cleanup(func() { _ = lis.Close(); <-done })
+	return lis.Addr().String()
 }
